@@ -1,0 +1,363 @@
+//! # `vessel.agent.v1`: the protocol between a runtime helper and vminitd
+//!
+//! This file is the single source of truth for the host ↔ guest channel.
+//!
+//! ## Transport
+//! The guest side is `AF_VSOCK`: vminitd listens on [`AGENT_PORT`]. The host
+//! side is *hybrid vsock* over a Unix socket: the runtime helper connects to
+//! the backend's socket, writes `CONNECT 1024\n`, reads `OK <port>\n`, and from
+//! then on the stream is the guest port (see [`hybrid_connect_line`] and
+//! [`parse_hybrid_ok`]).
+//!
+//! ## Framing
+//! Every message is a frame: a 4-byte big-endian length `n` (the length of
+//! what follows, `1 <= n <= MAX_FRAME`), one [`FrameKind`] byte, then `n - 1`
+//! payload bytes. Control frames carry one JSON document ([`HostMessage`] from
+//! the host, [`GuestMessage`] from the guest); stdio frames carry raw bytes.
+//! A frame that is too long, of an unknown kind, or whose JSON does not parse
+//! is a protocol error: the reader reports it and closes the connection. It
+//! never panics, whatever the peer sends.
+//!
+//! ## Conversation
+//! 1. host → `Hello { version }`; guest → `Hello { version, uptime_ms }`. A
+//!    guest that speaks another major version answers `Error` and closes.
+//! 2. host → `Start(StartRequest)`; guest mounts the root filesystem and
+//!    starts the process, then answers `Started { pid, uptime_ms }` or
+//!    `StartFailed { exit_code, message }` (127: command not found, 126: not
+//!    executable, 125: anything else, as Docker reports them).
+//! 3. guest → `Stdout`/`Stderr` frames as the process writes; host →
+//!    `Signal { signal }` at any time, `Stdin` frames and `CloseStdin`.
+//! 4. guest → `Exited { exit_code, signal }` once the process has ended and
+//!    its output is drained; host → `Shutdown`; the guest syncs its disks and
+//!    powers the VM off. A guest whose host connection drops after `Exited`
+//!    powers off by itself.
+//!
+//! Future versions add messages (resize, mounts, network, statistics); a
+//! peer ignores nothing silently: unknown control messages are errors.
+
+use serde::{Deserialize, Serialize};
+use std::io::{self, Read, Write};
+
+/// The protocol's major version. Bumped on any incompatible change.
+pub const VERSION: u32 = 1;
+/// The package name of this protocol, for logs and `system status`.
+pub const PACKAGE: &str = "vessel.agent.v1";
+/// The vsock port vminitd listens on.
+pub const AGENT_PORT: u32 = 1024;
+/// Largest frame either side accepts (kind byte + payload).
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest stdio payload a writer puts in one frame.
+pub const MAX_STDIO_CHUNK: usize = 64 * 1024;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A JSON [`HostMessage`] or [`GuestMessage`].
+    Control = 0,
+    /// Bytes the process wrote to its standard output.
+    Stdout = 1,
+    /// Bytes the process wrote to its standard error.
+    Stderr = 2,
+    /// Bytes for the process's standard input.
+    Stdin = 3,
+}
+
+impl FrameKind {
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Self::Control),
+            1 => Some(Self::Stdout),
+            2 => Some(Self::Stderr),
+            3 => Some(Self::Stdin),
+            _ => None,
+        }
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+}
+
+/// The process to run, as the host resolved it from the image config and the
+/// user's flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProcessSpec {
+    /// argv; `args[0]` is looked up in the container's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs, in order; later entries win.
+    pub env: Vec<String>,
+    /// Working directory inside the container; created if missing.
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`; empty means root.
+    pub user: String,
+}
+
+/// Everything vminitd needs to start the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub process: ProcessSpec,
+    pub hostname: String,
+    /// Block device holding the container's root filesystem, e.g. `/dev/vda`.
+    pub root_device: String,
+    /// Its filesystem type, e.g. `ext4`.
+    pub root_fstype: String,
+}
+
+/// Messages the host sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    Hello { version: u32 },
+    Start(StartRequest),
+    Signal { signal: i32 },
+    CloseStdin,
+    Shutdown,
+}
+
+/// Messages the guest sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    Hello {
+        version: u32,
+        /// Guest uptime in milliseconds when vminitd answered.
+        uptime_ms: u64,
+    },
+    Started {
+        pid: i32,
+        /// Guest uptime in milliseconds right after the process started.
+        uptime_ms: u64,
+    },
+    StartFailed {
+        exit_code: i32,
+        message: String,
+    },
+    Exited {
+        /// The exit code as a shell reports it (128 + signal when killed).
+        exit_code: i32,
+        /// The signal that ended the process, if any.
+        signal: Option<i32>,
+    },
+    Error {
+        message: String,
+    },
+}
+
+/// Errors reading or writing frames.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("I/O error on the agent connection")]
+    Io(#[from] io::Error),
+    #[error("Frame of {0} bytes is outside 1..={MAX_FRAME}")]
+    BadLength(usize),
+    #[error("Unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("Control message is not valid JSON for this protocol version")]
+    BadMessage(#[source] serde_json::Error),
+    #[error("Expected a control frame, got {0:?}")]
+    NotControl(FrameKind),
+    #[error("Malformed hybrid vsock reply: {0:?}")]
+    BadHybridReply(String),
+}
+
+/// Write one frame.
+pub fn write_frame<W: Write>(
+    w: &mut W,
+    kind: FrameKind,
+    payload: &[u8],
+) -> Result<(), ProtocolError> {
+    let n = payload.len() + 1;
+    if n > MAX_FRAME {
+        return Err(ProtocolError::BadLength(n));
+    }
+    let mut buf = Vec::with_capacity(5 + payload.len());
+    buf.extend_from_slice(&(n as u32).to_be_bytes());
+    buf.push(kind as u8);
+    buf.extend_from_slice(payload);
+    w.write_all(&buf)?;
+    w.flush()?;
+    Ok(())
+}
+
+/// Write a control message as one frame.
+pub fn write_message<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), ProtocolError> {
+    let json = serde_json::to_vec(msg).map_err(ProtocolError::BadMessage)?;
+    write_frame(w, FrameKind::Control, &json)
+}
+
+/// Read one frame. Returns `Ok(None)` on a clean end of stream between frames.
+pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Frame>, ProtocolError> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err(ProtocolError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n == 0 || n > MAX_FRAME {
+        return Err(ProtocolError::BadLength(n));
+    }
+    let mut kind = [0u8; 1];
+    r.read_exact(&mut kind)?;
+    let kind = FrameKind::from_byte(kind[0]).ok_or(ProtocolError::UnknownKind(kind[0]))?;
+    let mut payload = vec![0u8; n - 1];
+    r.read_exact(&mut payload)?;
+    Ok(Some(Frame { kind, payload }))
+}
+
+/// Decode a frame's payload as a control message.
+pub fn decode_message<T: for<'de> Deserialize<'de>>(frame: &Frame) -> Result<T, ProtocolError> {
+    if frame.kind != FrameKind::Control {
+        return Err(ProtocolError::NotControl(frame.kind));
+    }
+    serde_json::from_slice(&frame.payload).map_err(ProtocolError::BadMessage)
+}
+
+/// Incremental frame decoder for non-blocking readers: feed bytes, take frames.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Append bytes read from the peer.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Take the next complete frame, if one is buffered.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        if self.buf.len() < 4 {
+            return Ok(None);
+        }
+        let n = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        if n == 0 || n > MAX_FRAME {
+            return Err(ProtocolError::BadLength(n));
+        }
+        if self.buf.len() < 4 + n {
+            return Ok(None);
+        }
+        let kind =
+            FrameKind::from_byte(self.buf[4]).ok_or(ProtocolError::UnknownKind(self.buf[4]))?;
+        let payload = self.buf[5..4 + n].to_vec();
+        self.buf.drain(..4 + n);
+        Ok(Some(Frame { kind, payload }))
+    }
+}
+
+/// The line a host writes to a hybrid vsock socket to reach a guest port.
+pub fn hybrid_connect_line(port: u32) -> String {
+    format!("CONNECT {port}\n")
+}
+
+/// Parse the backend's answer to [`hybrid_connect_line`]: `OK <host port>`.
+pub fn parse_hybrid_ok(line: &str) -> Result<u32, ProtocolError> {
+    let bad = || ProtocolError::BadHybridReply(line.chars().take(80).collect());
+    let rest = line.trim_end().strip_prefix("OK ").ok_or_else(bad)?;
+    rest.trim().parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_round_trip() {
+        let mut buf = Vec::new();
+        let msg = HostMessage::Start(StartRequest {
+            process: ProcessSpec {
+                args: vec!["echo".into(), "hi".into()],
+                env: vec!["A=B".into()],
+                cwd: "/".into(),
+                user: "1000".into(),
+            },
+            hostname: "abc".into(),
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+        });
+        write_message(&mut buf, &msg).unwrap();
+        write_frame(&mut buf, FrameKind::Stdout, b"hello").unwrap();
+        let mut r = &buf[..];
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(decode_message::<HostMessage>(&f).unwrap(), msg);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(f.kind, FrameKind::Stdout);
+        assert_eq!(f.payload, b"hello");
+        assert!(read_frame(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn decoder_handles_split_input() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, FrameKind::Stderr, b"abc").unwrap();
+        write_message(
+            &mut buf,
+            &GuestMessage::Exited {
+                exit_code: 7,
+                signal: None,
+            },
+        )
+        .unwrap();
+        let mut d = FrameDecoder::new();
+        let mut frames = Vec::new();
+        for b in &buf {
+            d.feed(std::slice::from_ref(b));
+            while let Some(f) = d.next_frame().unwrap() {
+                frames.push(f);
+            }
+        }
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            decode_message::<GuestMessage>(&frames[1]).unwrap(),
+            GuestMessage::Exited {
+                exit_code: 7,
+                signal: None
+            }
+        );
+    }
+
+    #[test]
+    fn hostile_frames_are_errors_not_panics() {
+        let cases: Vec<Vec<u8>> = vec![
+            vec![0, 0, 0, 0],
+            vec![0xff, 0xff, 0xff, 0xff, 0],
+            vec![0, 0, 0, 2, 9, 0],
+            vec![0, 0, 0, 5, 0, b'{', b'x'],
+        ];
+        for c in cases {
+            let mut r = &c[..];
+            let res = read_frame(&mut r);
+            if let Ok(Some(f)) = res {
+                assert!(decode_message::<GuestMessage>(&f).is_err());
+            }
+        }
+        let mut d = FrameDecoder::new();
+        d.feed(&[0, 0, 0, 2, 42, 0]);
+        assert!(d.next_frame().is_err());
+        let f = Frame {
+            kind: FrameKind::Control,
+            payload: b"{\"type\":\"nope\"}".to_vec(),
+        };
+        assert!(decode_message::<GuestMessage>(&f).is_err());
+    }
+
+    #[test]
+    fn hybrid_reply() {
+        assert_eq!(parse_hybrid_ok("OK 1073741824\n").unwrap(), 1073741824);
+        assert!(parse_hybrid_ok("NOPE\n").is_err());
+        assert_eq!(hybrid_connect_line(1024), "CONNECT 1024\n");
+    }
+}

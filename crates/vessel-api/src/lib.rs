@@ -1,0 +1,11 @@
+//! Shared vocabulary of vessel's host processes: where an instance keeps its
+//! state ([`paths`]), the documents exchanged over the API ([`types`]), the
+//! small HTTP/1.1-over-Unix-socket layer they travel on ([`http`]), and
+//! atomic state files ([`fsutil`]).
+
+pub mod fsutil;
+pub mod http;
+pub mod paths;
+pub mod types;
+
+pub use agent_protocol::ProcessSpec;

@@ -1,0 +1,499 @@
+//! Documents exchanged over the apiserver API (see `docs/api/openapi.yaml`)
+//! and kept in each container's state files.
+
+use crate::ProcessSpec;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Error body of every non-2xx response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+/// `POST /v1/containers`: what the user asked for with `vessel run`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub image: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// CMD override (the words after IMAGE); empty keeps the image's.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `--entrypoint`; `Some("")` clears the image's entrypoint.
+    #[serde(default)]
+    pub entrypoint: Option<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u64>,
+    #[serde(default)]
+    pub auto_remove: bool,
+}
+
+/// `POST /v1/containers` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateResponse {
+    pub id: String,
+    pub name: String,
+}
+
+/// A container's fixed configuration (`containers/<id>/config.json`),
+/// written once by the apiserver at create time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    pub id: String,
+    pub name: String,
+    /// The image reference as resolved (`localhost/busybox:latest`).
+    pub image: String,
+    /// The image ID (config digest).
+    pub image_id: String,
+    pub created_ms: u64,
+    pub process: ProcessSpec,
+    pub hostname: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub auto_remove: bool,
+    /// The image's read-only ext4 base, backing this container's overlay.
+    pub rootfs_base: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Starting,
+    Running,
+    Stopping,
+    Exited,
+}
+
+impl Status {
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Starting | Status::Running | Status::Stopping)
+    }
+}
+
+/// A container's changing state (`containers/<id>/state.json`), written by
+/// its runtime helper (and by the apiserver before the helper exists).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub status: Status,
+    #[serde(default)]
+    pub runtime_pid: Option<i32>,
+    /// `/proc/<pid>/stat` start time of the runtime helper, against pid reuse.
+    #[serde(default)]
+    pub runtime_start_time: Option<u64>,
+    #[serde(default)]
+    pub vmm_pid: Option<i32>,
+    #[serde(default)]
+    pub started_ms: Option<u64>,
+    #[serde(default)]
+    pub finished_ms: Option<u64>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// Why the container failed to start or ended abnormally.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Guest uptime (ms) when vminitd had started the process.
+    #[serde(default)]
+    pub guest_uptime_at_start_ms: Option<u64>,
+    /// Host wall time (ms) from launching the VMM to the process running.
+    #[serde(default)]
+    pub boot_ms: Option<u64>,
+}
+
+impl ContainerState {
+    pub fn created() -> Self {
+        Self {
+            status: Status::Created,
+            runtime_pid: None,
+            runtime_start_time: None,
+            vmm_pid: None,
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            error: None,
+            guest_uptime_at_start_ms: None,
+            boot_ms: None,
+        }
+    }
+}
+
+/// `GET /v1/containers/{id}`: configuration and state together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerInfo {
+    pub config: ContainerConfig,
+    pub state: ContainerState,
+}
+
+/// One row of `GET /v1/containers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerSummary {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub command: String,
+    pub created_ms: u64,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+}
+
+impl ContainerSummary {
+    pub fn from_info(info: &ContainerInfo) -> Self {
+        Self {
+            id: info.config.id.clone(),
+            name: info.config.name.clone(),
+            image: info.config.image.clone(),
+            command: info.config.process.args.join(" "),
+            created_ms: info.config.created_ms,
+            status: info.state.status,
+            exit_code: info.state.exit_code,
+            started_ms: info.state.started_ms,
+            finished_ms: info.state.finished_ms,
+        }
+    }
+}
+
+/// `POST /v1/containers/{id}/wait` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WaitResponse {
+    pub exit_code: i32,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// Which stream a log record or attach event belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of `stdio.log` (JSON lines). Text is kept as `log` when the chunk
+/// is valid UTF-8, as base64 in `b64` otherwise, so no byte is lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogRecord {
+    pub time_ms: u64,
+    pub stream: Stream,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub b64: Option<String>,
+}
+
+impl LogRecord {
+    pub fn new(stream: Stream, data: &[u8]) -> Self {
+        let (log, b64) = match std::str::from_utf8(data) {
+            Ok(s) => (Some(s.to_string()), None),
+            Err(_) => (None, Some(b64_encode(data))),
+        };
+        Self {
+            time_ms: now_ms(),
+            stream,
+            log,
+            b64,
+        }
+    }
+
+    /// The record's bytes.
+    pub fn data(&self) -> Vec<u8> {
+        if let Some(s) = &self.log {
+            return s.as_bytes().to_vec();
+        }
+        self.b64.as_deref().and_then(b64_decode).unwrap_or_default()
+    }
+}
+
+/// One line of an attach or `logs` stream (NDJSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StreamEvent {
+    /// Output, a [`LogRecord`].
+    Output(LogRecord),
+    /// The container has ended (attach and `logs -f` only).
+    Exit {
+        exit_code: i32,
+        #[serde(default)]
+        error: Option<String>,
+    },
+}
+
+/// Image configuration fields vessel uses to build the process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRuntimeConfig {
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub working_dir: String,
+    #[serde(default)]
+    pub user: String,
+}
+
+/// One row of `GET /v1/images`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// Full reference, e.g. `localhost/busybox:latest`.
+    pub reference: String,
+    /// Image ID: the digest of its config blob.
+    pub id: String,
+    /// Digest of its manifest.
+    pub digest: String,
+    pub created: Option<String>,
+    /// Compressed size of its layers and config, in bytes.
+    pub size: u64,
+}
+
+/// Answer of the image helper's `resolve`: what a container of this image needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResolvedImage {
+    pub reference: String,
+    pub id: String,
+    pub config: ImageRuntimeConfig,
+    /// Path of the read-only ext4 base, built if it was not yet.
+    pub rootfs: PathBuf,
+}
+
+/// `POST /v1/images/load` and `/v1/images/import` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadResponse {
+    pub images: Vec<ImageSummary>,
+}
+
+/// State of one helper process in `GET /v1/system/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelperInfo {
+    pub name: String,
+    pub pid: Option<i32>,
+    pub running: bool,
+}
+
+/// `GET /v1/system/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SystemInfo {
+    pub version: String,
+    pub home: PathBuf,
+    pub apiserver_pid: i32,
+    pub supervisor: String,
+    pub accel: String,
+    pub accel_reason: String,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub agent_protocol: String,
+    pub helpers: Vec<HelperInfo>,
+    pub containers_running: usize,
+    pub containers_total: usize,
+}
+
+/// Parse a Docker-style memory size: a number with an optional unit
+/// `b`, `k`, `m`, `g`, `t` (optionally followed by `b`/`ib`), case-insensitive.
+/// Plain numbers are bytes. Returns bytes.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let bad = || {
+        format!("invalid memory size {s:?}: expected a number with an optional unit b, k, m, g (e.g. 256m, 1g)")
+    };
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let value: f64 = num.parse().map_err(|_| bad())?;
+    let unit = unit.trim_end_matches("ib").trim_end_matches('b');
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > (1u64 << 50) as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// Parse a signal as Docker accepts it: `KILL`, `SIGKILL`, `9`.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    const NAMES: &[(&str, i32)] = &[
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("BUS", 7),
+        ("FPE", 8),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("STKFLT", 16),
+        ("CHLD", 17),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("TSTP", 20),
+        ("TTIN", 21),
+        ("TTOU", 22),
+        ("URG", 23),
+        ("XCPU", 24),
+        ("XFSZ", 25),
+        ("VTALRM", 26),
+        ("PROF", 27),
+        ("WINCH", 28),
+        ("IO", 29),
+        ("PWR", 30),
+        ("SYS", 31),
+    ];
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+        return Err(format!("invalid signal {s:?}: numbers must be 1-64"));
+    }
+    let up = t.to_ascii_uppercase();
+    let name = up.strip_prefix("SIG").unwrap_or(&up);
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| format!("invalid signal {s:?}"))
+}
+
+/// Is `name` acceptable as a container name (Docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`)?
+pub fn valid_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && name.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding.
+pub fn b64_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Decode standard base64; `None` if malformed.
+pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim_end_matches('=');
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in s.bytes() {
+        let v = B64.iter().position(|&x| x == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("256M").unwrap(), 256 << 20);
+        assert_eq!(parse_memory("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("512mb").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_memory("1048576").unwrap(), 1 << 20);
+        for bad in ["", "abc", "12x", "-5m", "m", "1.2.3g", "0"] {
+            assert!(parse_memory(bad).is_err(), "{bad} should be rejected");
+        }
+    }
+
+    #[test]
+    fn signals() {
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("sigterm").unwrap(), 15);
+        assert_eq!(parse_signal("2").unwrap(), 2);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("0").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_container_name("web-1"));
+        assert!(!valid_container_name("-x"));
+        assert!(!valid_container_name("a b"));
+        assert!(!valid_container_name("a"));
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        for data in [&b""[..], b"f", b"fo", b"foo", b"foob", b"\xff\x00\xfe\x80"] {
+            assert_eq!(b64_decode(&b64_encode(data)).unwrap(), data);
+        }
+        assert_eq!(b64_encode(b"foobar"), "Zm9vYmFy");
+        assert!(b64_decode("!!").is_none());
+    }
+
+    #[test]
+    fn log_record_keeps_binary() {
+        let r = LogRecord::new(Stream::Stdout, b"\xff\xfehi");
+        assert!(r.log.is_none());
+        assert_eq!(r.data(), b"\xff\xfehi");
+        let r = LogRecord::new(Stream::Stderr, b"text\n");
+        assert_eq!(r.log.as_deref(), Some("text\n"));
+    }
+}
