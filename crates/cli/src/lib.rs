@@ -1,1 +1,7 @@
-//! placeholder
+//! The `vessel` command-line client: parses Docker-style flags and sends each
+//! command to the apiserver over its Unix socket.
+
+pub mod api;
+pub mod cli;
+pub mod commands;
+pub mod format;

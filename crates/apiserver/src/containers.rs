@@ -1,0 +1,649 @@
+//! The apiserver's view of containers: creation, the runtime helpers that own
+//! them, and state reconciled from the files each runtime helper writes.
+
+use crate::accel::Accel;
+use anyhow::Context;
+use std::collections::HashMap;
+use std::fs::{self, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vessel_api::fsutil::{pid_alive, pid_start_time, random_hex, read_json, write_json_atomic};
+use vessel_api::paths::{sibling_binary, Home};
+use vessel_api::types::{
+    now_ms, valid_container_name, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
+    ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
+};
+use vessel_api::ProcessSpec;
+
+/// Default resources of a container VM.
+pub const DEFAULT_CPUS: u32 = 1;
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+/// Smallest memory a guest boots with.
+pub const MIN_MEMORY_MIB: u64 = 64;
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// An error with the HTTP status it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::NotFound(_) => 404,
+            ApiError::Conflict(_) => 409,
+            ApiError::BadRequest(_) => 400,
+            ApiError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<std::io::Error> for ApiError {
+    fn from(e: std::io::Error) -> Self {
+        ApiError::Internal(e.into())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// All containers of one instance.
+pub struct Containers {
+    home: Home,
+    create_lock: Mutex<()>,
+    attached: Mutex<HashMap<String, usize>>,
+}
+
+/// Holds a container's `--rm` removal back while a client is attached.
+pub struct AttachGuard {
+    containers: Arc<Containers>,
+    id: String,
+}
+
+impl Drop for AttachGuard {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.containers.attached.lock() {
+            if let Some(n) = m.get_mut(&self.id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.id);
+                }
+            }
+        }
+    }
+}
+
+/// Merge the image's configuration with the user's flags, as Docker does:
+/// `--entrypoint` replaces the image's entrypoint and drops its CMD; words
+/// after IMAGE replace CMD; `-e` overrides image variables by name.
+pub fn build_process(
+    req: &CreateRequest,
+    image: &ImageRuntimeConfig,
+    hostname: &str,
+) -> Result<ProcessSpec, String> {
+    let (entrypoint, image_cmd): (Vec<String>, Vec<String>) = match &req.entrypoint {
+        Some(e) if e.is_empty() => (Vec::new(), Vec::new()),
+        Some(e) => (vec![e.clone()], Vec::new()),
+        None => (image.entrypoint.clone(), image.cmd.clone()),
+    };
+    let cmd = if req.cmd.is_empty() {
+        image_cmd
+    } else {
+        req.cmd.clone()
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err("no command specified: the image has no CMD or ENTRYPOINT; give one after the image name".into());
+    }
+    let mut env: Vec<String> = Vec::new();
+    let mut set = |kv: &str| {
+        let key = kv.split_once('=').map(|(k, _)| k).unwrap_or(kv);
+        env.retain(|e| e.split_once('=').map(|(k, _)| k).unwrap_or(e) != key);
+        env.push(kv.to_string());
+    };
+    set(DEFAULT_PATH);
+    set(&format!("HOSTNAME={hostname}"));
+    for kv in &image.env {
+        set(kv);
+    }
+    for kv in &req.env {
+        if !kv.contains('=') {
+            return Err(format!(
+                "invalid environment variable {kv:?}: expected KEY=VALUE"
+            ));
+        }
+        if kv.starts_with('=') {
+            return Err(format!("invalid environment variable {kv:?}: empty name"));
+        }
+        set(kv);
+    }
+    let cwd = req
+        .workdir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| {
+            if image.working_dir.is_empty() {
+                "/".into()
+            } else {
+                image.working_dir.clone()
+            }
+        });
+    if !cwd.starts_with('/') {
+        return Err(format!(
+            "the working directory {cwd:?} is invalid: it must be an absolute path"
+        ));
+    }
+    let user = req.user.clone().unwrap_or_else(|| image.user.clone());
+    Ok(ProcessSpec {
+        args,
+        env,
+        cwd,
+        user,
+    })
+}
+
+impl Containers {
+    pub fn new(home: Home) -> Arc<Self> {
+        Arc::new(Self {
+            home,
+            create_lock: Mutex::new(()),
+            attached: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    fn state_path(&self, id: &str) -> PathBuf {
+        self.home.container_dir(id).join("state.json")
+    }
+
+    /// Load one container by its full ID, reconciling a state whose runtime
+    /// helper has died.
+    pub fn load(&self, id: &str) -> ApiResult<ContainerInfo> {
+        let dir = self.home.container_dir(id);
+        let config: ContainerConfig = read_json(&dir.join("config.json"))?
+            .ok_or_else(|| ApiError::NotFound(format!("no such container: {id}")))?;
+        let mut state: ContainerState =
+            read_json(&dir.join("state.json"))?.unwrap_or_else(ContainerState::created);
+        if state.status.is_active() {
+            if let Some(pid) = state.runtime_pid {
+                let same = pid_alive(pid)
+                    && (state.runtime_start_time.is_none()
+                        || pid_start_time(pid) == state.runtime_start_time);
+                if !same {
+                    // Re-read: the helper may have finished between the two reads.
+                    let fresh: Option<ContainerState> = read_json(&dir.join("state.json"))?;
+                    match fresh {
+                        Some(s) if !s.status.is_active() => state = s,
+                        _ => {
+                            state.status = Status::Exited;
+                            state.exit_code = Some(state.exit_code.unwrap_or(255));
+                            state.finished_ms = Some(now_ms());
+                            state.error = Some(format!(
+                                "the runtime helper (pid {pid}) is gone; see {}",
+                                dir.join("runtime.log").display()
+                            ));
+                            write_json_atomic(&dir.join("state.json"), &state)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ContainerInfo { config, state })
+    }
+
+    /// Every container, newest first.
+    pub fn list(&self) -> Vec<ContainerInfo> {
+        let mut out = Vec::new();
+        if let Ok(rd) = fs::read_dir(self.home.containers_dir()) {
+            for e in rd.flatten() {
+                if let Some(id) = e.file_name().to_str() {
+                    if let Ok(info) = self.load(id) {
+                        out.push(info);
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|i| std::cmp::Reverse(i.config.created_ms));
+        out
+    }
+
+    /// Find a container by full ID, name, or unique ID prefix.
+    pub fn find(&self, key: &str) -> ApiResult<ContainerInfo> {
+        let key = key.trim();
+        if key.is_empty() || key.contains('/') || key.contains("..") {
+            return Err(ApiError::NotFound(format!("no such container: {key}")));
+        }
+        if let Ok(info) = self.load(key) {
+            return Ok(info);
+        }
+        let all = self.list();
+        if let Some(info) = all.iter().find(|i| i.config.name == key) {
+            return Ok(info.clone());
+        }
+        let matches: Vec<&ContainerInfo> = all
+            .iter()
+            .filter(|i| i.config.id.starts_with(key))
+            .collect();
+        match matches.len() {
+            1 => Ok(matches[0].clone()),
+            0 => Err(ApiError::NotFound(format!("no such container: {key}"))),
+            _ => Err(ApiError::Conflict(format!(
+                "{key} matches more than one container; give more of its ID"
+            ))),
+        }
+    }
+
+    /// Create a container (not started): its directory, config and state.
+    pub fn create(
+        &self,
+        req: &CreateRequest,
+        image: &ResolvedImage,
+        accel: &Accel,
+    ) -> ApiResult<ContainerConfig> {
+        let memory_mib = req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if memory_mib < MIN_MEMORY_MIB {
+            return Err(ApiError::BadRequest(format!(
+                "invalid --memory: a container VM needs at least {MIN_MEMORY_MIB} MiB"
+            )));
+        }
+        let cpus = req.cpus.unwrap_or(DEFAULT_CPUS);
+        if cpus == 0 || cpus > 64 {
+            return Err(ApiError::BadRequest(
+                "invalid --cpus: must be between 1 and 64".into(),
+            ));
+        }
+        let kernel = crate::assets::kernel();
+        let initrd = crate::assets::initrd();
+        for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
+            if !p.is_file() {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the {what} is missing at {}; build it with `scripts/setup.sh` or point VESSEL_KERNEL / VESSEL_INITRD at it",
+                    p.display()
+                )));
+            }
+        }
+        let _guard = self
+            .create_lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("create lock poisoned"))?;
+        let existing = self.list();
+        let name = match &req.name {
+            Some(n) => {
+                if !valid_container_name(n) {
+                    return Err(ApiError::BadRequest(format!(
+                        "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed"
+                    )));
+                }
+                if let Some(other) = existing.iter().find(|i| &i.config.name == n) {
+                    return Err(ApiError::Conflict(format!(
+                        "the container name {n:?} is already in use by container {}; remove it or choose another name",
+                        &other.config.id[..12.min(other.config.id.len())]
+                    )));
+                }
+                n.clone()
+            }
+            None => loop {
+                let n = crate::names::generate();
+                if !existing.iter().any(|i| i.config.name == n) {
+                    break n;
+                }
+            },
+        };
+        let id = random_hex(32);
+        let hostname = id[..12].to_string();
+        let process = build_process(req, &image.config, &hostname).map_err(ApiError::BadRequest)?;
+        let config = ContainerConfig {
+            id: id.clone(),
+            name,
+            image: image.reference.clone(),
+            image_id: image.id.clone(),
+            created_ms: now_ms(),
+            process,
+            hostname,
+            cpus,
+            memory_mib,
+            auto_remove: req.auto_remove,
+            rootfs_base: image.rootfs.clone(),
+            kernel,
+            initrd,
+            accel: accel.name.clone(),
+        };
+        let dir = self.home.container_dir(&id);
+        fs::create_dir_all(&dir).context("creating the container directory")?;
+        write_json_atomic(&dir.join("state.json"), &ContainerState::created())?;
+        write_json_atomic(&dir.join("config.json"), &config)?;
+        Ok(config)
+    }
+
+    /// Start a created container: spawn its runtime helper and wait until the
+    /// process runs (or has already ended, or failed to start).
+    pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
+        let info = self.load(id)?;
+        if info.state.status != Status::Created {
+            return Err(ApiError::Conflict(format!(
+                "container {} has already been started ({:?})",
+                info.config.name, info.state.status
+            )));
+        }
+        let dir = self.home.container_dir(id);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("runtime.log"))?;
+        let bin = sibling_binary("vessel-runtime");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--home")
+            .arg(self.home.root())
+            .arg("--id")
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let result = loop {
+            let state: Option<ContainerState> = read_json(&self.state_path(id)).unwrap_or(None);
+            if let Some(s) = &state {
+                if matches!(
+                    s.status,
+                    Status::Running | Status::Exited | Status::Stopping
+                ) {
+                    break Ok(());
+                }
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut s = state.unwrap_or_else(ContainerState::created);
+                if s.status != Status::Exited {
+                    s.status = Status::Exited;
+                    s.exit_code = Some(125);
+                    s.finished_ms = Some(now_ms());
+                    s.error = Some(format!(
+                        "the runtime helper exited ({status}) before the container started; see {}",
+                        dir.join("runtime.log").display()
+                    ));
+                    write_json_atomic(&self.state_path(id), &s)?;
+                }
+                break Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break Err(ApiError::Internal(anyhow::anyhow!(
+                    "the container did not start within 180 s; see {}",
+                    dir.join("boot.log").display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(15));
+        };
+        // Reap the helper whenever it ends; it outlives us if we restart.
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        result?;
+        self.load(id)
+    }
+
+    fn control(
+        &self,
+        id: &str,
+        request: &serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<serde_json::Value> {
+        let sock = self.home.run_dir(id).join("control.sock");
+        let mut s = UnixStream::connect(&sock)
+            .with_context(|| format!("connecting to {}", sock.display()))?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut resp = String::new();
+        BufReader::new(s).read_line(&mut resp)?;
+        let v: serde_json::Value =
+            serde_json::from_str(&resp).context("reading the runtime helper's answer")?;
+        if v.get("ok").and_then(|o| o.as_bool()) == Some(false) {
+            anyhow::bail!(
+                "{}",
+                v.get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("the runtime helper refused")
+            );
+        }
+        Ok(v)
+    }
+
+    /// Send a signal to the container's process.
+    pub fn kill(&self, key: &str, signal: i32) -> ApiResult<ContainerInfo> {
+        let info = self.find(key)?;
+        if !info.state.status.is_active() {
+            return Err(ApiError::Conflict(format!(
+                "container {} is not running",
+                info.config.name
+            )));
+        }
+        self.control(
+            &info.config.id,
+            &serde_json::json!({"op": "signal", "signal": signal}),
+            Duration::from_secs(10),
+        )?;
+        Ok(info)
+    }
+
+    /// Stop: SIGTERM, then SIGKILL after `timeout` seconds. Returns when the
+    /// container has ended.
+    pub fn stop(&self, key: &str, timeout: u64) -> ApiResult<ContainerInfo> {
+        let info = self.find(key)?;
+        let id = info.config.id.clone();
+        if !info.state.status.is_active() {
+            return Ok(info);
+        }
+        let req = serde_json::json!({"op": "stop", "timeout": timeout});
+        if let Err(e) = self.control(&id, &req, Duration::from_secs(timeout + 30)) {
+            // No control socket: ask the helper itself to stop.
+            eprintln!("vessel-apiserver: stop {id}: {e:#}; signalling the runtime helper");
+            if let Some(pid) = info.state.runtime_pid {
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        self.wait_until_ended(&id, Duration::from_secs(timeout + 30))?;
+        self.load(&id)
+    }
+
+    fn wait_until_ended(&self, id: &str, limit: Duration) -> ApiResult<ContainerInfo> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let info = self.load(id)?;
+            if !info.state.status.is_active() || Instant::now() > deadline {
+                return Ok(info);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Block until the container ends; its exit code.
+    pub fn wait(&self, key: &str) -> ApiResult<WaitResponse> {
+        let id = self.find(key)?.config.id;
+        let info = self.wait_until_ended(&id, Duration::from_secs(u64::MAX / 4))?;
+        Ok(WaitResponse {
+            exit_code: info.state.exit_code.unwrap_or(0),
+            error: info.state.error,
+        })
+    }
+
+    /// Remove a container's files; `force` kills it first if it runs.
+    pub fn remove(&self, key: &str, force: bool) -> ApiResult<ContainerInfo> {
+        let info = self.find(key)?;
+        let id = info.config.id.clone();
+        if info.state.status.is_active() {
+            if !force {
+                return Err(ApiError::Conflict(format!(
+                    "container {} is running: stop it first, or remove it with `vessel rm -f`",
+                    info.config.name
+                )));
+            }
+            self.stop(&id, 0)?;
+        }
+        self.remove_files(&id)?;
+        Ok(info)
+    }
+
+    fn remove_files(&self, id: &str) -> std::io::Result<()> {
+        let _ = fs::remove_dir_all(self.home.run_dir(id));
+        match fs::remove_dir_all(self.home.container_dir(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Register an attached client (holds `--rm` removal back).
+    pub fn attach(self: &Arc<Self>, id: &str) -> AttachGuard {
+        if let Ok(mut m) = self.attached.lock() {
+            *m.entry(id.to_string()).or_insert(0) += 1;
+        }
+        AttachGuard {
+            containers: self.clone(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Remove ended `--rm` containers that no client is attached to.
+    pub fn reap_auto_remove(&self) {
+        for info in self.list() {
+            if info.config.auto_remove && info.state.status == Status::Exited {
+                let attached = self
+                    .attached
+                    .lock()
+                    .map(|m| m.contains_key(&info.config.id))
+                    .unwrap_or(true);
+                if !attached {
+                    if let Err(e) = self.remove_files(&info.config.id) {
+                        eprintln!("vessel-apiserver: removing {}: {e}", info.config.id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stop every running container (system shutdown), in parallel.
+    pub fn stop_all(self: &Arc<Self>, timeout: u64) {
+        let handles: Vec<_> = self
+            .list()
+            .into_iter()
+            .filter(|i| i.state.status.is_active())
+            .map(|i| {
+                let me = self.clone();
+                std::thread::spawn(move || {
+                    let _ = me.stop(&i.config.id, timeout);
+                })
+            })
+            .collect();
+        for h in handles {
+            let _ = h.join();
+        }
+        self.reap_auto_remove();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageRuntimeConfig {
+        ImageRuntimeConfig {
+            env: vec!["PATH=/bin".into(), "FROM_IMAGE=1".into()],
+            entrypoint: vec![],
+            cmd: vec!["sh".into()],
+            working_dir: "/srv".into(),
+            user: "".into(),
+        }
+    }
+
+    #[test]
+    fn user_flags_override_image() {
+        let req = CreateRequest {
+            cmd: vec!["echo".into(), "hi".into()],
+            env: vec!["FROM_IMAGE=2".into(), "X=y".into()],
+            workdir: Some("/tmp".into()),
+            user: Some("1000".into()),
+            ..Default::default()
+        };
+        let p = build_process(&req, &image(), "abc").unwrap();
+        assert_eq!(p.args, vec!["echo", "hi"]);
+        assert!(p.env.contains(&"FROM_IMAGE=2".to_string()));
+        assert!(!p.env.contains(&"FROM_IMAGE=1".to_string()));
+        assert!(p.env.contains(&"PATH=/bin".to_string()));
+        assert!(p.env.contains(&"HOSTNAME=abc".to_string()));
+        assert_eq!(p.cwd, "/tmp");
+        assert_eq!(p.user, "1000");
+    }
+
+    #[test]
+    fn image_defaults_and_entrypoint() {
+        let p = build_process(&CreateRequest::default(), &image(), "h").unwrap();
+        assert_eq!(p.args, vec!["sh"]);
+        assert_eq!(p.cwd, "/srv");
+        let mut img = image();
+        img.entrypoint = vec!["/entry".into()];
+        let p = build_process(
+            &CreateRequest {
+                cmd: vec!["a".into()],
+                ..Default::default()
+            },
+            &img,
+            "h",
+        )
+        .unwrap();
+        assert_eq!(p.args, vec!["/entry", "a"]);
+        // --entrypoint drops the image's CMD.
+        let req = CreateRequest {
+            entrypoint: Some("env".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            build_process(&req, &image(), "h").unwrap().args,
+            vec!["env"]
+        );
+        let req = CreateRequest {
+            entrypoint: Some("".into()),
+            ..Default::default()
+        };
+        assert!(build_process(&req, &image(), "h").is_err());
+    }
+
+    #[test]
+    fn bad_flags_are_rejected() {
+        let req = CreateRequest {
+            env: vec!["NOEQUALS".into()],
+            ..Default::default()
+        };
+        assert!(build_process(&req, &image(), "h").is_err());
+        let req = CreateRequest {
+            workdir: Some("relative".into()),
+            ..Default::default()
+        };
+        assert!(build_process(&req, &image(), "h").is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! The API server: routes of `docs/api/openapi.yaml` over a Unix socket.
+
+use crate::accel::Accel;
+use crate::containers::{ApiError, ApiResult, Containers};
+use crate::helpers::ImagesHelper;
+use anyhow::Context;
+use std::fs::{self, File};
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::time::Duration;
+use vessel_api::fsutil::random_hex;
+use vessel_api::http::{percent_encode, respond_error, respond_json, respond_stream_head, Request};
+use vessel_api::paths::Home;
+use vessel_api::types::{
+    parse_signal, ContainerSummary, CreateRequest, CreateResponse, HelperInfo, ImageSummary,
+    LoadResponse, ResolvedImage, SystemInfo,
+};
+
+/// Options of `vessel-apiserver serve`.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Group allowed to use the socket (mode 0660 instead of 0600).
+    pub group: Option<String>,
+    /// How the apiserver is supervised, for `system status`.
+    pub supervisor: String,
+}
+
+/// Shared state of the running server.
+pub struct Server {
+    home: Home,
+    accel: Accel,
+    containers: Arc<Containers>,
+    images: Arc<ImagesHelper>,
+    options: Options,
+}
+
+impl Server {
+    /// Prepare the instance directories, start the image helper, and build the server.
+    pub fn new(home: Home, options: Options) -> anyhow::Result<Arc<Self>> {
+        for d in [
+            home.root().to_path_buf(),
+            home.containers_dir(),
+            home.logs_dir(),
+            home.tmp_dir(),
+        ] {
+            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        fs::set_permissions(home.root(), fs::Permissions::from_mode(0o711))?;
+        // Uploads that were in flight when a previous apiserver died.
+        if let Ok(rd) = fs::read_dir(home.tmp_dir()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("upload-") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let accel = crate::accel::detect();
+        let images = ImagesHelper::start(home.clone());
+        let containers = Containers::new(home.clone());
+        Ok(Arc::new(Self {
+            home,
+            accel,
+            containers,
+            images,
+            options,
+        }))
+    }
+
+    /// Bind the API socket and serve forever.
+    pub fn serve(self: &Arc<Self>) -> anyhow::Result<()> {
+        let sock = self.home.api_socket();
+        let _ = fs::remove_file(&sock);
+        // SAFETY: umask only changes this process's file mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(&sock);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("binding {}", sock.display()))?;
+        if let Some(group) = &self.options.group {
+            set_group(&sock, group)?;
+        }
+        vessel_api::fsutil::write_atomic(
+            &self.home.apiserver_pid(),
+            std::process::id().to_string().as_bytes(),
+        )?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || loop {
+                me.containers.reap_auto_remove();
+                std::thread::sleep(Duration::from_millis(200));
+            })?;
+        eprintln!(
+            "vessel-apiserver: listening on {} (pid {}, accel {}: {})",
+            sock.display(),
+            std::process::id(),
+            self.accel.name,
+            self.accel.reason
+        );
+        for conn in listener.incoming() {
+            match conn {
+                Ok(stream) => {
+                    let me = self.clone();
+                    std::thread::spawn(move || me.handle(stream));
+                }
+                Err(e) => eprintln!("vessel-apiserver: accept: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(self: &Arc<Self>, stream: UnixStream) {
+        let mut req = match Request::read(stream) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("vessel-apiserver: bad request: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.route(&mut req) {
+            let _ = respond_error(req.stream(), e.status(), &format!("{e:#}"));
+        }
+    }
+
+    fn route(self: &Arc<Self>, req: &mut Request) -> ApiResult<()> {
+        let path = req.path.trim_end_matches('/').to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let method = req.method.clone();
+        match (method.as_str(), parts.as_slice()) {
+            ("GET", ["v1", "system", "info"]) => {
+                let info = self.system_info();
+                respond_json(req.stream(), 200, &info)?;
+            }
+            ("POST", ["v1", "system", "shutdown"]) => {
+                respond_json(req.stream(), 200, &serde_json::json!({"ok": true}))?;
+                self.shutdown();
+            }
+            ("GET", ["v1", "containers"]) => {
+                let all = req.flag("all");
+                let list: Vec<ContainerSummary> = self
+                    .containers
+                    .list()
+                    .iter()
+                    .filter(|i| all || i.state.status.is_active())
+                    .map(ContainerSummary::from_info)
+                    .collect();
+                respond_json(req.stream(), 200, &list)?;
+            }
+            ("POST", ["v1", "containers"]) => {
+                let create: CreateRequest = req
+                    .json()
+                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                let image = self.resolve_image(&create.image)?;
+                let config = self.containers.create(&create, &image, &self.accel)?;
+                respond_json(
+                    req.stream(),
+                    201,
+                    &CreateResponse {
+                        id: config.id,
+                        name: config.name,
+                    },
+                )?;
+            }
+            ("GET", ["v1", "containers", key]) => {
+                let info = self.containers.find(key)?;
+                respond_json(req.stream(), 200, &info)?;
+            }
+            ("DELETE", ["v1", "containers", key]) => {
+                let info = self.containers.remove(key, req.flag("force"))?;
+                respond_json(req.stream(), 200, &ContainerSummary::from_info(&info))?;
+            }
+            ("POST", ["v1", "containers", key, "start"]) => {
+                let id = self.containers.find(key)?.config.id;
+                if req.flag("attach") {
+                    let _guard = self.containers.attach(&id);
+                    self.containers.start(&id)?;
+                    respond_stream_head(req.stream(), 200, "application/x-ndjson")?;
+                    crate::logs::stream(&self.containers, &id, req.stream(), true)?;
+                } else {
+                    let info = self.containers.start(&id)?;
+                    respond_json(req.stream(), 200, &info)?;
+                }
+            }
+            ("GET", ["v1", "containers", key, "logs"]) => {
+                let id = self.containers.find(key)?.config.id;
+                let _guard = self.containers.attach(&id);
+                respond_stream_head(req.stream(), 200, "application/x-ndjson")?;
+                let follow = req.flag("follow");
+                crate::logs::stream(&self.containers, &id, req.stream(), follow)?;
+            }
+            ("POST", ["v1", "containers", key, "stop"]) => {
+                let t = match req.query("t") {
+                    Some(t) => t
+                        .parse::<u64>()
+                        .map_err(|_| ApiError::BadRequest(format!("invalid timeout {t:?}")))?,
+                    None => 10,
+                };
+                let info = self.containers.stop(key, t)?;
+                respond_json(req.stream(), 200, &info)?;
+            }
+            ("POST", ["v1", "containers", key, "kill"]) => {
+                let sig = parse_signal(req.query("signal").unwrap_or("KILL"))
+                    .map_err(ApiError::BadRequest)?;
+                let info = self.containers.kill(key, sig)?;
+                respond_json(req.stream(), 200, &info)?;
+            }
+            ("POST", ["v1", "containers", key, "wait"]) => {
+                let w = self.containers.wait(key)?;
+                respond_json(req.stream(), 200, &w)?;
+            }
+            ("GET", ["v1", "images"]) => {
+                let list: Vec<ImageSummary> = self.images_call("GET", "/images")?;
+                respond_json(req.stream(), 200, &list)?;
+            }
+            ("POST", ["v1", "images", "load"]) => {
+                let upload = self.receive_upload(req)?;
+                let path = percent_encode(&upload.path.to_string_lossy());
+                let res: ApiResult<LoadResponse> =
+                    self.images_call("POST", &format!("/images/load?path={path}"));
+                respond_json(req.stream(), 200, &res?)?;
+            }
+            ("POST", ["v1", "images", "import"]) => {
+                let reference = req
+                    .query("ref")
+                    .ok_or_else(|| ApiError::BadRequest("missing the image reference".into()))?
+                    .to_string();
+                let upload = self.receive_upload(req)?;
+                let path = percent_encode(&upload.path.to_string_lossy());
+                let res: ApiResult<LoadResponse> = self.images_call(
+                    "POST",
+                    &format!(
+                        "/images/import?path={path}&ref={}",
+                        percent_encode(&reference)
+                    ),
+                );
+                respond_json(req.stream(), 200, &res?)?;
+            }
+            ("DELETE", ["v1", "images"]) => {
+                let reference = req
+                    .query("ref")
+                    .ok_or_else(|| ApiError::BadRequest("missing the image reference".into()))?
+                    .to_string();
+                if !req.flag("force") {
+                    let image = self.resolve_image_id(&reference)?;
+                    if let Some(c) = self
+                        .containers
+                        .list()
+                        .iter()
+                        .find(|c| c.config.image_id == image)
+                    {
+                        return Err(ApiError::Conflict(format!(
+                            "image {reference} is used by container {} ({}); remove the container first or use `vessel image rm -f`",
+                            c.config.name,
+                            &c.config.id[..12]
+                        )));
+                    }
+                }
+                let v: serde_json::Value = self.images_call(
+                    "DELETE",
+                    &format!("/images?ref={}", percent_encode(&reference)),
+                )?;
+                respond_json(req.stream(), 200, &v)?;
+            }
+            _ => {
+                return Err(ApiError::NotFound(format!(
+                    "no route for {} {}",
+                    req.method, req.path
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn images_call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> ApiResult<T> {
+        let client = self.images.client()?;
+        let resp = client
+            .request(method, path, None)
+            .map_err(|e| anyhow::anyhow!("the image helper failed: {e}"))?;
+        match resp
+            .json::<T>()
+            .map_err(|e| anyhow::anyhow!("the image helper answered badly: {e}"))?
+        {
+            Ok(v) => Ok(v),
+            Err((404, m)) => Err(ApiError::NotFound(m)),
+            Err((409, m)) => Err(ApiError::Conflict(m)),
+            Err((400, m)) => Err(ApiError::BadRequest(m)),
+            Err((_, m)) => Err(ApiError::Internal(anyhow::anyhow!(m))),
+        }
+    }
+
+    fn resolve_image(&self, reference: &str) -> ApiResult<ResolvedImage> {
+        self.images_call(
+            "POST",
+            &format!("/images/resolve?ref={}", percent_encode(reference)),
+        )
+    }
+
+    fn resolve_image_id(&self, reference: &str) -> ApiResult<String> {
+        let v: serde_json::Value = self.images_call(
+            "GET",
+            &format!("/images/inspect?ref={}", percent_encode(reference)),
+        )?;
+        Ok(v.get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+            .to_string())
+    }
+
+    fn receive_upload(&self, req: &mut Request) -> ApiResult<Upload> {
+        let path = self
+            .home
+            .tmp_dir()
+            .join(format!("upload-{}", random_hex(8)));
+        let upload = Upload { path };
+        let mut f = File::create(&upload.path)?;
+        let expected = req.content_length;
+        let n = io::copy(&mut req.body(), &mut f)?;
+        if n != expected {
+            return Err(ApiError::BadRequest(format!(
+                "the upload ended after {n} of {expected} bytes"
+            )));
+        }
+        f.sync_all()?;
+        Ok(upload)
+    }
+
+    fn system_info(&self) -> SystemInfo {
+        let list = self.containers.list();
+        SystemInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            home: self.home.root().to_path_buf(),
+            apiserver_pid: std::process::id() as i32,
+            supervisor: self.options.supervisor.clone(),
+            accel: self.accel.name.clone(),
+            accel_reason: self.accel.reason.clone(),
+            kernel: crate::assets::kernel(),
+            initrd: crate::assets::initrd(),
+            agent_protocol: agent_protocol::PACKAGE.to_string(),
+            helpers: vec![
+                HelperInfo {
+                    name: "vessel-images".into(),
+                    pid: self.images.pid(),
+                    running: self.images.pid().is_some(),
+                },
+                HelperInfo {
+                    name: "vessel-runtime".into(),
+                    pid: None,
+                    running: list.iter().any(|i| i.state.status.is_active()),
+                },
+            ],
+            containers_running: list.iter().filter(|i| i.state.status.is_active()).count(),
+            containers_total: list.len(),
+        }
+    }
+
+    /// `system stop`: stop every container, then end the supervisor and ourselves.
+    fn shutdown(&self) {
+        eprintln!("vessel-apiserver: shutting down: stopping containers");
+        self.containers.stop_all(5);
+        let supervisor = fs::read_to_string(self.home.supervisor_pid())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        // SAFETY: getppid has no preconditions.
+        let parent = unsafe { libc::getppid() };
+        if supervisor == Some(parent) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(parent, libc::SIGTERM) };
+        }
+        let _ = fs::remove_file(self.home.api_socket());
+        let _ = fs::remove_file(self.home.apiserver_pid());
+        std::process::exit(0);
+    }
+}
+
+/// An uploaded file in `tmp/`, removed when dropped.
+struct Upload {
+    path: std::path::PathBuf,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+fn set_group(sock: &std::path::Path, group: &str) -> anyhow::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cname = CString::new(group)?;
+    // SAFETY: getgrnam takes a valid C string; we read gr_gid at once, before any other call.
+    let gid = unsafe {
+        let g = libc::getgrnam(cname.as_ptr());
+        if g.is_null() {
+            anyhow::bail!("group {group:?} does not exist");
+        }
+        (*g).gr_gid
+    };
+    let cpath = CString::new(sock.as_os_str().as_bytes())?;
+    // SAFETY: chown takes a valid C string path.
+    if unsafe { libc::chown(cpath.as_ptr(), u32::MAX, gid) } != 0 {
+        return Err(io::Error::last_os_error()).context("changing the socket's group");
+    }
+    fs::set_permissions(sock, fs::Permissions::from_mode(0o660))?;
+    Ok(())
+}

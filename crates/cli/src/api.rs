@@ -1,0 +1,105 @@
+//! Talking to the apiserver, with errors a user can act on.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::de::DeserializeOwned;
+use std::io::Read;
+use vessel_api::http::{Client, HttpError, Response};
+use vessel_api::paths::Home;
+
+/// A client for this instance's apiserver.
+pub struct Api {
+    pub home: Home,
+    client: Client,
+}
+
+/// An error the apiserver answered with (status and message).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ServerError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Api {
+    pub fn new(home: Home) -> Self {
+        let client = Client::new(home.api_socket());
+        Self { home, client }
+    }
+
+    fn not_running(&self, e: HttpError) -> anyhow::Error {
+        if let HttpError::Io(io) = &e {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) {
+                return anyhow!(
+                    "cannot connect to the vessel apiserver at {}: it is not running.\nStart it with `vessel system start` (VESSEL_HOME={})",
+                    self.client.socket().display(),
+                    self.home.root().display()
+                );
+            }
+        }
+        anyhow!(e).context("talking to the vessel apiserver")
+    }
+
+    /// Is the apiserver answering?
+    pub fn is_up(&self) -> bool {
+        self.client
+            .request("GET", "/v1/system/info", None)
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    }
+
+    /// Send a request; the raw response.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response> {
+        let res = match body {
+            Some(b) => self.client.request_json(method, path, b),
+            None => self.client.request(method, path, None),
+        };
+        res.map_err(|e| self.not_running(e))
+    }
+
+    /// Send a request with a streamed body of `len` bytes.
+    pub fn upload(&self, path: &str, body: &mut dyn Read, len: u64) -> Result<Response> {
+        self.client
+            .request_reader("POST", path, body, len)
+            .map_err(|e| self.not_running(e))
+    }
+
+    /// Send a request and decode a JSON answer, turning error statuses into errors.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<T> {
+        let resp = self.send(method, path, body)?;
+        decode(resp)
+    }
+}
+
+/// Decode a JSON answer or the server's error.
+pub fn decode<T: DeserializeOwned>(resp: Response) -> Result<T> {
+    match resp.json::<T>().context("reading the apiserver's answer")? {
+        Ok(v) => Ok(v),
+        Err((status, message)) => Err(ServerError { status, message }.into()),
+    }
+}
+
+/// Fail unless the response is a success; the error carries the server's message.
+pub fn check(resp: Response) -> Result<Response> {
+    if (200..300).contains(&resp.status) {
+        return Ok(resp);
+    }
+    let status = resp.status;
+    let body = resp.bytes().unwrap_or_default();
+    bail!(ServerError {
+        status,
+        message: vessel_api::http::error_message(&body)
+    })
+}

@@ -1,0 +1,186 @@
+//! Command-line syntax, following Docker's flags and conventions.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "vessel",
+    version,
+    about = "Run Linux containers, each in its own lightweight VM",
+    after_help = "VESSEL_HOME selects the instance (default /var/lib/vessel as root)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create and run a container in a new VM
+    Run(RunArgs),
+    /// List containers
+    #[command(visible_alias = "ps")]
+    Ls(LsArgs),
+    /// Show a container's output
+    Logs(LogsArgs),
+    /// Stop containers: SIGTERM, then SIGKILL after a grace period
+    Stop(StopArgs),
+    /// Send a signal to containers
+    Kill(KillArgs),
+    /// Remove containers
+    Rm(RmArgs),
+    /// Show containers' configuration and state as JSON
+    Inspect(TargetsArgs),
+    /// Wait for containers to end and print their exit codes
+    Wait(TargetsArgs),
+    /// Manage images
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage the vessel services
+    #[command(subcommand)]
+    System(SystemCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Remove the container when it ends
+    #[arg(long)]
+    pub rm: bool,
+    /// Run in the background and print the container ID
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Set environment variables (KEY=VALUE, or KEY to pass the current value)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Assign a name to the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Number of virtual CPUs (fractions round up)
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Memory of the VM (e.g. 256m, 1g)
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// Override the image's entrypoint
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User name or UID, optionally with group (user[:group])
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The image to run
+    pub image: String,
+    /// The command and its arguments
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only display container IDs
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Output format: `table` (default) or `json` (one object per line)
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Don't truncate output
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LogsArgs {
+    /// Follow log output until the container ends
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// Seconds to wait before killing the container
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct KillArgs {
+    /// Signal to send (name or number)
+    #[arg(short = 's', long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Force the removal of a running container (kills it)
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TargetsArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCommand {
+    /// Load images from an OCI layout or `docker save` archive
+    Load {
+        /// The archive to read
+        #[arg(short = 'i', long = "input")]
+        input: PathBuf,
+        /// Print only the image references
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Create an image from a root filesystem tarball
+    Import { file: PathBuf, reference: String },
+    /// List images
+    #[command(visible_alias = "list")]
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Remove images
+    Rm {
+        /// Remove even if a container uses it
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SystemCommand {
+    /// Start the apiserver under its supervisor, in the background
+    Start {
+        /// Let this group use the API socket (mode 0660)
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Stop every container, then the apiserver and its supervisor
+    Stop,
+    /// Show the apiserver, its helpers, the kernel and the accelerator
+    Status {
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Print the services' logs
+    Logs,
+}

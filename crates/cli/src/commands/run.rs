@@ -1,0 +1,136 @@
+//! `vessel run`: create a container, start its VM, and (in the foreground)
+//! stream its output and exit with its exit code.
+
+use super::stream::{print_stream, StreamEnd};
+use crate::api::{check, decode, Api};
+use crate::cli::RunArgs;
+use anyhow::{anyhow, bail, Result};
+use std::sync::atomic::{AtomicU32, Ordering};
+use vessel_api::http::percent_encode;
+use vessel_api::types::{parse_memory, ContainerInfo, CreateRequest, CreateResponse, Status};
+
+/// Build the create request from the flags (validated here, before any work).
+pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
+    let memory_mib = match &a.memory {
+        Some(m) => {
+            let bytes = parse_memory(m).map_err(|e| anyhow!("{e}"))?;
+            Some(bytes.div_ceil(1 << 20))
+        }
+        None => None,
+    };
+    let cpus = match &a.cpus {
+        Some(c) => {
+            let v: f64 = c
+                .trim()
+                .parse()
+                .map_err(|_| anyhow!("invalid --cpus {c:?}: expected a number such as 2 or 1.5"))?;
+            if !(v > 0.0 && v <= 64.0) {
+                bail!("invalid --cpus {c:?}: must be more than 0 and at most 64");
+            }
+            Some(v.ceil() as u32)
+        }
+        None => None,
+    };
+    let mut env = Vec::new();
+    for e in &a.env {
+        if e.contains('=') {
+            env.push(e.clone());
+        } else if let Ok(v) = std::env::var(e) {
+            // `-e KEY` passes the client's value, as Docker does.
+            env.push(format!("{e}={v}"));
+        }
+    }
+    Ok(CreateRequest {
+        image: a.image.clone(),
+        name: a.name.clone(),
+        cmd: a.command.clone(),
+        entrypoint: a.entrypoint.clone(),
+        env,
+        workdir: a.workdir.clone(),
+        user: a.user.clone(),
+        cpus,
+        memory_mib,
+        auto_remove: a.rm,
+    })
+}
+
+pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
+    let req = create_request(&a)?;
+    let body = serde_json::to_value(&req)?;
+    let created: CreateResponse = api.call("POST", "/v1/containers", Some(&body))?;
+    let id = created.id;
+    if a.detach {
+        let info: ContainerInfo = api.call("POST", &format!("/v1/containers/{id}/start"), None)?;
+        if info.state.status == Status::Exited {
+            if let Some(err) = &info.state.error {
+                eprintln!("vessel: error: {err}");
+                return Ok(info.state.exit_code.unwrap_or(125));
+            }
+        }
+        println!("{id}");
+        return Ok(0);
+    }
+    forward_interrupts(api, &id);
+    let resp = check(api.send("POST", &format!("/v1/containers/{id}/start?attach=1"), None)?)?;
+    match print_stream(resp)? {
+        StreamEnd::Exit(code, error) => {
+            if let Some(err) = error {
+                eprintln!("vessel: error: {err}");
+            }
+            Ok(code)
+        }
+        StreamEnd::Eof => {
+            // The apiserver went away; the container lives on in its VM.
+            let state: Result<ContainerInfo> =
+                decode(api.send("GET", &format!("/v1/containers/{id}"), None)?);
+            match state {
+                Ok(info) if info.state.status == Status::Exited => {
+                    Ok(info.state.exit_code.unwrap_or(0))
+                }
+                _ => {
+                    eprintln!(
+                        "vessel: lost the connection to the apiserver; the container may still run: `vessel logs -f {}`",
+                        &id[..12]
+                    );
+                    Ok(125)
+                }
+            }
+        }
+    }
+}
+
+static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
+
+/// Ctrl-C (or SIGTERM) stops the container: SIGTERM, then SIGKILL after 10
+/// s; a second Ctrl-C kills it at once. The stream then ends with its exit.
+fn forward_interrupts(api: &Api, id: &str) {
+    // SAFETY: the mask is a valid local; blocking signals in this thread is
+    // inherited by threads spawned later, so only the waiter below sees them.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let api = Api::new(api.home.clone());
+    let id = id.to_string();
+    std::thread::spawn(move || loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set and sig are valid for the call.
+        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+            return;
+        }
+        let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        let path = if n == 0 {
+            format!("/v1/containers/{id}/stop?t=10")
+        } else {
+            format!("/v1/containers/{id}/kill?signal={}", percent_encode("KILL"))
+        };
+        let api2 = Api::new(api.home.clone());
+        std::thread::spawn(move || {
+            let _ = api2.send("POST", &path, None);
+        });
+    });
+}

@@ -1,0 +1,163 @@
+//! `vessel system start|stop|status|logs`.
+
+use crate::api::Api;
+use crate::cli::SystemCommand;
+use anyhow::{bail, Context, Result};
+use std::fs::{self, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use vessel_api::fsutil::pid_alive;
+use vessel_api::paths::sibling_binary;
+use vessel_api::types::SystemInfo;
+
+pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
+    match c {
+        SystemCommand::Start { group } => start(api, group.as_deref()),
+        SystemCommand::Stop => stop(api),
+        SystemCommand::Status { format } => status(api, format.as_deref()),
+        SystemCommand::Logs => {
+            for name in ["supervisor.log", "apiserver.log", "images.log"] {
+                let p = api.home.logs_dir().join(name);
+                if let Ok(text) = fs::read_to_string(&p) {
+                    println!("==> {} <==\n{text}", p.display());
+                }
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn read_pid(path: &std::path::Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn start(api: &Api, group: Option<&str>) -> Result<i32> {
+    if api.is_up() {
+        let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
+        println!(
+            "vessel is already running (apiserver pid {}, VESSEL_HOME={})",
+            info.apiserver_pid,
+            info.home.display()
+        );
+        return Ok(0);
+    }
+    let home = &api.home;
+    if let Some(pid) = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p)) {
+        // A supervisor is there, restarting its apiserver: wait for it.
+        eprintln!("vessel: a supervisor (pid {pid}) is already running; waiting for its apiserver");
+    } else {
+        fs::create_dir_all(home.logs_dir())
+            .with_context(|| format!("creating {}", home.logs_dir().display()))?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.logs_dir().join("supervisor.log"))?;
+        let bin = sibling_binary("vessel-apiserver");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("supervise").arg("--home").arg(home.root());
+        if let Some(g) = group {
+            cmd.arg("--group").arg(g);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if api.is_up() {
+            let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
+            println!(
+                "vessel started: apiserver pid {}, accelerator {} ({})",
+                info.apiserver_pid, info.accel, info.accel_reason
+            );
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "the apiserver did not come up within 20 s; see {}",
+        home.logs_dir().join("apiserver.log").display()
+    )
+}
+
+fn stop(api: &Api) -> Result<i32> {
+    let home = &api.home;
+    let supervisor = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p));
+    let apiserver = read_pid(&home.apiserver_pid()).filter(|p| pid_alive(*p));
+    if api.is_up() {
+        api.send("POST", "/v1/system/shutdown", None)?;
+    } else if let Some(pid) = supervisor {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    } else {
+        println!("vessel is not running");
+        return Ok(0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let gone = |p: Option<i32>| p.map(|p| !pid_alive(p)).unwrap_or(true);
+        if gone(supervisor) && gone(apiserver) && !api.is_up() {
+            println!("vessel stopped");
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("vessel did not stop within 60 s")
+}
+
+fn status(api: &Api, format: Option<&str>) -> Result<i32> {
+    if !api.is_up() {
+        println!(
+            "vessel is not running (VESSEL_HOME={}); start it with `vessel system start`",
+            api.home.root().display()
+        );
+        return Ok(1);
+    }
+    let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
+    if format == Some("json") {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(0);
+    }
+    println!(
+        "apiserver:    running (pid {}, version {})",
+        info.apiserver_pid, info.version
+    );
+    println!("supervisor:   {}", info.supervisor);
+    println!("home:         {}", info.home.display());
+    for h in &info.helpers {
+        let state = match (h.running, h.pid) {
+            (true, Some(pid)) => format!("running (pid {pid})"),
+            (true, None) => "running (one per container)".to_string(),
+            (false, _) => "not running".to_string(),
+        };
+        println!("{:<14}{state}", format!("{}:", h.name));
+    }
+    println!("accelerator:  {} ({})", info.accel, info.accel_reason);
+    let exists = |p: &std::path::Path| if p.is_file() { "" } else { " (MISSING)" };
+    println!(
+        "kernel:       {}{}",
+        info.kernel.display(),
+        exists(&info.kernel)
+    );
+    println!(
+        "initramfs:    {}{}",
+        info.initrd.display(),
+        exists(&info.initrd)
+    );
+    println!("agent:        {}", info.agent_protocol);
+    println!(
+        "containers:   {} running, {} in all",
+        info.containers_running, info.containers_total
+    );
+    Ok(0)
+}
