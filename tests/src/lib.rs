@@ -1,1 +1,169 @@
-//! harness
+//! End-to-end test harness: each [`Instance`] is a real vessel instance with
+//! its own `VESSEL_HOME`, started through the CLI like a user would, booting
+//! real VMs. Dropping it stops the instance and kills anything it left
+//! (VMs, vsock backends, runtime helpers), even when the test failed.
+//!
+//! Inputs, set by `scripts/test.sh`:
+//! - `VESSEL_KERNEL`, `VESSEL_INITRD`: the guest kernel and initramfs;
+//! - `VESSEL_TEST_IMAGE`: the offline default image (OCI archive);
+//! - `VESSEL_BIN_DIR` (optional): where the vessel binaries are; default the
+//!   target directory these tests were built into.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The default image's reference, as its archive names it.
+pub const IMAGE: &str = "localhost/busybox:latest";
+
+/// A required environment variable; a missing one fails the test loudly.
+pub fn required_env(name: &str) -> PathBuf {
+    let v = std::env::var_os(name).unwrap_or_else(|| {
+        panic!("{name} is not set: run the tests through scripts/test.sh, which builds the guest and sets it")
+    });
+    let p = PathBuf::from(v);
+    assert!(p.exists(), "{name}={} does not exist", p.display());
+    p
+}
+
+/// Directory of the vessel binaries under test.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("VESSEL_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/debug/deps/<test> → target/debug
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// A vessel instance for one test.
+pub struct Instance {
+    pub home: tempfile::TempDir,
+    started: bool,
+}
+
+impl Instance {
+    /// A new, not yet started instance.
+    pub fn new() -> Self {
+        let home = tempfile::Builder::new().prefix("vessel-e2e-").tempdir_in("/tmp").expect("temp home");
+        Self { home, started: false }
+    }
+
+    /// A started instance with the default image loaded.
+    pub fn started() -> Self {
+        let mut me = Self::new();
+        me.start();
+        let out = me.vessel(&["image", "load", "-i", required_env("VESSEL_TEST_IMAGE").to_str().unwrap()]);
+        assert_ok(&out, "image load");
+        me
+    }
+
+    pub fn start(&mut self) {
+        let out = self.vessel(&["system", "start"]);
+        assert_ok(&out, "system start");
+        self.started = true;
+    }
+
+    pub fn path(&self) -> &Path {
+        self.home.path()
+    }
+
+    /// A `vessel` command for this instance.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin_dir().join("vessel"));
+        c.args(args)
+            .env("VESSEL_HOME", self.home.path())
+            .env("VESSEL_KERNEL", required_env("VESSEL_KERNEL"))
+            .env("VESSEL_INITRD", required_env("VESSEL_INITRD"))
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Run `vessel ARGS` to completion.
+    pub fn vessel(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("running vessel")
+    }
+
+    /// `vessel run --rm IMAGE ARGS...`; its output.
+    pub fn run_rm(&self, args: &[&str]) -> Output {
+        let mut a = vec!["run", "--rm", IMAGE];
+        a.extend_from_slice(args);
+        self.vessel(&a)
+    }
+
+    /// Poll `f` every 100 ms until it holds or `limit` passes.
+    pub fn wait_for(&self, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// Names of the entries under `VESSEL_HOME/containers`.
+    pub fn container_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(self.path().join("containers"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Default for Instance {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.started {
+            let _ = self.cmd(&["system", "stop"]).output();
+        }
+        // Whatever is left (a failed test, a stuck VM): kill every process
+        // whose command line names this instance's home or run directory.
+        let home = self.home.path().to_string_lossy().into_owned();
+        let run_base = vessel_api::paths::Home::new(self.home.path()).run_base();
+        let run = run_base.to_string_lossy().into_owned();
+        kill_matching(&[&home, &run]);
+        let _ = std::fs::remove_dir_all(&run_base);
+    }
+}
+
+/// SIGKILL every process whose command line contains one of `needles`.
+pub fn kill_matching(needles: &[&str]) -> usize {
+    let me = std::process::id();
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if needles.iter().any(|n| cmdline.contains(n)) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Text of a byte buffer.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Assert a command succeeded, showing its output if not.
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Quick start, step 2: the whole test suite. Lints, unit tests, and
+# end-to-end tests that boot real VMs (software emulation when no usable KVM).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+
+log "Checking dependencies"
+scripts/install-deps.sh
+
+log "Guest kernel"
+VESSEL_KERNEL=$(guest/kernel/build.sh)
+
+log "Formatting and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "Guest init and initramfs"
+VESSEL_INITRD=$(scripts/build-guest.sh build/guest/initramfs.img)
+
+log "Offline default image"
+VESSEL_TEST_IMAGE=$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)
+
+export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE
+log "Tests (kernel $VESSEL_KERNEL)"
+cargo build --workspace --bins --quiet
+cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"
