@@ -1,0 +1,196 @@
+//! The HTTP API of `vessel-images`, served on `Home::images_socket()` to
+//! the apiserver only (socket mode 0600). One thread per connection.
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/health` | `{"ok":true}` |
+//! | GET | `/images` | `[ImageSummary]` |
+//! | POST | `/images/load?path=ABS` | `LoadResponse` |
+//! | POST | `/images/import?path=ABS&ref=REF` | `LoadResponse` |
+//! | POST | `/images/resolve?ref=REF` | `ResolvedImage` (builds the ext4) |
+//! | GET | `/images/inspect?ref=REF` | config JSON with `id`, `digest` |
+//! | DELETE | `/images?ref=REF` | `{"removed":[..],"deleted":[..]}` |
+//!
+//! Errors are `{"message": ...}`: 404 for an unknown image, 400 for bad
+//! input, 500 otherwise.
+
+use std::error::Error as StdError;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use vessel_api::http::{respond_error, respond_json, Request};
+use vessel_api::paths::Home;
+use vessel_api::types::LoadResponse;
+
+use crate::images::{Images, ImagesError};
+
+/// Errors starting the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("Cannot open the image store")]
+    Open(#[source] ImagesError),
+    #[error("Cannot listen on {path}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The message of `e` followed by its sources.
+pub fn error_chain(e: &dyn StdError) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// Bind the images socket (replacing a stale one) and serve forever.
+pub fn run(home: &Home) -> Result<(), ServerError> {
+    let images = Arc::new(Images::open(home).map_err(ServerError::Open)?);
+    let path = home.images_socket();
+    let listener = bind(&path).map_err(|source| ServerError::Listen {
+        path: path.clone(),
+        source,
+    })?;
+    eprintln!("vessel-images: listening on {}", path.display());
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let images = Arc::clone(&images);
+                std::thread::spawn(move || serve_connection(&images, stream));
+            }
+            Err(e) => eprintln!("vessel-images: accept failed: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Handle one connection (one request).
+pub fn serve_connection(images: &Images, stream: UnixStream) {
+    let mut req = match Request::read(stream) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vessel-images: bad request: {}", error_chain(&e));
+            return;
+        }
+    };
+    let result = route(images, &req);
+    let (method, path) = (req.method.clone(), req.path.clone());
+    let w = req.stream();
+    let sent = match result {
+        Ok((status, body)) => respond_json(w, status, &body),
+        Err(e) => {
+            let (status, msg) = (e.status(), e.message());
+            eprintln!("vessel-images: {method} {path}: {status}: {msg}");
+            respond_error(w, status, &msg)
+        }
+    };
+    if let Err(e) = sent {
+        eprintln!("vessel-images: cannot send the response: {e}");
+    }
+}
+
+/// A request's problem with its parameters.
+#[derive(Debug, thiserror::Error)]
+enum BadRequest {
+    #[error("Missing query parameter {0}")]
+    Missing(&'static str),
+    #[error("Parameter path must be an absolute path")]
+    NotAbsolute,
+    #[error("No such endpoint: {0} {1}")]
+    NoRoute(String, String),
+}
+
+enum RouteError {
+    Bad(BadRequest),
+    Images(ImagesError),
+}
+
+impl From<ImagesError> for RouteError {
+    fn from(e: ImagesError) -> Self {
+        RouteError::Images(e)
+    }
+}
+
+impl From<BadRequest> for RouteError {
+    fn from(e: BadRequest) -> Self {
+        RouteError::Bad(e)
+    }
+}
+
+impl RouteError {
+    fn message(&self) -> String {
+        match self {
+            RouteError::Bad(b) => error_chain(b),
+            RouteError::Images(i) => error_chain(i),
+        }
+    }
+
+    fn status(&self) -> u16 {
+        match self {
+            RouteError::Bad(BadRequest::NoRoute(..)) => 404,
+            RouteError::Bad(_) => 400,
+            RouteError::Images(e) => e.status(),
+        }
+    }
+}
+
+fn param<'a>(req: &'a Request, name: &'static str) -> Result<&'a str, BadRequest> {
+    req.query(name)
+        .filter(|v| !v.is_empty())
+        .ok_or(BadRequest::Missing(name))
+}
+
+fn abs_path(req: &Request) -> Result<PathBuf, BadRequest> {
+    let p = PathBuf::from(param(req, "path")?);
+    if !p.is_absolute() {
+        return Err(BadRequest::NotAbsolute);
+    }
+    Ok(p)
+}
+
+fn to_json<T: serde::Serialize>(v: T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn route(images: &Images, req: &Request) -> Result<(u16, serde_json::Value), RouteError> {
+    match (req.method.as_str(), req.path.trim_end_matches('/')) {
+        ("GET", "/health") => Ok((200, serde_json::json!({"ok": true}))),
+        ("GET", "/images") => Ok((200, to_json(images.list()?))),
+        ("POST", "/images/load") => {
+            let loaded = images.load(&abs_path(req)?)?;
+            Ok((200, to_json(LoadResponse { images: loaded })))
+        }
+        ("POST", "/images/import") => {
+            let path = abs_path(req)?;
+            let s = images.import(&path, param(req, "ref")?)?;
+            Ok((200, to_json(LoadResponse { images: vec![s] })))
+        }
+        ("POST", "/images/resolve") => Ok((200, to_json(images.resolve(param(req, "ref")?)?))),
+        ("GET", "/images/inspect") => Ok((200, images.inspect(param(req, "ref")?)?)),
+        ("DELETE", "/images") => Ok((200, to_json(images.remove(param(req, "ref")?)?))),
+        (m, p) => Err(BadRequest::NoRoute(m.to_string(), p.to_string()).into()),
+    }
+}
