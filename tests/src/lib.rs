@@ -9,6 +9,8 @@
 //! - `VESSEL_BIN_DIR` (optional): where the vessel binaries are; default the
 //!   target directory these tests were built into.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -33,7 +35,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/debug/deps/<test> → target/debug
     let exe = std::env::current_exe().expect("current exe");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A vessel instance for one test.
@@ -45,15 +50,26 @@ pub struct Instance {
 impl Instance {
     /// A new, not yet started instance.
     pub fn new() -> Self {
-        let home = tempfile::Builder::new().prefix("vessel-e2e-").tempdir_in("/tmp").expect("temp home");
-        Self { home, started: false }
+        let home = tempfile::Builder::new()
+            .prefix("vessel-e2e-")
+            .tempdir_in("/tmp")
+            .expect("temp home");
+        Self {
+            home,
+            started: false,
+        }
     }
 
     /// A started instance with the default image loaded.
     pub fn started() -> Self {
         let mut me = Self::new();
         me.start();
-        let out = me.vessel(&["image", "load", "-i", required_env("VESSEL_TEST_IMAGE").to_str().unwrap()]);
+        let out = me.vessel(&[
+            "image",
+            "load",
+            "-i",
+            required_env("VESSEL_TEST_IMAGE").to_str().unwrap(),
+        ]);
         assert_ok(&out, "image load");
         me
     }
@@ -106,7 +122,11 @@ impl Instance {
     /// Names of the entries under `VESSEL_HOME/containers`.
     pub fn container_dirs(&self) -> Vec<String> {
         std::fs::read_dir(self.path().join("containers"))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -137,11 +157,15 @@ pub fn kill_matching(needles: &[&str]) -> usize {
     let me = std::process::id();
     let mut n = 0;
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == me {
             continue;
         }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if needles.iter().any(|n| cmdline.contains(n)) {
             // SAFETY: kill has no memory-safety preconditions.

@@ -1,13 +1,21 @@
 //! Images: loading archives made by other tools, importing root filesystems,
 //! and refusing malformed archives and hostile layers.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::Command;
 use vessel_tests::{assert_ok, required_env, text, Instance, IMAGE};
 
 fn fixture(case: &str, out: &Path, canary: &str) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/make_rootfs_tar.py");
-    let st = Command::new("python3").arg(script).arg(case).arg(out).arg(canary).status().unwrap();
+    let st = Command::new("python3")
+        .arg(script)
+        .arg(case)
+        .arg(out)
+        .arg(canary)
+        .status()
+        .unwrap();
     assert!(st.success(), "fixture {case}");
 }
 
@@ -24,7 +32,12 @@ fn truncated_or_garbage_archives_leave_the_store_untouched() {
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("truncated", good[..good.len() / 2].to_vec()),
         ("tiny", good[..700].to_vec()),
-        ("garbage", (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect()),
+        (
+            "garbage",
+            (0..100_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+                .collect(),
+        ),
         ("empty", Vec::new()),
     ];
     for (name, data) in cases {
@@ -32,9 +45,20 @@ fn truncated_or_garbage_archives_leave_the_store_untouched() {
         std::fs::write(&p, data).unwrap();
         let out = v.vessel(&["image", "load", "-i", p.to_str().unwrap()]);
         assert!(!out.status.success(), "{name} archive was accepted");
-        assert!(!text(&out.stderr).trim().is_empty(), "{name}: no error message");
-        assert_eq!(files_under(&v.path().join("content/blobs/sha256")), 0, "{name}: blobs left in the store");
-        assert_eq!(files_under(&v.path().join("tmp")), 0, "{name}: temporary files left");
+        assert!(
+            !text(&out.stderr).trim().is_empty(),
+            "{name}: no error message"
+        );
+        assert_eq!(
+            files_under(&v.path().join("content/blobs/sha256")),
+            0,
+            "{name}: blobs left in the store"
+        );
+        assert_eq!(
+            files_under(&v.path().join("tmp")),
+            0,
+            "{name}: temporary files left"
+        );
         let ls = text(&v.vessel(&["image", "ls", "-q"]).stdout);
         assert!(ls.trim().is_empty(), "{name}: an image appeared: {ls}");
     }
@@ -52,19 +76,39 @@ fn docker_save_archive_from_skopeo_loads_and_runs() {
     let st = Command::new("skopeo")
         .arg("copy")
         .arg("--quiet")
-        .arg(format!("oci-archive:{}", required_env("VESSEL_TEST_IMAGE").display()))
-        .arg(format!("docker-archive:{}:localhost/dockerfmt:v1", archive.display()))
+        .arg(format!(
+            "oci-archive:{}",
+            required_env("VESSEL_TEST_IMAGE").display()
+        ))
+        .arg(format!(
+            "docker-archive:{}:localhost/dockerfmt:v1",
+            archive.display()
+        ))
         .status()
         .unwrap();
     assert!(st.success(), "skopeo copy");
     let out = v.vessel(&["image", "load", "-i", archive.to_str().unwrap()]);
     assert_ok(&out, "load docker archive");
-    assert!(text(&out.stdout).contains("localhost/dockerfmt:v1"), "{}", text(&out.stdout));
-    let out = v.vessel(&["run", "--rm", "localhost/dockerfmt:v1", "sh", "-c", "echo $VESSEL_IMAGE"]);
+    assert!(
+        text(&out.stdout).contains("localhost/dockerfmt:v1"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "localhost/dockerfmt:v1",
+        "sh",
+        "-c",
+        "echo $VESSEL_IMAGE",
+    ]);
     assert_ok(&out, "run docker-format image");
     assert_eq!(text(&out.stdout).trim(), "busybox");
     let ls = text(&v.vessel(&["image", "ls"]).stdout);
-    assert!(ls.contains("localhost/dockerfmt") && ls.contains("v1"), "{ls}");
+    assert!(
+        ls.contains("localhost/dockerfmt") && ls.contains("v1"),
+        "{ls}"
+    );
 }
 
 #[test]
@@ -73,10 +117,21 @@ fn import_rootfs_then_rm_refuses_while_used() {
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("rootfs.tar");
     fixture("busybox", &tar, "unused");
-    let out = v.vessel(&["image", "import", tar.to_str().unwrap(), "localhost/imported:1"]);
+    let out = v.vessel(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "localhost/imported:1",
+    ]);
     assert_ok(&out, "import");
     assert!(text(&out.stdout).starts_with("sha256:"));
-    let out = v.vessel(&["run", "--rm", "localhost/imported:1", "cat", "/etc/imported"]);
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "localhost/imported:1",
+        "cat",
+        "/etc/imported",
+    ]);
     assert_ok(&out, "run imported");
     assert_eq!(text(&out.stdout), "imported-ok\n");
 
@@ -87,9 +142,18 @@ fn import_rootfs_then_rm_refuses_while_used() {
     assert!(text(&out.stderr).contains("user"), "{}", text(&out.stderr));
     assert_ok(&v.vessel(&["rm", "-f", "user"]), "rm -f");
     assert_ok(&v.vessel(&["image", "rm", IMAGE]), "image rm");
-    assert_ok(&v.vessel(&["image", "rm", "localhost/imported:1"]), "image rm");
-    assert!(text(&v.vessel(&["image", "ls", "-q"]).stdout).trim().is_empty());
-    assert_eq!(files_under(&v.path().join("content/blobs/sha256")), 0, "blobs freed");
+    assert_ok(
+        &v.vessel(&["image", "rm", "localhost/imported:1"]),
+        "image rm",
+    );
+    assert!(text(&v.vessel(&["image", "ls", "-q"]).stdout)
+        .trim()
+        .is_empty());
+    assert_eq!(
+        files_under(&v.path().join("content/blobs/sha256")),
+        0,
+        "blobs freed"
+    );
     assert_eq!(files_under(&v.path().join("rootfs")), 0, "ext4 bases freed");
 }
 
@@ -104,7 +168,10 @@ fn hostile_layers_never_write_outside_the_rootfs() {
         fixture(case, &tar, &canary);
         let reference = format!("localhost/hostile-{case}:1");
         let out = v.vessel(&["image", "import", tar.to_str().unwrap(), &reference]);
-        assert_ok(&out, "import stores the blob; unpacking is what must be safe");
+        assert_ok(
+            &out,
+            "import stores the blob; unpacking is what must be safe",
+        );
         let out = v.vessel(&["run", "--rm", &reference, "cat", &format!("/srv/{canary}")]);
         if case == "absolute" {
             // Contained: the absolute path lands inside the container's root.
@@ -114,11 +181,26 @@ fn hostile_layers_never_write_outside_the_rootfs() {
         } else {
             assert!(!out.status.success(), "{case}: a hostile layer ran");
             let err = text(&out.stderr);
-            assert!(err.contains("escape") || err.contains("outside") || err.contains("symlink"), "{case}: {err}");
+            assert!(
+                err.contains("escape") || err.contains("outside") || err.contains("symlink"),
+                "{case}: {err}"
+            );
         }
-        assert!(!Path::new(&format!("/tmp/{canary}")).exists(), "{case} wrote to the host's /tmp");
-        let found = Command::new("find").arg(v.path()).arg("-name").arg(&canary).output().unwrap();
-        assert!(text(&found.stdout).trim().is_empty(), "{case}: {}", text(&found.stdout));
+        assert!(
+            !Path::new(&format!("/tmp/{canary}")).exists(),
+            "{case} wrote to the host's /tmp"
+        );
+        let found = Command::new("find")
+            .arg(v.path())
+            .arg("-name")
+            .arg(&canary)
+            .output()
+            .unwrap();
+        assert!(
+            text(&found.stdout).trim().is_empty(),
+            "{case}: {}",
+            text(&found.stdout)
+        );
     }
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd_before);
 }

@@ -1,1 +1,31 @@
-//! placeholder
+//! `vessel-runtime`: the helper that owns one container's VM for its whole
+//! life — the QEMU microVM ([`vmm`]), its vsock backend ([`vsock`]), the
+//! conversation with vminitd ([`agent`]), the output log ([`logs`]), the
+//! control socket ([`control`]) and the lifecycle that ties them ([`run`]).
+
+pub mod agent;
+pub mod control;
+pub mod logs;
+mod proc;
+pub mod run;
+pub mod vmm;
+pub mod vsock;
+
+pub use run::run;
+
+/// One line to the runtime's log (its stderr, which is `runtime.log`).
+pub(crate) fn log(msg: &str) {
+    eprintln!("{} vessel-runtime: {msg}", vessel_api::types::now_ms());
+}
+
+/// An error and its causes, `: `-separated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

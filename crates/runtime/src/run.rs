@@ -1,0 +1,991 @@
+//! The lifecycle of one container, from `config.json` to the exit status.
+//!
+//! 1. `state.json` says `starting` with this process's pid.
+//! 2. The run directory (sockets), the qcow2 overlay, the vsock backend and
+//!    the VMM are set up by [`run`]; a failure there ends the container with
+//!    exit code 125 and a reason in `state.error`.
+//! 3. [`supervise`] connects to vminitd (retrying while the guest boots),
+//!    says `Hello`, sends `Start`, pumps output into `stdio.log`, and records
+//!    `running` and then `exited`. It asks the guest to power off and waits
+//!    for the VMM to go.
+//! 4. The control socket ([`crate::control`]) and SIGTERM/SIGINT act on the
+//!    [`Shared`] state concurrently: signal, stop, state.
+//!
+//! Only this process writes `state.json` once it runs, always atomically.
+
+use crate::agent::{self, AgentSender, Incoming};
+use crate::control::{self, ControlHandler};
+use crate::logs::StdioLog;
+use crate::vmm::{qemu_binary, Qemu, QemuSpec, Vmm, VmmError};
+use crate::vsock::{self, VsockBackend, VsockError};
+use crate::{chain, log};
+use agent_protocol::{GuestMessage, HostMessage, StartRequest, AGENT_PORT, VERSION};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use vessel_api::fsutil::{pid_start_time, read_json, write_json_atomic};
+use vessel_api::paths::Home;
+use vessel_api::types::{now_ms, ContainerConfig, ContainerState, Status};
+
+/// Exit code of a container that could not be started.
+pub const EXIT_START_FAILED: i32 = 125;
+/// Exit code of a container whose VM died under it.
+pub const EXIT_VM_LOST: i32 = 255;
+/// Exit code of a container killed by `stop` (128 + SIGKILL).
+pub const EXIT_KILLED: i32 = 137;
+
+/// Errors that end the runtime before the container ran.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("Could not read {}", .0.display())]
+    Config(PathBuf, #[source] std::io::Error),
+    #[error("{} does not exist; the apiserver writes it before starting vessel-runtime", .0.display())]
+    NoConfig(PathBuf),
+    #[error("Could not create the run directory {}", .0.display())]
+    RunDir(PathBuf, #[source] std::io::Error),
+    #[error("The image's root filesystem {} is missing; pull or rebuild the image", .0.display())]
+    NoRootfs(PathBuf),
+    #[error("Could not run qemu-img; install it (Debian: `apt install qemu-utils`) or set VESSEL_QEMU_IMG")]
+    QemuImgSpawn(#[source] std::io::Error),
+    #[error("qemu-img could not create the overlay {}: {1}", .0.display())]
+    QemuImg(PathBuf, String),
+    #[error("Could not open {}", .0.display())]
+    StdioLog(PathBuf, #[source] std::io::Error),
+    #[error("Could not set up the vsock device")]
+    Vsock(#[from] VsockError),
+    #[error("Could not start the VM")]
+    Vmm(#[from] VmmError),
+    #[error("Could not open the control socket")]
+    Control(#[from] control::ControlError),
+    #[error("Could not talk to the guest agent")]
+    Agent(#[from] agent::AgentError),
+    #[error("Could not block SIGTERM/SIGINT")]
+    Signals(#[source] std::io::Error),
+    #[error("{0}")]
+    NoAgent(String),
+}
+
+/// How long things may take.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// From VMM launch until vminitd answers a connect.
+    pub connect: Duration,
+    /// Pause between connect attempts.
+    pub retry: Duration,
+    /// Wait for the backend's `OK` line on one attempt.
+    pub connect_reply: Duration,
+    /// For the vsock backend's socket to appear.
+    pub backend_socket: Duration,
+    /// For the VM to power off after `Shutdown`.
+    pub shutdown: Duration,
+    /// After SIGKILL before the VM itself is killed.
+    pub kill_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(60),
+            retry: Duration::from_millis(20),
+            connect_reply: Duration::from_secs(1),
+            backend_socket: Duration::from_secs(5),
+            shutdown: Duration::from_secs(10),
+            kill_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the lifecycle, the control socket and the signal thread share.
+pub struct Shared {
+    state_path: PathBuf,
+    state: Mutex<ContainerState>,
+    changed: Condvar,
+    /// Set once the process runs; signals go through it.
+    agent: Mutex<Option<AgentSender>>,
+    vmm: Mutex<Option<Box<dyn Vmm>>>,
+    stop_requested: AtomicBool,
+    kill_grace: Duration,
+}
+
+impl Shared {
+    pub fn new(state_path: PathBuf, initial: ContainerState, kill_grace: Duration) -> Self {
+        Self {
+            state_path,
+            state: Mutex::new(initial),
+            changed: Condvar::new(),
+            agent: Mutex::new(None),
+            vmm: Mutex::new(None),
+            stop_requested: AtomicBool::new(false),
+            kill_grace,
+        }
+    }
+
+    /// Change the state and write `state.json`.
+    pub fn update(&self, f: impl FnOnce(&mut ContainerState)) {
+        let mut s = lock(&self.state);
+        f(&mut s);
+        if let Err(e) = write_json_atomic(&self.state_path, &*s) {
+            log(&format!(
+                "could not write {}: {e}",
+                self.state_path.display()
+            ));
+        }
+        self.changed.notify_all();
+    }
+
+    /// Record the end of the container, once: the first outcome wins.
+    /// With `keep_code`, an exit code recorded earlier is kept.
+    fn finish(&self, exit_code: i32, error: Option<String>, keep_code: bool) {
+        if lock(&self.state).status == Status::Exited {
+            return;
+        }
+        self.update(|s| {
+            s.status = Status::Exited;
+            if !(keep_code && s.exit_code.is_some()) {
+                s.exit_code = Some(exit_code);
+            }
+            s.finished_ms = Some(now_ms());
+            if error.is_some() {
+                s.error = error;
+            }
+        });
+    }
+
+    pub fn snapshot(&self) -> ContainerState {
+        lock(&self.state).clone()
+    }
+
+    /// Wait until the container has exited, up to `limit`.
+    fn wait_exited(&self, limit: Duration) -> bool {
+        let s = lock(&self.state);
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, limit, |s| s.status != Status::Exited)
+            .unwrap_or_else(PoisonError::into_inner);
+        s.status == Status::Exited
+    }
+
+    pub fn set_vmm(&self, vmm: Box<dyn Vmm>) {
+        *lock(&self.vmm) = Some(vmm);
+    }
+
+    fn vmm_exited(&self) -> bool {
+        match lock(&self.vmm).as_mut() {
+            Some(v) => matches!(v.try_wait(), Ok(Some(_))),
+            None => false,
+        }
+    }
+
+    fn kill_vmm(&self) {
+        if let Some(v) = lock(&self.vmm).as_mut() {
+            if let Err(e) = v.kill() {
+                log(&format!("killing the VMM: {}", chain(&e)));
+            }
+        }
+    }
+
+    /// Wait up to `limit` for the VMM to exit by itself.
+    fn wait_vmm(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.vmm_exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.vmm_exited()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst)
+    }
+}
+
+impl ControlHandler for Shared {
+    fn signal(&self, signal: i32) -> Result<(), String> {
+        let status = lock(&self.state).status;
+        let agent = lock(&self.agent).clone();
+        match agent {
+            Some(a) if matches!(status, Status::Running | Status::Stopping) => a
+                .send(&HostMessage::Signal { signal })
+                .map_err(|e| format!("could not signal the container: {}", chain(&e))),
+            _ => Err(format!(
+                "the container is not running ({})",
+                format!("{status:?}").to_lowercase()
+            )),
+        }
+    }
+
+    fn stop(&self, timeout: Duration) -> Result<(), String> {
+        if lock(&self.state).status == Status::Exited {
+            return Ok(());
+        }
+        self.stop_requested.store(true, Ordering::SeqCst);
+        let agent = lock(&self.agent).clone();
+        match agent {
+            Some(a) => {
+                self.update(|s| {
+                    if s.status == Status::Running {
+                        s.status = Status::Stopping;
+                    }
+                });
+                let _ = a.send(&HostMessage::Signal {
+                    signal: libc::SIGTERM,
+                });
+                if !self.wait_exited(timeout) {
+                    log("the container ignored SIGTERM; sending SIGKILL");
+                    let _ = a.send(&HostMessage::Signal {
+                        signal: libc::SIGKILL,
+                    });
+                    if !self.wait_exited(self.kill_grace) {
+                        log("the container survived SIGKILL; killing the VM");
+                        self.kill_vmm();
+                    }
+                }
+            }
+            // Not started yet: no process to signal, stop the VM.
+            None => self.kill_vmm(),
+        }
+        if self.wait_exited(self.kill_grace * 3) {
+            Ok(())
+        } else {
+            Err("the container did not stop".into())
+        }
+    }
+
+    fn state(&self) -> ContainerState {
+        self.snapshot()
+    }
+}
+
+/// How the conversation with the guest ended.
+#[derive(Debug)]
+enum End {
+    Exited(i32),
+    StartFailed(i32, String),
+    /// The guest refused to start (version, agent error).
+    Refused(String),
+    /// The connection dropped, the VMM died, or the guest broke the protocol.
+    Lost(Option<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Hello,
+    Starting,
+    Running,
+}
+
+/// Steps 6-10: connect to vminitd, run the process, record its end, power
+/// the VM off. The VMM must already be in `shared`. `Err` only when the
+/// container never started (the state then says why, with exit code 125).
+pub fn supervise(
+    shared: &Arc<Shared>,
+    request: StartRequest,
+    connect: &mut dyn FnMut() -> Result<UnixStream, VsockError>,
+    stdio: &mut StdioLog,
+    launched: Instant,
+    boot_log: &Path,
+    t: &Timeouts,
+) -> Result<(), RunError> {
+    let see_boot_log = format!("see {}", boot_log.display());
+    // Connect, retrying while the guest boots.
+    let deadline = launched + t.connect;
+    let stream = loop {
+        if shared.stopping() {
+            shared.kill_vmm();
+            shared.finish(EXIT_KILLED, None, true);
+            return Ok(());
+        }
+        if shared.vmm_exited() {
+            let msg = format!("the VM exited before its agent answered; {see_boot_log}");
+            shared.finish(EXIT_START_FAILED, Some(msg.clone()), false);
+            return Err(RunError::NoAgent(msg));
+        }
+        match connect() {
+            Ok(s) => break s,
+            Err(e) if Instant::now() >= deadline => {
+                shared.kill_vmm();
+                let msg = format!(
+                    "the VM's agent did not answer within {} s ({}); {see_boot_log}",
+                    t.connect.as_secs(),
+                    chain(&e)
+                );
+                shared.finish(EXIT_START_FAILED, Some(msg.clone()), false);
+                return Err(RunError::NoAgent(msg));
+            }
+            Err(_) => std::thread::sleep(t.retry),
+        }
+    };
+    log(&format!(
+        "connected to the guest agent after {} ms",
+        launched.elapsed().as_millis()
+    ));
+    let (tx, mut rx) = match agent::split(stream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            shared.kill_vmm();
+            shared.finish(EXIT_START_FAILED, Some(chain(&e)), false);
+            return Err(e.into());
+        }
+    };
+
+    // Close the connection when the VMM dies, which wakes the reader.
+    let done = Arc::new(AtomicBool::new(false));
+    {
+        let (shared, tx, done) = (Arc::clone(shared), tx.clone(), Arc::clone(&done));
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if shared.vmm_exited() {
+                    tx.shutdown();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    }
+
+    let mut phase = Phase::Hello;
+    let mut request = Some(request);
+    let end = match tx.send(&HostMessage::Hello { version: VERSION }) {
+        Err(e) => End::Lost(Some(chain(&e))),
+        Ok(()) => loop {
+            let msg = match rx.recv() {
+                Ok(None) => break End::Lost(None),
+                Err(e) => break End::Lost(Some(chain(&e))),
+                Ok(Some(Incoming::Output(stream, data))) => {
+                    if let Err(e) = stdio.append(stream, &data) {
+                        log(&format!("writing stdio.log: {e}"));
+                    }
+                    continue;
+                }
+                Ok(Some(Incoming::Message(m))) => m,
+            };
+            match (phase, msg) {
+                (Phase::Hello, GuestMessage::Hello { version, uptime_ms }) => {
+                    if version != VERSION {
+                        break End::Refused(format!(
+                            "the guest agent speaks protocol version {version}, this runtime {VERSION}"
+                        ));
+                    }
+                    log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
+                    let Some(req) = request.take() else {
+                        break End::Lost(Some("second Hello".into()));
+                    };
+                    if let Err(e) = tx.send(&HostMessage::Start(req)) {
+                        break End::Lost(Some(chain(&e)));
+                    }
+                    phase = Phase::Starting;
+                }
+                (Phase::Starting, GuestMessage::Started { pid, uptime_ms }) => {
+                    let boot_ms = launched.elapsed().as_millis() as u64;
+                    log(&format!(
+                        "process started: guest pid {pid}, guest uptime {uptime_ms} ms, {boot_ms} ms after launch"
+                    ));
+                    shared.update(|s| {
+                        s.status = Status::Running;
+                        s.started_ms = Some(now_ms());
+                        s.guest_uptime_at_start_ms = Some(uptime_ms);
+                        s.boot_ms = Some(boot_ms);
+                    });
+                    *lock(&shared.agent) = Some(tx.clone());
+                    phase = Phase::Running;
+                }
+                (Phase::Starting, GuestMessage::StartFailed { exit_code, message }) => {
+                    break End::StartFailed(exit_code, message);
+                }
+                (Phase::Starting | Phase::Running, GuestMessage::Exited { exit_code, signal }) => {
+                    log(&format!(
+                        "process exited: code {exit_code}, signal {signal:?}"
+                    ));
+                    break End::Exited(exit_code);
+                }
+                (Phase::Running, GuestMessage::Error { message }) => {
+                    log(&format!("guest agent error: {message}"));
+                }
+                (_, GuestMessage::Error { message }) => {
+                    break End::Refused(format!("the guest agent failed: {message}"));
+                }
+                (p, m) => {
+                    break End::Lost(Some(format!("the guest agent sent {m:?} while {p:?}")));
+                }
+            }
+        },
+    };
+    *lock(&shared.agent) = None;
+
+    let mut result = Ok(());
+    let orderly = match end {
+        End::Exited(code) => {
+            if let Err(e) = stdio.sync() {
+                log(&format!("syncing stdio.log: {e}"));
+            }
+            shared.finish(code, None, false);
+            true
+        }
+        End::StartFailed(code, message) => {
+            log(&format!("the guest could not start the process: {message}"));
+            shared.finish(code, Some(message), false);
+            true
+        }
+        End::Refused(message) => {
+            log(&message);
+            shared.finish(EXIT_START_FAILED, Some(message.clone()), false);
+            result = Err(RunError::NoAgent(message));
+            false
+        }
+        End::Lost(detail) => {
+            if let Some(d) = &detail {
+                log(&format!("agent connection lost: {d}"));
+            }
+            let _ = stdio.sync();
+            if shared.stopping() {
+                shared.finish(EXIT_KILLED, None, true);
+            } else if phase == Phase::Running {
+                shared.finish(
+                    EXIT_VM_LOST,
+                    Some(format!("the VM stopped unexpectedly; {see_boot_log}")),
+                    true,
+                );
+            } else {
+                let msg = format!("the VM stopped before the container started; {see_boot_log}");
+                shared.finish(EXIT_START_FAILED, Some(msg.clone()), false);
+                result = Err(RunError::NoAgent(msg));
+            }
+            false
+        }
+    };
+
+    // Power off: ask the guest, give it time, then kill the VMM.
+    let grace = if orderly {
+        let _ = tx.send(&HostMessage::Shutdown);
+        t.shutdown
+    } else {
+        Duration::from_secs(1)
+    };
+    if !shared.wait_vmm(grace) {
+        log("the VM did not power off; killing it");
+        shared.kill_vmm();
+    }
+    done.store(true, Ordering::SeqCst);
+    tx.shutdown();
+    result
+}
+
+/// Create `overlay` as a qcow2 backed by the read-only `base`, unless it exists.
+fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
+    if overlay.exists() {
+        return Ok(());
+    }
+    if !base.is_file() {
+        return Err(RunError::NoRootfs(base.to_path_buf()));
+    }
+    let qemu_img = std::env::var_os("VESSEL_QEMU_IMG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-img"));
+    let tmp = overlay.with_extension("qcow2.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let out = Command::new(qemu_img)
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(base)
+        .arg(&tmp)
+        .output()
+        .map_err(RunError::QemuImgSpawn)?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(RunError::QemuImg(
+            overlay.to_path_buf(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    std::fs::rename(&tmp, overlay)
+        .map_err(|e| RunError::QemuImg(overlay.to_path_buf(), e.to_string()))
+}
+
+fn make_run_dir(dir: &Path) -> Result<(), RunError> {
+    let err = |e| RunError::RunDir(dir.to_path_buf(), e);
+    // A stale directory from a crashed runtime holds only dead sockets.
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Run container `id` of `home` to its end. `Err` when it could not be
+/// started (state.json then says why).
+pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
+    let dir = home.container_dir(id);
+    let config_path = dir.join("config.json");
+    let state_path = dir.join("state.json");
+    let config: ContainerConfig = read_json(&config_path)
+        .map_err(|e| RunError::Config(config_path.clone(), e))?
+        .ok_or_else(|| RunError::NoConfig(config_path.clone()))?;
+    let t = Timeouts::default();
+    let me = std::process::id() as i32;
+    let mut initial = ContainerState::created();
+    initial.status = Status::Starting;
+    initial.runtime_pid = Some(me);
+    initial.runtime_start_time = pid_start_time(me);
+    let shared = Arc::new(Shared::new(state_path, initial, t.kill_grace));
+    shared.update(|_| {});
+    log(&format!("starting container {id} ({})", config.name));
+
+    // Before any thread exists, so all of them inherit the mask.
+    let signals = crate::proc::block_stop_signals().map_err(RunError::Signals);
+    if signals.is_ok() {
+        let shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            while let Ok(sig) = crate::proc::wait_stop_signal() {
+                log(&format!("received signal {sig}; stopping the container"));
+                if let Err(e) = shared.stop(Duration::from_secs(10)) {
+                    log(&format!("stop: {e}"));
+                }
+            }
+        });
+    }
+
+    let run_dir = home.run_dir(id);
+    let mut backend = None;
+    let result = signals.and_then(|()| launch(&config, &dir, &run_dir, &shared, &mut backend, &t));
+    let result = result.and_then(|(mut stdio, launched)| {
+        let uds = run_dir.join("vsock.sock");
+        let mut connect = || vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply);
+        let request = StartRequest {
+            process: config.process.clone(),
+            hostname: config.hostname.clone(),
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+        };
+        supervise(
+            &shared,
+            request,
+            &mut connect,
+            &mut stdio,
+            launched,
+            &dir.join("boot.log"),
+            &t,
+        )
+    });
+    if let Err(e) = &result {
+        log(&format!("error: {}", chain(e)));
+        shared.finish(EXIT_START_FAILED, Some(chain(e)), false);
+    }
+    shared.kill_vmm();
+    if let Some(mut b) = backend.take() {
+        VsockBackend::kill(&mut b);
+    }
+    let _ = std::fs::remove_dir_all(&run_dir);
+    log(&format!(
+        "container {id} ended with exit code {}",
+        shared.snapshot().exit_code.unwrap_or(-1)
+    ));
+    result
+}
+
+/// Steps 2-5: run dir, overlay, vsock backend, control socket, VMM.
+fn launch(
+    config: &ContainerConfig,
+    dir: &Path,
+    run_dir: &Path,
+    shared: &Arc<Shared>,
+    backend: &mut Option<VsockBackend>,
+    t: &Timeouts,
+) -> Result<(StdioLog, Instant), RunError> {
+    make_run_dir(run_dir)?;
+    let overlay = dir.join("overlay.qcow2");
+    create_overlay(&config.rootfs_base, &overlay)?;
+    let stdio_path = dir.join("stdio.log");
+    let stdio = StdioLog::open(&stdio_path).map_err(|e| RunError::StdioLog(stdio_path, e))?;
+
+    let vhost = run_dir.join("vhost.sock");
+    let uds = run_dir.join("vsock.sock");
+    *backend = Some(VsockBackend::start(
+        &vsock::backend_binary()?,
+        &vhost,
+        &uds,
+        &dir.join("vsock.log"),
+        t.backend_socket,
+    )?);
+
+    let listener = control::bind(&run_dir.join("control.sock"))?;
+    control::serve(listener, Arc::clone(shared) as Arc<dyn ControlHandler>);
+
+    let spec = QemuSpec {
+        accel: config.accel.clone(),
+        cpus: config.cpus,
+        memory_mib: config.memory_mib,
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        disk: overlay,
+        vhost_socket: vhost,
+        boot_log: dir.join("boot.log"),
+        tsc_khz: crate::vmm::host_tsc_khz(),
+    };
+    let mut qemu = Qemu::new(qemu_binary(), spec, dir.join("vmm.log"));
+    let launched = Instant::now();
+    qemu.start()?;
+    let pid = qemu.pid();
+    shared.set_vmm(Box::new(qemu));
+    shared.update(|s| s.vmm_pid = pid);
+    log(&format!("VMM started (pid {})", pid.unwrap_or(-1)));
+    Ok((stdio, launched))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_protocol::{
+        decode_message, read_frame, write_frame, write_message, FrameKind, ProcessSpec,
+    };
+    use std::io::Write;
+    use vessel_api::types::{LogRecord, Stream};
+
+    /// A VMM that "runs" until killed or told it powered off.
+    struct FakeVmm {
+        exited: Arc<AtomicBool>,
+        killed: Arc<AtomicBool>,
+    }
+
+    impl Vmm for FakeVmm {
+        fn start(&mut self) -> Result<(), VmmError> {
+            Ok(())
+        }
+        fn pid(&self) -> Option<i32> {
+            Some(4242)
+        }
+        fn try_wait(&mut self) -> Result<Option<i32>, VmmError> {
+            Ok(self.exited.load(Ordering::SeqCst).then_some(0))
+        }
+        fn kill(&mut self) -> Result<(), VmmError> {
+            self.killed.store(true, Ordering::SeqCst);
+            self.exited.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        shared: Arc<Shared>,
+        stdio_path: PathBuf,
+        exited: Arc<AtomicBool>,
+        killed: Arc<AtomicBool>,
+    }
+
+    fn harness() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let mut initial = ContainerState::created();
+        initial.status = Status::Starting;
+        let shared = Arc::new(Shared::new(
+            dir.path().join("state.json"),
+            initial,
+            Duration::from_millis(200),
+        ));
+        let exited = Arc::new(AtomicBool::new(false));
+        let killed = Arc::new(AtomicBool::new(false));
+        shared.set_vmm(Box::new(FakeVmm {
+            exited: exited.clone(),
+            killed: killed.clone(),
+        }));
+        Harness {
+            stdio_path: dir.path().join("stdio.log"),
+            _dir: dir,
+            shared,
+            exited,
+            killed,
+        }
+    }
+
+    fn timeouts() -> Timeouts {
+        Timeouts {
+            connect: Duration::from_secs(2),
+            retry: Duration::from_millis(5),
+            connect_reply: Duration::from_millis(100),
+            backend_socket: Duration::from_secs(1),
+            shutdown: Duration::from_secs(2),
+            kill_grace: Duration::from_millis(200),
+        }
+    }
+
+    fn request() -> StartRequest {
+        StartRequest {
+            process: ProcessSpec {
+                args: vec!["sh".into()],
+                env: vec![],
+                cwd: "/".into(),
+                user: String::new(),
+            },
+            hostname: "box".into(),
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+        }
+    }
+
+    fn recv(g: &mut UnixStream) -> Option<HostMessage> {
+        let f = read_frame(g).ok()??;
+        decode_message(&f).ok()
+    }
+
+    fn send(g: &mut UnixStream, m: GuestMessage) {
+        write_message(g, &m).unwrap();
+    }
+
+    /// Hello and Start, answered with Started.
+    fn boot(g: &mut UnixStream) {
+        assert_eq!(recv(g), Some(HostMessage::Hello { version: VERSION }));
+        send(
+            g,
+            GuestMessage::Hello {
+                version: VERSION,
+                uptime_ms: 400,
+            },
+        );
+        match recv(g) {
+            Some(HostMessage::Start(r)) => assert_eq!(r, request()),
+            other => panic!("expected Start, got {other:?}"),
+        }
+        send(
+            g,
+            GuestMessage::Started {
+                pid: 2,
+                uptime_ms: 450,
+            },
+        );
+    }
+
+    /// Run `supervise` against a fake guest; the first two connects fail.
+    fn run_with_guest(
+        h: &Harness,
+        guest: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (Result<(), RunError>, std::thread::JoinHandle<()>) {
+        let (host, g) = UnixStream::pair().unwrap();
+        let guest = std::thread::spawn(move || guest(g));
+        let mut host = Some(host);
+        let mut attempts = 0;
+        let mut connect = || {
+            attempts += 1;
+            match host.take() {
+                Some(s) if attempts >= 3 => Ok(s),
+                other => {
+                    host = other;
+                    Err(VsockError::Connect(std::io::Error::other("not yet")))
+                }
+            }
+        };
+        let mut stdio = StdioLog::open(&h.stdio_path).unwrap();
+        let r = supervise(
+            &h.shared,
+            request(),
+            &mut connect,
+            &mut stdio,
+            Instant::now(),
+            Path::new("/c/boot.log"),
+            &timeouts(),
+        );
+        (r, guest)
+    }
+
+    #[test]
+    fn runs_to_exit_and_logs_output() {
+        let h = harness();
+        let exited = h.exited.clone();
+        let (r, guest) = run_with_guest(&h, move |mut g| {
+            boot(&mut g);
+            write_frame(&mut g, FrameKind::Stdout, b"hello\n").unwrap();
+            write_frame(&mut g, FrameKind::Stderr, b"err\n").unwrap();
+            send(
+                &mut g,
+                GuestMessage::Exited {
+                    exit_code: 3,
+                    signal: None,
+                },
+            );
+            assert_eq!(recv(&mut g), Some(HostMessage::Shutdown));
+            exited.store(true, Ordering::SeqCst);
+        });
+        r.unwrap();
+        guest.join().unwrap();
+        let s: ContainerState = read_json(&h.shared.state_path).unwrap().unwrap();
+        assert_eq!(s.status, Status::Exited);
+        assert_eq!(s.exit_code, Some(3));
+        assert_eq!(s.error, None);
+        assert_eq!(s.guest_uptime_at_start_ms, Some(450));
+        assert!(s.started_ms.is_some() && s.finished_ms.is_some() && s.boot_ms.is_some());
+        assert!(
+            !h.killed.load(Ordering::SeqCst),
+            "the VM powered off by itself"
+        );
+        let log = std::fs::read_to_string(&h.stdio_path).unwrap();
+        let recs: Vec<LogRecord> = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 2);
+        assert_eq!(
+            (recs[0].stream, recs[0].data()),
+            (Stream::Stdout, b"hello\n".to_vec())
+        );
+        assert_eq!(
+            (recs[1].stream, recs[1].data()),
+            (Stream::Stderr, b"err\n".to_vec())
+        );
+    }
+
+    #[test]
+    fn start_failure_is_recorded() {
+        let h = harness();
+        let exited = h.exited.clone();
+        let (r, guest) = run_with_guest(&h, move |mut g| {
+            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
+            send(
+                &mut g,
+                GuestMessage::Hello {
+                    version: VERSION,
+                    uptime_ms: 1,
+                },
+            );
+            assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));
+            send(
+                &mut g,
+                GuestMessage::StartFailed {
+                    exit_code: 127,
+                    message: "nope: command not found".into(),
+                },
+            );
+            assert_eq!(recv(&mut g), Some(HostMessage::Shutdown));
+            exited.store(true, Ordering::SeqCst);
+        });
+        r.unwrap();
+        guest.join().unwrap();
+        let s = h.shared.snapshot();
+        assert_eq!(s.status, Status::Exited);
+        assert_eq!(s.exit_code, Some(127));
+        assert_eq!(s.error.as_deref(), Some("nope: command not found"));
+    }
+
+    #[test]
+    fn vm_exit_before_agent_is_125() {
+        let h = harness();
+        h.exited.store(true, Ordering::SeqCst);
+        let mut connect = || Err(VsockError::Connect(std::io::Error::other("no")));
+        let mut stdio = StdioLog::open(&h.stdio_path).unwrap();
+        let r = supervise(
+            &h.shared,
+            request(),
+            &mut connect,
+            &mut stdio,
+            Instant::now(),
+            Path::new("/c/boot.log"),
+            &timeouts(),
+        );
+        assert!(r.is_err());
+        let s = h.shared.snapshot();
+        assert_eq!(s.exit_code, Some(125));
+        assert_eq!(
+            s.error.as_deref(),
+            Some("the VM exited before its agent answered; see /c/boot.log")
+        );
+    }
+
+    #[test]
+    fn garbage_from_guest_is_a_lost_vm_not_a_panic() {
+        let h = harness();
+        let (r, guest) = run_with_guest(&h, move |mut g| {
+            boot(&mut g);
+            g.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).unwrap();
+            while recv(&mut g).is_some() {}
+        });
+        r.unwrap();
+        guest.join().unwrap();
+        let s = h.shared.snapshot();
+        assert_eq!(s.exit_code, Some(EXIT_VM_LOST));
+        assert!(s.error.unwrap().starts_with("the VM stopped unexpectedly"));
+        assert!(h.killed.load(Ordering::SeqCst));
+    }
+
+    fn wait_running(shared: &Shared) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.snapshot().status != Status::Running {
+            assert!(Instant::now() < deadline, "never running");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn stop_sends_sigterm_and_waits_for_exit() {
+        let h = Arc::new(harness());
+        let exited = h.exited.clone();
+        let stopper = {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                wait_running(&h.shared);
+                assert_eq!(h.shared.signal(10), Ok(()));
+                h.shared.stop(Duration::from_secs(5))
+            })
+        };
+        let (r, guest) = run_with_guest(&h, move |mut g| {
+            boot(&mut g);
+            assert_eq!(recv(&mut g), Some(HostMessage::Signal { signal: 10 }));
+            assert_eq!(recv(&mut g), Some(HostMessage::Signal { signal: 15 }));
+            send(
+                &mut g,
+                GuestMessage::Exited {
+                    exit_code: 143,
+                    signal: Some(15),
+                },
+            );
+            assert_eq!(recv(&mut g), Some(HostMessage::Shutdown));
+            exited.store(true, Ordering::SeqCst);
+        });
+        r.unwrap();
+        guest.join().unwrap();
+        assert_eq!(stopper.join().unwrap(), Ok(()));
+        let s = h.shared.snapshot();
+        assert_eq!(s.exit_code, Some(143));
+        assert!(h.shared.signal(9).is_err(), "not running any more");
+    }
+
+    #[test]
+    fn stop_kills_an_unresponsive_vm() {
+        let h = Arc::new(harness());
+        let stopper = {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                wait_running(&h.shared);
+                h.shared.stop(Duration::from_millis(100))
+            })
+        };
+        let (r, guest) = run_with_guest(&h, move |mut g| {
+            boot(&mut g);
+            while recv(&mut g).is_some() {}
+        });
+        r.unwrap();
+        guest.join().unwrap();
+        assert_eq!(stopper.join().unwrap(), Ok(()));
+        let s = h.shared.snapshot();
+        assert_eq!(s.exit_code, Some(EXIT_KILLED));
+        assert_eq!(s.error, None);
+        assert!(h.killed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn overlay_needs_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = create_overlay(
+            &dir.path().join("missing.ext4"),
+            &dir.path().join("o.qcow2"),
+        );
+        assert!(matches!(r, Err(RunError::NoRootfs(_))));
+    }
+}

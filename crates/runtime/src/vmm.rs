@@ -1,0 +1,334 @@
+//! The virtual machine monitor behind a trait: QEMU's `microvm` machine today.
+//!
+//! [`qemu_args`] builds the command line as a pure function (unit-tested);
+//! [`Qemu`] runs it. The lifecycle only sees [`Vmm`], so it is tested with a
+//! fake.
+
+use crate::proc::die_with_parent;
+use std::ffi::OsString;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Errors starting or controlling the VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("Could not open the VMM log {}", .0.display())]
+    Log(PathBuf, #[source] std::io::Error),
+    #[error("Could not start {}; install QEMU (Debian: `apt install qemu-system-x86`) or set VESSEL_QEMU", .0.display())]
+    Spawn(PathBuf, #[source] std::io::Error),
+    #[error("The VMM has not been started")]
+    NotStarted,
+    #[error("Could not wait for or kill the VMM")]
+    Io(#[source] std::io::Error),
+}
+
+/// How a VMM process ended: its exit code, or `-signal` when killed.
+pub type VmmExit = i32;
+
+/// One virtual machine monitor process.
+pub trait Vmm: Send {
+    /// Launch the VM. Must be called from a thread that lives as long as the
+    /// VM: the VMM dies with that thread (`PR_SET_PDEATHSIG`).
+    fn start(&mut self) -> Result<(), VmmError>;
+    /// The VMM's host pid, once started.
+    fn pid(&self) -> Option<i32>;
+    /// Has the VMM exited? Never blocks; remembers the status once reaped.
+    fn try_wait(&mut self) -> Result<Option<VmmExit>, VmmError>;
+    /// Kill the VMM (SIGKILL). Killing an exited VMM is not an error.
+    fn kill(&mut self) -> Result<(), VmmError>;
+
+    /// Wait up to `limit` for the VMM to exit.
+    fn wait_timeout(&mut self, limit: Duration) -> Result<Option<VmmExit>, VmmError> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(code) = self.try_wait()? {
+                return Ok(Some(code));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Everything that goes into one QEMU command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuSpec {
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The container's qcow2 overlay (root filesystem).
+    pub disk: PathBuf,
+    /// The vhost-user socket of the vsock backend.
+    pub vhost_socket: PathBuf,
+    /// Where the guest's serial console goes.
+    pub boot_log: PathBuf,
+    /// The host's TSC frequency, handed to the guest kernel: under TCG its
+    /// own calibration against the emulated PIT sometimes fails and the boot
+    /// then hangs for good (seen in about one boot in five here).
+    pub tsc_khz: Option<u64>,
+}
+
+/// The host's TSC frequency in kHz, from `/proc/cpuinfo`.
+pub fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    parse_cpu_mhz(&info)
+}
+
+fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split_once(':')?.1.trim().parse().ok()?;
+    (mhz.is_finite() && mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+/// The kernel command line of every container VM.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+
+/// QEMU splits option values at commas; a literal comma is written twice.
+fn opt_path(p: &Path) -> OsString {
+    let s = p.as_os_str().to_string_lossy().replace(',', ",,");
+    OsString::from(s)
+}
+
+fn joined(prefix: &str, p: &Path, suffix: &str) -> OsString {
+    let mut s = OsString::from(prefix);
+    s.push(opt_path(p));
+    s.push(suffix);
+    s
+}
+
+/// The arguments (after the program name) that boot `spec` under QEMU's
+/// `microvm` machine with a vhost-user vsock device.
+pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
+    let mut a: Vec<OsString> = Vec::new();
+    let mut push = |s: &str| a.push(OsString::from(s));
+    push("-M");
+    push("microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem");
+    push("-object");
+    push(&format!(
+        "memory-backend-memfd,id=mem,size={}M,share=on",
+        spec.memory_mib
+    ));
+    push("-m");
+    push(&spec.memory_mib.to_string());
+    push("-smp");
+    push(&spec.cpus.max(1).to_string());
+    if spec.accel == "kvm" {
+        push("-accel");
+        push("kvm");
+        push("-cpu");
+        push("host");
+    } else {
+        push("-accel");
+        push("tcg");
+        push("-cpu");
+        push("max");
+    }
+    for s in [
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ] {
+        push(s);
+    }
+    a.push("-serial".into());
+    a.push(joined("file:", &spec.boot_log, ""));
+    a.push("-kernel".into());
+    a.push(spec.kernel.clone().into_os_string());
+    a.push("-initrd".into());
+    a.push(spec.initrd.clone().into_os_string());
+    a.push("-drive".into());
+    a.push(joined(
+        "id=root,file=",
+        &spec.disk,
+        ",format=qcow2,if=none,discard=unmap",
+    ));
+    a.push("-device".into());
+    a.push("virtio-blk-device,drive=root".into());
+    a.push("-chardev".into());
+    a.push(joined("socket,id=vs,path=", &spec.vhost_socket, ""));
+    a.push("-device".into());
+    a.push("vhost-user-vsock-device,chardev=vs".into());
+    a.push("-append".into());
+    let mut cmdline = KERNEL_CMDLINE.to_string();
+    if let Some(khz) = spec.tsc_khz {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    a.push(cmdline.into());
+    a
+}
+
+/// The QEMU binary: `VESSEL_QEMU`, else `qemu-system-x86_64` from `PATH`.
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("VESSEL_QEMU")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"))
+}
+
+/// A QEMU process running one container VM.
+#[derive(Debug)]
+pub struct Qemu {
+    binary: PathBuf,
+    spec: QemuSpec,
+    /// QEMU's own stdout and stderr.
+    log: PathBuf,
+    child: Option<Child>,
+    exit: Option<VmmExit>,
+}
+
+impl Qemu {
+    pub fn new(binary: PathBuf, spec: QemuSpec, log: PathBuf) -> Self {
+        Self {
+            binary,
+            spec,
+            log,
+            child: None,
+            exit: None,
+        }
+    }
+}
+
+impl Vmm for Qemu {
+    fn start(&mut self) -> Result<(), VmmError> {
+        let open = || OpenOptions::new().create(true).append(true).open(&self.log);
+        let out = open().map_err(|e| VmmError::Log(self.log.clone(), e))?;
+        let err = open().map_err(|e| VmmError::Log(self.log.clone(), e))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(qemu_args(&self.spec))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    fn try_wait(&mut self) -> Result<Option<VmmExit>, VmmError> {
+        if let Some(code) = self.exit {
+            return Ok(Some(code));
+        }
+        let child = self.child.as_mut().ok_or(VmmError::NotStarted)?;
+        match child.try_wait().map_err(VmmError::Io)? {
+            Some(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                let code = status
+                    .code()
+                    .unwrap_or_else(|| -status.signal().unwrap_or(0));
+                self.exit = Some(code);
+                Ok(Some(code))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn kill(&mut self) -> Result<(), VmmError> {
+        if self.try_wait()?.is_some() {
+            return Ok(());
+        }
+        let child = self.child.as_mut().ok_or(VmmError::NotStarted)?;
+        match child.kill() {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {}
+            Err(e) => return Err(VmmError::Io(e)),
+        }
+        let status = child.wait().map_err(VmmError::Io)?;
+        use std::os::unix::process::ExitStatusExt;
+        self.exit = Some(
+            status
+                .code()
+                .unwrap_or_else(|| -status.signal().unwrap_or(0)),
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: &str) -> QemuSpec {
+        QemuSpec {
+            accel: accel.into(),
+            cpus: 2,
+            memory_mib: 256,
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd.img".into(),
+            disk: "/c/a,b/overlay.qcow2".into(),
+            vhost_socket: "/run/x/vhost.sock".into(),
+            boot_log: "/c/boot.log".into(),
+            tsc_khz: Some(2_596_120),
+        }
+    }
+
+    #[test]
+    fn tsc_frequency_from_cpuinfo() {
+        assert_eq!(
+            parse_cpu_mhz("processor\t: 0\ncpu MHz\t\t: 2596.120\n"),
+            Some(2_596_120)
+        );
+        assert_eq!(parse_cpu_mhz("cpu MHz : nonsense\n"), None);
+        assert_eq!(parse_cpu_mhz(""), None);
+        let a = strings(qemu_args(&spec("tcg")));
+        assert!(a.last().unwrap().ends_with("tsc_early_khz=2596120"));
+    }
+
+    fn strings(a: Vec<OsString>) -> Vec<String> {
+        a.into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tcg_command_line() {
+        let a = strings(qemu_args(&spec("tcg")));
+        let line = a.join(" ");
+        assert!(line.starts_with(
+            "-M microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem \
+             -object memory-backend-memfd,id=mem,size=256M,share=on -m 256 -smp 2 \
+             -accel tcg -cpu max -nodefaults -no-user-config -display none -no-reboot \
+             -serial file:/c/boot.log -kernel /k/vmlinux -initrd /k/initrd.img"
+        ));
+        assert!(a.contains(
+            &"id=root,file=/c/a,,b/overlay.qcow2,format=qcow2,if=none,discard=unmap".to_string()
+        ));
+        assert!(line.contains(
+            "-device virtio-blk-device,drive=root -chardev socket,id=vs,path=/run/x/vhost.sock \
+             -device vhost-user-vsock-device,chardev=vs"
+        ));
+        assert_eq!(a[a.len() - 2], "-append");
+        assert_eq!(
+            a[a.len() - 1],
+            format!("{KERNEL_CMDLINE} tsc_early_khz=2596120")
+        );
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu() {
+        let line = strings(qemu_args(&spec("kvm"))).join(" ");
+        assert!(line.contains("-accel kvm -cpu host"));
+        assert!(!line.contains("tcg"));
+    }
+
+    #[test]
+    fn zero_cpus_still_boots_one() {
+        let mut s = spec("tcg");
+        s.cpus = 0;
+        assert!(strings(qemu_args(&s)).join(" ").contains("-smp 1 "));
+    }
+}

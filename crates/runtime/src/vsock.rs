@@ -1,0 +1,201 @@
+//! The host end of the guest's vsock: a `vhost-device-vsock` backend process
+//! per VM, and hybrid-vsock connections through its Unix socket.
+
+use crate::proc::die_with_parent;
+use std::fs::OpenOptions;
+use std::io::{self, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The guest's context id. Each VM has its own backend, so it never clashes.
+pub const GUEST_CID: u32 = 3;
+
+/// Errors starting the backend or connecting through it.
+#[derive(Debug, thiserror::Error)]
+pub enum VsockError {
+    #[error(
+        "vhost-device-vsock not found; install it with `cargo install --locked vhost-device-vsock`"
+    )]
+    NotFound,
+    #[error("Could not open the vsock backend log {}", .0.display())]
+    Log(PathBuf, #[source] io::Error),
+    #[error("Could not start {}", .0.display())]
+    Spawn(PathBuf, #[source] io::Error),
+    #[error("The vsock backend exited ({0}) before creating its socket; see {}", .1.display())]
+    Exited(String, PathBuf),
+    #[error("The vsock backend did not create {} within {1:?}; see {}", .0.display(), .2.display())]
+    NoSocket(PathBuf, Duration, PathBuf),
+    #[error("Hybrid vsock connect failed")]
+    Connect(#[source] io::Error),
+    #[error("Hybrid vsock handshake failed")]
+    Handshake(#[source] agent_protocol::ProtocolError),
+}
+
+/// `VESSEL_VHOST_VSOCK`, else `vhost-device-vsock` from `PATH`, else
+/// `/usr/local/bin/vhost-device-vsock`.
+pub fn backend_binary() -> Result<PathBuf, VsockError> {
+    if let Some(p) = std::env::var_os("VESSEL_VHOST_VSOCK").filter(|v| !v.is_empty()) {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(VsockError::NotFound)
+        };
+    }
+    if let Some(p) = vessel_api::paths::find_in_path("vhost-device-vsock") {
+        return Ok(p);
+    }
+    let p = PathBuf::from("/usr/local/bin/vhost-device-vsock");
+    if p.is_file() {
+        Ok(p)
+    } else {
+        Err(VsockError::NotFound)
+    }
+}
+
+/// A running `vhost-device-vsock` serving one VM.
+#[derive(Debug)]
+pub struct VsockBackend {
+    child: Child,
+}
+
+impl VsockBackend {
+    /// Start the backend and wait (up to `limit`) for its vhost-user socket.
+    pub fn start(
+        binary: &Path,
+        vhost_socket: &Path,
+        uds: &Path,
+        log: &Path,
+        limit: Duration,
+    ) -> Result<Self, VsockError> {
+        let open = || OpenOptions::new().create(true).append(true).open(log);
+        let out = open().map_err(|e| VsockError::Log(log.to_path_buf(), e))?;
+        let err = open().map_err(|e| VsockError::Log(log.to_path_buf(), e))?;
+        let mut cmd = Command::new(binary);
+        cmd.arg("--vm")
+            .arg(format!(
+                "guest-cid={GUEST_CID},socket={},uds-path={}",
+                vhost_socket.display(),
+                uds.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .spawn()
+            .map_err(|e| VsockError::Spawn(binary.to_path_buf(), e))?;
+        let mut backend = Self { child };
+        let deadline = Instant::now() + limit;
+        loop {
+            if vhost_socket.exists() {
+                return Ok(backend);
+            }
+            if let Ok(Some(status)) = backend.child.try_wait() {
+                return Err(VsockError::Exited(status.to_string(), log.to_path_buf()));
+            }
+            if Instant::now() >= deadline {
+                backend.kill();
+                return Err(VsockError::NoSocket(
+                    vhost_socket.to_path_buf(),
+                    limit,
+                    log.to_path_buf(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kill and reap the backend.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for VsockBackend {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Connect to guest `port` through the backend's hybrid socket `uds`:
+/// `CONNECT <port>\n`, then `OK <n>\n`. `reply_limit` bounds the wait for the
+/// answer (the guest may not listen yet; the caller retries).
+pub fn hybrid_connect(
+    uds: &Path,
+    port: u32,
+    reply_limit: Duration,
+) -> Result<UnixStream, VsockError> {
+    let mut s = UnixStream::connect(uds).map_err(VsockError::Connect)?;
+    s.set_read_timeout(Some(reply_limit))
+        .map_err(VsockError::Connect)?;
+    s.write_all(agent_protocol::hybrid_connect_line(port).as_bytes())
+        .map_err(VsockError::Connect)?;
+    let line = read_line(&mut s, 128).map_err(VsockError::Connect)?;
+    agent_protocol::parse_hybrid_ok(&line).map_err(VsockError::Handshake)?;
+    s.set_read_timeout(None).map_err(VsockError::Connect)?;
+    Ok(s)
+}
+
+/// Read one `\n`-terminated line byte by byte, so nothing after it is
+/// consumed. At most `max` bytes.
+fn read_line(r: &mut impl Read, max: usize) -> io::Result<String> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 1];
+    while buf.len() < max {
+        match r.read(&mut b) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) if b[0] == b'\n' => return Ok(String::from_utf8_lossy(&buf).into_owned()),
+            Ok(_) => buf.push(b[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "reply line too long",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::BufRead;
+    use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn hybrid_handshake_leaves_stream_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut r = io::BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            assert_eq!(line, "CONNECT 1024\n");
+            s.write_all(b"OK 1073741824\nrest").unwrap();
+        });
+        let mut s = hybrid_connect(&path, 1024, Duration::from_secs(5)).unwrap();
+        let mut rest = String::new();
+        s.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "rest");
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn closed_connection_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (s, _) = l.accept().unwrap();
+            drop(s);
+        });
+        assert!(hybrid_connect(&path, 1024, Duration::from_secs(5)).is_err());
+        t.join().unwrap();
+    }
+}

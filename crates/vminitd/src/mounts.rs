@@ -1,0 +1,140 @@
+//! Guest mounts: the initramfs basics and the container's root filesystem.
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where the container's root filesystem is mounted.
+pub const ROOTFS: &str = "/run/rootfs";
+
+/// Container mounts, in mount order (unmounted in reverse at power-off).
+static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn record(p: &Path) {
+    if let Ok(mut m) = MOUNTED.lock() {
+        m.push(p.to_path_buf());
+    }
+}
+
+fn do_mount(
+    src: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), String> {
+    if let Err(e) = std::fs::create_dir_all(target) {
+        return Err(format!("mkdir {}: {e}", target.display()));
+    }
+    mount(Some(src), target, Some(fstype), flags, data)
+        .map_err(|e| format!("mount {fstype} on {}: {}", target.display(), e.desc()))
+}
+
+/// Mount devtmpfs, proc and sysfs for vminitd itself (as PID 1).
+pub fn mount_base() -> Vec<String> {
+    let mut errors = Vec::new();
+    let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    let list: [(&str, &str, &str, MsFlags); 3] = [
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID),
+        ("proc", "/proc", "proc", nse | MsFlags::MS_NODEV),
+        ("sysfs", "/sys", "sysfs", nse | MsFlags::MS_NODEV),
+    ];
+    for (src, target, fstype, flags) in list {
+        let _ = std::fs::create_dir_all(target);
+        match mount(Some(src), target, Some(fstype), flags, None::<&str>) {
+            Ok(()) | Err(Errno::EBUSY) => {}
+            Err(e) => errors.push(format!("mount {target}: {}", e.desc())),
+        }
+    }
+    errors
+}
+
+/// Mount the root device at [`ROOTFS`] and the API filesystems inside it.
+/// Errors on the root mount are fatal (returned); others are returned as
+/// warnings in the `Ok` value.
+pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
+    let root = Path::new(ROOTFS);
+    let fstype = if fstype.is_empty() { "ext4" } else { fstype };
+    if device.is_empty() {
+        return Err("no root device given".into());
+    }
+    // The block device node may show up a moment after boot.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !Path::new(device).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    do_mount(device, root, fstype, MsFlags::empty(), None)
+        .map_err(|e| format!("cannot mount root filesystem {device}: {e}"))?;
+    record(root);
+
+    let mut warnings = Vec::new();
+    let nosuid = MsFlags::MS_NOSUID;
+    let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    let list: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        ("proc", "proc", "proc", nse, None),
+        ("sysfs", "sys", "sysfs", nse, None),
+        ("devtmpfs", "dev", "devtmpfs", nosuid, None),
+        (
+            "devpts",
+            "dev/pts",
+            "devpts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        (
+            "shm",
+            "dev/shm",
+            "tmpfs",
+            nosuid | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        (
+            "tmpfs",
+            "tmp",
+            "tmpfs",
+            nosuid | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        ("cgroup2", "sys/fs/cgroup", "cgroup2", nse, None),
+    ];
+    for (src, rel, fstype, flags, data) in list {
+        let target = root.join(rel);
+        match do_mount(src, &target, fstype, flags, data) {
+            Ok(()) => record(&target),
+            Err(e) => warnings.push(e),
+        }
+    }
+
+    let dev = root.join("dev");
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        let p = dev.join(name);
+        let _ = std::fs::remove_file(&p);
+        if let Err(e) = std::os::unix::fs::symlink(target, &p) {
+            warnings.push(format!("symlink {}: {e}", p.display()));
+        }
+    }
+    Ok(warnings)
+}
+
+/// Unmount the container mounts, innermost first. Errors are ignored; a busy
+/// mount is detached.
+pub fn unmount_all() {
+    let list = match MOUNTED.lock() {
+        Ok(mut m) => std::mem::take(&mut *m),
+        Err(_) => return,
+    };
+    for p in list.iter().rev() {
+        if umount2(p, MntFlags::empty()).is_err() {
+            let _ = umount2(p, MntFlags::MNT_DETACH);
+        }
+    }
+}

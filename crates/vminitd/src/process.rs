@@ -1,0 +1,315 @@
+//! Starting the container process inside the root filesystem.
+
+use crate::user::ExecUser;
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// `PATH` when the process environment has none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A failed start, as reported to the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartError {
+    pub exit_code: i32,
+    pub message: String,
+}
+
+impl StartError {
+    pub fn new(exit_code: i32, message: impl Into<String>) -> Self {
+        Self {
+            exit_code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Build the final environment: `KEY=VALUE` entries in order (later entries
+/// win, first position kept), plus `PATH`, `HOSTNAME` and `HOME` when missing.
+pub fn build_env(env: &[String], home: &str, hostname: &str) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for entry in env {
+        let Some((k, v)) = entry.split_once('=') else {
+            continue;
+        };
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            continue;
+        }
+        match out.iter_mut().find(|(ek, _)| ek == k) {
+            Some(slot) => slot.1 = v.to_string(),
+            None => out.push((k.to_string(), v.to_string())),
+        }
+    }
+    if !out.iter().any(|(k, _)| k == "PATH") {
+        out.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !hostname.is_empty() && !out.iter().any(|(k, _)| k == "HOSTNAME") {
+        out.push(("HOSTNAME".into(), hostname.into()));
+    }
+    if !out.iter().any(|(k, _)| k == "HOME") {
+        out.push(("HOME".into(), home.into()));
+    }
+    out
+}
+
+/// Map a spawn error to Docker's exit code and message.
+pub fn spawn_error(arg0: &str, err: &io::Error) -> StartError {
+    match err.raw_os_error() {
+        Some(libc::ENOENT) if arg0.contains('/') => {
+            StartError::new(127, format!("exec: \"{arg0}\": no such file or directory"))
+        }
+        Some(libc::ENOENT) => StartError::new(
+            127,
+            format!("exec: \"{arg0}\": executable file not found in $PATH"),
+        ),
+        Some(libc::EACCES) => StartError::new(126, format!("exec: \"{arg0}\": permission denied")),
+        _ => StartError::new(125, format!("exec: \"{arg0}\": {err}")),
+    }
+}
+
+/// The directories `mkdir -p CWD` creates, outermost first, as absolute paths.
+pub fn cwd_prefixes(cwd: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for comp in cwd.split('/') {
+        if comp.is_empty() || comp == "." {
+            continue;
+        }
+        cur.push('/');
+        cur.push_str(comp);
+        out.push(cur.clone());
+    }
+    out
+}
+
+/// Exit code as a shell reports it, and the signal if one ended the process.
+pub fn exit_status(status: nix::sys::wait::WaitStatus) -> Option<(i32, Option<i32>)> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, code) => Some((code, None)),
+        WaitStatus::Signaled(_, sig, _) => Some((128 + sig as i32, Some(sig as i32))),
+        _ => None,
+    }
+}
+
+fn cstring(s: &[u8]) -> Result<CString, StartError> {
+    CString::new(s).map_err(|_| StartError::new(125, "string contains a NUL byte"))
+}
+
+/// Start `args` chrooted into `root` as `user`, in `cwd` (created if missing),
+/// with `env` exactly. stdin is /dev/null, stdout/stderr are pipes.
+pub fn spawn(
+    root: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    cwd: &str,
+    user: &ExecUser,
+) -> Result<Child, StartError> {
+    let Some(arg0) = args.first() else {
+        return Err(StartError::new(125, "no command specified"));
+    };
+    if arg0.is_empty() {
+        return Err(StartError::new(125, "no command specified"));
+    }
+    if args.iter().any(|a| a.contains('\0')) {
+        return Err(StartError::new(125, "argument contains a NUL byte"));
+    }
+    let cwd = if cwd.is_empty() { "/" } else { cwd };
+    // Everything the child needs is allocated before fork.
+    let root_c = cstring(root.as_os_str().as_bytes())?;
+    let slash = cstring(b"/")?;
+    let cwd_c = cstring(cwd.as_bytes())?;
+    let prefixes = cwd_prefixes(cwd)
+        .into_iter()
+        .map(|p| cstring(p.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let groups: Vec<libc::gid_t> = user.groups.clone();
+    let (uid, gid) = (user.uid, user.gid);
+
+    let mut cmd = Command::new(arg0);
+    cmd.args(&args[1..])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let hook = move || -> io::Result<()> {
+        // SAFETY: plain system calls on valid NUL-terminated strings and a
+        // valid gid array, all allocated before the fork and alive here.
+        unsafe {
+            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(slash.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            for p in &prefixes {
+                if libc::mkdir(p.as_ptr(), 0o755) == 0 {
+                    libc::chown(p.as_ptr(), uid, gid);
+                }
+            }
+            if libc::chdir(cwd_c.as_ptr()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::setsid();
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs between fork and exec and only makes
+    // async-signal-safe system calls on data prepared before the fork; it
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    cmd.spawn().map_err(|e| spawn_error(arg0, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn env_defaults_and_overrides() {
+        let env = build_env(
+            &["A=1".into(), "B=x=y".into(), "A=2".into(), "JUNK".into()],
+            "/root",
+            "box",
+        );
+        assert_eq!(
+            env,
+            vec![
+                ("PATH".to_string(), DEFAULT_PATH.to_string()),
+                ("A".into(), "2".into()),
+                ("B".into(), "x=y".into()),
+                ("HOSTNAME".into(), "box".into()),
+                ("HOME".into(), "/root".into()),
+            ]
+        );
+        let env = build_env(
+            &["PATH=/x".into(), "HOME=/h".into(), "HOSTNAME=h".into()],
+            "/root",
+            "box",
+        );
+        assert_eq!(env.len(), 3);
+        assert_eq!(env[0], ("PATH".into(), "/x".into()));
+        assert_eq!(env[1], ("HOME".into(), "/h".into()));
+    }
+
+    #[test]
+    fn error_mapping() {
+        let enoent = io::Error::from_raw_os_error(libc::ENOENT);
+        let e = spawn_error("nope", &enoent);
+        assert_eq!(e.exit_code, 127);
+        assert_eq!(
+            e.message,
+            "exec: \"nope\": executable file not found in $PATH"
+        );
+        let e = spawn_error("/bin/nope", &enoent);
+        assert_eq!(e.exit_code, 127);
+        assert_eq!(e.message, "exec: \"/bin/nope\": no such file or directory");
+        let e = spawn_error("/etc", &io::Error::from_raw_os_error(libc::EACCES));
+        assert_eq!(e.exit_code, 126);
+        assert_eq!(e.message, "exec: \"/etc\": permission denied");
+        let e = spawn_error("x", &io::Error::from_raw_os_error(libc::E2BIG));
+        assert_eq!(e.exit_code, 125);
+    }
+
+    #[test]
+    fn prefixes() {
+        assert_eq!(cwd_prefixes("/"), Vec::<String>::new());
+        assert_eq!(cwd_prefixes("/a//b/./c/"), vec!["/a", "/a/b", "/a/b/c"]);
+        assert_eq!(cwd_prefixes("rel"), vec!["/rel"]);
+    }
+
+    #[test]
+    fn exit_statuses() {
+        use nix::sys::signal::Signal;
+        use nix::sys::wait::WaitStatus;
+        use nix::unistd::Pid;
+        let p = Pid::from_raw(5);
+        assert_eq!(exit_status(WaitStatus::Exited(p, 3)), Some((3, None)));
+        assert_eq!(
+            exit_status(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
+            Some((137, Some(9)))
+        );
+        assert_eq!(exit_status(WaitStatus::StillAlive), None);
+    }
+
+    #[test]
+    fn empty_args() {
+        let u = ExecUser {
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            home: "/".into(),
+        };
+        let e = spawn(Path::new("/"), &[], &[], "/", &u).unwrap_err();
+        assert_eq!(e, StartError::new(125, "no command specified"));
+    }
+
+    /// Checks, in a real chroot, that a bare program name is looked up in the
+    /// child's PATH inside the new root. Needs root and a static busybox.
+    #[test]
+    fn chroot_path_lookup() {
+        let busybox = Path::new("/bin/busybox");
+        if !nix::unistd::geteuid().is_root() || !busybox.exists() {
+            eprintln!("skipped: needs root and /bin/busybox");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(r, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A directory that exists only inside the chroot.
+        std::fs::create_dir_all(r.join("onlyhere")).unwrap();
+        std::fs::copy(busybox, r.join("onlyhere/busybox")).unwrap();
+        for app in ["sh", "pwd", "id"] {
+            std::os::unix::fs::symlink("busybox", r.join("onlyhere").join(app)).unwrap();
+        }
+        std::fs::write(r.join("onlyhere/noexec"), "x").unwrap();
+        let user = ExecUser {
+            uid: 1234,
+            gid: 2345,
+            groups: vec![3456],
+            home: "/".into(),
+        };
+        let env = build_env(&["PATH=/onlyhere".into()], "/", "");
+        let run = |args: &[&str], cwd: &str| -> Result<String, StartError> {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let mut child = spawn(r, &args, &env, cwd, &user)?;
+            let mut out = String::new();
+            child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut out)
+                .unwrap();
+            child.wait().unwrap();
+            Ok(out)
+        };
+        assert_eq!(run(&["pwd"], "/work/dir").unwrap(), "/work/dir\n");
+        let meta = std::fs::metadata(r.join("work/dir")).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!((meta.uid(), meta.gid()), (1234, 2345));
+        assert_eq!(
+            run(&["id"], "/").unwrap(),
+            "uid=1234 gid=2345 groups=3456\n"
+        );
+        assert_eq!(
+            run(&["sh", "-c", "echo $HOME:$PATH"], "/").unwrap(),
+            "/:/onlyhere\n"
+        );
+        assert_eq!(run(&["nothere"], "/").unwrap_err().exit_code, 127);
+        assert_eq!(run(&["/onlyhere/gone"], "/").unwrap_err().exit_code, 127);
+        assert_eq!(run(&["noexec"], "/").unwrap_err().exit_code, 126);
+        assert_eq!(run(&["/onlyhere"], "/").unwrap_err().exit_code, 126);
+    }
+}
