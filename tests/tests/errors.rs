@@ -37,6 +37,13 @@ fn missing_image_and_missing_command() {
         text(&out.stderr)
     );
     assert!(text(&out.stderr).contains("/bin/nope"));
+    // Without --rm the failed container stays, like Docker's, until removed.
+    let all = text(&v.vessel(&["ls", "-a"]).stdout);
+    assert!(all.contains("Exited (127)"), "{all}");
+    let id = text(&v.vessel(&["ls", "-a", "-q"]).stdout)
+        .trim()
+        .to_string();
+    assert_ok(&v.vessel(&["rm", &id]), "rm the failed container");
 
     let out = v.vessel(&["run", "--rm", "-u", "nosuchuser", IMAGE, "true"]);
     assert!(!out.status.success());
@@ -56,7 +63,8 @@ fn missing_image_and_missing_command() {
 fn invalid_flags_are_refused_before_any_work() {
     let v = Instance::started();
     for bad in ["lots", "12q", "-1m", ""] {
-        let out = v.vessel(&["run", "--rm", "--memory", bad, IMAGE, "true"]);
+        let flag = format!("--memory={bad}");
+        let out = v.vessel(&["run", "--rm", &flag, IMAGE, "true"]);
         assert!(!out.status.success(), "--memory {bad:?} accepted");
         assert!(
             text(&out.stderr).contains("memory"),

@@ -363,6 +363,9 @@ impl Server {
     fn shutdown(&self) {
         eprintln!("vessel-apiserver: shutting down: stopping containers");
         self.containers.stop_all(5);
+        // Before the supervisor is told: its SIGTERM ends us at once.
+        let _ = fs::remove_file(self.home.api_socket());
+        let _ = fs::remove_file(self.home.apiserver_pid());
         let supervisor = fs::read_to_string(self.home.supervisor_pid())
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
@@ -372,8 +375,6 @@ impl Server {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(parent, libc::SIGTERM) };
         }
-        let _ = fs::remove_file(self.home.api_socket());
-        let _ = fs::remove_file(self.home.apiserver_pid());
         std::process::exit(0);
     }
 }
