@@ -103,12 +103,28 @@ fn stop(api: &Api) -> Result<i32> {
         println!("vessel is not running");
         return Ok(0);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
+    let started = Instant::now();
+    let mut escalated = 0;
+    while started.elapsed() < Duration::from_secs(60) {
         let gone = |p: Option<i32>| p.map(|p| !pid_alive(p)).unwrap_or(true);
         if gone(supervisor) && gone(apiserver) && !api.is_up() {
             println!("vessel stopped");
             return Ok(0);
+        }
+        // Containers get 5 s each (in parallel); past that, end the services
+        // by signal: SIGTERM first, SIGKILL if they still linger.
+        let signal = match (started.elapsed().as_secs(), escalated) {
+            (20.., 0) => Some(libc::SIGTERM),
+            (30.., 1) => Some(libc::SIGKILL),
+            _ => None,
+        };
+        if let Some(sig) = signal {
+            escalated += 1;
+            for pid in [supervisor, apiserver].into_iter().flatten().filter(|p| pid_alive(*p)) {
+                eprintln!("vessel: process {pid} is still running; sending signal {sig}");
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(pid, sig) };
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
