@@ -120,7 +120,11 @@ fn stop(api: &Api) -> Result<i32> {
         };
         if let Some(sig) = signal {
             escalated += 1;
-            for pid in [supervisor, apiserver].into_iter().flatten().filter(|p| pid_alive(*p)) {
+            for pid in [supervisor, apiserver]
+                .into_iter()
+                .flatten()
+                .filter(|p| pid_alive(*p))
+            {
                 eprintln!("vessel: process {pid} is still running; sending signal {sig}");
                 // SAFETY: kill has no memory-safety preconditions.
                 unsafe { libc::kill(pid, sig) };
