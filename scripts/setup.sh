@@ -18,7 +18,7 @@ cargo build --release --quiet --bins
 initrd=$(scripts/build-guest.sh build/guest/initramfs.img)
 
 log "Building the offline default image"
-image=$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)
+image=$(realpath "$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)")
 
 prefix=${PREFIX:-/usr/local}
 log "Installing into $prefix"

@@ -20,7 +20,7 @@ log "Guest init and initramfs"
 VESSEL_INITRD=$(scripts/build-guest.sh build/guest/initramfs.img)
 
 log "Offline default image"
-VESSEL_TEST_IMAGE=$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)
+VESSEL_TEST_IMAGE=$(realpath "$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)")
 
 export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE
 log "Tests (kernel $VESSEL_KERNEL)"
