@@ -108,6 +108,8 @@ fn stop(api: &Api) -> Result<i32> {
     while started.elapsed() < Duration::from_secs(60) {
         let gone = |p: Option<i32>| p.map(|p| !pid_alive(p)).unwrap_or(true);
         if gone(supervisor) && gone(apiserver) && !api.is_up() {
+            // An apiserver ended by a signal leaves its socket behind.
+            let _ = fs::remove_file(home.api_socket());
             println!("vessel stopped");
             return Ok(0);
         }
