@@ -497,3 +497,61 @@ mod tests {
         assert_eq!(r.log.as_deref(), Some("text\n"));
     }
 }
+
+/// Credentials for one registry, resolved by the CLI (which runs as the user
+/// and can run their credential helpers) and sent with a pull, push or login.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    /// An OAuth2 refresh token (Docker's `identitytoken`), used instead of
+    /// the password when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_token: Option<String>,
+}
+
+/// Body of `POST /v1/images/pull`, `POST /v1/images/push` and
+/// `POST /v1/registry/login` (query: `ref=`, `platform=`, `tls_verify=false`;
+/// login: `server=`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegistryRequest {
+    /// Credentials for the registry of the reference, if any.
+    #[serde(default)]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// One layer (or config) of an image being pulled or pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobInfo {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// One line of the `application/x-ndjson` answer of a pull or push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum TransferEvent {
+    /// The manifest is known: these blobs will be transferred.
+    Resolved {
+        reference: String,
+        /// Digest of the manifest chosen for the platform.
+        digest: String,
+        layers: Vec<BlobInfo>,
+    },
+    /// Bytes of one blob transferred so far.
+    Progress {
+        digest: String,
+        current: u64,
+        total: u64,
+    },
+    /// One blob is in place (`skipped`: it already was, or was mounted).
+    BlobDone { digest: String, skipped: bool },
+    /// A phase that is not a blob transfer ("unpacking", "pushing manifest").
+    Status { message: String },
+    /// The operation succeeded.
+    Done { image: ImageSummary },
+    /// The operation failed; nothing unverified was kept.
+    Error { message: String },
+}
