@@ -258,7 +258,7 @@ pub struct ImageRuntimeConfig {
 }
 
 /// One row of `GET /v1/images`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageSummary {
     /// Full reference, e.g. `localhost/busybox:latest`.
     pub reference: String,
