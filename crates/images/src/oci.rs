@@ -14,6 +14,18 @@ pub const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.l
 pub const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const MT_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub const MT_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
+pub const MT_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub const MT_DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+pub const MT_OCI_LAYER_ND: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+pub const MT_OCI_LAYER_ND_GZIP: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+pub const MT_OCI_LAYER_ND_ZSTD: &str =
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+pub const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Docker v2 schema 1 (signed and unsigned): refused, it is long deprecated.
+pub const MT_DOCKER_SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+json";
+pub const MT_DOCKER_SCHEMA1_SIGNED: &str =
+    "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 /// Annotation containerd and docker put on an index entry: the full name.
 pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
@@ -147,22 +159,19 @@ impl Compression {
         match self {
             Compression::None => MT_OCI_LAYER,
             Compression::Gzip => MT_OCI_LAYER_GZIP,
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::Zstd => MT_OCI_LAYER_ZSTD,
         }
     }
 }
 
-/// A reader of the uncompressed bytes of `r` (gzip detected by magic).
-/// zstd is reported as unsupported.
+/// A reader of the uncompressed bytes of `r` (gzip and zstd detected by
+/// magic; several concatenated frames or members are read in turn).
 pub fn decompressed<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
     let mut br = BufReader::with_capacity(256 * 1024, r);
     match Compression::detect(&mut br)? {
         Compression::None => Ok(Box::new(br)),
         Compression::Gzip => Ok(Box::new(flate2::bufread::MultiGzDecoder::new(br))),
-        Compression::Zstd => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "zstd-compressed layers are not supported",
-        )),
+        Compression::Zstd => Ok(Box::new(zstd::stream::read::Decoder::with_buffer(br)?)),
     }
 }
 
@@ -170,6 +179,417 @@ pub fn decompressed<'a, R: Read + 'a>(r: R) -> io::Result<Box<dyn Read + 'a>> {
 pub fn is_supported_layer(mt: &str) -> bool {
     matches!(
         mt,
-        MT_OCI_LAYER | MT_OCI_LAYER_GZIP | MT_DOCKER_LAYER | MT_DOCKER_LAYER_GZIP | ""
+        MT_OCI_LAYER
+            | MT_OCI_LAYER_GZIP
+            | MT_OCI_LAYER_ZSTD
+            | MT_DOCKER_LAYER
+            | MT_DOCKER_LAYER_GZIP
+            | MT_DOCKER_LAYER_ZSTD
+            | MT_OCI_LAYER_ND
+            | MT_OCI_LAYER_ND_GZIP
+            | MT_OCI_LAYER_ND_ZSTD
+            | ""
     )
+}
+
+/// Is `mt` the media type of an image index (OCI or Docker manifest list)?
+pub fn is_index_media_type(mt: &str) -> bool {
+    matches!(mt, MT_OCI_INDEX | MT_DOCKER_LIST)
+}
+
+/// Is `mt` the media type of a single-image manifest (OCI or Docker schema 2)?
+pub fn is_manifest_media_type(mt: &str) -> bool {
+    matches!(mt, MT_OCI_MANIFEST | MT_DOCKER_MANIFEST)
+}
+
+/// Is `mt` a container image config media type (empty: unspecified)?
+pub fn is_config_media_type(mt: &str) -> bool {
+    matches!(mt, MT_OCI_CONFIG | MT_DOCKER_CONFIG | "")
+}
+
+/// What kind of document a manifest (or index) is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DocumentKind {
+    Index,
+    Manifest,
+    Schema1,
+}
+
+/// Classify a manifest document by the media type the registry gave
+/// (`Content-Type`), falling back to its `mediaType` field and shape.
+/// `None`: not a document vessel knows.
+pub fn classify_document(content_type: &str, data: &[u8]) -> Option<DocumentKind> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        schema_version: Option<u64>,
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+        #[serde(default)]
+        config: Option<serde_json::Value>,
+        #[serde(default)]
+        fs_layers: Option<serde_json::Value>,
+    }
+    let ct = content_type.split(';').next().unwrap_or("").trim();
+    let by_type = |mt: &str| {
+        if is_index_media_type(mt) {
+            Some(DocumentKind::Index)
+        } else if is_manifest_media_type(mt) {
+            Some(DocumentKind::Manifest)
+        } else if mt == MT_DOCKER_SCHEMA1 || mt == MT_DOCKER_SCHEMA1_SIGNED {
+            Some(DocumentKind::Schema1)
+        } else {
+            None
+        }
+    };
+    let probe: Option<Probe> = serde_json::from_slice(data).ok();
+    if let Some(p) = &probe {
+        if p.schema_version == Some(1) || p.fs_layers.is_some() {
+            return Some(DocumentKind::Schema1);
+        }
+        // The document's own mediaType wins over a generic Content-Type.
+        if let Some(k) = p.media_type.as_deref().and_then(by_type) {
+            return Some(k);
+        }
+    }
+    if let Some(k) = by_type(ct) {
+        return Some(k);
+    }
+    let p = probe?;
+    if p.manifests.is_some() {
+        Some(DocumentKind::Index)
+    } else if p.config.is_some() {
+        Some(DocumentKind::Manifest)
+    } else {
+        None
+    }
+}
+
+/// The media type of a stored manifest: its `mediaType` field, else OCI.
+pub fn manifest_media_type(data: &[u8]) -> String {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<Probe>(data)
+        .ok()
+        .and_then(|p| p.media_type)
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| MT_OCI_MANIFEST.to_string())
+}
+
+/// A platform asked for (`--platform os/arch[/variant]`), normalized the
+/// way containerd does (`x86_64` -> `amd64`, `aarch64` -> `arm64`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformSpec {
+    pub os: String,
+    pub architecture: String,
+    pub variant: Option<String>,
+}
+
+/// A `--platform` value that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/arm64")]
+pub struct PlatformError(pub String);
+
+const KNOWN_OS: &[&str] = &[
+    "linux", "windows", "darwin", "freebsd", "netbsd", "openbsd", "solaris", "illumos", "aix",
+    "android", "ios", "plan9", "js", "wasip1",
+];
+
+fn normalize_arch(arch: &str, variant: Option<&str>) -> (String, Option<String>) {
+    let arch = arch.to_ascii_lowercase();
+    let variant = variant
+        .map(|v| v.to_ascii_lowercase())
+        .filter(|v| !v.is_empty());
+    match arch.as_str() {
+        "x86_64" | "x86-64" | "amd64" => ("amd64".into(), variant),
+        "i386" | "i486" | "i586" | "i686" | "x86" | "386" => ("386".into(), None),
+        "aarch64" | "arm64" => {
+            let v = match variant.as_deref() {
+                None | Some("8") | Some("v8") => None,
+                Some(_) => variant,
+            };
+            ("arm64".into(), v)
+        }
+        "armhf" => ("arm".into(), Some("v7".into())),
+        "armel" => ("arm".into(), Some("v6".into())),
+        "arm" => {
+            let v = match variant.as_deref() {
+                None | Some("7") | Some("v7") => Some("v7".to_string()),
+                Some("5") | Some("v5") => Some("v5".to_string()),
+                Some("6") | Some("v6") => Some("v6".to_string()),
+                Some("8") | Some("v8") => Some("v8".to_string()),
+                Some(_) => variant,
+            };
+            ("arm".into(), v)
+        }
+        _ => (arch, variant),
+    }
+}
+
+impl PlatformSpec {
+    /// The platform of the machine vessel runs on.
+    pub fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "arm" => "arm",
+            other => other,
+        };
+        let (architecture, variant) = normalize_arch(arch, None);
+        Self {
+            os: "linux".into(),
+            architecture,
+            variant,
+        }
+    }
+
+    /// Parse `os/arch[/variant]`, `os` alone or `arch` alone (the missing
+    /// part is the host's).
+    pub fn parse(s: &str) -> Result<Self, PlatformError> {
+        let bad = || PlatformError(s.to_string());
+        let parts: Vec<&str> = s.trim().split('/').collect();
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 32
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if parts.len() > 3 || !parts.iter().all(|p| ok(p)) {
+            return Err(bad());
+        }
+        let host = Self::host();
+        let (os, arch, variant) = match parts.as_slice() {
+            [one] if KNOWN_OS.contains(&one.to_ascii_lowercase().as_str()) => {
+                (one.to_ascii_lowercase(), host.architecture, host.variant)
+            }
+            [one] => ("linux".to_string(), one.to_string(), None),
+            [os, arch] => (os.to_ascii_lowercase(), arch.to_string(), None),
+            [os, arch, v] => (
+                os.to_ascii_lowercase(),
+                arch.to_string(),
+                Some(v.to_string()),
+            ),
+            _ => return Err(bad()),
+        };
+        let (architecture, variant) = normalize_arch(&arch, variant.as_deref());
+        Ok(Self {
+            os,
+            architecture,
+            variant,
+        })
+    }
+
+    /// Does an index entry's platform match? A variant asked for must match
+    /// (`arm64` = `arm64/v8`, `arm` = `arm/v7`); none asked matches any.
+    pub fn matches(&self, p: &Platform) -> bool {
+        let (arch, variant) = normalize_arch(&p.architecture, p.variant.as_deref());
+        p.os.eq_ignore_ascii_case(&self.os)
+            && arch == self.architecture
+            && (self.variant.is_none() || self.variant == variant)
+    }
+
+    /// Pick the entry of an index for this platform: the first match,
+    /// preferring the default variant when none was asked for.
+    pub fn select<'a>(&self, entries: &'a [Descriptor]) -> Option<&'a Descriptor> {
+        let hits: Vec<&Descriptor> = entries
+            .iter()
+            .filter(|d| d.platform.as_ref().is_some_and(|p| self.matches(p)))
+            .collect();
+        if self.variant.is_none() {
+            let default = normalize_arch(&self.architecture, None).1;
+            if let Some(d) = hits.iter().find(|d| {
+                d.platform.as_ref().is_some_and(|p| {
+                    normalize_arch(&p.architecture, p.variant.as_deref()).1 == default
+                })
+            }) {
+                return Some(d);
+            }
+        }
+        hits.first().copied().or_else(|| match entries {
+            // An index of one entry without a platform: take it.
+            [only] if only.platform.is_none() => Some(only),
+            _ => None,
+        })
+    }
+}
+
+impl std::fmt::Display for PlatformSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = self.variant.as_deref().filter(|v| !v.is_empty()) {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The platforms an index offers, for error messages (attestation entries
+/// with os `unknown` are left out).
+pub fn available_platforms(entries: &[Descriptor]) -> Vec<String> {
+    let mut v: Vec<String> = entries
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .filter(|p| p.os != "unknown" && !p.os.is_empty())
+        .map(|p| p.to_string())
+        .collect();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn entry(os: &str, arch: &str, variant: Option<&str>, digest: &str) -> Descriptor {
+        Descriptor {
+            media_type: MT_OCI_MANIFEST.into(),
+            digest: digest.into(),
+            size: 1,
+            platform: Some(Platform {
+                architecture: arch.into(),
+                os: os.into(),
+                variant: variant.map(String::from),
+            }),
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn parses_platforms() {
+        let p = PlatformSpec::parse("linux/arm64").unwrap();
+        assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "arm64"));
+        assert_eq!(p.variant, None);
+        assert_eq!(PlatformSpec::parse("linux/arm64/v8").unwrap().variant, None);
+        assert_eq!(
+            PlatformSpec::parse("linux/arm").unwrap().to_string(),
+            "linux/arm/v7"
+        );
+        assert_eq!(
+            PlatformSpec::parse("linux/arm/v6").unwrap().to_string(),
+            "linux/arm/v6"
+        );
+        assert_eq!(
+            PlatformSpec::parse("linux/x86_64").unwrap().to_string(),
+            "linux/amd64"
+        );
+        assert_eq!(
+            PlatformSpec::parse("arm64").unwrap().to_string(),
+            "linux/arm64"
+        );
+        assert_eq!(PlatformSpec::parse("linux").unwrap().os, "linux");
+        for bad in ["", "/", "linux/", "a/b/c/d", "linux/am d64", "linux//v7"] {
+            assert!(PlatformSpec::parse(bad).is_err(), "{bad:?}");
+        }
+        let host = PlatformSpec::host();
+        assert_eq!(host.os, "linux");
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(host.to_string(), "linux/amd64");
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(host.to_string(), "linux/arm64");
+    }
+
+    #[test]
+    fn selects_manifests() {
+        let idx = vec![
+            entry("linux", "amd64", None, "a"),
+            entry("linux", "arm", Some("v6"), "b"),
+            entry("linux", "arm", Some("v7"), "c"),
+            entry("linux", "arm64", Some("v8"), "d"),
+            entry("unknown", "unknown", None, "e"),
+        ];
+        let sel = |s: &str| {
+            PlatformSpec::parse(s)
+                .unwrap()
+                .select(&idx)
+                .map(|d| d.digest.clone())
+        };
+        assert_eq!(sel("linux/amd64").as_deref(), Some("a"));
+        assert_eq!(sel("linux/arm").as_deref(), Some("c"));
+        assert_eq!(sel("linux/arm/v6").as_deref(), Some("b"));
+        assert_eq!(sel("linux/arm64").as_deref(), Some("d"));
+        assert_eq!(sel("linux/arm64/v8").as_deref(), Some("d"));
+        assert_eq!(sel("linux/s390x"), None);
+        assert_eq!(sel("windows/amd64"), None);
+        assert_eq!(
+            available_platforms(&idx),
+            [
+                "linux/amd64",
+                "linux/arm/v6",
+                "linux/arm/v7",
+                "linux/arm64/v8"
+            ]
+        );
+        let mut only = entry("linux", "amd64", None, "z");
+        only.platform = None;
+        assert_eq!(
+            PlatformSpec::parse("linux/arm64")
+                .unwrap()
+                .select(std::slice::from_ref(&only))
+                .map(|d| d.digest.as_str()),
+            Some("z")
+        );
+    }
+
+    #[test]
+    fn classifies_documents() {
+        let idx = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert_eq!(classify_document("", idx), Some(DocumentKind::Index));
+        assert_eq!(
+            classify_document(MT_DOCKER_LIST, idx),
+            Some(DocumentKind::Index)
+        );
+        let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{}}"#;
+        assert_eq!(
+            classify_document("application/json", m),
+            Some(DocumentKind::Manifest)
+        );
+        let s1 = br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
+        assert_eq!(
+            classify_document(MT_DOCKER_SCHEMA1_SIGNED, s1),
+            Some(DocumentKind::Schema1)
+        );
+        assert_eq!(classify_document("text/html", b"<html>"), None);
+        assert_eq!(manifest_media_type(m), MT_DOCKER_MANIFEST);
+        assert_eq!(manifest_media_type(b"{}"), MT_OCI_MANIFEST);
+    }
+
+    #[test]
+    fn decompresses_zstd() {
+        let data = b"hello zstd layer".repeat(1000);
+        let mut z = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        z.write_all(&data).unwrap();
+        let mut frames = z.finish().unwrap();
+        // Two concatenated frames read as one stream.
+        let second = zstd::encode_all(&b"tail"[..], 1).unwrap();
+        frames.extend_from_slice(&second);
+        let mut out = Vec::new();
+        decompressed(&frames[..])
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        let mut want = data.clone();
+        want.extend_from_slice(b"tail");
+        assert_eq!(out, want);
+        assert!(is_supported_layer(MT_OCI_LAYER_ZSTD));
+    }
 }
