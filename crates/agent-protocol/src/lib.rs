@@ -32,7 +32,9 @@
 //!    powers the VM off. A guest whose host connection drops after `Exited`
 //!    powers off by itself.
 //!
-//! Future versions add messages (resize, mounts, network, statistics); a
+//! `Start` may carry a [`NetworkConfig`] (optional field: hosts without
+//! networking omit it). Future versions add messages (resize, mounts,
+//! statistics); a
 //! peer ignores nothing silently: unknown control messages are errors.
 
 use serde::{Deserialize, Serialize};
@@ -105,6 +107,51 @@ pub struct StartRequest {
     pub root_device: String,
     /// Its filesystem type, e.g. `ext4`.
     pub root_fstype: String,
+    /// The container's network, if it has one (`--network none`: absent).
+    /// Absent in messages from hosts that predate networking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkConfig>,
+}
+
+/// How vminitd sets up the guest's network before starting the process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NetworkConfig {
+    /// One entry per virtio-net device, found in the guest by its MAC.
+    pub interfaces: Vec<InterfaceConfig>,
+    /// Nameservers for `/etc/resolv.conf` (the networks' gateways).
+    #[serde(default)]
+    pub nameservers: Vec<String>,
+    /// `search` domains for `/etc/resolv.conf`.
+    #[serde(default)]
+    pub search: Vec<String>,
+    /// Extra `/etc/hosts` lines: an address and its names.
+    #[serde(default)]
+    pub hosts: Vec<HostEntry>,
+}
+
+/// One guest interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct InterfaceConfig {
+    /// `aa:bb:cc:dd:ee:ff`, as the host gave it to the VMM.
+    pub mac: String,
+    /// Dotted IPv4 address.
+    pub address: String,
+    /// Prefix length of the network, 1..=30.
+    pub prefix_len: u8,
+    /// Default route through this gateway (only the first interface with
+    /// one gets the default route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// MTU; the device default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+}
+
+/// One `/etc/hosts` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct HostEntry {
+    pub address: String,
+    pub names: Vec<String>,
 }
 
 /// Messages the host sends.
@@ -287,6 +334,21 @@ mod tests {
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
+            network: Some(NetworkConfig {
+                interfaces: vec![InterfaceConfig {
+                    mac: "02:76:0a:58:00:02".into(),
+                    address: "10.88.0.2".into(),
+                    prefix_len: 24,
+                    gateway: Some("10.88.0.1".into()),
+                    mtu: None,
+                }],
+                nameservers: vec!["10.88.0.1".into()],
+                search: vec![],
+                hosts: vec![HostEntry {
+                    address: "10.88.0.2".into(),
+                    names: vec!["web".into()],
+                }],
+            }),
         });
         write_message(&mut buf, &msg).unwrap();
         write_frame(&mut buf, FrameKind::Stdout, b"hello").unwrap();
@@ -297,6 +359,28 @@ mod tests {
         assert_eq!(f.kind, FrameKind::Stdout);
         assert_eq!(f.payload, b"hello");
         assert!(read_frame(&mut r).unwrap().is_none());
+    }
+
+    #[test]
+    fn start_without_network_still_parses() {
+        let json = br#"{"type":"start","process":{"args":["true"],"env":[],"cwd":"/","user":""},"hostname":"h","root_device":"/dev/vda","root_fstype":"ext4"}"#;
+        let f = Frame {
+            kind: FrameKind::Control,
+            payload: json.to_vec(),
+        };
+        match decode_message::<HostMessage>(&f).unwrap() {
+            HostMessage::Start(r) => assert_eq!(r.network, None),
+            other => panic!("{other:?}"),
+        }
+        let no_net = HostMessage::Start(StartRequest {
+            process: ProcessSpec::default(),
+            hostname: String::new(),
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+            network: None,
+        });
+        let text = serde_json::to_string(&no_net).unwrap();
+        assert!(!text.contains("network"), "{text}");
     }
 
     #[test]

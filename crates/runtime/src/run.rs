@@ -567,6 +567,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
             hostname: config.hostname.clone(),
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
+            network: None,
         };
         supervise(
             &shared,
@@ -729,6 +730,7 @@ mod tests {
             hostname: "box".into(),
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
+            network: None,
         }
     }
 

@@ -7,5 +7,6 @@ pub mod fsutil;
 pub mod http;
 pub mod paths;
 pub mod types;
+pub mod network;
 
 pub use agent_protocol::ProcessSpec;
