@@ -16,7 +16,7 @@
 use crate::agent::{self, AgentSender, Incoming};
 use crate::control::{self, ControlHandler};
 use crate::logs::StdioLog;
-use crate::vmm::{qemu_binary, Qemu, QemuSpec, Vmm, VmmError};
+use crate::vmm::{qemu_binary, Nic, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{GuestMessage, HostMessage, StartRequest, AGENT_PORT, VERSION};
@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use vessel_api::fsutil::{pid_start_time, read_json, write_json_atomic};
+use vessel_api::network::ContainerNetworks;
 use vessel_api::paths::Home;
 use vessel_api::types::{now_ms, ContainerConfig, ContainerState, Status};
 
@@ -558,8 +559,30 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
 
     let run_dir = home.run_dir(id);
     let mut backend = None;
-    let result = signals.and_then(|()| launch(&config, &dir, &run_dir, &shared, &mut backend, &t));
-    let result = result.and_then(|(mut stdio, launched)| {
+    let networks = ContainerNetworks::read(&dir);
+    if let Ok(Some(n)) = &networks {
+        for a in &n.attachments {
+            log(&format!(
+                "network {}: {} ({}) on {}",
+                a.network, a.ip, a.mac, a.tap
+            ));
+        }
+    }
+    let networks_path = ContainerNetworks::path(&dir);
+    let result = signals.and_then(|()| networks.map_err(|e| RunError::Config(networks_path, e)));
+    let result = result.and_then(|networks| {
+        launch(
+            &config,
+            networks.as_ref(),
+            &dir,
+            &run_dir,
+            &shared,
+            &mut backend,
+            &t,
+        )
+        .map(|l| (l, networks))
+    });
+    let result = result.and_then(|((mut stdio, launched), networks)| {
         let uds = run_dir.join("vsock.sock");
         let mut connect = || vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply);
         let request = StartRequest {
@@ -567,7 +590,9 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
             hostname: config.hostname.clone(),
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
-            network: None,
+            network: networks
+                .as_ref()
+                .and_then(|n| n.guest_config(&config.hostname, &config.name)),
         };
         supervise(
             &shared,
@@ -598,6 +623,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
 /// Steps 2-5: run dir, overlay, vsock backend, control socket, VMM.
 fn launch(
     config: &ContainerConfig,
+    networks: Option<&ContainerNetworks>,
     dir: &Path,
     run_dir: &Path,
     shared: &Arc<Shared>,
@@ -633,6 +659,17 @@ fn launch(
         vhost_socket: vhost,
         boot_log: dir.join("boot.log"),
         tsc_khz: crate::vmm::host_tsc_khz(),
+        nics: networks
+            .map(|n| {
+                n.attachments
+                    .iter()
+                    .map(|a| Nic {
+                        tap: a.tap.clone(),
+                        mac: a.mac.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, dir.join("vmm.log"));
     let launched = Instant::now();

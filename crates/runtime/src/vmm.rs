@@ -73,6 +73,18 @@ pub struct QemuSpec {
     /// own calibration against the emulated PIT sometimes fails and the boot
     /// then hangs for good (seen in about one boot in five here).
     pub tsc_khz: Option<u64>,
+    /// One virtio-net device per entry, backed by an existing host TAP
+    /// device (created by vessel-network). Empty: no network device.
+    pub nics: Vec<Nic>,
+}
+
+/// A TAP-backed network device of the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// The host TAP device's name.
+    pub tap: String,
+    /// The guest MAC address, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
 }
 
 /// The host's TSC frequency in kHz, from `/proc/cpuinfo`.
@@ -157,6 +169,24 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(joined("socket,id=vs,path=", &spec.vhost_socket, ""));
     a.push("-device".into());
     a.push("vhost-user-vsock-device,chardev=vs".into());
+    for (i, nic) in spec.nics.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(
+            format!(
+                "tap,id=n{i},ifname={},script=no,downscript=no",
+                nic.tap.replace(',', ",,")
+            )
+            .into(),
+        );
+        a.push("-device".into());
+        a.push(
+            format!(
+                "virtio-net-device,netdev=n{i},mac={}",
+                nic.mac.replace(',', ",,")
+            )
+            .into(),
+        );
+    }
     a.push("-append".into());
     let mut cmdline = KERNEL_CMDLINE.to_string();
     if let Some(khz) = spec.tsc_khz {
@@ -273,6 +303,7 @@ mod tests {
             vhost_socket: "/run/x/vhost.sock".into(),
             boot_log: "/c/boot.log".into(),
             tsc_khz: Some(2_596_120),
+            nics: vec![],
         }
     }
 
@@ -316,6 +347,34 @@ mod tests {
             a[a.len() - 1],
             format!("{KERNEL_CMDLINE} tsc_early_khz=2596120")
         );
+    }
+
+    #[test]
+    fn no_network_means_no_nic() {
+        let line = strings(qemu_args(&spec("tcg"))).join(" ");
+        assert!(!line.contains("-netdev") && !line.contains("virtio-net"));
+    }
+
+    #[test]
+    fn tap_backed_nics() {
+        let mut s = spec("tcg");
+        s.nics = vec![
+            Nic {
+                tap: "vsl0123456789a".into(),
+                mac: "02:76:0a:58:00:02".into(),
+            },
+            Nic {
+                tap: "vslb".into(),
+                mac: "02:76:0a:59:00:02".into(),
+            },
+        ];
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-netdev tap,id=n0,ifname=vsl0123456789a,script=no,downscript=no \
+             -device virtio-net-device,netdev=n0,mac=02:76:0a:58:00:02 \
+             -netdev tap,id=n1,ifname=vslb,script=no,downscript=no \
+             -device virtio-net-device,netdev=n1,mac=02:76:0a:59:00:02 -append"
+        ));
     }
 
     #[test]
