@@ -11,6 +11,10 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod registry;
+
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -45,6 +49,10 @@ pub fn bin_dir() -> PathBuf {
 pub struct Instance {
     pub home: tempfile::TempDir,
     started: bool,
+    /// The CLI's own config (`VESSEL_CONFIG`: credentials) and an empty
+    /// `DOCKER_CONFIG`, so the user's Docker config is never read.
+    cli_config: tempfile::TempDir,
+    extra_env: Vec<(OsString, OsString)>,
 }
 
 impl Instance {
@@ -54,9 +62,16 @@ impl Instance {
             .prefix("vessel-e2e-")
             .tempdir_in("/tmp")
             .expect("temp home");
+        let cli_config = tempfile::Builder::new()
+            .prefix("vessel-e2e-cfg-")
+            .tempdir_in("/tmp")
+            .expect("temp config");
+        std::fs::create_dir(cli_config.path().join("docker")).expect("docker config dir");
         Self {
             home,
             started: false,
+            cli_config,
+            extra_env: Vec::new(),
         }
     }
 
@@ -91,8 +106,62 @@ impl Instance {
             .env("VESSEL_HOME", self.home.path())
             .env("VESSEL_KERNEL", required_env("VESSEL_KERNEL"))
             .env("VESSEL_INITRD", required_env("VESSEL_INITRD"))
+            .env("VESSEL_CONFIG", self.vessel_config_dir())
+            .env("DOCKER_CONFIG", self.docker_config_dir())
             .stdin(Stdio::null());
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
         c
+    }
+
+    /// Set an environment variable for every later `vessel` command of this
+    /// instance (and so for the services `system start` launches).
+    pub fn set_env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        self.extra_env.push((key.into(), value.into()));
+    }
+
+    /// `VESSEL_CONFIG` of this instance's CLI (where `registry login`
+    /// stores `config.json`); not created by the harness.
+    pub fn vessel_config_dir(&self) -> PathBuf {
+        self.cli_config.path().join("vessel")
+    }
+
+    /// `DOCKER_CONFIG` of this instance's CLI: an empty directory.
+    pub fn docker_config_dir(&self) -> PathBuf {
+        self.cli_config.path().join("docker")
+    }
+
+    /// Run `vessel ARGS` with `input` on its standard input.
+    pub fn vessel_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running vessel");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        child.wait_with_output().expect("vessel output")
+    }
+
+    /// `vessel image ls --format json`, parsed.
+    pub fn images(&self) -> Vec<vessel_api::types::ImageSummary> {
+        let out = self.vessel(&["image", "ls", "--format", "json"]);
+        assert_ok(&out, "image ls --format json");
+        text(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("image ls JSON line"))
+            .collect()
+    }
+
+    /// Whether the store holds a blob with this digest.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        let hex = digest.trim_start_matches("sha256:");
+        self.path().join("content/blobs/sha256").join(hex).exists()
     }
 
     /// Run `vessel ARGS` to completion.
