@@ -5,30 +5,57 @@
 //! - paths are normalized; any `..` component is an error ("layer entry
 //!   escapes the rootfs"), absolute paths are taken relative to the root;
 //! - nothing is ever written through a symlink: every parent component is
-//!   checked with `symlink_metadata`, and a symlink parent is an error; an
-//!   existing entry at the final path is unlinked (never followed) first,
-//!   and regular files are opened with `O_NOFOLLOW | O_EXCL`;
-//! - hardlink targets must exist inside the root, reached through no
-//!   symlink, and not be directories;
-//! - a [`Budget`] bounds the bytes and inodes a rootfs may use.
+//!   checked with `symlink_metadata` (lstat) and a symlink parent is an
+//!   error; an existing entry at the final path is unlinked (never followed)
+//!   first; regular files are created with `O_CREAT | O_EXCL | O_NOFOLLOW`,
+//!   owners set with `fchown`/`lchown`, times with `AT_SYMLINK_NOFOLLOW`,
+//!   xattrs with `fsetxattr`/`lsetxattr`. The checks are race-free because
+//!   only this unpacker writes to the (private, 0700-parented) staging root;
+//! - symlinks may hold any target string: they are created, never followed;
+//! - hardlink targets must already exist inside the root, reached through
+//!   no symlink, and not be directories, so a hardlink to a host file is
+//!   impossible;
+//! - a [`Budget`] bounds the bytes and inodes a rootfs may use, and the tar
+//!   header records of one entry (PAX, GNU long names, sparse maps, which the
+//!   `tar` crate reads into memory) are bounded by [`MAX_HEADER_RECORDS`].
 //!
 //! Whiteouts follow the OCI spec: `.wh.NAME` deletes `NAME`;
 //! `DIR/.wh..wh..opq` hides everything lower layers put in `DIR` (applied
 //! at the end of the layer, so entries of the same layer survive).
 //!
+//! Metadata: owners come from the tar header (PAX `uid`/`gid` records
+//! override it); the mode, including setuid/setgid/sticky, is set after the
+//! owner (chown clears setuid) and extended attributes after both (chown
+//! clears `security.capability`). Extended attributes come from PAX
+//! `SCHILY.xattr.NAME` records; `trusted.overlay.*` and `security.selinux`
+//! (meaningful only to the host) are skipped, and one the filesystem
+//! refuses is skipped with a warning. Modification times are set last;
+//! directories' at the end of the layer, after their children are in.
+//! Runs of zero bytes in regular files (GNU sparse entries, which the `tar`
+//! crate expands, and any other file) become holes.
+//!
 //! Ownership and device nodes need root; as another user they are skipped.
-//! Extended attributes are not applied.
 
+use std::cell::Cell;
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::{CString, OsStr};
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// PAX record prefix of an extended attribute.
+const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
+/// Most bytes of header records (PAX, GNU long name/link, sparse maps) one
+/// entry may have; the `tar` crate holds them in memory.
+pub const MAX_HEADER_RECORDS: u64 = 4 << 20;
+/// Warnings printed per layer before they are only counted.
+const MAX_WARNINGS: usize = 10;
 
 /// Errors applying a layer.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +72,7 @@ pub enum UnpackError {
     BadLink(String),
     #[error("Layer entry {0} has an out-of-range owner")]
     BadOwner(String),
-    #[error("Image is too large to unpack: more than {limit} {what}")]
+    #[error("Image is too large to unpack: it expands past the unpack budget of {limit} {what}")]
     Budget { what: &'static str, limit: u64 },
     #[error("Malformed layer tar")]
     Tar(#[source] io::Error),
@@ -73,6 +100,23 @@ impl Default for Budget {
     }
 }
 
+impl Budget {
+    /// The default budget, overridden by `VESSEL_UNPACK_MAX_BYTES` and
+    /// `VESSEL_UNPACK_MAX_INODES` when they hold numbers.
+    pub fn from_env() -> Self {
+        let get = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let d = Self::default();
+        Self {
+            max_bytes: get("VESSEL_UNPACK_MAX_BYTES").unwrap_or(d.max_bytes),
+            max_inodes: get("VESSEL_UNPACK_MAX_INODES").unwrap_or(d.max_inodes),
+        }
+    }
+}
+
 /// Applies layers, in order, to one root directory.
 pub struct Unpacker {
     root: PathBuf,
@@ -80,6 +124,7 @@ pub struct Unpacker {
     bytes: u64,
     inodes: u64,
     is_root: bool,
+    warnings: usize,
 }
 
 /// A normalized path inside the root: its components, none `.`/`..`/empty.
@@ -108,6 +153,48 @@ fn normalize(raw: &[u8]) -> Result<RelPath, UnpackError> {
     Ok(out)
 }
 
+/// The layer stream, failing a read once more than the allowance set in
+/// `left` has been read (while it is set: around `Entries::next`, where the
+/// `tar` crate reads header records into memory).
+struct HeaderGuard<'a> {
+    inner: Box<dyn Read + 'a>,
+    left: Rc<Cell<Option<u64>>>,
+}
+
+impl Read for HeaderGuard<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.left.get() {
+            None => self.inner.read(buf),
+            Some(0) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "an entry's header records (PAX, long names, sparse map) exceed {MAX_HEADER_RECORDS} bytes"
+                ),
+            )),
+            Some(left) => {
+                let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = self.inner.read(&mut buf[..n])?;
+                self.left.set(Some(left - n as u64));
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// What one layer did, for whiteouts and times applied at its end.
+#[derive(Default)]
+struct LayerState {
+    /// Every path this layer created, with all its parents.
+    added: HashSet<RelPath>,
+    /// Directories marked opaque.
+    opaque: BTreeSet<RelPath>,
+    /// Directories and their mtimes, set once their children are in.
+    dir_times: Vec<(RelPath, u64)>,
+}
+
+/// Extended attributes of an entry, from its PAX records.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 impl Unpacker {
     pub fn new(root: impl Into<PathBuf>, budget: Budget) -> Self {
         Self {
@@ -117,6 +204,7 @@ impl Unpacker {
             inodes: 0,
             // SAFETY: geteuid has no preconditions and cannot fail.
             is_root: unsafe { libc::geteuid() } == 0,
+            warnings: 0,
         }
     }
 
@@ -128,6 +216,20 @@ impl Unpacker {
     /// Inodes created so far.
     pub fn inodes(&self) -> u64 {
         self.inodes
+    }
+
+    /// Warnings (refused xattrs) so far.
+    pub fn warnings(&self) -> usize {
+        self.warnings
+    }
+
+    fn warn(&mut self, msg: String) {
+        self.warnings += 1;
+        if self.warnings <= MAX_WARNINGS {
+            eprintln!("vessel-images: warning: {msg}");
+        } else if self.warnings == MAX_WARNINGS + 1 {
+            eprintln!("vessel-images: warning: more warnings for this image are not shown");
+        }
     }
 
     fn host_path(&self, rel: &[Vec<u8>]) -> PathBuf {
@@ -154,9 +256,21 @@ impl Unpacker {
         Ok(())
     }
 
-    /// Make sure every parent of `rel` is a real directory (creating missing
-    /// ones), never a symlink.
-    fn ensure_parents(&mut self, rel: &[Vec<u8>]) -> Result<(), UnpackError> {
+    fn charge_bytes(&mut self, n: u64) -> Result<(), UnpackError> {
+        self.bytes = self.bytes.saturating_add(n);
+        if self.bytes > self.budget.max_bytes {
+            return Err(UnpackError::Budget {
+                what: "bytes",
+                limit: self.budget.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Check that every parent of `rel` is a real directory, never a
+    /// symlink. Missing ones are created when `create`, else the answer is
+    /// `false`.
+    fn check_parents(&mut self, rel: &[Vec<u8>], create: bool) -> Result<bool, UnpackError> {
         for i in 1..rel.len() {
             let p = self.host_path(&rel[..i]);
             match fs::symlink_metadata(&p) {
@@ -166,6 +280,9 @@ impl Unpacker {
                 Ok(m) if m.is_dir() => {}
                 Ok(_) => return Err(UnpackError::NotADirectory(display(rel))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !create {
+                        return Ok(false);
+                    }
                     self.charge_inode()?;
                     fs::create_dir(&p).map_err(Self::io_err(&rel[..i]))?;
                     fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
@@ -174,16 +291,24 @@ impl Unpacker {
                 Err(e) => return Err(Self::io_err(&rel[..i])(e)),
             }
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// Remove whatever is at `p` without following it.
+    /// Make sure every parent of `rel` is a real directory (creating missing
+    /// ones), never a symlink.
+    fn ensure_parents(&mut self, rel: &[Vec<u8>]) -> Result<(), UnpackError> {
+        self.check_parents(rel, true).map(|_| ())
+    }
+
+    /// Remove whatever is at `p` without following it. With `keep_dir`, an
+    /// existing directory stays (the answer is then `true`).
     fn remove_existing(p: &Path, keep_dir: bool) -> io::Result<bool> {
         match fs::symlink_metadata(p) {
             Ok(m) if m.is_dir() => {
                 if keep_dir {
                     return Ok(true);
                 }
+                // Does not follow symlinks inside (openat-based since Rust 1.58).
                 fs::remove_dir_all(p)?;
                 Ok(false)
             }
@@ -196,42 +321,75 @@ impl Unpacker {
         }
     }
 
-    /// Apply one layer (plain or gzip tar) on top of the root.
+    /// Apply one layer (plain, gzip or zstd tar, as [`crate::oci::decompressed`]
+    /// reads) on top of the root.
     pub fn apply_layer(&mut self, layer: impl Read) -> Result<(), UnpackError> {
         let reader = crate::oci::decompressed(layer).map_err(UnpackError::Tar)?;
-        let mut archive = tar::Archive::new(reader);
-        let mut added: HashSet<RelPath> = HashSet::new();
-        let mut opaque: BTreeSet<RelPath> = BTreeSet::new();
-        for entry in archive.entries().map_err(UnpackError::Tar)? {
+        let left = Rc::new(Cell::new(None));
+        let mut archive = tar::Archive::new(HeaderGuard {
+            inner: reader,
+            left: Rc::clone(&left),
+        });
+        let mut entries = archive.entries().map_err(UnpackError::Tar)?;
+        let mut state = LayerState::default();
+        loop {
+            left.set(Some(MAX_HEADER_RECORDS));
+            let next = entries.next();
+            left.set(None);
+            let Some(entry) = next else { break };
             let mut entry = entry.map_err(UnpackError::Tar)?;
-            let rel = normalize(&entry.path_bytes())?;
-            let Some(name) = rel.last().cloned() else {
-                continue; // the root itself
-            };
-            if name == OPAQUE_WHITEOUT.as_bytes() {
-                self.ensure_parents(&rel)?;
-                opaque.insert(rel[..rel.len() - 1].to_vec());
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-                if hidden.is_empty() || hidden == b"." {
-                    continue;
-                }
-                let mut target = rel[..rel.len() - 1].to_vec();
-                target.push(hidden.to_vec());
-                self.ensure_parents(&target)?;
-                Self::remove_existing(&self.host_path(&target), false)
-                    .map_err(Self::io_err(&target))?;
-                continue;
-            }
-            self.ensure_parents(&rel)?;
-            self.apply_entry(&mut entry, &rel)?;
-            for i in 1..=rel.len() {
-                added.insert(rel[..i].to_vec());
+            self.apply_one(&mut entry, &mut state)?;
+            // Consume what the entry did not use, so the next header read
+            // only skips padding.
+            io::copy(&mut entry, &mut io::sink()).map_err(UnpackError::Tar)?;
+        }
+        for dir in std::mem::take(&mut state.opaque) {
+            self.prune_opaque(&dir, &state.added)?;
+        }
+        for (rel, mtime) in state.dir_times.iter().rev() {
+            let p = self.host_path(rel);
+            if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) {
+                set_mtime(&p, *mtime);
             }
         }
-        for dir in opaque {
-            self.prune_opaque(&dir, &added)?;
+        Ok(())
+    }
+
+    fn apply_one<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<R>,
+        state: &mut LayerState,
+    ) -> Result<(), UnpackError> {
+        let rel = normalize(&entry.path_bytes())?;
+        let Some(name) = rel.last().cloned() else {
+            // The root itself: take its owner, mode and times.
+            if entry.header().entry_type() == tar::EntryType::Directory {
+                self.apply_entry(entry, &rel, state)?;
+            }
+            return Ok(());
+        };
+        if name == OPAQUE_WHITEOUT.as_bytes() {
+            self.ensure_parents(&rel)?;
+            state.opaque.insert(rel[..rel.len() - 1].to_vec());
+            return Ok(());
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            if hidden.is_empty() || hidden == b"." {
+                return Ok(());
+            }
+            let mut target = rel[..rel.len() - 1].to_vec();
+            target.push(hidden.to_vec());
+            // Nothing to delete under a missing parent; never create one.
+            if self.check_parents(&target, false)? {
+                Self::remove_existing(&self.host_path(&target), false)
+                    .map_err(Self::io_err(&target))?;
+            }
+            return Ok(());
+        }
+        self.ensure_parents(&rel)?;
+        self.apply_entry(entry, &rel, state)?;
+        for i in 1..=rel.len() {
+            state.added.insert(rel[..i].to_vec());
         }
         Ok(())
     }
@@ -263,23 +421,121 @@ impl Unpacker {
         Ok(())
     }
 
+    /// The entry's extended attributes (PAX `SCHILY.xattr.*` records).
+    fn xattrs<R: Read>(entry: &mut tar::Entry<R>) -> Result<Xattrs, UnpackError> {
+        let mut out = Vec::new();
+        if let Some(exts) = entry.pax_extensions().map_err(UnpackError::Tar)? {
+            for ext in exts {
+                let ext = ext.map_err(UnpackError::Tar)?;
+                if let Some(name) = ext.key_bytes().strip_prefix(PAX_XATTR) {
+                    out.push((name.to_vec(), ext.value_bytes().to_vec()));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Set extended attributes on `path` (not following it), or through
+    /// `fd` when given. Refusals by the filesystem are warnings.
+    fn set_xattrs(
+        &mut self,
+        path: &Path,
+        fd: Option<&File>,
+        xattrs: &Xattrs,
+        rel: &[Vec<u8>],
+    ) -> Result<(), UnpackError> {
+        for (name, value) in xattrs {
+            let shown = String::from_utf8_lossy(name).into_owned();
+            let host_only = name.starts_with(b"trusted.overlay.") || name == b"security.selinux";
+            let Ok(cname) = CString::new(name.as_slice()) else {
+                self.warn(format!(
+                    "skipping xattr {shown:?} of {}: invalid name",
+                    display(rel)
+                ));
+                continue;
+            };
+            if host_only {
+                self.warn(format!(
+                    "skipping xattr {shown} of {}: host-specific",
+                    display(rel)
+                ));
+                continue;
+            }
+            let rc = match fd {
+                // SAFETY: the fd is open for the call, `cname` is a valid
+                // NUL-terminated string, `value` is valid for its length.
+                Some(f) => unsafe {
+                    libc::fsetxattr(
+                        f.as_raw_fd(),
+                        cname.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                },
+                None => {
+                    let cpath = CString::new(path.as_os_str().as_bytes())
+                        .map_err(|_| UnpackError::BadLink(display(rel)))?;
+                    // SAFETY: both strings are valid and NUL-terminated,
+                    // `value` is valid for its length; all outlive the call.
+                    unsafe {
+                        libc::lsetxattr(
+                            cpath.as_ptr(),
+                            cname.as_ptr(),
+                            value.as_ptr().cast(),
+                            value.len(),
+                            0,
+                        )
+                    }
+                }
+            };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                let refused = matches!(
+                    e.raw_os_error(),
+                    Some(
+                        libc::EOPNOTSUPP
+                            | libc::EPERM
+                            | libc::EACCES
+                            | libc::EINVAL
+                            | libc::E2BIG
+                            | libc::ERANGE
+                            | libc::ENOSPC
+                            | libc::EDQUOT
+                    )
+                );
+                if !refused {
+                    return Err(Self::io_err(rel)(e));
+                }
+                self.warn(format!(
+                    "the filesystem refused xattr {shown} of {}: {e}",
+                    display(rel)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn apply_entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<R>,
         rel: &[Vec<u8>],
+        state: &mut LayerState,
     ) -> Result<(), UnpackError> {
+        let xattrs = Self::xattrs(entry)?;
         let header = entry.header();
         let kind = header.entry_type();
-        let mode = header.mode().map_err(UnpackError::Tar)? & 0o7777;
-        let uid = header.uid().map_err(UnpackError::Tar)?;
-        let gid = header.gid().map_err(UnpackError::Tar)?;
+        let old = header.as_old();
+        let mode = numeric(header.mode().map(u64::from), &old.mode)? as u32 & 0o7777;
+        let uid = numeric(header.uid(), &old.uid)?;
+        let gid = numeric(header.gid(), &old.gid)?;
+        // u32::MAX is chown's "leave unchanged".
         let (uid, gid) = match (u32::try_from(uid), u32::try_from(gid)) {
-            (Ok(u), Ok(g)) => (u, g),
+            (Ok(u), Ok(g)) if u != u32::MAX && g != u32::MAX => (u, g),
             _ => return Err(UnpackError::BadOwner(display(rel))),
         };
         let mtime = header.mtime().unwrap_or(0);
         let path = self.host_path(rel);
-        let err = Self::io_err(rel);
         use tar::EntryType as T;
         match kind {
             T::Directory => {
@@ -291,19 +547,14 @@ impl Unpacker {
                 self.set_owner(&path, uid, gid, rel)?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(Self::io_err(rel))?;
-                set_mtime(&path, mtime);
+                self.set_xattrs(&path, None, &xattrs, rel)?;
+                state.dir_times.push((rel.to_vec(), mtime));
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 Self::remove_existing(&path, false).map_err(Self::io_err(rel))?;
                 self.charge_inode()?;
                 let size = entry.size();
-                self.bytes = self.bytes.saturating_add(size);
-                if self.bytes > self.budget.max_bytes {
-                    return Err(UnpackError::Budget {
-                        what: "bytes",
-                        limit: self.budget.max_bytes,
-                    });
-                }
+                self.charge_bytes(size)?;
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -311,7 +562,11 @@ impl Unpacker {
                     .mode(0o600)
                     .open(&path)
                     .map_err(Self::io_err(rel))?;
-                let copied = io::copy(&mut entry.take(size), &mut f).map_err(UnpackError::Tar)?;
+                let copied =
+                    write_with_holes(&mut entry.take(size), &mut f).map_err(|e| match e {
+                        CopyError::Read(e) => UnpackError::Tar(e),
+                        CopyError::Write(e) => Self::io_err(rel)(e),
+                    })?;
                 if copied != size {
                     return Err(UnpackError::Tar(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -325,6 +580,8 @@ impl Unpacker {
                 // After chown, which clears setuid/setgid.
                 f.set_permissions(fs::Permissions::from_mode(mode))
                     .map_err(Self::io_err(rel))?;
+                // After chown and the data, which clear security.capability.
+                self.set_xattrs(&path, Some(&f), &xattrs, rel)?;
                 drop(f);
                 set_mtime(&path, mtime);
             }
@@ -339,6 +596,7 @@ impl Unpacker {
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
                     .map_err(Self::io_err(rel))?;
                 self.set_owner(&path, uid, gid, rel)?;
+                self.set_xattrs(&path, None, &xattrs, rel)?;
                 set_mtime(&path, mtime);
             }
             T::Link => {
@@ -375,7 +633,8 @@ impl Unpacker {
             T::Char | T::Block | T::Fifo => {
                 Self::remove_existing(&path, false).map_err(Self::io_err(rel))?;
                 if kind != T::Fifo && !self.is_root {
-                    return Ok(()); // device nodes need root
+                    self.warn(format!("skipping device node {}: not root", display(rel)));
+                    return Ok(());
                 }
                 self.charge_inode()?;
                 let major = entry.header().device_major().ok().flatten().unwrap_or(0);
@@ -390,14 +649,16 @@ impl Unpacker {
                 let dev = libc::makedev(major, minor);
                 // SAFETY: `c` is a valid NUL-terminated path that outlives the
                 // call; mknod has no memory-safety preconditions.
-                let rc = unsafe { libc::mknod(c.as_ptr(), fmt | mode, dev) };
+                let rc = unsafe { libc::mknod(c.as_ptr(), fmt | (mode & 0o777), dev) };
                 if rc != 0 {
-                    return Err(err(io::Error::last_os_error()));
+                    return Err(Self::io_err(rel)(io::Error::last_os_error()));
                 }
                 self.set_owner(&path, uid, gid, rel)?;
-                // mknod applies the umask; set the exact mode.
+                // mknod applies the umask and chown clears setuid: set the
+                // exact mode now (chmod does not open the node).
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(Self::io_err(rel))?;
+                self.set_xattrs(&path, None, &xattrs, rel)?;
                 set_mtime(&path, mtime);
             }
             // PAX and GNU long-name headers are consumed by the tar crate;
@@ -419,6 +680,68 @@ impl Unpacker {
         }
         Ok(())
     }
+}
+
+/// A numeric header field; like Go's archive/tar (which wrote most image
+/// layers), a field of only NULs and spaces is 0.
+fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> Result<u64, UnpackError> {
+    match parsed {
+        Ok(v) => Ok(v),
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        Err(e) => Err(UnpackError::Tar(e)),
+    }
+}
+
+enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Block size for hole detection.
+const HOLE_BLOCK: usize = 4096;
+
+/// Copy `src` to the start of the new file `f`, seeking over 4 KiB blocks of
+/// zeros instead of writing them, so they stay (or become) holes. Returns
+/// the bytes copied.
+fn write_with_holes(src: &mut impl Read, f: &mut File) -> Result<u64, CopyError> {
+    let mut buf = vec![0u8; 64 * HOLE_BLOCK];
+    let mut total = 0u64;
+    let mut hole = 0u64; // zeros not yet written
+    loop {
+        // Fill the buffer so blocks stay aligned with the file's.
+        let mut n = 0;
+        while n < buf.len() {
+            match src.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(CopyError::Read(e)),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        for block in buf[..n].chunks(HOLE_BLOCK) {
+            if block.iter().all(|&b| b == 0) {
+                hole += block.len() as u64;
+            } else {
+                if hole > 0 {
+                    let off = i64::try_from(hole)
+                        .map_err(|_| CopyError::Write(io::Error::other("file too large")))?;
+                    f.seek(SeekFrom::Current(off)).map_err(CopyError::Write)?;
+                    hole = 0;
+                }
+                f.write_all(block).map_err(CopyError::Write)?;
+            }
+        }
+        total += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    // A trailing hole: extend the file without writing.
+    f.set_len(total).map_err(CopyError::Write)?;
+    Ok(total)
 }
 
 /// Set the modification (and access) time of `path`, not following symlinks.
@@ -776,6 +1099,376 @@ mod tests {
         assert!(!r.join("dir/sub/lower2").exists());
         assert!(!r.join("dir/.wh..wh..opq").exists());
         fx.assert_contained();
+    }
+
+    /// One PAX record: "LEN key=value\n", LEN counting itself.
+    fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+        let body_len = 1 + key.len() + 1 + value.len() + 1;
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        let mut r = format!("{len} {key}=").into_bytes();
+        r.extend_from_slice(value);
+        r.push(b'\n');
+        r
+    }
+
+    /// Append a PAX header with `records`, then `h` with `data` at `path`.
+    fn append_with_pax(
+        b: &mut Builder<Vec<u8>>,
+        records: &[(&str, &[u8])],
+        h: &mut Header,
+        path: &str,
+        data: &[u8],
+    ) {
+        let body: Vec<u8> = records.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let mut ph = Header::new_ustar();
+        ph.set_entry_type(EntryType::XHeader);
+        ph.set_size(body.len() as u64);
+        ph.set_mode(0o644);
+        b.append_data(&mut ph, "PaxHeaders/x", &body[..]).unwrap();
+        b.append_data(h, path, data).unwrap();
+    }
+
+    fn file_header(mode: u32, uid: u64, gid: u64, size: u64) -> Header {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Regular);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_size(size);
+        h.set_mtime(1_500_000_000);
+        h
+    }
+
+    fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    fn get_xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+        let cp = CString::new(p.as_os_str().as_bytes()).unwrap();
+        let cn = CString::new(name).unwrap();
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: valid strings and buffer, all outliving the call.
+        let n = unsafe {
+            libc::lgetxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        if n < 0 {
+            return None;
+        }
+        buf.truncate(n as usize);
+        Some(buf)
+    }
+
+    /// A security.capability value (VFS_CAP_REVISION_2) granting
+    /// cap_net_raw (bit 13) permitted and effective.
+    pub(crate) fn cap_net_raw() -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(0x0200_0000u32 | 1).to_le_bytes()); // rev 2, effective
+        v.extend_from_slice(&(1u32 << 13).to_le_bytes()); // permitted lo
+        v.extend_from_slice(&0u32.to_le_bytes()); // inheritable lo
+        v.extend_from_slice(&0u32.to_le_bytes()); // permitted hi
+        v.extend_from_slice(&0u32.to_le_bytes()); // inheritable hi
+        v
+    }
+
+    #[test]
+    fn ownership_modes_and_pax_owners() {
+        assert!(is_root(), "unpack tests run as root (chown, mknod)");
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        // Plain header owner.
+        let mut h = file_header(0o4755, 1000, 1001, 1);
+        b.append_data(&mut h, "bin/suid", &b"x"[..]).unwrap();
+        // PAX owners override the header's (and exceed the octal field).
+        let mut h = file_header(0o2750, 1, 1, 1);
+        append_with_pax(
+            &mut b,
+            &[("uid", b"3000000"), ("gid", b"3000001")],
+            &mut h,
+            "bin/sgid",
+            b"y",
+        );
+        // A sticky, setgid directory owned by someone else.
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Directory);
+        h.set_mode(0o3777);
+        h.set_uid(42);
+        h.set_gid(43);
+        h.set_size(0);
+        h.set_mtime(1_400_000_000);
+        b.append_data(&mut h, "tmp/", &b""[..]).unwrap();
+        // A child added after the directory must not change its mtime.
+        let mut h = file_header(0o644, 0, 0, 1);
+        b.append_data(&mut h, "tmp/child", &b"z"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let mut u = fx.unpacker();
+        u.apply_layer(&data[..]).unwrap();
+        let m = fs::metadata(fx.root.join("bin/suid")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o4755, 1000, 1001));
+        let m = fs::metadata(fx.root.join("bin/sgid")).unwrap();
+        assert_eq!(
+            (m.mode() & 0o7777, m.uid(), m.gid()),
+            (0o2750, 3_000_000, 3_000_001)
+        );
+        assert_eq!(m.mtime(), 1_500_000_000);
+        let m = fs::metadata(fx.root.join("tmp")).unwrap();
+        assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o3777, 42, 43));
+        assert_eq!(m.mtime(), 1_400_000_000, "directory mtime set last");
+        fx.assert_contained();
+    }
+
+    #[test]
+    fn out_of_range_owner_is_refused() {
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        let mut h = file_header(0o644, 0, 0, 1);
+        append_with_pax(&mut b, &[("uid", b"4294967295")], &mut h, "f", b"x");
+        let data = b.into_inner().unwrap();
+        let err = fx.unpacker().apply_layer(&data[..]).unwrap_err();
+        assert!(matches!(err, UnpackError::BadOwner(_)), "{err}");
+    }
+
+    #[test]
+    fn device_nodes_and_fifos() {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(is_root(), "unpack tests run as root (mknod)");
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        for (path, kind, major, minor, mode) in [
+            ("dev/null", EntryType::Char, 1, 3, 0o666),
+            ("dev/loop9", EntryType::Block, 7, 9, 0o660),
+            ("dev/big", EntryType::Char, 4095, 1_048_575, 0o600),
+            ("run/fifo", EntryType::Fifo, 0, 0, 0o620),
+        ] {
+            let mut h = Header::new_ustar();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(0);
+            h.set_gid(6);
+            h.set_size(0);
+            h.set_device_major(major).unwrap();
+            h.set_device_minor(minor).unwrap();
+            b.append_data(&mut h, path, &b""[..]).unwrap();
+        }
+        let data = b.into_inner().unwrap();
+        fx.unpacker().apply_layer(&data[..]).unwrap();
+        let m = fs::symlink_metadata(fx.root.join("dev/null")).unwrap();
+        assert!(m.file_type().is_char_device());
+        assert_eq!(m.rdev(), libc::makedev(1, 3));
+        assert_eq!((m.mode() & 0o7777, m.gid()), (0o666, 6));
+        let m = fs::symlink_metadata(fx.root.join("dev/loop9")).unwrap();
+        assert!(m.file_type().is_block_device());
+        assert_eq!(m.rdev(), libc::makedev(7, 9));
+        assert_eq!(m.mode() & 0o7777, 0o660);
+        let m = fs::symlink_metadata(fx.root.join("dev/big")).unwrap();
+        assert_eq!(m.rdev(), libc::makedev(4095, 1_048_575));
+        let m = fs::symlink_metadata(fx.root.join("run/fifo")).unwrap();
+        assert!(m.file_type().is_fifo());
+        assert_eq!(m.mode() & 0o7777, 0o620);
+        fx.assert_contained();
+    }
+
+    #[test]
+    fn xattrs_are_applied_after_chown() {
+        assert!(is_root(), "unpack tests run as root (security.capability)");
+        let fx = fixture();
+        let cap = cap_net_raw();
+        let mut b = Builder::new(Vec::new());
+        let mut h = file_header(0o755, 1000, 1000, 2);
+        append_with_pax(
+            &mut b,
+            &[
+                ("SCHILY.xattr.security.capability", &cap),
+                ("SCHILY.xattr.user.note", b"hello\0bin"),
+            ],
+            &mut h,
+            "bin/ping",
+            b"#!",
+        );
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        append_with_pax(
+            &mut b,
+            &[
+                ("SCHILY.xattr.user.dir", b"d"),
+                ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+            ],
+            &mut h,
+            "data/",
+            b"",
+        );
+        // A name the kernel refuses (no namespace): a warning, not an error.
+        let mut h = file_header(0o644, 0, 0, 0);
+        append_with_pax(&mut b, &[("SCHILY.xattr.bogus", b"1")], &mut h, "f", b"");
+        let data = b.into_inner().unwrap();
+        let mut u = fx.unpacker();
+        u.apply_layer(&data[..]).unwrap();
+        let ping = fx.root.join("bin/ping");
+        assert_eq!(get_xattr(&ping, "security.capability"), Some(cap));
+        assert_eq!(
+            get_xattr(&ping, "user.note").as_deref(),
+            Some(&b"hello\0bin"[..])
+        );
+        assert_eq!(fs::metadata(&ping).unwrap().uid(), 1000);
+        let d = fx.root.join("data");
+        assert_eq!(get_xattr(&d, "user.dir").as_deref(), Some(&b"d"[..]));
+        assert_eq!(get_xattr(&d, "trusted.overlay.opaque"), None);
+        assert!(fx.root.join("f").is_file());
+        assert_eq!(u.warnings(), 2, "overlay xattr and bogus name");
+    }
+
+    #[test]
+    fn gnu_sparse_files_keep_their_holes() {
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_size(8192); // stored bytes
+        {
+            let gnu = h.as_gnu_mut().unwrap();
+            gnu.set_real_size(8 << 20);
+            gnu.sparse[0].set_offset(4 << 20);
+            gnu.sparse[0].set_length(4096);
+            gnu.sparse[1].set_offset((8 << 20) - 4096);
+            gnu.sparse[1].set_length(4096);
+        }
+        let mut data = vec![b'a'; 4096];
+        data.extend(vec![b'b'; 4096]);
+        b.append_data(&mut h, "sparse", &data[..]).unwrap();
+        // A plain file with a long run of zeros becomes sparse too.
+        let mut zeros = vec![0u8; 1 << 20];
+        zeros.extend_from_slice(b"end");
+        let mut h = file_header(0o644, 0, 0, zeros.len() as u64);
+        b.append_data(&mut h, "zeros", &zeros[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        fx.unpacker().apply_layer(&layer[..]).unwrap();
+        let p = fx.root.join("sparse");
+        let content = fs::read(&p).unwrap();
+        assert_eq!(content.len(), 8 << 20);
+        assert!(content[..4 << 20].iter().all(|&b| b == 0));
+        assert!(content[4 << 20..(4 << 20) + 4096]
+            .iter()
+            .all(|&b| b == b'a'));
+        assert!(content[(8 << 20) - 4096..].iter().all(|&b| b == b'b'));
+        let m = fs::metadata(&p).unwrap();
+        assert!(
+            m.blocks() * 512 <= 64 * 1024,
+            "holes stay holes: {} bytes allocated",
+            m.blocks() * 512
+        );
+        let z = fx.root.join("zeros");
+        assert_eq!(fs::read(&z).unwrap(), zeros);
+        assert!(fs::metadata(&z).unwrap().blocks() * 512 <= 64 * 1024);
+    }
+
+    #[test]
+    fn symlinks_keep_any_target_and_are_never_followed() {
+        let fx = fixture();
+        let mut u = fx.unpacker();
+        u.apply_layer(
+            &layer(&[
+                E::Symlink("up", "../../../../etc/passwd"),
+                E::Symlink("abs", "/etc/shadow"),
+                E::Symlink("dir", "/"),
+                E::Hardlink("up2", "up"),
+            ])[..],
+        )
+        .unwrap();
+        assert_eq!(
+            fs::read_link(fx.root.join("up")).unwrap(),
+            PathBuf::from("../../../../etc/passwd")
+        );
+        // A hardlink to a symlink links the symlink itself.
+        let m = fs::symlink_metadata(fx.root.join("up2")).unwrap();
+        assert!(m.file_type().is_symlink());
+        // Replacing, whiting out and chmod-ing through them touch only the link.
+        u.apply_layer(&layer(&[E::File(".wh.abs", b""), E::Dir("dir/")])[..])
+            .unwrap();
+        assert!(fs::symlink_metadata(fx.root.join("abs")).is_err());
+        assert!(fs::symlink_metadata(fx.root.join("dir")).unwrap().is_dir());
+        fx.assert_contained();
+    }
+
+    #[test]
+    fn whiteout_under_a_missing_parent_creates_nothing() {
+        let fx = fixture();
+        fx.unpacker()
+            .apply_layer(&layer(&[E::File("a/b/.wh.c", b"")])[..])
+            .unwrap();
+        assert_eq!(fs::read_dir(&fx.root).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn root_entry_sets_the_root_mode() {
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::Directory);
+        h.set_mode(0o700);
+        h.set_size(0);
+        h.set_mtime(1_234_567_890);
+        b.append_data(&mut h, "./", &b""[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        fx.unpacker().apply_layer(&data[..]).unwrap();
+        let m = fs::metadata(&fx.root).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o700);
+        assert_eq!(m.mtime(), 1_234_567_890);
+    }
+
+    #[test]
+    fn huge_header_records_are_refused() {
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        let big = vec![b'x'; (MAX_HEADER_RECORDS + 1024) as usize];
+        let mut h = file_header(0o644, 0, 0, 1);
+        append_with_pax(&mut b, &[("comment", &big)], &mut h, "f", b"x");
+        let data = b.into_inner().unwrap();
+        let err = fx.unpacker().apply_layer(&data[..]).unwrap_err();
+        assert!(matches!(err, UnpackError::Tar(_)), "{err}");
+        let mut chain = err.to_string();
+        if let Some(src) = std::error::Error::source(&err) {
+            chain.push_str(&src.to_string());
+        }
+        assert!(chain.contains("header records"), "{chain}");
+        // Large but allowed records, and big file data after them, are fine.
+        let fx = fixture();
+        let mut b = Builder::new(Vec::new());
+        let mut h = file_header(0o644, 0, 0, 6 << 20);
+        let body = vec![1u8; 6 << 20];
+        append_with_pax(
+            &mut b,
+            &[("comment", &vec![b'y'; 1 << 20])],
+            &mut h,
+            "f",
+            &body,
+        );
+        let data = b.into_inner().unwrap();
+        fx.unpacker().apply_layer(&data[..]).unwrap();
+        assert_eq!(fs::metadata(fx.root.join("f")).unwrap().len(), 6 << 20);
+    }
+
+    #[test]
+    fn budget_message_names_the_budget() {
+        let fx = fixture();
+        let err = Unpacker::new(
+            &fx.root,
+            Budget {
+                max_bytes: 3,
+                max_inodes: 10,
+            },
+        )
+        .apply_layer(&layer(&[E::File("a", b"1234")])[..])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Image is too large to unpack: it expands past the unpack budget of 3 bytes"
+        );
     }
 
     #[test]
