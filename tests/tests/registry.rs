@@ -691,3 +691,48 @@ fn harness_registries_serve_skopeo_with_and_without_auth() {
     drop(private);
     assert!(!dir.exists(), "registry directory removed on drop");
 }
+
+#[test]
+fn layers_expanding_past_the_unpack_budget_are_refused() {
+    let reg = Registry::plain();
+    let mut v = Instance::new();
+    // The image helper's budget (inherited from `system start`): far above
+    // busybox (~2 MiB, ~300 entries), far below the bombs.
+    v.set_env("VESSEL_UNPACK_MAX_BYTES", (32u64 << 20).to_string());
+    v.set_env("VESSEL_UNPACK_MAX_INODES", "3000");
+    v.start();
+    // The budget does not refuse a normal image.
+    reg.put_fixture("marker", "fine:v1", &["--file", "etc/fine=1"], &[]);
+    assert_pulled(&v, &reg.reference("fine:v1"));
+    let bases_before = files_named(&v.path().join("rootfs"), ".ext4").len();
+    for (case, args) in [
+        ("bomb", ["--bomb-mib", "96"]),
+        ("inode-bomb", ["--bomb-files", "5000"]),
+    ] {
+        let tag = format!("{case}:v1");
+        reg.put_fixture(case, &tag, &args, &[]);
+        let reference = reg.reference(&tag);
+        let pulled = pull(&v, &reference);
+        let out = if pulled.status.success() {
+            v.vessel(&["run", "--rm", &reference, "true"])
+        } else {
+            pulled
+        };
+        assert!(!out.status.success(), "{case}: image past the budget used");
+        let err = text(&out.stderr);
+        assert!(err.contains("budget"), "{case}: {err}");
+        // Nothing left: no staging directory, no base for it.
+        let tmp: Vec<PathBuf> = std::fs::read_dir(v.path().join("tmp"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(tmp.is_empty(), "{case}: left in tmp/: {tmp:?}");
+        assert_eq!(
+            files_named(&v.path().join("rootfs"), ".ext4").len(),
+            bases_before,
+            "{case}: an ext4 base (or a partial one) was left"
+        );
+    }
+}
