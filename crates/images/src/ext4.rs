@@ -10,7 +10,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use vessel_api::fsutil::random_hex;
@@ -84,9 +84,18 @@ pub fn ensure_rootfs(
 
     let tmp = store.home().tmp_dir();
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let staging = TempPath(tmp.join(format!("rootfs-{}", random_hex(8))));
-    fs::create_dir(&staging.0).map_err(io_err(&staging.0))?;
-    let mut unpacker = Unpacker::new(&staging.0, budget);
+    // The unpacked tree holds setuid files, capabilities and device nodes of
+    // an untrusted image: keep it under a directory only root can enter.
+    let private = TempPath(tmp.join(format!("rootfs-{}", random_hex(8))));
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private.0)
+        .map_err(io_err(&private.0))?;
+    let staging = private.0.join("root");
+    fs::create_dir(&staging).map_err(io_err(&staging))?;
+    fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(io_err(&staging))?;
+    let staging = &staging;
+    let mut unpacker = Unpacker::new(staging, budget);
     for layer in &manifest.layers {
         let f = store.open_blob(&layer.digest)?;
         unpacker
@@ -96,7 +105,7 @@ pub fn ensure_rootfs(
                 source,
             })?;
     }
-    let (bytes, inodes) = tree_usage(&staging.0).map_err(io_err(&staging.0))?;
+    let (bytes, inodes) = tree_usage(staging).map_err(io_err(staging))?;
     let size = image_size(bytes);
     let inode_count = (inodes * 2 + 4096).max(size / 16384);
 
@@ -122,7 +131,7 @@ pub fn ensure_rootfs(
         .arg("-N")
         .arg(inode_count.to_string())
         .arg("-d")
-        .arg(&staging.0)
+        .arg(staging)
         .arg(&out.0)
         .arg(format!("{}k", size / 1024))
         .env("LC_ALL", "C")
@@ -217,5 +226,198 @@ mod tests {
         assert_eq!(image_size(0), 512 * MIB);
         assert_eq!(image_size(100 * MIB), 642 * MIB);
         assert_eq!(image_size(1) % MIB, 0);
+    }
+}
+
+#[cfg(test)]
+mod debugfs_tests {
+    //! Build a real ext4 base and check with debugfs that `mkfs.ext4 -d`
+    //! kept what the unpacker made.
+    use super::*;
+    use std::collections::BTreeMap;
+    use tar::{Builder, EntryType, Header};
+    use vessel_api::paths::Home;
+
+    use crate::oci::Descriptor;
+
+    fn pax(b: &mut Builder<Vec<u8>>, key: &str, value: &[u8]) {
+        let body_len = key.len() + value.len() + 3;
+        let mut len = body_len + 1;
+        while len != body_len + len.to_string().len() {
+            len = body_len + len.to_string().len();
+        }
+        let mut rec = format!("{len} {key}=").into_bytes();
+        rec.extend_from_slice(value);
+        rec.push(b'\n');
+        let mut h = Header::new_ustar();
+        h.set_entry_type(EntryType::XHeader);
+        h.set_size(rec.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "PaxHeaders/x", &rec[..]).unwrap();
+    }
+
+    fn header(kind: EntryType, mode: u32, uid: u64, gid: u64) -> Header {
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_size(0);
+        h.set_mtime(1_600_000_000);
+        h
+    }
+
+    fn layer() -> Vec<u8> {
+        let mut b = Builder::new(Vec::new());
+        let mut h = header(EntryType::Directory, 0o755, 0, 0);
+        b.append_data(&mut h, "bin/", &b""[..]).unwrap();
+        let mut h = header(EntryType::Regular, 0o4755, 0, 0);
+        h.set_size(4);
+        b.append_data(&mut h, "bin/su", &b"su!\n"[..]).unwrap();
+        // cap_net_raw+ep (VFS_CAP_REVISION_2).
+        let mut cap = Vec::new();
+        for w in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+            cap.extend_from_slice(&w.to_le_bytes());
+        }
+        pax(&mut b, "SCHILY.xattr.security.capability", &cap);
+        let mut h = header(EntryType::Regular, 0o755, 0, 0);
+        h.set_size(5);
+        b.append_data(&mut h, "bin/ping", &b"ping\n"[..]).unwrap();
+        let mut h = header(EntryType::Link, 0o4755, 0, 0);
+        b.append_link(&mut h, "bin/su2", "bin/su").unwrap();
+        let mut h = header(EntryType::Symlink, 0o777, 0, 0);
+        b.append_link(&mut h, "bin/sh", "/bin/busybox").unwrap();
+        let mut h = header(EntryType::Regular, 0o2640, 1000, 1001);
+        h.set_size(3);
+        b.append_data(&mut h, "home/u/file", &b"u!\n"[..]).unwrap();
+        let mut h = header(EntryType::Directory, 0o1777, 0, 0);
+        b.append_data(&mut h, "tmp/", &b""[..]).unwrap();
+        pax(&mut b, "SCHILY.xattr.user.origin", b"vessel");
+        let mut h = header(EntryType::Directory, 0o755, 0, 0);
+        b.append_data(&mut h, "data/", &b""[..]).unwrap();
+        for (p, kind, maj, min) in [
+            ("dev/null", EntryType::Char, 1, 3),
+            ("dev/sda", EntryType::Block, 8, 0),
+        ] {
+            let mut h = header(kind, 0o666, 0, 0);
+            h.set_device_major(maj).unwrap();
+            h.set_device_minor(min).unwrap();
+            b.append_data(&mut h, p, &b""[..]).unwrap();
+        }
+        let mut h = header(EntryType::Fifo, 0o600, 0, 0);
+        b.append_data(&mut h, "run/fifo", &b""[..]).unwrap();
+        // 64 MiB, one 4 KiB block of data at the end.
+        let mut h = Header::new_gnu();
+        h.set_entry_type(EntryType::GNUSparse);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h.set_size(4096);
+        {
+            let g = h.as_gnu_mut().unwrap();
+            g.set_real_size(64 << 20);
+            g.sparse[0].set_offset((64 << 20) - 4096);
+            g.sparse[0].set_length(4096);
+        }
+        b.append_data(&mut h, "sparse", &vec![b's'; 4096][..])
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn debugfs(img: &Path, cmd: &str) -> String {
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(cmd)
+            .arg(img)
+            .env("LC_ALL", "C")
+            .output()
+            .expect("debugfs (e2fsprogs) is installed");
+        assert!(out.status.success(), "debugfs {cmd}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn mkfs_keeps_owners_modes_devices_xattrs_and_holes() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (mknod, chown)");
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Home::new(dir.path())).unwrap();
+        let data = layer();
+        let digest = store.write_blob_bytes(&data).unwrap();
+        let desc = |d: &str, size: u64| Descriptor {
+            media_type: crate::oci::MT_OCI_LAYER.into(),
+            digest: d.into(),
+            size,
+            platform: None,
+            annotations: BTreeMap::new(),
+        };
+        let config = store.write_blob_bytes(b"{}").unwrap();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: None,
+            config: desc(&config, 2),
+            layers: vec![desc(&digest, data.len() as u64)],
+        };
+        let img = ensure_rootfs(&store, &config, &manifest, Budget::default()).unwrap();
+        // Built once: a second call returns the same file untouched.
+        let ino = fs::metadata(&img).unwrap().ino();
+        let again = ensure_rootfs(&store, &config, &manifest, Budget::default()).unwrap();
+        assert_eq!(
+            (again.clone(), fs::metadata(&again).unwrap().ino()),
+            (img.clone(), ino)
+        );
+        // The staging tree is gone.
+        assert_eq!(fs::read_dir(store.home().tmp_dir()).unwrap().count(), 0);
+
+        let su = debugfs(&img, "stat /bin/su");
+        assert!(su.contains("Mode:  04755"), "{su}");
+        assert!(su.contains("Links: 2"), "hardlink kept: {su}");
+        let ping = debugfs(&img, "ea_list /bin/ping");
+        assert!(ping.contains("security.capability"), "{ping}");
+        let f = debugfs(&img, "stat /home/u/file");
+        assert!(f.contains("User:  1000   Group:  1001"), "{f}");
+        assert!(f.contains("Mode:  02640"), "{f}");
+        let t = debugfs(&img, "stat /tmp");
+        assert!(t.contains("Mode:  01777"), "{t}");
+        let ea = debugfs(&img, "ea_list /data");
+        assert!(ea.contains("user.origin") && ea.contains("vessel"), "{ea}");
+        let null = debugfs(&img, "stat /dev/null");
+        assert!(null.contains("Type: character special"), "{null}");
+        assert!(null.contains("Device major/minor number: 01:03"), "{null}");
+        let sda = debugfs(&img, "stat /dev/sda");
+        assert!(sda.contains("Type: block special"), "{sda}");
+        assert!(sda.contains("Device major/minor number: 08:00"), "{sda}");
+        let fifo = debugfs(&img, "stat /run/fifo");
+        assert!(fifo.contains("Type: FIFO"), "{fifo}");
+        let sh = debugfs(&img, "stat /bin/sh");
+        assert!(
+            sh.contains("Type: symlink") && sh.contains("/bin/busybox"),
+            "{sh}"
+        );
+        let sp = debugfs(&img, "stat /sparse");
+        assert!(sp.contains("Size: 67108864"), "{sp}");
+        // A 64 MiB file with one block of data: a few blocks, not 16384.
+        let blocks: u64 = sp
+            .split("Blockcount: ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(u64::MAX);
+        assert!(
+            blocks < 256,
+            "holes kept in the ext4 base: {blocks} sectors"
+        );
+        let content = debugfs(&img, "cat /home/u/file");
+        assert_eq!(content, "u!\n");
+        // Inodes have headroom over the content.
+        let sb = debugfs(&img, "stats");
+        let inodes: u64 = sb
+            .lines()
+            .find(|l| l.starts_with("Inode count:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(inodes >= 4096, "{inodes}");
     }
 }
