@@ -19,6 +19,8 @@ pub struct Cli {
 pub enum Command {
     /// Create and run a container in a new VM
     Run(RunArgs),
+    /// Create a container without starting it (prints its ID)
+    Create(RunArgs),
     /// List containers
     #[command(visible_alias = "ps")]
     Ls(LsArgs),
@@ -37,6 +39,17 @@ pub enum Command {
     /// Manage images
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Download an image from a registry (same as `image pull`)
+    Pull(PullArgs),
+    /// Upload an image to a registry (same as `image push`)
+    Push(PushArgs),
+    /// Log in to a registry (same as `registry login`)
+    Login(LoginArgs),
+    /// Log out from a registry (same as `registry logout`)
+    Logout(LogoutArgs),
+    /// Manage registry credentials
+    #[command(subcommand)]
+    Registry(RegistryCommand),
     /// Manage the vessel services
     #[command(subcommand)]
     System(SystemCommand),
@@ -71,6 +84,19 @@ pub struct RunArgs {
     /// User name or UID, optionally with group (user[:group])
     #[arg(short = 'u', long)]
     pub user: Option<String>,
+    /// Pull the image before creating: `missing` (default), `always`, `never`
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
+    /// Platform to pull if the image is pulled (os/arch[/variant])
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Verify the registry's TLS certificate when pulling (`--tls-verify=false` also allows plain HTTP)
+    #[arg(long = "tls-verify", value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// Suppress the pull output
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// The image to run
     pub image: String,
     /// The command and its arguments
@@ -157,6 +183,7 @@ pub enum ImageCommand {
         format: Option<String>,
     },
     /// Remove images
+    #[command(visible_alias = "remove")]
     Rm {
         /// Remove even if a container uses it
         #[arg(short = 'f', long)]
@@ -164,6 +191,96 @@ pub enum ImageCommand {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Download an image from a registry
+    Pull(PullArgs),
+    /// Upload an image to a registry
+    Push(PushArgs),
+    /// Give an image another reference
+    Tag { source: String, target: String },
+    /// Show images' details as a JSON array
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove unused images
+    Prune {
+        /// Remove every image no container uses, not just untagged ones
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Do not ask for confirmation
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Write images to an archive (OCI layout, also loadable by `docker load`)
+    Save {
+        /// The file to write (default: stdout, when it is not a terminal)
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Print only the image's full reference
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Platform of the image in a multi-platform index (os/arch[/variant])
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Verify the registry's TLS certificate (`--tls-verify=false` also allows plain HTTP)
+    #[arg(long = "tls-verify", value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// The image, e.g. `alpine`, `ghcr.io/org/app:1.2`, `repo@sha256:...`
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Print only the image's full reference
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Verify the registry's TLS certificate (`--tls-verify=false` also allows plain HTTP)
+    #[arg(long = "tls-verify", value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// The image to push, named with its registry
+    pub reference: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Username
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (prefer --password-stdin)
+    #[arg(short = 'p', long, conflicts_with = "password_stdin")]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Verify the registry's TLS certificate (`--tls-verify=false` also allows plain HTTP)
+    #[arg(long = "tls-verify", value_name = "BOOL", default_value_t = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub tls_verify: bool,
+    /// The registry (default: Docker Hub)
+    pub server: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogoutArgs {
+    /// The registry (default: Docker Hub)
+    pub server: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RegistryCommand {
+    /// Log in to a registry and store the credentials
+    Login(LoginArgs),
+    /// Remove a registry's stored credentials
+    Logout(LogoutArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -2,6 +2,8 @@
 //! command to the apiserver over its Unix socket.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod format;
+pub mod progress;

@@ -2,18 +2,20 @@
 
 pub mod container;
 pub mod image;
+pub mod registry;
 pub mod run;
 pub mod stream;
 pub mod system;
 
 use crate::api::Api;
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ImageCommand, RegistryCommand};
 use anyhow::Result;
 
 /// Run a parsed command line; the process exit code.
 pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
     match cli.command {
         Command::Run(a) => run::run(api, a),
+        Command::Create(a) => run::create(api, a),
         Command::Ls(a) => container::ls(api, a),
         Command::Logs(a) => container::logs(api, a),
         Command::Stop(a) => container::stop(api, a),
@@ -22,6 +24,11 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
         Command::Inspect(a) => container::inspect(api, a),
         Command::Wait(a) => container::wait(api, a),
         Command::Image(c) => image::dispatch(api, c),
+        Command::Pull(a) => image::dispatch(api, ImageCommand::Pull(a)),
+        Command::Push(a) => image::dispatch(api, ImageCommand::Push(a)),
+        Command::Login(a) => registry::dispatch(api, RegistryCommand::Login(a)),
+        Command::Logout(a) => registry::dispatch(api, RegistryCommand::Logout(a)),
+        Command::Registry(c) => registry::dispatch(api, c),
         Command::System(c) => system::dispatch(api, c),
     }
 }

@@ -2,7 +2,7 @@
 //! stream its output and exit with its exit code.
 
 use super::stream::{print_stream, StreamEnd};
-use crate::api::{check, decode, Api};
+use crate::api::{check, decode, Api, ServerError};
 use crate::cli::RunArgs;
 use anyhow::{anyhow, bail, Result};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -54,11 +54,56 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
     })
 }
 
-pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
-    let req = create_request(&a)?;
+/// Pull the image of `run`/`create`, progress on stderr.
+fn pull_image(api: &Api, a: &RunArgs) -> Result<()> {
+    super::image::pull(
+        api,
+        &a.image,
+        a.platform.as_deref(),
+        a.tls_verify,
+        a.quiet,
+        true,
+    )?;
+    Ok(())
+}
+
+/// Create the container, pulling its image first as `--pull` says; its ID.
+fn create_container(api: &Api, a: &RunArgs) -> Result<String> {
+    let req = create_request(a)?;
     let body = serde_json::to_value(&req)?;
-    let created: CreateResponse = api.call("POST", "/v1/containers", Some(&body))?;
-    let id = created.id;
+    if a.pull == "always" {
+        pull_image(api, a)?;
+    }
+    match api.call::<CreateResponse>("POST", "/v1/containers", Some(&body)) {
+        Ok(c) => Ok(c.id),
+        Err(e)
+            if a.pull == "missing"
+                && e.downcast_ref::<ServerError>()
+                    .is_some_and(|s| s.status == 404) =>
+        {
+            if !a.quiet {
+                eprintln!(
+                    "Unable to find image '{}' locally",
+                    super::image::with_default_tag(&a.image)
+                );
+            }
+            pull_image(api, a)?;
+            let c: CreateResponse = api.call("POST", "/v1/containers", Some(&body))?;
+            Ok(c.id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `vessel create`: create the container and print its ID.
+pub fn create(api: &Api, a: RunArgs) -> Result<i32> {
+    let id = create_container(api, &a)?;
+    println!("{id}");
+    Ok(0)
+}
+
+pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
+    let id = create_container(api, &a)?;
     if a.detach {
         let info: ContainerInfo = api.call("POST", &format!("/v1/containers/{id}/start"), None)?;
         if info.state.status == Status::Exited {
