@@ -6,16 +6,20 @@ use crate::helpers::ImagesHelper;
 use anyhow::Context;
 use std::fs::{self, File};
 use std::io;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
 use vessel_api::fsutil::random_hex;
-use vessel_api::http::{percent_encode, respond_error, respond_json, respond_stream_head, Request};
+use vessel_api::http::{
+    error_message, percent_encode, respond_error, respond_json, respond_stream_head, Request,
+    Response,
+};
 use vessel_api::paths::Home;
 use vessel_api::types::{
     parse_signal, ContainerSummary, CreateRequest, CreateResponse, HelperInfo, ImageSummary,
-    LoadResponse, ResolvedImage, SystemInfo,
+    LoadResponse, RegistryRequest, ResolvedImage, SystemInfo,
 };
 
 /// Options of `vessel-apiserver serve`.
@@ -237,6 +241,47 @@ impl Server {
                 );
                 respond_json(req.stream(), 200, &res?)?;
             }
+            ("POST", ["v1", "images", "pull"]) => {
+                let q = self.forward_query(req, &["ref", "platform", "tls_verify"], &["ref"])?;
+                let body = registry_body(req)?;
+                let resp = self.images_send("POST", &format!("/images/pull?{q}"), Some(&body))?;
+                relay(req, resp, "application/x-ndjson")?;
+            }
+            ("POST", ["v1", "images", "push"]) => {
+                let q = self.forward_query(req, &["ref", "tls_verify"], &["ref"])?;
+                let body = registry_body(req)?;
+                let resp = self.images_send("POST", &format!("/images/push?{q}"), Some(&body))?;
+                relay(req, resp, "application/x-ndjson")?;
+            }
+            ("POST", ["v1", "registry", "login"]) => {
+                let q = self.forward_query(req, &["server", "tls_verify"], &["server"])?;
+                let body = registry_body(req)?;
+                let resp =
+                    self.images_send("POST", &format!("/registry/login?{q}"), Some(&body))?;
+                relay_json(req, resp)?;
+            }
+            ("GET", ["v1", "images", "inspect"]) => {
+                let q = self.forward_query(req, &["ref"], &["ref"])?;
+                let resp = self.images_send("GET", &format!("/images/inspect?{q}"), None)?;
+                relay_json(req, resp)?;
+            }
+            ("POST", ["v1", "images", "tag"]) => {
+                let q = self.forward_query(req, &["source", "target"], &["source", "target"])?;
+                let resp = self.images_send("POST", &format!("/images/tag?{q}"), None)?;
+                relay_json(req, resp)?;
+            }
+            ("POST", ["v1", "images", "prune"]) => {
+                let all = req.flag("all");
+                let body = self.keep_body()?;
+                let resp =
+                    self.images_send("POST", &format!("/images/prune?all={all}"), Some(&body))?;
+                relay_json(req, resp)?;
+            }
+            ("GET", ["v1", "images", "save"]) => {
+                let q = self.forward_query(req, &["refs"], &["refs"])?;
+                let resp = self.images_send("GET", &format!("/images/save?{q}"), None)?;
+                relay(req, resp, "application/x-tar")?;
+            }
             ("DELETE", ["v1", "images"]) => {
                 let reference = req
                     .query("ref")
@@ -257,11 +302,14 @@ impl Server {
                         )));
                     }
                 }
-                let v: serde_json::Value = self.images_call(
+                // The helper keeps whatever a container still needs, even with force.
+                let body = self.keep_body()?;
+                let resp = self.images_send(
                     "DELETE",
                     &format!("/images?ref={}", percent_encode(&reference)),
+                    Some(&body),
                 )?;
-                respond_json(req.stream(), 200, &v)?;
+                relay_json(req, resp)?;
             }
             _ => {
                 return Err(ApiError::NotFound(format!(
@@ -292,6 +340,54 @@ impl Server {
             Err((400, m)) => Err(ApiError::BadRequest(m)),
             Err((_, m)) => Err(ApiError::Internal(anyhow::anyhow!(m))),
         }
+    }
+
+    /// Send a request to the image helper; the raw response, whatever its status.
+    fn images_send(&self, method: &str, path: &str, body: Option<&[u8]>) -> ApiResult<Response> {
+        let client = self.images.client()?;
+        Ok(client
+            .request(method, path, body)
+            .map_err(|e| anyhow::anyhow!("the image helper failed: {e}"))?)
+    }
+
+    /// The query string for the helper: the `allowed` parameters of the
+    /// client's request, re-encoded; the `required` ones must be there.
+    fn forward_query(
+        &self,
+        req: &Request,
+        allowed: &[&str],
+        required: &[&str],
+    ) -> ApiResult<String> {
+        let mut parts = Vec::new();
+        for name in allowed {
+            match req.query(name) {
+                Some(v) if !v.is_empty() => {
+                    parts.push(format!("{name}={}", percent_encode(v)));
+                }
+                _ if required.contains(name) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "missing the query parameter {name:?}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(parts.join("&"))
+    }
+
+    /// `{"keep": [image IDs of every container]}`: what the helper must not delete.
+    fn keep_body(&self) -> ApiResult<Vec<u8>> {
+        let mut keep: Vec<String> = self
+            .containers
+            .list()
+            .iter()
+            .map(|c| c.config.image_id.clone())
+            .filter(|i| !i.is_empty())
+            .collect();
+        keep.sort();
+        keep.dedup();
+        Ok(serde_json::to_vec(&serde_json::json!({ "keep": keep }))
+            .map_err(|e| anyhow::anyhow!(e))?)
     }
 
     fn resolve_image(&self, reference: &str) -> ApiResult<ResolvedImage> {
@@ -376,6 +472,74 @@ impl Server {
             unsafe { libc::kill(parent, libc::SIGTERM) };
         }
         std::process::exit(0);
+    }
+}
+
+/// The client's `RegistryRequest` (an empty body is one without credentials),
+/// re-serialized for the helper.
+fn registry_body(req: &mut Request) -> ApiResult<Vec<u8>> {
+    let body: RegistryRequest = if req.content_length == 0 {
+        RegistryRequest::default()
+    } else {
+        req.json()
+            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
+    };
+    Ok(serde_json::to_vec(&body).map_err(|e| anyhow::anyhow!(e))?)
+}
+
+/// Answer the client with the helper's error (same status and message);
+/// `false` if the helper succeeded.
+fn relay_error(req: &mut Request, resp: &mut Option<Response>) -> ApiResult<bool> {
+    let status = resp.as_ref().map(|r| r.status).unwrap_or(500);
+    if (200..300).contains(&status) {
+        return Ok(false);
+    }
+    let body = resp
+        .take()
+        .map(|r| r.bytes())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the image helper answered badly: {e}"))?
+        .unwrap_or_default();
+    respond_error(req.stream(), status, &error_message(&body))?;
+    Ok(true)
+}
+
+/// Pass a JSON answer of the helper on to the client.
+fn relay_json(req: &mut Request, resp: Response) -> ApiResult<()> {
+    let mut resp = Some(resp);
+    if relay_error(req, &mut resp)? {
+        return Ok(());
+    }
+    let Some(resp) = resp else { return Ok(()) };
+    let status = resp.status;
+    let v: serde_json::Value = resp
+        .json::<serde_json::Value>()
+        .map_err(|e| anyhow::anyhow!("the image helper answered badly: {e}"))?
+        .map_err(|(_, m)| anyhow::anyhow!(m))?;
+    respond_json(req.stream(), status, &v)?;
+    Ok(())
+}
+
+/// Pass a streamed answer of the helper on to the client as it arrives.
+fn relay(req: &mut Request, resp: Response, content_type: &str) -> ApiResult<()> {
+    let mut resp = Some(resp);
+    if relay_error(req, &mut resp)? {
+        return Ok(());
+    }
+    let Some(resp) = resp else { return Ok(()) };
+    respond_stream_head(req.stream(), 200, content_type)?;
+    let mut from = resp.reader;
+    let to = req.stream();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Each chunk is written as soon as it is read: no buffering of events.
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        to.write_all(&buf[..n])?;
     }
 }
 
