@@ -21,6 +21,7 @@ pub const PASSWORD: &str = "s3cret pass-word";
 /// One running registry.
 pub struct Registry {
     child: Child,
+    ip: String,
     port: u16,
     tls: bool,
     creds: Option<(String, String)>,
@@ -31,23 +32,30 @@ pub struct Registry {
 impl Registry {
     /// Plain HTTP, anonymous.
     pub fn plain() -> Self {
-        Self::start(None)
+        Self::start(None, "127.0.0.1")
     }
 
     /// TLS (certificate for IP 127.0.0.1 signed by a test CA made here) and
     /// htpasswd basic auth for [`USER`]/[`PASSWORD`].
     pub fn with_auth_tls() -> Self {
-        Self::start(Some((USER.to_string(), PASSWORD.to_string())))
+        Self::with_auth_tls_on("127.0.0.1")
     }
 
-    fn start(creds: Option<(String, String)>) -> Self {
+    /// Like [`Registry::with_auth_tls`], listening on `ip` (an address of
+    /// this machine; the certificate names it and 127.0.0.1). A client
+    /// treats a registry off loopback as secure: it must verify the CA.
+    pub fn with_auth_tls_on(ip: &str) -> Self {
+        Self::start(Some((USER.to_string(), PASSWORD.to_string())), ip)
+    }
+
+    fn start(creds: Option<(String, String)>, ip: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vessel-registry-")
             .tempdir_in("/tmp")
             .expect("registry temp dir");
         let tls = creds.is_some();
         if tls {
-            make_tls(dir.path());
+            make_tls(dir.path(), ip);
             let (u, p) = creds.as_ref().expect("creds");
             let out = Command::new("htpasswd")
                 .args(["-Bbn", u, p])
@@ -59,9 +67,9 @@ impl Registry {
         let mut last_err = String::new();
         // A free port can be taken between probing and binding: retry.
         for _ in 0..5 {
-            let port = free_port();
+            let port = free_port_on(ip);
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yaml(dir.path(), port, tls)).expect("config");
+            std::fs::write(&config, config_yaml(dir.path(), ip, port, tls)).expect("config");
             let log = |name: &str| {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -85,10 +93,11 @@ impl Registry {
             }
             let mut child = cmd.spawn().expect("starting docker-registry");
             let ca = tls.then(|| dir.path().join("tls/ca.crt"));
-            match wait_ready(&mut child, port, ca.as_deref(), Duration::from_secs(20)) {
+            match wait_ready(&mut child, ip, port, ca.as_deref(), Duration::from_secs(20)) {
                 Ok(()) => {
                     return Self {
                         child,
+                        ip: ip.to_string(),
                         port,
                         tls,
                         creds,
@@ -109,9 +118,9 @@ impl Registry {
         panic!("docker-registry did not start: {last_err}");
     }
 
-    /// `127.0.0.1:PORT`.
+    /// `IP:PORT` (`127.0.0.1:PORT` unless made with another address).
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -258,6 +267,7 @@ impl Drop for Registry {
 
 fn wait_ready(
     child: &mut Child,
+    ip: &str,
     port: u16,
     ca: Option<&Path>,
     limit: Duration,
@@ -268,7 +278,7 @@ fn wait_ready(
             return Err(format!("docker-registry exited: {st}"));
         }
         let status = match ca {
-            Some(ca) => curl_status(port, ca, "/v2/"),
+            Some(ca) => curl_status(ip, port, ca, "/v2/"),
             None => http_status(port, "/v2/"),
         };
         match (status, ca.is_some()) {
@@ -283,12 +293,12 @@ fn wait_ready(
     }
 }
 
-/// Status of `GET https://127.0.0.1:port/path` verified with `ca`, by curl.
-fn curl_status(port: u16, ca: &Path, path: &str) -> Option<u16> {
+/// Status of `GET https://ip:port/path` verified with `ca`, by curl.
+fn curl_status(ip: &str, port: u16, ca: &Path, path: &str) -> Option<u16> {
     let out = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
         .arg(ca)
-        .arg(format!("https://127.0.0.1:{port}{path}"))
+        .arg(format!("https://{ip}:{port}{path}"))
         .stdin(Stdio::null())
         .output()
         .ok()?;
@@ -326,8 +336,27 @@ pub fn build_fixture(case: &str, out: &Path, args: &[&str]) -> serde_json::Value
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    free_port_on("127.0.0.1")
+}
+
+fn free_port_on(ip: &str) -> u16 {
+    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("bind {ip}:0: {e}"));
     l.local_addr().expect("local addr").port()
+}
+
+/// An IPv4 address of this machine that is not loopback (for a registry a
+/// client must treat as secure), from `ip -4 -o addr show scope global`.
+pub fn non_loopback_ipv4() -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    text(&out.stdout).lines().find_map(|l| {
+        let mut w = l.split_whitespace();
+        w.find(|x| *x == "inet")?;
+        let addr = w.next()?.split('/').next()?.to_string();
+        TcpListener::bind((addr.as_str(), 0)).ok().map(|_| addr)
+    })
 }
 
 /// Status of a plain-HTTP `GET path` on 127.0.0.1:port, if it answers.
@@ -341,12 +370,12 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn config_yaml(dir: &Path, port: u16, tls: bool) -> String {
+fn config_yaml(dir: &Path, ip: &str, port: u16, tls: bool) -> String {
     let mut y = format!(
         "version: 0.1\n\
          log:\n  level: info\n\
          storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-         http:\n  addr: 127.0.0.1:{port}\n  secret: vessel-tests\n",
+         http:\n  addr: {ip}:{port}\n  secret: vessel-tests\n",
         dir.join("storage").display()
     );
     if tls {
@@ -361,9 +390,10 @@ fn config_yaml(dir: &Path, port: u16, tls: bool) -> String {
     y
 }
 
-/// A test CA and a server certificate for IP 127.0.0.1 signed by it, in
-/// `dir/tls`; the CA certificate also in `dir/certs/ca.crt` (for skopeo).
-fn make_tls(dir: &Path) {
+/// A test CA and a server certificate for IPs 127.0.0.1 and `ip` signed by
+/// it, in `dir/tls`; the CA certificate also in `dir/certs/ca.crt` (for
+/// skopeo).
+fn make_tls(dir: &Path, ip: &str) {
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).expect("tls dir");
     let openssl = |args: &[&str]| {
@@ -412,8 +442,10 @@ fn make_tls(dir: &Path) {
     ]);
     std::fs::write(
         tls.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        format!(
+            "subjectAltName=IP:127.0.0.1,IP:{ip}\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        ),
     )
     .expect("ext.cnf");
     let serial = format!("0x{:x}{:x}", std::process::id(), free_port());
