@@ -4,7 +4,6 @@
 //!
 //! Everything here goes to stderr; the caller prints the result lines.
 
-use crate::format::human_size;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::collections::HashMap;
@@ -77,7 +76,7 @@ struct Blob {
     bar: Option<ProgressBar>,
     size: u64,
     current: u64,
-    done: bool,
+    done: Option<&'static str>,
     started: bool,
 }
 
@@ -93,10 +92,32 @@ struct Renderer {
     transferred: bool,
 }
 
+/// Bytes as Docker's progress shows them: four significant digits, `38.7MB`.
+pub fn bar_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u + 1 < units.len() {
+        v /= 1000.0;
+        u += 1;
+    }
+    let decimals = match v {
+        x if x >= 1000.0 => 0,
+        x if x >= 100.0 => 1,
+        x if x >= 10.0 => 2,
+        _ => 3,
+    };
+    let mut t = format!("{v:.decimals$}");
+    if t.contains('.') {
+        t = t.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    t + units[u]
+}
+
 fn sizes(state: &ProgressState, w: &mut dyn std::fmt::Write) {
     let _ = match state.len() {
-        Some(len) if len > 0 => write!(w, "{}/{}", human_size(state.pos()), human_size(len)),
-        _ => write!(w, "{}", human_size(state.pos())),
+        Some(len) if len > 0 => write!(w, "{}/{}", bar_size(state.pos()), bar_size(len)),
+        _ => write!(w, "{}", bar_size(state.pos())),
     };
 }
 
@@ -112,7 +133,7 @@ impl Renderer {
         let (multi, total) = if mode == Mode::Bars {
             let m = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let t = m.add(ProgressBar::new(0));
-            t.set_style(style("{prefix:>12}: {msg:<11} [{bar:50}] {sizes}"));
+            t.set_style(style("{prefix:>12}: {msg}"));
             t.set_prefix("Total");
             t.set_message(match kind {
                 Kind::Pull => "Resolving",
@@ -183,7 +204,7 @@ impl Renderer {
                     bar,
                     size,
                     current: 0,
-                    done: false,
+                    done: None,
                     started: false,
                 },
             );
@@ -219,6 +240,7 @@ impl Renderer {
                     self.blob(&l.digest, l.size);
                 }
                 if let Some(t) = &self.total {
+                    t.set_style(style("{prefix:>12}: {msg:<11} [{bar:50}] {sizes}"));
                     t.set_message(self.active_verb());
                 }
                 self.update_total();
@@ -252,7 +274,7 @@ impl Renderer {
                 }
                 let b = self.blob(&digest, 0);
                 b.current = b.size;
-                b.done = true;
+                b.done = Some(text);
                 if let Some(bar) = &b.bar {
                     bar.set_style(style("{prefix}: {msg}"));
                     bar.finish_with_message(text);
@@ -271,34 +293,40 @@ impl Renderer {
                 self.last_status = Some(message);
             }
             TransferEvent::Done { image } => {
-                self.finish(true);
+                self.finish();
                 return Some(Ok(image));
             }
             TransferEvent::Error { message } => {
-                self.finish(false);
+                self.finish();
                 return Some(Err(anyhow!("{message}")));
             }
         }
         None
     }
 
-    fn finish(&mut self, ok: bool) {
-        for d in &self.order {
-            if let Some(Blob {
-                bar: Some(bar),
-                done: false,
-                ..
-            }) = self.blobs.get(d)
-            {
-                if ok {
-                    bar.finish();
-                } else {
-                    bar.abandon();
+    /// Replace the bars by plain lines, one per finished layer (the
+    /// terminal then holds what plain mode would have printed).
+    fn finish(&mut self) {
+        if let Some(m) = self.multi.take() {
+            let _ = m.clear();
+            // Nothing may be drawn any more: the lines below take the bars' place.
+            m.set_draw_target(ProgressDrawTarget::hidden());
+            for b in self.blobs.values() {
+                if let Some(bar) = &b.bar {
+                    bar.finish_and_clear();
                 }
             }
-        }
-        if let Some(t) = &self.total {
-            t.finish_and_clear();
+            if let Some(t) = self.total.take() {
+                t.finish_and_clear();
+            }
+            for d in &self.order {
+                if let Some(Blob {
+                    done: Some(text), ..
+                }) = self.blobs.get(d)
+                {
+                    eprintln!("{}: {text}", short_digest(d));
+                }
+            }
         }
     }
 }
@@ -314,7 +342,7 @@ pub fn follow(reader: &mut dyn BufRead, kind: Kind, mode: Mode) -> Result<Outcom
             .read_line(&mut line)
             .context("reading the transfer's progress from the apiserver")?;
         if n == 0 {
-            r.finish(false);
+            r.finish();
             bail!("the connection to the apiserver ended before the transfer finished");
         }
         let Ok(ev) = serde_json::from_str::<TransferEvent>(line.trim_end()) else {
@@ -354,6 +382,16 @@ mod tests {
             s.push(b'\n');
         }
         s
+    }
+
+    #[test]
+    fn sizes_like_docker() {
+        assert_eq!(bar_size(38_702_000), "38.7MB");
+        assert_eq!(bar_size(40_852_000), "40.85MB");
+        assert_eq!(bar_size(40_000_000), "40MB");
+        assert_eq!(bar_size(123_456_789), "123.5MB");
+        assert_eq!(bar_size(1500), "1.5kB");
+        assert_eq!(bar_size(999), "999B");
     }
 
     #[test]
