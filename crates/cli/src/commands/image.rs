@@ -368,7 +368,7 @@ impl<W: Write> Write for TarTail<W> {
 impl<W> TarTail<W> {
     fn complete(&self) -> bool {
         self.len >= 1024
-            && self.len % 512 == 0
+            && self.len & 511 == 0
             && self.tail.len() == 1024
             && self.tail.iter().all(|b| *b == 0)
     }
@@ -463,6 +463,30 @@ fn split_reference(r: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_tags_in_messages() {
+        assert_eq!(with_default_tag("busybox"), "busybox:latest");
+        assert_eq!(with_default_tag("h:5000/a"), "h:5000/a:latest");
+        assert_eq!(with_default_tag("h:5000/a:v1"), "h:5000/a:v1");
+        assert_eq!(with_default_tag("a@sha256:00"), "a@sha256:00");
+    }
+
+    #[test]
+    fn archives_cut_short_are_refused() {
+        let mut whole = vec![7u8; 1536];
+        whole.extend(vec![0u8; 1024]);
+        let mut out = Vec::new();
+        save_stream(&mut &whole[..], &mut out).unwrap();
+        assert_eq!(out, whole);
+        for cut in [0, 100, 1536, 2000, 2559] {
+            let mut out = Vec::new();
+            assert!(
+                save_stream(&mut &whole[..cut], &mut out).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
 
     #[test]
     fn references_split_like_docker() {
