@@ -34,6 +34,7 @@ fn read_password(prompt: &str) -> Result<String> {
     // SAFETY: fd 0 is our stdin and `saved` a valid termios.
     let have_tty = unsafe { libc::tcgetattr(0, &mut saved) } == 0;
     if have_tty {
+        restore_on_interrupt(saved);
         let mut quiet = saved;
         quiet.c_lflag &= !libc::ECHO;
         quiet.c_lflag |= libc::ECHONL;
@@ -46,6 +47,31 @@ fn read_password(prompt: &str) -> Result<String> {
         unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
     }
     line
+}
+
+/// Ctrl-C at the password prompt must not leave the terminal without echo:
+/// SIGINT and SIGTERM go to a thread that restores `saved` and exits.
+fn restore_on_interrupt(saved: libc::termios) {
+    // SAFETY: the set is a valid local; blocking the signals in this thread is
+    // inherited by the thread spawned below, which waits for them.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a valid sigset_t.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    std::thread::spawn(move || {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: set and sig are valid for the call.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            // SAFETY: restores terminal settings read earlier from fd 0.
+            unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+            eprintln!();
+            std::process::exit(130);
+        }
+    });
 }
 
 fn login(api: &Api, a: LoginArgs) -> Result<i32> {
