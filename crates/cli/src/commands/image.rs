@@ -338,7 +338,7 @@ fn prune(api: &Api, all: bool, force: bool) -> Result<i32> {
         println!();
     }
     let reclaimed = v.get("reclaimed").and_then(|r| r.as_u64()).unwrap_or(0);
-    println!("Total reclaimed space: {}", human_size(reclaimed));
+    println!("Total reclaimed space: {}", progress::bar_size(reclaimed));
     Ok(0)
 }
 
