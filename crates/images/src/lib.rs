@@ -9,6 +9,7 @@
 //! - [`ext4`]: building an image's ext4 base with `mkfs.ext4 -d`.
 //! - [`images`]: the service the apiserver calls (list, load, import,
 //!   resolve, inspect, remove).
+//! - [`registry`]: the OCI distribution client (pull, push, login).
 //! - [`server`]: its HTTP API on the images socket.
 
 pub mod archive;
@@ -16,6 +17,7 @@ pub mod ext4;
 pub mod images;
 pub mod oci;
 pub mod reference;
+pub mod registry;
 pub mod server;
 pub mod store;
 pub mod unpack;

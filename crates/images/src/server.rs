@@ -10,6 +10,9 @@
 //! | POST | `/images/resolve?ref=REF` | `ResolvedImage` (builds the ext4) |
 //! | GET | `/images/inspect?ref=REF` | config JSON with `id`, `digest` |
 //! | DELETE | `/images?ref=REF` | `{"removed":[..],"deleted":[..]}` |
+//! | POST | `/images/pull?ref=REF[&platform=P][&tls_verify=false]` | ndjson `TransferEvent`s |
+//! | POST | `/images/push?ref=REF[&tls_verify=false]` | ndjson `TransferEvent`s |
+//! | POST | `/registry/login?server=HOST[&tls_verify=false]` | `{"ok":true}` |
 //!
 //! Errors are `{"message": ...}`: 404 for an unknown image, 400 for bad
 //! input, 500 otherwise.
@@ -96,6 +99,10 @@ pub fn serve_connection(images: &Images, stream: UnixStream) {
             return;
         }
     };
+    // Registry pull/push (streamed) and login: see crate::registry::routes.
+    if crate::registry::routes::handle(images, &mut req) {
+        return;
+    }
     let result = route(images, &req);
     let (method, path) = (req.method.clone(), req.path.clone());
     let w = req.stream();

@@ -88,6 +88,14 @@ impl Home {
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    /// Extra CA certificates per registry: `certs.d/<host[:port]>/*.crt`.
+    pub fn certs_dir(&self) -> PathBuf {
+        self.root.join("certs.d")
+    }
+    /// Registry settings: `{"insecure": ["host:port", ...]}`.
+    pub fn registries_file(&self) -> PathBuf {
+        self.root.join("registries.json")
+    }
 
     /// A short directory for one container's Unix sockets:
     /// `/run/vessel/<hash of VESSEL_HOME>/<first 12 of id>` as root,

@@ -1,0 +1,267 @@
+//! A client of the OCI distribution protocol (registry API v2): pull, push
+//! and login checks, for `vessel-images`.
+//!
+//! - [`tls`]: which scheme and TLS settings a registry gets (system roots
+//!   plus `certs.d` CAs; loopback and `registries.json` hosts insecure).
+//! - [`auth`]: `WWW-Authenticate` challenges, bearer tokens, basic auth.
+//! - [`client`]: one registry connection with its auth state.
+//! - [`pull`] and [`push`]: the transfers, reporting [`TransferEvent`]s.
+//! - [`routes`]: the HTTP routes of the image helper that use them.
+//!
+//! Everything a registry sends is untrusted: documents are size-limited,
+//! every blob is hashed before it becomes visible in the store, and
+//! malformed answers are errors, never panics.
+
+pub mod auth;
+pub mod client;
+pub mod pull;
+pub mod push;
+pub mod routes;
+pub mod tls;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use vessel_api::types::TransferEvent;
+
+use crate::ext4::Ext4Error;
+use crate::store::StoreError;
+
+pub use client::Registry;
+
+/// Errors of registry operations. Messages are shown to users as they are.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("denied: {0}")]
+    Denied(String),
+    #[error("manifest unknown: {0} not found")]
+    ManifestUnknown(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("digest mismatch for {what} {expected}: registry sent {actual}")]
+    DigestMismatch {
+        what: &'static str,
+        expected: String,
+        actual: String,
+    },
+    #[error("no image for platform {want} in index (available: {available})")]
+    NoPlatform { want: String, available: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("cannot connect to registry {host}: {message}")]
+    Connect { host: String, message: String },
+    #[error("registry {host}: {message}")]
+    Protocol { host: String, message: String },
+    #[error("toomanyrequests: {0}")]
+    TooManyRequests(String),
+    #[error("Content store error")]
+    Store(#[from] StoreError),
+    #[error("Cannot build the image's root filesystem")]
+    Ext4(#[from] Ext4Error),
+    #[error("I/O error on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cancelled: the client went away")]
+    Cancelled,
+    #[error(transparent)]
+    Image(#[from] crate::images::ImagesError),
+}
+
+impl RegistryError {
+    /// The HTTP status this error answers with (when not streaming).
+    pub fn status(&self) -> u16 {
+        match self {
+            RegistryError::BadRequest(_) => 400,
+            RegistryError::Unauthorized(_) => 401,
+            RegistryError::Denied(_) => 403,
+            RegistryError::ManifestUnknown(_) | RegistryError::NotFound(_) => 404,
+            RegistryError::Connect { .. }
+            | RegistryError::Protocol { .. }
+            | RegistryError::DigestMismatch { .. } => 502,
+            RegistryError::TooManyRequests(_) => 429,
+            RegistryError::Image(e) => e.status(),
+            _ => 500,
+        }
+    }
+
+    /// The message with its sources.
+    pub fn message(&self) -> String {
+        crate::server::error_chain(self)
+    }
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> RegistryError + '_ {
+    move |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where a transfer reports its progress.
+pub trait EventSink: Sync {
+    fn emit(&self, event: TransferEvent);
+    /// Has the receiver gone away (the transfer should stop)?
+    fn cancelled(&self) -> bool {
+        false
+    }
+}
+
+/// A sink that drops every event.
+pub struct NoEvents;
+
+impl EventSink for NoEvents {
+    fn emit(&self, _: TransferEvent) {}
+}
+
+/// A sink collecting events in memory (tests, callers that report later).
+#[derive(Default)]
+pub struct CollectEvents {
+    pub events: std::sync::Mutex<Vec<TransferEvent>>,
+    pub cancel: AtomicBool,
+}
+
+impl EventSink for CollectEvents {
+    fn emit(&self, event: TransferEvent) {
+        if let Ok(mut v) = self.events.lock() {
+            v.push(event);
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+}
+
+/// Options of a pull or push.
+#[derive(Debug, Clone, Default)]
+pub struct TransferOptions {
+    /// The platform asked for; `None`: the host's (and no check of a
+    /// single-platform image).
+    pub platform: Option<crate::oci::PlatformSpec>,
+    /// `false`: skip TLS verification and allow plain HTTP for this registry.
+    pub tls_verify: bool,
+    pub auth: Option<vessel_api::types::RegistryAuth>,
+}
+
+impl crate::images::Images {
+    /// Pull `reference` from its registry, record it, and build its ext4
+    /// base (reporting `Status "unpacking"`), so a later run has no unpack
+    /// work. Emits every event but the final `done`/`error`.
+    pub fn pull(
+        &self,
+        reference: &str,
+        opts: &TransferOptions,
+        events: &dyn EventSink,
+    ) -> Result<vessel_api::types::ImageSummary, RegistryError> {
+        let image = pull::pull(self.store(), reference, opts, events)?;
+        events.emit(TransferEvent::Status {
+            message: "unpacking".into(),
+        });
+        self.resolve(&image.reference)?;
+        Ok(image)
+    }
+
+    /// Push the local image `reference` to the registry it names.
+    pub fn push(
+        &self,
+        reference: &str,
+        opts: &TransferOptions,
+        events: &dyn EventSink,
+    ) -> Result<vessel_api::types::ImageSummary, RegistryError> {
+        let target = crate::reference::Reference::parse(reference)
+            .map_err(|e| RegistryError::BadRequest(crate::server::error_chain(&e)))?;
+        let found = self.lookup(reference)?;
+        push::push(self.store(), &found.record, &target, opts, events)
+    }
+
+    /// Check that `server` accepts `auth` (`vessel registry login`).
+    pub fn registry_login(
+        &self,
+        server: &str,
+        tls_verify: bool,
+        auth: Option<vessel_api::types::RegistryAuth>,
+    ) -> Result<(), RegistryError> {
+        let domain = client::normalize_server(server)?;
+        if !auth::has_credentials(&auth) {
+            return Err(RegistryError::BadRequest(
+                "login needs a username and a password".into(),
+            ));
+        }
+        let reg = Registry::connect(self.store().home(), &domain, tls_verify, auth)?;
+        reg.check_login()
+    }
+}
+
+/// Run `f` on every item of `jobs` with up to `threads` threads; stops
+/// starting new jobs after the first error, which is returned.
+pub(crate) fn run_parallel<T: Sync>(
+    jobs: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> Result<(), RegistryError> + Sync,
+) -> Result<(), RegistryError> {
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<RegistryError>> = Mutex::new(None);
+    let stop = AtomicBool::new(false);
+    let worker = || loop {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(job) = jobs.get(i) else { return };
+        if let Err(e) = f(job) {
+            stop.store(true, Ordering::Relaxed);
+            let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
+            // Keep the first real error, not a later "cancelled".
+            if slot.is_none() {
+                *slot = Some(e);
+            }
+            return;
+        }
+    };
+    let n = threads.clamp(1, jobs.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 1..n {
+            s.spawn(worker);
+        }
+        worker();
+    });
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_runs_all_and_reports_the_error() {
+        let jobs: Vec<u32> = (0..20).collect();
+        let sum = std::sync::atomic::AtomicU32::new(0);
+        run_parallel(&jobs, 4, |j| {
+            sum.fetch_add(*j, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(sum.load(Ordering::Relaxed), 190);
+        let err = run_parallel(&jobs, 4, |j| {
+            if *j == 3 {
+                Err(RegistryError::BadRequest("three".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "three");
+        run_parallel(&Vec::<u32>::new(), 4, |_| Ok(())).unwrap();
+    }
+}
