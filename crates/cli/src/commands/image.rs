@@ -255,7 +255,7 @@ fn push_command(api: &Api, a: PushArgs) -> Result<i32> {
                 println!("{}", out.image.reference);
             } else {
                 let (_, tag) = split_name_tag(&with_default_tag(&a.reference));
-                println!("{tag}: digest: {} size: {}", out.digest, out.image.size);
+                println!("{tag}: digest: {}", out.digest);
             }
             Ok(0)
         }
