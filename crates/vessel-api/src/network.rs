@@ -20,6 +20,11 @@ pub const NO_NETWORK: &str = "none";
 /// The file, in a container's directory, that lists its attachments.
 pub const NETWORK_FILE: &str = "network.json";
 
+/// The socket of `vessel-network` (`VESSEL_HOME/network.sock`, 0600).
+pub fn socket_path(home: &crate::paths::Home) -> PathBuf {
+    home.root().join("network.sock")
+}
+
 /// Transport protocol of a published port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
