@@ -17,6 +17,12 @@
 //! be run, inspected and removed by ID. A docker archive is named by its
 //! `RepoTags`.
 //!
+//! [`save`] writes the reverse: an OCI image layout tar that also carries
+//! Docker's `manifest.json`, so `vessel image load`, `docker load` and
+//! `skopeo copy oci-archive:…`/`docker-archive:…` all read it. Blobs are
+//! stored as they are in the content store, so a save then load gives back
+//! the same image ID and manifest digest.
+//!
 //! [`import`] stores a rootfs tarball (like `docker import`) as a one-layer
 //! image with a generated config and manifest.
 
@@ -108,6 +114,8 @@ pub enum ArchiveError {
     NotATar(String),
     #[error("Content store error")]
     Store(#[from] StoreError),
+    #[error("Cannot write the archive")]
+    Write(#[source] io::Error),
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
@@ -119,7 +127,10 @@ pub enum ArchiveError {
 impl ArchiveError {
     /// Is this the user's input at fault (HTTP 400) rather than the host?
     pub fn is_user_error(&self) -> bool {
-        !matches!(self, ArchiveError::Store(_) | ArchiveError::Io { .. })
+        !matches!(
+            self,
+            ArchiveError::Store(_) | ArchiveError::Io { .. } | ArchiveError::Write(_)
+        )
     }
 }
 
@@ -583,7 +594,7 @@ fn plan_docker(ex: &Extracted) -> Result<Plan, ArchiveError> {
 /// Put `record` in the index under `reference` (or, untagged, its ID). An
 /// image that loses its last reference stays, untagged, so containers using
 /// it keep their rootfs until it is removed by ID.
-fn tag(index: &mut Index, reference: Option<String>, record: ImageRecord) -> String {
+pub(crate) fn tag(index: &mut Index, reference: Option<String>, record: ImageRecord) -> String {
     let key = reference.unwrap_or_else(|| record.config.clone());
     if key != record.config {
         index.images.remove(&record.config);
@@ -654,6 +665,189 @@ pub fn load_with_limits(
         return Err(ArchiveError::Empty);
     }
     commit(store, plan)
+}
+
+/// One image to [`save`]: its record and, unless saved by ID, its reference.
+#[derive(Debug, Clone)]
+pub struct SaveItem {
+    pub name: Option<String>,
+    pub record: ImageRecord,
+}
+
+/// One image of a save, with every reference it is saved under.
+struct SavedImage {
+    manifest: Descriptor,
+    config: String,
+    layers: Vec<String>,
+    names: Vec<String>,
+}
+
+/// `blobs/sha256/<hex>` of a digest.
+fn blob_entry(digest: &str) -> Result<String, ArchiveError> {
+    Ok(format!(
+        "blobs/sha256/{}",
+        crate::store::digest_hex(digest)?
+    ))
+}
+
+/// Write an OCI image layout tar of `items` that is also a `docker save`
+/// archive: `oci-layout`, `index.json` (one manifest descriptor per
+/// reference, annotated with `io.containerd.image.name` = the full reference
+/// and `org.opencontainers.image.ref.name` = its tag), `manifest.json`
+/// (`Config`, `RepoTags`, `Layers` pointing into `blobs/sha256/`) and the
+/// blobs. Every blob is opened before `start` is called and the first byte
+/// is written, so missing content is an error and never a truncated archive.
+pub fn save<W: io::Write>(
+    store: &Store,
+    items: &[SaveItem],
+    start: impl FnOnce() -> io::Result<W>,
+) -> Result<(), ArchiveError> {
+    let mut images: Vec<SavedImage> = Vec::new();
+    let mut blobs: BTreeMap<String, (File, u64)> = BTreeMap::new();
+    let mut open = |digest: &str| -> Result<u64, ArchiveError> {
+        if let Some((_, size)) = blobs.get(digest) {
+            return Ok(*size);
+        }
+        let f = store.open_blob(digest)?;
+        let size = f
+            .metadata()
+            .map_err(io_err(&store.blob_path(digest)?))?
+            .len();
+        blobs.insert(digest.to_string(), (f, size));
+        Ok(size)
+    };
+    for item in items {
+        let rec = &item.record;
+        let i = match images
+            .iter()
+            .position(|i| i.manifest.digest == rec.manifest)
+        {
+            Some(i) => i,
+            None => {
+                let bytes = store.read_blob(&rec.manifest)?;
+                let m: Manifest = parse(&bytes, &format!("manifest {}", rec.manifest))?;
+                let media_type = m
+                    .media_type
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| oci::MT_OCI_MANIFEST.to_string());
+                let size = open(&rec.manifest)?;
+                open(&m.config.digest)?;
+                for l in &m.layers {
+                    open(&l.digest)?;
+                }
+                images.push(SavedImage {
+                    manifest: Descriptor {
+                        media_type,
+                        digest: rec.manifest.clone(),
+                        size,
+                        platform: None,
+                        annotations: BTreeMap::new(),
+                    },
+                    config: m.config.digest.clone(),
+                    layers: m.layers.iter().map(|l| l.digest.clone()).collect(),
+                    names: Vec::new(),
+                });
+                images.len() - 1
+            }
+        };
+        if let Some(n) = &item.name {
+            if !images[i].names.contains(n) {
+                images[i].names.push(n.clone());
+            }
+        }
+    }
+    // index.json: one descriptor per reference (one bare one for an image
+    // saved by ID only).
+    let mut descriptors = Vec::new();
+    let mut docker = Vec::new();
+    for img in &images {
+        let mut repo_tags = Vec::new();
+        for n in &img.names {
+            let r = crate::reference::Reference::parse(n).map_err(ArchiveError::Reference)?;
+            let mut d = img.manifest.clone();
+            d.annotations
+                .insert(oci::ANNOTATION_IMAGE_NAME.to_string(), n.clone());
+            if let (Some(t), None) = (&r.tag, &r.digest) {
+                d.annotations
+                    .insert(oci::ANNOTATION_REF_NAME.to_string(), t.clone());
+                repo_tags.push(r.short());
+            }
+            descriptors.push(d);
+        }
+        if img.names.is_empty() {
+            descriptors.push(img.manifest.clone());
+        }
+        docker.push(serde_json::json!({
+            "Config": blob_entry(&img.config)?,
+            "RepoTags": if repo_tags.is_empty() { serde_json::Value::Null } else { repo_tags.into() },
+            "Layers": img.layers.iter().map(|l| blob_entry(l)).collect::<Result<Vec<_>, _>>()?,
+        }));
+    }
+    let index = ImageIndex {
+        schema_version: 2,
+        media_type: Some(oci::MT_OCI_INDEX.to_string()),
+        manifests: descriptors,
+    };
+    let index_bytes = json_bytes(&index)?;
+    let docker_bytes = json_bytes(&docker)?;
+    let layout_bytes = json_bytes(&serde_json::json!({"imageLayoutVersion": "1.0.0"}))?;
+
+    let w = start().map_err(ArchiveError::Write)?;
+    let mut b = tar::Builder::new(w);
+    let header = |kind: tar::EntryType, size: u64, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    let write = |b: &mut tar::Builder<W>, path: &str, data: &mut dyn Read, size: u64| {
+        let mut h = header(tar::EntryType::Regular, size, 0o644);
+        b.append_data(&mut h, path, data)
+            .map_err(ArchiveError::Write)
+    };
+    write(
+        &mut b,
+        "oci-layout",
+        &mut &layout_bytes[..],
+        layout_bytes.len() as u64,
+    )?;
+    write(
+        &mut b,
+        "index.json",
+        &mut &index_bytes[..],
+        index_bytes.len() as u64,
+    )?;
+    write(
+        &mut b,
+        "manifest.json",
+        &mut &docker_bytes[..],
+        docker_bytes.len() as u64,
+    )?;
+    for dir in ["blobs/", "blobs/sha256/"] {
+        let mut h = header(tar::EntryType::Directory, 0, 0o755);
+        b.append_data(&mut h, dir, io::empty())
+            .map_err(ArchiveError::Write)?;
+    }
+    for (digest, (f, size)) in blobs {
+        // Exactly `size` bytes: the header promised them.
+        let mut r = f.take(size);
+        write(&mut b, &blob_entry(&digest)?, &mut r, size)?;
+    }
+    let mut w = b.into_inner().map_err(ArchiveError::Write)?;
+    w.flush().map_err(ArchiveError::Write)?;
+    Ok(())
+}
+
+fn json_bytes<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, ArchiveError> {
+    serde_json::to_vec(v).map_err(|source| ArchiveError::BadDocument {
+        what: "generated document".into(),
+        source,
+    })
 }
 
 /// Hashes what passes through it.

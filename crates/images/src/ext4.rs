@@ -76,7 +76,13 @@ pub fn ensure_rootfs(
     let hex = digest_hex(id)?;
     let dir = store.home().rootfs_dir();
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let _lock = Flock::exclusive(&dir.join(format!(".{hex}.lock")))?;
+    let lock_path = dir.join(format!(".{hex}.lock"));
+    let _lock = loop {
+        let lock = Flock::exclusive(&lock_path)?;
+        if lock.is_current(&lock_path) {
+            break lock;
+        }
+    };
     if dest.is_file() {
         return Ok(dest); // built by whoever held the lock
     }

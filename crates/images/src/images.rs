@@ -1,6 +1,8 @@
 //! The image service: what the apiserver asks of `vessel-images`.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::io::Write;
 use std::path::Path;
 use vessel_api::paths::Home;
 use vessel_api::types::{ImageSummary, ResolvedImage};
@@ -8,7 +10,7 @@ use vessel_api::types::{ImageSummary, ResolvedImage};
 use crate::archive::{self, ArchiveError};
 use crate::ext4::{self, Ext4Error};
 use crate::oci::{ImageConfig, Manifest};
-use crate::reference::{is_hex64, normalize, ReferenceError};
+use crate::reference::{is_hex64, is_sha256_digest, normalize, Reference, ReferenceError};
 use crate::store::{ImageRecord, Store, StoreError};
 use crate::unpack::Budget;
 
@@ -29,6 +31,8 @@ pub enum ImagesError {
     Store(#[from] StoreError),
     #[error("Image {0} has a malformed manifest or config")]
     Corrupt(String, #[source] serde_json::Error),
+    #[error("Cannot tag as {0}: {1}")]
+    BadTag(String, &'static str),
 }
 
 impl ImagesError {
@@ -36,7 +40,7 @@ impl ImagesError {
     pub fn status(&self) -> u16 {
         match self {
             ImagesError::NotFound(_) => 404,
-            ImagesError::Ambiguous(_) | ImagesError::Reference(_) => 400,
+            ImagesError::Ambiguous(_) | ImagesError::Reference(_) | ImagesError::BadTag(..) => 400,
             ImagesError::Archive(e) if e.is_user_error() => 400,
             _ => 500,
         }
@@ -50,6 +54,28 @@ pub struct RemoveResult {
     pub removed: Vec<String>,
     /// Blobs deleted because no image uses them any more.
     pub deleted: Vec<String>,
+    /// Bytes freed, ext4 bases included.
+    #[serde(default)]
+    pub reclaimed: u64,
+}
+
+/// `POST /images/prune` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResult {
+    /// References (or IDs of untagged images) removed.
+    pub removed: Vec<String>,
+    /// Blobs deleted.
+    pub deleted: Vec<String>,
+    /// Bytes freed, ext4 bases included.
+    pub reclaimed: u64,
+}
+
+/// Body of `DELETE /images` and `POST /images/prune`: image IDs that
+/// containers use, whose data must stay.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepBody {
+    #[serde(default)]
+    pub keep: Vec<String>,
 }
 
 /// How a name matched an image.
@@ -73,7 +99,7 @@ impl Images {
     pub fn open(home: &Home) -> Result<Self, ImagesError> {
         Ok(Self {
             store: Store::open(home)?,
-            budget: Budget::default(),
+            budget: Budget::from_env(),
         })
     }
 
@@ -216,9 +242,23 @@ impl Images {
     /// then delete blobs and rootfs images nothing refers to any more. The
     /// caller checks that no container uses the image.
     pub fn remove(&self, name: &str) -> Result<RemoveResult, ImagesError> {
+        self.remove_keep(name, &BTreeSet::new())
+    }
+
+    /// [`Images::remove`], keeping the data of images whose IDs are in
+    /// `keep` (used by containers): such an image that loses its last
+    /// reference stays, untagged (its ID is its key), like Docker's
+    /// `rmi -f` of an image in use. The index change is committed before
+    /// anything is deleted.
+    pub fn remove_keep(
+        &self,
+        name: &str,
+        keep: &BTreeSet<String>,
+    ) -> Result<RemoveResult, ImagesError> {
         let f = self.lookup(name)?;
-        self.store
-            .update_index(|index| -> Result<RemoveResult, ImagesError> {
+        let removed = self
+            .store
+            .update_index(|index| -> Result<Vec<String>, ImagesError> {
                 let keys: Vec<String> = if f.by_id {
                     index
                         .images
@@ -231,16 +271,116 @@ impl Images {
                 };
                 let mut removed = Vec::new();
                 for k in keys {
-                    if index.images.remove(&k).is_some() {
-                        removed.push(k);
+                    if let Some(rec) = index.images.remove(&k) {
+                        removed.push((k, rec));
                     }
                 }
                 if removed.is_empty() {
                     return Err(ImagesError::NotFound(name.to_string()));
                 }
-                let deleted = self.store.gc(index)?;
-                Ok(RemoveResult { removed, deleted })
+                let mut out = Vec::new();
+                for (k, rec) in removed {
+                    let still_named = index.images.values().any(|r| r.config == rec.config);
+                    if !still_named && keep.contains(&rec.config) {
+                        index.images.insert(rec.config.clone(), rec.clone());
+                    }
+                    if !index.images.contains_key(&k) {
+                        out.push(k);
+                    }
+                }
+                Ok(out)
+            })?;
+        let gc = self.store.collect(keep)?;
+        Ok(RemoveResult {
+            removed,
+            deleted: gc.deleted,
+            reclaimed: gc.reclaimed,
+        })
+    }
+
+    /// Remove untagged images (with `all`, every image) whose IDs are not in
+    /// `keep`, then collect garbage.
+    pub fn prune(&self, all: bool, keep: &BTreeSet<String>) -> Result<PruneResult, ImagesError> {
+        let removed = self
+            .store
+            .update_index(|index| -> Result<Vec<String>, ImagesError> {
+                let doomed: Vec<String> = index
+                    .images
+                    .iter()
+                    .filter(|(k, r)| (all || is_sha256_digest(k)) && !keep.contains(&r.config))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for k in &doomed {
+                    index.images.remove(k);
+                }
+                Ok(doomed)
+            })?;
+        let gc = self.store.collect(keep)?;
+        Ok(PruneResult {
+            removed,
+            deleted: gc.deleted,
+            reclaimed: gc.reclaimed,
+        })
+    }
+
+    /// Give the image `source` (reference, ID or ID prefix) the reference
+    /// `target` (normalized). An image `target` named before keeps its data,
+    /// untagged, if nothing else names it.
+    pub fn tag(&self, source: &str, target: &str) -> Result<ImageSummary, ImagesError> {
+        let r = Reference::parse(target)?;
+        if r.digest.is_some() {
+            return Err(ImagesError::BadTag(
+                target.to_string(),
+                "a tag cannot contain a digest",
+            ));
+        }
+        if r.path.rsplit('/').next().is_some_and(is_hex64) {
+            return Err(ImagesError::BadTag(
+                target.to_string(),
+                "a repository name cannot be a 64-digit hexadecimal string",
+            ));
+        }
+        let target = r.to_string();
+        let f = self.lookup(source)?;
+        self.store
+            .update_index(|index| -> Result<ImageSummary, ImagesError> {
+                // Removed meanwhile? Its blobs may be gone.
+                if !index.images.values().any(|r| r.config == f.record.config) {
+                    return Err(ImagesError::NotFound(source.to_string()));
+                }
+                let key = archive::tag(index, Some(target.clone()), f.record.clone());
+                Ok(ImageSummary {
+                    reference: key,
+                    id: f.record.config.clone(),
+                    digest: f.record.manifest.clone(),
+                    created: f.record.created.clone(),
+                    size: f.record.size,
+                })
             })
+    }
+
+    /// Write an archive of the images `names` to `w`: an OCI image layout
+    /// that is also a `docker save` archive ([`archive::save`]). Every name
+    /// is resolved and every blob opened before the first byte is written,
+    /// so a failure is an error, not a truncated archive; `start` is called
+    /// then (to send the response head).
+    pub fn save<W: Write>(
+        &self,
+        names: &[&str],
+        start: impl FnOnce() -> std::io::Result<W>,
+    ) -> Result<(), ImagesError> {
+        if names.is_empty() {
+            return Err(ImagesError::NotFound(String::new()));
+        }
+        let mut items = Vec::new();
+        for n in names {
+            let f = self.lookup(n)?;
+            items.push(archive::SaveItem {
+                name: if f.by_id { None } else { Some(f.key) },
+                record: f.record,
+            });
+        }
+        Ok(archive::save(&self.store, &items, start)?)
     }
 }
 
@@ -249,5 +389,279 @@ fn found(key: &str, r: &ImageRecord, by_id: bool) -> Found {
         key: key.to_string(),
         record: r.clone(),
         by_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::io::Read;
+
+    struct Fx {
+        dir: tempfile::TempDir,
+        images: Images,
+    }
+
+    fn fixture() -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images::open(&Home::new(dir.path().join("home"))).unwrap();
+        Fx { dir, images }
+    }
+
+    impl Fx {
+        /// Import a one-file image named `reference` with `content`.
+        fn import(&self, reference: &str, content: &[u8]) -> ImageSummary {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, "file", content).unwrap();
+            let src = self.dir.path().join("in.tar");
+            fs::write(&src, b.into_inner().unwrap()).unwrap();
+            self.images.import(&src, reference).unwrap()
+        }
+
+        fn blobs(&self) -> usize {
+            let d = self
+                .images
+                .store()
+                .home()
+                .content_dir()
+                .join("blobs/sha256");
+            fs::read_dir(d).unwrap().count()
+        }
+
+        fn keys(&self) -> Vec<String> {
+            self.images
+                .list()
+                .unwrap()
+                .into_iter()
+                .map(|s| s.reference)
+                .collect()
+        }
+    }
+
+    fn keep(ids: &[&str]) -> BTreeSet<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tag_by_reference_id_and_prefix() {
+        let fx = fixture();
+        let a = fx.import("localhost/a:1", b"a");
+        let s = fx.images.tag("localhost/a:1", "b").unwrap();
+        assert_eq!(s.reference, "docker.io/library/b:latest");
+        assert_eq!(
+            (s.id.as_str(), s.digest.as_str()),
+            (a.id.as_str(), a.digest.as_str())
+        );
+        let s = fx.images.tag(&a.id[7..19], "localhost/c:2").unwrap();
+        assert_eq!(s.id, a.id);
+        assert_eq!(
+            fx.keys(),
+            [
+                "docker.io/library/b:latest",
+                "localhost/a:1",
+                "localhost/c:2"
+            ]
+        );
+        // Retagging a name onto another image leaves the old one untagged
+        // only if nothing else names it.
+        let other = fx.import("localhost/o:1", b"o");
+        fx.images.tag("localhost/a:1", "localhost/o:1").unwrap();
+        assert!(fx.keys().contains(&other.id), "{:?}", fx.keys());
+        for (bad, why) in [
+            (
+                "localhost/x@sha256:".to_string() + &"0".repeat(64),
+                "digest",
+            ),
+            ("0".repeat(64), "hexadecimal"),
+        ] {
+            let e = fx.images.tag("localhost/a:1", &bad).unwrap_err();
+            assert_eq!(e.status(), 400);
+            assert!(e.to_string().contains(why), "{e}");
+        }
+        assert_eq!(fx.images.tag("nope:1", "x").unwrap_err().status(), 404);
+        assert_eq!(
+            fx.images.tag("localhost/a:1", "Bad").unwrap_err().status(),
+            400
+        );
+    }
+
+    #[test]
+    fn remove_frees_blobs_and_bases_but_keeps_images_in_use() {
+        let fx = fixture();
+        let a = fx.import("localhost/a:1", b"a");
+        fx.images.tag("localhost/a:1", "localhost/a:2").unwrap();
+        let b = fx.import("localhost/b:1", b"b");
+        assert_eq!(fx.blobs(), 6);
+        // Build a's ext4 base.
+        let base = fx.images.resolve("localhost/a:1").unwrap().rootfs;
+        assert!(base.is_file());
+
+        // Untag one of two names: nothing is freed.
+        let r = fx.images.remove_keep("localhost/a:2", &keep(&[])).unwrap();
+        assert_eq!(r.removed, ["localhost/a:2"]);
+        assert!(r.deleted.is_empty());
+        // The last name of an image in use: untagged, data kept.
+        let r = fx
+            .images
+            .remove_keep("localhost/a:1", &keep(&[&a.id]))
+            .unwrap();
+        assert_eq!(r.removed, ["localhost/a:1"]);
+        assert!(r.deleted.is_empty() && r.reclaimed == 0, "{r:?}");
+        assert!(base.is_file());
+        assert_eq!(fx.keys(), ["localhost/b:1".to_string(), a.id.clone()]);
+        // Dangling prune spares it while in use...
+        let p = fx.images.prune(false, &keep(&[&a.id])).unwrap();
+        assert!(p.removed.is_empty() && p.deleted.is_empty(), "{p:?}");
+        // ...and frees it, ext4 base included, once not.
+        let p = fx.images.prune(false, &keep(&[])).unwrap();
+        assert_eq!(p.removed, vec![a.id.clone()]);
+        assert_eq!(p.deleted.len(), 3);
+        assert!(!base.exists());
+        let rootfs = fx.images.store().home().rootfs_dir();
+        assert_eq!(
+            fs::read_dir(&rootfs).unwrap().count(),
+            0,
+            "lock file gone too"
+        );
+        assert!(p.reclaimed > 0);
+        assert_eq!(fx.blobs(), 3);
+        // prune -a spares images in use, removes the rest.
+        let p = fx.images.prune(true, &keep(&[&b.id])).unwrap();
+        assert!(p.removed.is_empty());
+        let p = fx.images.prune(true, &keep(&[])).unwrap();
+        assert_eq!(p.removed, ["localhost/b:1"]);
+        assert_eq!(fx.blobs(), 0);
+        assert!(fx.keys().is_empty());
+    }
+
+    #[test]
+    fn remove_by_id_removes_every_name() {
+        let fx = fixture();
+        let a = fx.import("localhost/a:1", b"a");
+        fx.images.tag(&a.id, "localhost/a:2").unwrap();
+        let r = fx.images.remove(&a.id[7..20]).unwrap();
+        assert_eq!(r.removed, ["localhost/a:1", "localhost/a:2"]);
+        assert_eq!(r.deleted.len(), 3);
+        assert_eq!(fx.blobs(), 0);
+    }
+
+    #[test]
+    fn save_then_remove_then_load_round_trips() {
+        let fx = fixture();
+        let a = fx.import("localhost/a:1", b"hello");
+        fx.images
+            .tag("localhost/a:1", "example.com/team/a:v2")
+            .unwrap();
+        let b = fx.import("b", b"bbb");
+        let mut out = Vec::new();
+        fx.images
+            .save(&["localhost/a:1", "example.com/team/a:v2", "b"], || {
+                Ok(&mut out)
+            })
+            .unwrap();
+
+        // The archive: OCI layout plus docker's manifest.json.
+        let mut files = std::collections::BTreeMap::new();
+        let mut ar = tar::Archive::new(&out[..]);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let p = e.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            files.insert(p, data);
+        }
+        let index: serde_json::Value = serde_json::from_slice(&files["index.json"]).unwrap();
+        let ms = index["manifests"].as_array().unwrap();
+        assert_eq!(ms.len(), 3);
+        assert_eq!(ms[0]["digest"], a.digest.as_str());
+        assert_eq!(
+            ms[0]["annotations"]["io.containerd.image.name"],
+            "localhost/a:1"
+        );
+        assert_eq!(
+            ms[0]["annotations"]["org.opencontainers.image.ref.name"],
+            "1"
+        );
+        assert_eq!(
+            ms[1]["annotations"]["io.containerd.image.name"],
+            "example.com/team/a:v2"
+        );
+        let docker: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+        assert_eq!(docker.as_array().unwrap().len(), 2, "one entry per image");
+        assert_eq!(
+            docker[0]["RepoTags"],
+            serde_json::json!(["localhost/a:1", "example.com/team/a:v2"])
+        );
+        assert_eq!(docker[1]["RepoTags"], serde_json::json!(["b:latest"]));
+        let cfg = docker[0]["Config"].as_str().unwrap();
+        assert_eq!(cfg, format!("blobs/sha256/{}", &a.id[7..]));
+        assert!(files.contains_key(cfg));
+        for l in docker[0]["Layers"].as_array().unwrap() {
+            assert!(files.contains_key(l.as_str().unwrap()));
+        }
+        assert_eq!(
+            crate::store::sha256_digest(&files[&format!("blobs/sha256/{}", &a.digest[7..])]),
+            a.digest
+        );
+        assert!(files.contains_key("oci-layout"));
+
+        // rm everything, then load: same IDs and manifest digests.
+        fx.images.prune(true, &BTreeSet::new()).unwrap();
+        assert_eq!(fx.blobs(), 0);
+        let path = fx.dir.path().join("saved.tar");
+        fs::write(&path, &out).unwrap();
+        let loaded = fx.images.load(&path).unwrap();
+        let mut got: Vec<(String, String, String)> = loaded
+            .into_iter()
+            .map(|s| (s.reference, s.id, s.digest))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (
+                    "docker.io/library/b:latest".to_string(),
+                    b.id.clone(),
+                    b.digest.clone()
+                ),
+                (
+                    "example.com/team/a:v2".to_string(),
+                    a.id.clone(),
+                    a.digest.clone()
+                ),
+                ("localhost/a:1".to_string(), a.id.clone(), a.digest.clone()),
+            ]
+        );
+        // Saved by ID: untagged in the archive, loads untagged.
+        let mut out = Vec::new();
+        fx.images.save(&[&a.id], || Ok(&mut out)).unwrap();
+        fx.images.prune(true, &BTreeSet::new()).unwrap();
+        fs::write(&path, &out).unwrap();
+        let loaded = fx.images.load(&path).unwrap();
+        assert_eq!(loaded.len(), 1);
+        assert_eq!(
+            (loaded[0].reference.as_str(), loaded[0].digest.as_str()),
+            (a.id.as_str(), a.digest.as_str())
+        );
+    }
+
+    #[test]
+    fn save_of_a_missing_image_writes_nothing() {
+        let fx = fixture();
+        fx.import("localhost/a:1", b"a");
+        let mut started = false;
+        let e = fx
+            .images
+            .save(&["localhost/a:1", "localhost/nope:1"], || {
+                started = true;
+                Ok(Vec::new())
+            })
+            .unwrap_err();
+        assert_eq!(e.status(), 404);
+        assert!(!started);
     }
 }

@@ -9,7 +9,10 @@
 //! | POST | `/images/import?path=ABS&ref=REF` | `LoadResponse` |
 //! | POST | `/images/resolve?ref=REF` | `ResolvedImage` (builds the ext4) |
 //! | GET | `/images/inspect?ref=REF` | config JSON with `id`, `digest` |
-//! | DELETE | `/images?ref=REF` | `{"removed":[..],"deleted":[..]}` |
+//! | DELETE | `/images?ref=REF`, body `{"keep":[IDs]}` (optional) | `{"removed":[..],"deleted":[..],"reclaimed":N}` |
+//! | POST | `/images/tag?source=SRC&target=DST` | `ImageSummary` |
+//! | POST | `/images/prune?all=BOOL`, body `{"keep":[IDs]}` | `{"removed":[..],"deleted":[..],"reclaimed":N}` |
+//! | GET | `/images/save?refs=A,B` | `application/x-tar` stream (OCI layout + `manifest.json`) |
 //! | POST | `/images/pull?ref=REF[&platform=P][&tls_verify=false]` | ndjson `TransferEvent`s |
 //! | POST | `/images/push?ref=REF[&tls_verify=false]` | ndjson `TransferEvent`s |
 //! | POST | `/registry/login?server=HOST[&tls_verify=false]` | `{"ok":true}` |
@@ -17,6 +20,7 @@
 //! Errors are `{"message": ...}`: 404 for an unknown image, 400 for bad
 //! input, 500 otherwise.
 
+use std::collections::BTreeSet;
 use std::error::Error as StdError;
 use std::fs;
 use std::io;
@@ -24,11 +28,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use vessel_api::http::{respond_error, respond_json, Request};
+use vessel_api::http::{respond_error, respond_json, respond_stream_head, Request};
 use vessel_api::paths::Home;
 use vessel_api::types::LoadResponse;
 
-use crate::images::{Images, ImagesError};
+use crate::images::{Images, ImagesError, KeepBody};
 
 /// Errors starting the server.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +107,13 @@ pub fn serve_connection(images: &Images, stream: UnixStream) {
     if crate::registry::routes::handle(images, &mut req) {
         return;
     }
-    let result = route(images, &req);
+    if req.method == "GET" && req.path.trim_end_matches('/') == "/images/save" {
+        return serve_save(images, &mut req);
+    }
+    let result = match route_with_body(images, &mut req) {
+        Some(r) => r,
+        None => route(images, &req),
+    };
     let (method, path) = (req.method.clone(), req.path.clone());
     let w = req.stream();
     let sent = match result {
@@ -119,6 +129,70 @@ pub fn serve_connection(images: &Images, stream: UnixStream) {
     }
 }
 
+/// `GET /images/save?refs=A,B`: the archive streams after a 200 head; an
+/// error found before the first byte is a JSON error instead.
+fn serve_save(images: &Images, req: &mut Request) {
+    let refs: Vec<String> = req
+        .query("refs")
+        .unwrap_or("")
+        .split(',')
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    let names: Vec<&str> = refs.iter().map(String::as_str).collect();
+    let mut started = false;
+    let result = if names.is_empty() {
+        Err(RouteError::Bad(BadRequest::Missing("refs")))
+    } else {
+        let stream = req.stream();
+        images
+            .save(&names, || {
+                started = true;
+                respond_stream_head(stream, 200, "application/x-tar")?;
+                Ok(io::BufWriter::with_capacity(256 * 1024, &mut *stream))
+            })
+            .map_err(RouteError::Images)
+    };
+    if let Err(e) = result {
+        let (status, msg) = (e.status(), e.message());
+        eprintln!("vessel-images: GET /images/save: {status}: {msg}");
+        // Once the archive has started, closing early is all that is left.
+        if !started {
+            let _ = respond_error(req.stream(), status, &msg);
+        }
+    }
+}
+
+/// The `{"keep": [...]}` body of a request; no body means an empty list.
+fn keep_body(req: &mut Request) -> Result<BTreeSet<String>, BadRequest> {
+    if req.content_length == 0 {
+        return Ok(BTreeSet::new());
+    }
+    let body: KeepBody = req.json().map_err(|e| BadRequest::Body(error_chain(&e)))?;
+    Ok(body.keep.into_iter().collect())
+}
+
+/// Routes that read a request body; `None` for the others.
+fn route_with_body(
+    images: &Images,
+    req: &mut Request,
+) -> Option<Result<(u16, serde_json::Value), RouteError>> {
+    let path = req.path.trim_end_matches('/').to_string();
+    match (req.method.as_str(), path.as_str()) {
+        ("DELETE", "/images") => Some((|| {
+            let keep = keep_body(req)?;
+            let name = param(req, "ref")?;
+            Ok((200, to_json(images.remove_keep(name, &keep)?)))
+        })()),
+        ("POST", "/images/prune") => Some((|| {
+            let keep = keep_body(req)?;
+            let all = req.flag("all");
+            Ok((200, to_json(images.prune(all, &keep)?)))
+        })()),
+        _ => None,
+    }
+}
+
 /// A request's problem with its parameters.
 #[derive(Debug, thiserror::Error)]
 enum BadRequest {
@@ -128,6 +202,8 @@ enum BadRequest {
     NotAbsolute,
     #[error("No such endpoint: {0} {1}")]
     NoRoute(String, String),
+    #[error("Invalid request body: {0}")]
+    Body(String),
 }
 
 enum RouteError {
@@ -197,6 +273,10 @@ fn route(images: &Images, req: &Request) -> Result<(u16, serde_json::Value), Rou
         }
         ("POST", "/images/resolve") => Ok((200, to_json(images.resolve(param(req, "ref")?)?))),
         ("GET", "/images/inspect") => Ok((200, images.inspect(param(req, "ref")?)?)),
+        ("POST", "/images/tag") => {
+            let s = images.tag(param(req, "source")?, param(req, "target")?)?;
+            Ok((200, to_json(s)))
+        }
         ("DELETE", "/images") => Ok((200, to_json(images.remove(param(req, "ref")?)?))),
         (m, p) => Err(BadRequest::NoRoute(m.to_string(), p.to_string()).into()),
     }
