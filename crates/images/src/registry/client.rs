@@ -119,17 +119,19 @@ fn agent(tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
     b.build()
 }
 
-/// A transport error as a short message.
+/// A transport error as a short message (without the URL).
 fn transport_message(e: &ureq::Transport) -> String {
-    let mut s = e.to_string();
-    // ureq repeats the URL; the source usually says what went wrong.
+    let mut parts = vec![e.kind().to_string()];
+    if let Some(m) = e.message() {
+        parts.push(m.to_string());
+    }
     if let Some(src) = std::error::Error::source(e) {
         let src = src.to_string();
-        if !s.contains(&src) {
-            s = format!("{s}: {src}");
+        if !parts.iter().any(|p| p.contains(&src)) {
+            parts.push(src);
         }
     }
-    s
+    parts.join(": ")
 }
 
 impl Registry {
@@ -186,13 +188,30 @@ impl Registry {
                     return Ok(Self::new(domain, base, agent, auth, challenge));
                 }
                 Err(ureq::Error::Transport(t)) => {
-                    errors.push(format!("{url}: {}", transport_message(&t)));
+                    errors.push((url, transport_message(&t)));
                 }
             }
         }
+        let message = match errors.as_slice() {
+            [(url, m)] => format!("{m} ({url})"),
+            [(u1, m1), (u2, m2)] if m1 == m2 => format!("{m1} (tried {u1} and {u2})"),
+            _ => errors
+                .iter()
+                .map(|(u, m)| format!("{u}: {m}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
+        let message = if message.contains("certificate") {
+            format!(
+                "{message}; if the registry uses a private CA, put its certificate in {}/ca.crt (or /etc/docker/certs.d/{domain}/)",
+                home.certs_dir().join(domain).display()
+            )
+        } else {
+            message
+        };
         Err(RegistryError::Connect {
             host: domain.to_string(),
-            message: errors.join("; "),
+            message,
         })
     }
 
@@ -352,17 +371,25 @@ impl Registry {
             ));
         }
         let what = format!("registry {}", self.domain);
-        if let Some(Challenge::Bearer { realm, service, .. }) = self.challenge() {
+        let result = if let Some(Challenge::Bearer { realm, service, .. }) = self.challenge() {
             // A token endpoint checks the credentials even without a scope.
-            self.fetch_token(&realm, service.as_deref(), &[], &what)?;
-            return Ok(());
-        }
-        let resp = self.request("GET", "/v2/", &[], &[], Body::Empty, &what)?;
-        match resp.status() {
-            200..=299 => Ok(()),
-            401 | 403 => Err(self.unauthorized_for(&what)),
-            code => Err(self.status_error(code, resp, &what)),
-        }
+            self.fetch_token(&realm, service.as_deref(), &[], &what)
+                .map(|_| ())
+        } else {
+            let resp = self.request("GET", "/v2/", &[], &[], Body::Empty, &what)?;
+            match resp.status() {
+                200..=299 => Ok(()),
+                401 | 403 => Err(self.unauthorized_for(&what)),
+                code => Err(self.status_error(code, resp, &what)),
+            }
+        };
+        result.map_err(|e| match e {
+            RegistryError::Unauthorized(_) => RegistryError::Unauthorized(format!(
+                "incorrect username or password for {}",
+                self.domain
+            )),
+            e => e,
+        })
     }
 
     /// Send a request with the auth `scopes` need. A 401 answer to a
