@@ -252,6 +252,12 @@ impl Manager {
             }
         };
         st.nl
+            .set_mac(link.index, subnet::mac_bytes(rec.gateway))
+            .map_err(io_err(format!(
+                "cannot set the MAC of bridge {}",
+                rec.bridge
+            )))?;
+        st.nl
             .add_address(link.index, rec.gateway, rec.subnet.prefix_len())
             .map_err(io_err(format!("cannot address bridge {}", rec.bridge)))?;
         st.nl

@@ -171,6 +171,17 @@ impl Netlink {
         Ok(())
     }
 
+    /// Set a link's MAC address. A bridge given one keeps it; otherwise it
+    /// takes the lowest of its ports' and changes as ports come and go,
+    /// which leaves stale gateway entries in the guests' ARP caches.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.request(RouteNetlinkMessage::SetLink(m), 0)?;
+        Ok(())
+    }
+
     /// Enslave a link to a bridge.
     pub fn set_master(&mut self, index: u32, master: u32) -> io::Result<()> {
         let mut m = LinkMessage::default();

@@ -157,8 +157,17 @@ pub fn allocate(net: &Ipv4Net, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
 /// `02:76:` followed by the address (so a reused address keeps its MAC and
 /// neighbours' ARP caches stay right).
 pub fn mac_for(ip: Ipv4Addr) -> String {
+    mac_bytes(ip)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// [`mac_for`] as bytes (the bridge gets the one of its gateway).
+pub fn mac_bytes(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
-    format!("02:76:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    [0x02, 0x76, o[0], o[1], o[2], o[3]]
 }
 
 #[cfg(test)]
