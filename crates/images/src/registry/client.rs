@@ -448,7 +448,14 @@ impl Registry {
                     .collect();
                 let refs: Vec<&str> = values.iter().map(String::as_str).collect();
                 if let Some(c) = auth::select_challenge(&refs) {
-                    let changed = self.challenge().as_ref() != Some(&c);
+                    // The scope a 401 names does not make it a new challenge.
+                    let key = |c: &Challenge| match c {
+                        Challenge::Basic { realm } => (false, realm.clone(), None),
+                        Challenge::Bearer { realm, service, .. } => {
+                            (true, realm.clone(), service.clone())
+                        }
+                    };
+                    let changed = self.challenge().as_ref().map(key) != Some(key(&c));
                     let had_auth = authz.is_some();
                     if changed || !had_auth {
                         if let Ok(mut cur) = self.challenge.lock() {
