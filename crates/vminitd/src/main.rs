@@ -7,6 +7,7 @@
 //! powers the VM off.
 
 mod mounts;
+mod net;
 mod process;
 mod user;
 
@@ -319,6 +320,13 @@ fn start(req: &StartRequest) -> Result<std::process::Child, StartError> {
         }
     }
     let root = std::path::Path::new(mounts::ROOTFS);
+    if let Some(cfg) = &req.network {
+        let configured =
+            net::configure(cfg).map_err(|e| StartError::new(125, format!("network: {e}")))?;
+        log!("network: {}", configured.join(", "));
+        net::write_files(root, cfg, &req.hostname)
+            .map_err(|e| StartError::new(125, format!("network: {e}")))?;
+    }
     let user = user::resolve_in_root(root, &p.user).map_err(|m| StartError::new(125, m))?;
     let env = process::build_env(&p.env, &user.home, &req.hostname);
     process::spawn(root, &p.args, &env, &p.cwd, &user)
