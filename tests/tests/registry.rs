@@ -438,6 +438,7 @@ fn tampered_blob_is_refused_and_nothing_unverified_is_kept() {
     let out = pull(&v, &reference);
     assert!(!out.status.success(), "a tampered blob was accepted");
     let err = text(&out.stderr);
+    eprintln!("tampered: {err}");
     assert!(
         err.contains(&hex[..12]),
         "the error names the blob {layer}: {err}"
@@ -621,6 +622,7 @@ fn hostile_layers_from_a_registry_are_refused() {
         reg.put_fixture(case, &tag, &["--canary", &canary], &[]);
         let reference = reg.reference(&tag);
         let pulled = pull(&v, &reference);
+        let pulled_ok = pulled.status.success();
         // Refused at pull (the base is unpacked there) or, at the latest,
         // when a container needs the base; with a message either way.
         let out = if pulled.status.success() {
@@ -634,6 +636,10 @@ fn hostile_layers_from_a_registry_are_refused() {
         } else {
             assert!(!out.status.success(), "{case}: a hostile layer was used");
             let err = text(&out.stderr);
+            eprintln!(
+                "{case} (refused at {}): {err}",
+                if pulled_ok { "run" } else { "pull" }
+            );
             assert!(
                 ["escape", "outside", "symlink", "unsafe", "hardlink", "absolute",]
                     .iter()
@@ -650,6 +656,12 @@ fn hostile_layers_from_a_registry_are_refused() {
         }
         let found = files_named(v.path(), &canary);
         assert!(found.is_empty(), "{case}: {found:?}");
+        if !pulled_ok {
+            assert!(
+                image(&v, &reference).is_none(),
+                "{case}: listed after a refused pull"
+            );
+        }
     }
     assert_eq!(std::fs::read("/etc/passwd").unwrap(), passwd_before);
 }
@@ -719,10 +731,15 @@ fn layers_expanding_past_the_unpack_budget_are_refused() {
         let out = if pulled.status.success() {
             v.vessel(&["run", "--rm", &reference, "true"])
         } else {
+            assert!(
+                image(&v, &reference).is_none(),
+                "{case}: listed after a refused pull"
+            );
             pulled
         };
         assert!(!out.status.success(), "{case}: image past the budget used");
         let err = text(&out.stderr);
+        eprintln!("{case}: {err}");
         assert!(err.contains("budget"), "{case}: {err}");
         // Nothing left: no staging directory, no base for it.
         let tmp: Vec<PathBuf> = std::fs::read_dir(v.path().join("tmp"))
@@ -762,6 +779,7 @@ fn tls_registry_off_loopback_is_verified_with_the_certs_d_ca() {
         "login to a registry whose CA is not trusted"
     );
     let err = text(&out.stderr).to_lowercase();
+    eprintln!("untrusted CA: {err}");
     assert!(
         err.contains("certificate") || err.contains("tls") || err.contains("issuer"),
         "the error names the TLS problem: {err}"
