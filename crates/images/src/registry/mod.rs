@@ -159,12 +159,24 @@ impl crate::images::Images {
         opts: &TransferOptions,
         events: &dyn EventSink,
     ) -> Result<vessel_api::types::ImageSummary, RegistryError> {
-        let image = pull::pull(self.store(), reference, opts, events)?;
+        let pulled = pull::pull(self.store(), reference, opts, events)?;
         events.emit(TransferEvent::Status {
             message: "unpacking".into(),
         });
-        self.resolve(&image.reference)?;
-        Ok(image)
+        if let Err(e) = self.resolve(&pulled.image.reference) {
+            // An image whose base cannot be built (a hostile or oversized
+            // layer) is not kept under its name; its blobs go at the next
+            // collection.
+            if let Err(r) = pulled.revert(self.store()) {
+                eprintln!(
+                    "vessel-images: cannot unlist {}: {}",
+                    pulled.image.reference,
+                    r.message()
+                );
+            }
+            return Err(e.into());
+        }
+        Ok(pulled.image)
     }
 
     /// Push the local image `reference` to the registry it names.

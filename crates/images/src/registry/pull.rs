@@ -489,7 +489,7 @@ pub fn pull(
     reference: &str,
     opts: &TransferOptions,
     events: &dyn EventSink,
-) -> Result<ImageSummary, RegistryError> {
+) -> Result<Pulled, RegistryError> {
     let r = Reference::parse(reference)
         .map_err(|e| RegistryError::BadRequest(crate::server::error_chain(&e)))?;
     let platform = opts.platform.clone().unwrap_or_else(PlatformSpec::host);
@@ -521,9 +521,16 @@ pub fn pull(
             jobs.push((l.clone(), true));
         }
     }
-    // Up to three tries: a concurrent `image rm` may collect blobs between
-    // the download and the index update.
+    // A lease keeps a concurrent `image rm`/`prune` from collecting these
+    // blobs (new or already present) until the index refers to them.
+    let lease = store.lease()?;
+    lease.protect(&resolved.digest)?;
+    for (d, _) in &jobs {
+        lease.protect(&d.digest)?;
+    }
+    // Up to three tries, should blobs still vanish before the index update.
     let mut tries = 0;
+    let mut previous = None;
     let record = loop {
         tries += 1;
         run_parallel(&jobs, PARALLEL, |(d, is_layer)| {
@@ -556,6 +563,7 @@ pub fn pull(
             if !all_there {
                 return Ok(false);
             }
+            previous = index.images.get(&key).cloned();
             // The manifest is stored byte for byte, so its digest is the
             // registry's and a push sends the same document back.
             let mut data = &resolved.manifest_bytes[..];
@@ -573,13 +581,46 @@ pub fn pull(
             });
         }
     };
-    Ok(ImageSummary {
-        reference: r.to_string(),
-        id: record.config,
-        digest: record.manifest,
-        created: record.created,
-        size: record.size,
+    drop(lease);
+    Ok(Pulled {
+        image: ImageSummary {
+            reference: r.to_string(),
+            id: record.config.clone(),
+            digest: record.manifest.clone(),
+            created: record.created.clone(),
+            size: record.size,
+        },
+        record,
+        previous,
     })
+}
+
+/// A pulled image, recorded in the index.
+pub struct Pulled {
+    pub image: ImageSummary,
+    pub record: ImageRecord,
+    /// What the reference named before the pull, if anything.
+    pub previous: Option<ImageRecord>,
+}
+
+impl Pulled {
+    /// Undo the index change (the image turned out unusable): the reference
+    /// names what it named before, unless someone changed it since.
+    pub fn revert(&self, store: &Store) -> Result<(), RegistryError> {
+        if self.previous.as_ref() == Some(&self.record) {
+            return Ok(());
+        }
+        store.update_index(|index| -> Result<(), RegistryError> {
+            let key = &self.image.reference;
+            if index.images.get(key) == Some(&self.record) {
+                match &self.previous {
+                    Some(p) => index.images.insert(key.clone(), p.clone()),
+                    None => index.images.remove(key),
+                };
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Check the config against the manifest and the platform asked for.
