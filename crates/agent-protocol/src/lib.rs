@@ -155,6 +155,8 @@ pub struct HostEntry {
 }
 
 /// Messages the host sends.
+// `Start` is large, sent once per container, and never stored in bulk.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {

@@ -7,6 +7,7 @@
 //! namespace behind a veth pair with a test address (198.18.0.0/15, the
 //! benchmarking range), so no traffic leaves the machine. DNS forwarding
 //! goes to a fake upstream on 127.0.0.1.
+#![allow(clippy::unwrap_used)] // test code: a panic is a failed test
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
@@ -83,10 +84,8 @@ impl Netns {
         std::thread::spawn(move || {
             let ns = File::open(path).unwrap();
             // SAFETY: setns on a valid namespace fd; it affects this thread only.
-            assert_eq!(
-                unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
-                0
-            );
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0);
             f()
         })
         .join()
