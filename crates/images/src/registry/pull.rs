@@ -667,6 +667,224 @@ fn check_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::CollectEvents;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use vessel_api::paths::Home;
+
+    /// A registry that answers each request with the canned response of the
+    /// first route whose key occurs in the request line (else 404).
+    fn fake_registry(routes: Vec<(String, Vec<u8>)>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                // TLS first (loopback is tried over HTTPS): hang up.
+                if r.fill_buf()
+                    .map(|b| b.first() == Some(&0x16))
+                    .unwrap_or(true)
+                {
+                    continue;
+                }
+                let mut line = String::new();
+                let _ = r.read_line(&mut line);
+                loop {
+                    let mut h = String::new();
+                    if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                }
+                let resp = routes
+                    .iter()
+                    .find(|(k, _)| line.contains(k.as_str()))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_else(|| response("404 Not Found", "", b"{}"));
+                let _ = c.write_all(&resp);
+            }
+        });
+        addr
+    }
+
+    fn response(status: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+        let mut v = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn ok_json(body: &[u8]) -> Vec<u8> {
+        response("200 OK", "Content-Type: application/json\r\n", body)
+    }
+
+    fn try_pull(
+        routes: Vec<(String, Vec<u8>)>,
+        platform: Option<&str>,
+    ) -> (RegistryError, tempfile::TempDir) {
+        let mut routes = routes;
+        routes.push(("GET /v2/ ".into(), ok_json(b"{}")));
+        let addr = fake_registry(routes);
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::new(dir.path());
+        let store = Store::open(&home).unwrap();
+        let opts = TransferOptions {
+            platform: platform.map(|p| PlatformSpec::parse(p).unwrap()),
+            tls_verify: true,
+            auth: None,
+        };
+        let events = CollectEvents::default();
+        let err = pull(&store, &format!("{addr}/t/img:v1"), &opts, &events)
+            .err()
+            .expect("the pull should fail");
+        assert!(store.read_index().unwrap().images.is_empty());
+        (err, dir)
+    }
+
+    fn manifest_with(config: &[u8], layer_mt: &str, layer_digest: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": oci::MT_OCI_MANIFEST,
+            "config": {"mediaType": oci::MT_OCI_CONFIG, "digest": sha256_digest(config), "size": config.len()},
+            "layers": [{"mediaType": layer_mt, "digest": layer_digest, "size": 10}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn hostile_registry_answers_are_errors_not_panics() {
+        let m = "/manifests/v1 ".to_string();
+        let (e, _) = try_pull(
+            vec![(
+                m.clone(),
+                response("200 OK", "Content-Type: text/html\r\n", b"<html>"),
+            )],
+            None,
+        );
+        assert!(e.to_string().contains("not a container image"), "{e}");
+
+        let idx = serde_json::json!({"schemaVersion": 2, "mediaType": oci::MT_OCI_INDEX, "manifests": [
+            {"mediaType": oci::MT_OCI_MANIFEST, "digest": sha256_digest(b"x"), "size": 1,
+             "platform": {"os": "linux", "architecture": "ppc64le"}}]});
+        let (e, _) = try_pull(
+            vec![(m.clone(), ok_json(&serde_json::to_vec(&idx).unwrap()))],
+            Some("linux/arm64"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "no image for platform linux/arm64 in index (available: linux/ppc64le)"
+        );
+
+        let (e, _) = try_pull(
+            vec![(
+                m.clone(),
+                ok_json(&manifest_with(
+                    b"{}",
+                    oci::MT_OCI_LAYER_GZIP,
+                    "sha256:../../../etc/passwd",
+                )),
+            )],
+            None,
+        );
+        assert!(e.to_string().contains("invalid digest"), "{e}");
+
+        let (e, _) = try_pull(
+            vec![(
+                m.clone(),
+                ok_json(&manifest_with(
+                    b"{}",
+                    "application/x-evil",
+                    &sha256_digest(b"l"),
+                )),
+            )],
+            None,
+        );
+        assert!(e.to_string().contains("unsupported media type"), "{e}");
+
+        let big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{",
+            MAX_DOCUMENT + 1
+        );
+        let (e, _) = try_pull(vec![(m.clone(), big.into_bytes())], None);
+        assert!(e.to_string().contains("more than"), "{e}");
+
+        let (e, _) = try_pull(
+            vec![(m.clone(), ok_json(b"{\"schemaVersion\":1,\"fsLayers\":[]}"))],
+            None,
+        );
+        assert!(e.to_string().contains("schema 1"), "{e}");
+
+        // A config blob longer than its descriptor; nothing is kept.
+        let config = b"{}";
+        let man = manifest_with(config, oci::MT_OCI_LAYER_GZIP, &sha256_digest(b"l"));
+        let (e, dir) = try_pull(
+            vec![
+                (m.clone(), ok_json(&man)),
+                (
+                    format!("/blobs/{}", sha256_digest(config)),
+                    response("200 OK", "", b"{}{}{}"),
+                ),
+                ("/blobs/".into(), response("200 OK", "", b"l")),
+            ],
+            None,
+        );
+        assert!(e.to_string().contains("larger than"), "{e}");
+        // Only a resumable `.partial` of the short layer may stay behind.
+        let home = Home::new(dir.path());
+        let ingest = home.content_dir().join("ingest");
+        for e in fs::read_dir(&ingest).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(name.ends_with(".partial"), "{name} left in ingest");
+        }
+        let blobs = home.content_dir().join("blobs/sha256");
+        assert_eq!(fs::read_dir(&blobs).unwrap().count(), 0, "no blob kept");
+
+        // A manifest whose bytes do not match the digest the registry claims.
+        let (e, _) = try_pull(
+            vec![(
+                m.clone(),
+                response(
+                    "200 OK",
+                    &format!("Docker-Content-Digest: {}\r\n", sha256_digest(b"other")),
+                    &man,
+                ),
+            )],
+            None,
+        );
+        assert!(
+            e.to_string().starts_with("digest mismatch for manifest"),
+            "{e}"
+        );
+
+        // 401 without a usable challenge; 500 with a registry error body.
+        let (e, _) = try_pull(
+            vec![(
+                m.clone(),
+                response("401 Unauthorized", "WWW-Authenticate: Negotiate\r\n", b""),
+            )],
+            None,
+        );
+        assert!(
+            e.to_string()
+                .starts_with("unauthorized: authentication required"),
+            "{e}"
+        );
+        let (e, _) = try_pull(
+            vec![(
+                m,
+                response(
+                    "500 Oops",
+                    "",
+                    br#"{"errors":[{"code":"X","message":"boom"}]}"#,
+                ),
+            )],
+            None,
+        );
+        assert!(e.to_string().contains("X: boom"), "{e}");
+    }
 
     #[test]
     fn content_ranges() {
