@@ -105,7 +105,7 @@ pub struct Registry {
     tokens: Mutex<HashMap<String, String>>,
 }
 
-fn agent(tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
+fn agent(tls: Option<std::sync::Arc<rustls::ClientConfig>>, proxy: Option<String>) -> ureq::Agent {
     let mut b = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(30))
         .timeout_read(Duration::from_secs(120))
@@ -115,6 +115,12 @@ fn agent(tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> ureq::Agent {
         .user_agent(concat!("vessel/", env!("CARGO_PKG_VERSION")));
     if let Some(t) = tls {
         b = b.tls_config(t);
+    }
+    if let Some(p) = proxy {
+        match ureq::Proxy::new(&p) {
+            Ok(p) => b = b.proxy(p),
+            Err(e) => eprintln!("vessel-images: ignoring proxy {p:?}: {e}"),
+        }
     }
     b.build()
 }
@@ -147,13 +153,22 @@ impl Registry {
         if tls::is_insecure(home, domain, tls_verify) {
             candidates.push((
                 format!("https://{host}"),
-                agent(Some(tls::unverified_config()?)),
+                agent(
+                    Some(tls::unverified_config()?),
+                    tls::proxy_for(domain, "https"),
+                ),
             ));
-            candidates.push((format!("http://{host}"), agent(None)));
+            candidates.push((
+                format!("http://{host}"),
+                agent(None, tls::proxy_for(domain, "http")),
+            ));
         } else {
             candidates.push((
                 format!("https://{host}"),
-                agent(Some(tls::verifying_config(home, domain)?)),
+                agent(
+                    Some(tls::verifying_config(home, domain)?),
+                    tls::proxy_for(domain, "https"),
+                ),
             ));
         }
         let mut errors = Vec::new();

@@ -8,7 +8,9 @@
 //! or another) download each blob once: the second waits, then finds the
 //! blob in the store. An interrupted download leaves only the `.partial`
 //! file, never a blob; the next pull resumes it with a `Range` request when
-//! the registry supports that, and restarts it otherwise.
+//! the registry supports that, and restarts it otherwise. A store lease
+//! protects the image's blobs from a concurrent `image rm`/`prune` until the
+//! index names the image.
 
 use sha2::{Digest as _, Sha256};
 use std::fs::{self, File, OpenOptions};

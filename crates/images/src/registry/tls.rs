@@ -216,9 +216,59 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
+/// The proxy for `scheme` (`https`/`http`) requests to `domain`, from
+/// `HTTPS_PROXY`/`HTTP_PROXY` (or lowercase), unless `domain` is loopback or
+/// matched by `NO_PROXY`.
+pub fn proxy_for(domain: &str, scheme: &str) -> Option<String> {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+    };
+    let proxy = if scheme == "https" {
+        var(&["HTTPS_PROXY", "https_proxy"])
+    } else {
+        var(&["HTTP_PROXY", "http_proxy"])
+    }?;
+    let no_proxy = var(&["NO_PROXY", "no_proxy"]).unwrap_or_default();
+    if is_loopback(domain) || no_proxy_matches(&no_proxy, domain) {
+        return None;
+    }
+    Some(proxy)
+}
+
+/// Does a `NO_PROXY` list (`host`, `.suffix`, `host:port`, `*`) cover `domain`?
+pub fn no_proxy_matches(list: &str, domain: &str) -> bool {
+    let host = host_part(domain).to_ascii_lowercase();
+    list.split(',')
+        .map(|e| e.trim().to_ascii_lowercase())
+        .filter(|e| !e.is_empty())
+        .any(|e| {
+            if e == "*" || e.eq_ignore_ascii_case(domain) {
+                return true;
+            }
+            let e = host_part(&e).to_string();
+            let suffix = e.trim_start_matches("*.").trim_start_matches('.');
+            host == suffix || host.ends_with(&format!(".{suffix}"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_proxy_lists() {
+        let l = "localhost, .corp.example,registry.example:5000,10.1.2.3";
+        assert!(no_proxy_matches(l, "a.corp.example"));
+        assert!(no_proxy_matches(l, "corp.example:443"));
+        assert!(no_proxy_matches(l, "registry.example:5000"));
+        assert!(no_proxy_matches(l, "10.1.2.3:5000"));
+        assert!(!no_proxy_matches(l, "docker.io"));
+        assert!(!no_proxy_matches(l, "xcorp.example"));
+        assert!(no_proxy_matches("*", "docker.io"));
+        assert!(!no_proxy_matches("", "docker.io"));
+    }
 
     #[test]
     fn loopback_and_insecure_hosts() {
