@@ -189,6 +189,7 @@ def vessel_round(vessel, work, i, ref, blobs, with_runs):
             res["bases"] = len([n for n in os.listdir(os.path.join(home, "rootfs"))
                                 if n.endswith(".ext4") and not n.startswith(".")])
             res["base_size"] = st2.st_size
+            res["base_allocated"] = st2.st_blocks * 512
     finally:
         run([vessel, "system", "stop"], env, check=False)
         kill_matching(home)
@@ -275,11 +276,16 @@ def main():
     print(f"| ratio vessel / skopeo | {ratio:.2f} | | |")
     print(f"| vessel: every layer blob verified in the store (s) | {fmt([r['blobs'] for r in ve])} |")
     print(f"| vessel: ext4 base ready, from the start of the pull (s) | {fmt([r['base_at_pull'] for r in ve])} |")
+    print(f"| vessel: of which building the base after the blobs (s) | "
+          f"{fmt([r['base_at_pull'] - r['blobs'] if r['base_at_pull'] and r['blobs'] else None for r in ve])} |")
+    blob_ratio = statistics.median([r["blobs"] for r in ve if r["blobs"]] or [float("nan")]) / statistics.median(sk)
+    print(f"| ratio vessel blobs-in-store / skopeo | {blob_ratio:.2f} | | |")
     print()
     if last.get("base_at_pull") is None:
         print("The ext4 base was not built by the pull; the first run built it.")
     print(f"Last round: first `vessel run --rm IMAGE true` {last['run1']:.2f} s, "
-          f"second {last['run2']:.2f} s; ext4 base ({last['base_size'] / 2**20:.0f} MiB) "
+          f"second {last['run2']:.2f} s; ext4 base ({last['base_size'] / 2**20:.0f} MiB apparent, "
+          f"{last['base_allocated'] / 2**20:.0f} MiB allocated) "
           f"{'untouched (same inode, mtime, size)' if last['base_untouched'] else 'CHANGED'} "
           f"by the second run; {last['bases']} base(s) in the store.")
     if args.json:
