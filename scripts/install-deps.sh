@@ -33,4 +33,10 @@ if ! command -v vhost-device-vsock >/dev/null 2>&1; then
     [[ $(id -u) -eq 0 ]] || root="$HOME/.cargo"
     cargo install --locked --quiet vhost-device-vsock --root "$root" >&2
 fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "installing cargo-fuzz (cargo install, about a minute)"
+    root=/usr/local
+    [[ $(id -u) -eq 0 ]] || root="$HOME/.cargo"
+    cargo install --locked --quiet cargo-fuzz --root "$root" >&2
+fi
 log "dependencies present"

@@ -26,3 +26,6 @@ export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE
 log "Tests (kernel $VESSEL_KERNEL)"
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"
+
+log "Fuzzing: each target ${FUZZ_SECONDS:-20} s from its seed corpus (fuzz/run.sh)"
+fuzz/run.sh
