@@ -471,3 +471,79 @@ fn make_tls(dir: &Path, ip: &str) {
     std::fs::create_dir_all(&certs).expect("certs dir");
     std::fs::copy(tls.join("ca.crt"), certs.join("ca.crt")).expect("ca.crt copy");
 }
+
+/// A TCP relay on 127.0.0.1 to a registry that slows its answers down to
+/// about `bytes_per_sec` per connection, so a test can act in the middle of
+/// a transfer. The registry sees every request unchanged. Dropping it stops
+/// accepting; open relays end with their connections.
+pub struct SlowProxy {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowProxy {
+    pub fn new(upstream: &Registry, bytes_per_sec: u64) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let up = (upstream.ip.clone(), upstream.port);
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = conn else { continue };
+                let Ok(server) = TcpStream::connect((up.0.as_str(), up.1)) else {
+                    continue;
+                };
+                let (c2, s2) = match (client.try_clone(), server.try_clone()) {
+                    (Ok(c), Ok(s)) => (c, s),
+                    _ => continue,
+                };
+                std::thread::spawn(move || relay(client, server, None));
+                std::thread::spawn(move || relay(s2, c2, Some(bytes_per_sec)));
+            }
+        });
+        Self { port, stop }
+    }
+
+    /// `127.0.0.1:PORT` of the relay.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SlowProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn relay(mut from: TcpStream, mut to: TcpStream, rate: Option<u64>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let start = Instant::now();
+    let mut sent: u64 = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        sent += n as u64;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(sent as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+    let _ = from.shutdown(std::net::Shutdown::Read);
+}

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use vessel_api::types::ImageSummary;
-use vessel_tests::registry::{Registry, PASSWORD, USER};
+use vessel_tests::registry::{Registry, SlowProxy, PASSWORD, USER};
 use vessel_tests::{assert_ok, required_env, text, Instance, IMAGE};
 
 /// A started instance with nothing loaded.
@@ -582,12 +582,17 @@ fn concurrent_pulls_of_one_image_download_each_blob_once() {
         &["--layers", "3", "--layer-mib", "8", "--seed", "7"],
         &[],
     );
+    // Through a relay at 8 MiB/s per connection: each layer takes about a
+    // second, so the two pulls surely overlap.
+    let proxy = SlowProxy::new(&reg, 8 << 20);
     let v = empty_instance();
-    let reference = reg.reference("big:v1");
+    let reference = format!("{}/big:v1", proxy.host());
     let a = v.cmd(&["image", "pull", &reference]);
     let b = v.cmd(&["image", "pull", &reference]);
     let spawn = |mut c: Command| std::thread::spawn(move || c.output().unwrap());
-    let (ha, hb) = (spawn(a), spawn(b));
+    let ha = spawn(a);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let hb = spawn(b);
     let (oa, ob) = (ha.join().unwrap(), hb.join().unwrap());
     assert_ok(&oa, "first concurrent pull");
     assert_ok(&ob, "second concurrent pull");
@@ -787,4 +792,98 @@ fn tls_registry_off_loopback_is_verified_with_the_certs_d_ca() {
     reg.trust_in(&v);
     assert_ok(&login(&v), "login with the CA in certs.d");
     assert_pulled(&v, &reg.reference("secure:v1"));
+}
+
+/// PIDs of this instance's image helper.
+fn image_helpers(v: &Instance) -> Vec<i32> {
+    let home = v.path().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmd = text(&cmd).replace('\0', " ");
+            (cmd.contains("vessel-images") && cmd.contains(&home)).then_some(pid)
+        })
+        .collect()
+}
+
+/// Every blob in the store holds what its name says.
+fn assert_store_verified(v: &Instance) {
+    let dir = v.path().join("content/blobs/sha256");
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let data = std::fs::read(e.path()).unwrap();
+        assert_eq!(
+            sha256_hex(&data),
+            name,
+            "blob {name} does not match its digest"
+        );
+    }
+}
+
+#[test]
+fn pull_interrupted_by_a_helper_crash_leaves_a_consistent_store() {
+    let reg = Registry::plain();
+    let sum = reg.put_fixture(
+        "big",
+        "big:v1",
+        &["--layers", "2", "--layer-mib", "8", "--seed", "3"],
+        &[],
+    );
+    let layers: Vec<String> = sum["layers"].as_array().unwrap().iter().map(s).collect();
+    // 4 MiB/s per connection: each 8 MiB layer takes about 2 s.
+    let proxy = SlowProxy::new(&reg, 4 << 20);
+    let v = empty_instance();
+    let reference = format!("{}/big:v1", proxy.host());
+    let before = image_helpers(&v);
+    assert_eq!(before.len(), 1, "one image helper: {before:?}");
+    let child = v
+        .cmd(&["image", "pull", &reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(before[0], libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "pull survived its helper's death");
+    assert!(!text(&out.stderr).trim().is_empty(), "no error message");
+    for l in &layers {
+        assert!(
+            !v.has_blob(l),
+            "{l} complete before the crash: the test did not interrupt"
+        );
+    }
+    assert_store_verified(&v);
+    assert!(
+        image(&v, &reference).is_none(),
+        "image listed after the crash"
+    );
+
+    // The supervisor restarts the helper; the same pull then completes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut last = None;
+    while std::time::Instant::now() < deadline {
+        let out = pull(&v, &reference);
+        if out.status.success() {
+            last = None;
+            break;
+        }
+        last = Some(text(&out.stderr));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(last.is_none(), "pull after the restart: {last:?}");
+    let after = image_helpers(&v);
+    assert!(!after.contains(&before[0]), "{after:?}");
+    assert_eq!(
+        image(&v, &reference).map(|i| i.digest),
+        Some(s(&sum["digest"]))
+    );
+    for l in &layers {
+        assert!(v.has_blob(l));
+    }
+    assert_store_verified(&v);
 }
