@@ -523,10 +523,20 @@ impl Store {
                 let _ = fs::remove_file(&lock_path);
             }
         }
-        // Ingest files are only live inside write_blob; a leftover is a crash's.
+        // Ingest and tmp files untouched for a day are a crash's leftovers,
+        // unless a download still holds their `<hex>.lock` (registry pull).
         for dir in [self.ingest_dir(), self.home.tmp_dir()] {
             if let Ok(rd) = fs::read_dir(&dir) {
                 for entry in rd.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let stem = name.split('.').next().unwrap_or("");
+                    let lock = dir.join(format!("{stem}.lock"));
+                    if is_hex64(stem)
+                        && lock.exists()
+                        && Flock::try_exclusive(&lock).ok().flatten().is_none()
+                    {
+                        continue; // a download in progress
+                    }
                     if is_older_than(&entry.path(), STALE_SECS) {
                         report.reclaimed += disk_usage(&entry.path());
                         let p = entry.path();
