@@ -139,6 +139,23 @@ fn single_arch_image_pulls_runs_and_a_second_pull_downloads_nothing() {
     // Pulling again: the tag is resolved again, no blob downloaded again.
     assert_pulled(&v, &reference);
     assert_eq!(reg.blob_gets(&layer), 1, "second pull fetched the layer");
+    // -q: only the reference on stdout.
+    let out = v.vessel(&["image", "pull", "-q", &reference]);
+    assert_ok(&out, "pull -q");
+    assert_eq!(text(&out.stdout).trim(), reference);
+    // By digest, as Docker writes it.
+    let by_digest = format!("{}/busybox@{digest}", reg.host());
+    assert_ok(&pull(&v, &by_digest), "pull by digest");
+    assert_eq!(reg.blob_gets(&layer), 1, "pull by digest fetched the layer");
+    let missing = format!("{}/busybox@sha256:{}", reg.host(), "0".repeat(64));
+    let out = pull(&v, &missing);
+    assert!(!out.status.success(), "pull of a digest the registry lacks");
+    assert!(
+        text(&out.stderr).to_lowercase().contains("not found")
+            || text(&out.stderr).to_lowercase().contains("unknown"),
+        "stderr: {}",
+        text(&out.stderr)
+    );
 
     let out = run_sh(
         &v,
@@ -886,4 +903,54 @@ fn pull_interrupted_by_a_helper_crash_leaves_a_consistent_store() {
         assert!(v.has_blob(l));
     }
     assert_store_verified(&v);
+}
+
+fn ext4_bases(v: &Instance) -> usize {
+    std::fs::read_dir(v.path().join("rootfs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".ext4"))
+        .count()
+}
+
+#[test]
+fn rm_and_prune_free_what_no_image_references() {
+    let reg = Registry::plain();
+    let a = reg.put_fixture("marker", "a:v1", &["--file", "etc/a=a"], &[]);
+    let b = reg.put_fixture("layered", "b:v1", &[], &[]);
+    let shared = s(&a["base_layer"]);
+    assert_eq!(shared, s(&b["base_layer"]));
+    let a_layer = s(&a["layers"][0]);
+    let v = empty_instance();
+    let (ra, rb) = (reg.reference("a:v1"), reg.reference("b:v1"));
+    let ia = assert_pulled(&v, &ra);
+    let ib = assert_pulled(&v, &rb);
+    assert_eq!(ext4_bases(&v), 2, "one ext4 base per pulled image");
+
+    assert_ok(&v.vessel(&["image", "rm", &ra]), "rm a");
+    assert!(!v.has_blob(&a_layer), "a's own layer freed");
+    assert!(!v.has_blob(&ia.id), "a's config freed");
+    assert!(v.has_blob(&shared), "the layer b still uses is kept");
+    assert_eq!(ext4_bases(&v), 1, "a's base freed");
+
+    // Another tag keeps the image alive.
+    let rb2 = reg.reference("b:v2");
+    assert_ok(&v.vessel(&["image", "tag", &rb, &rb2]), "tag");
+    assert_ok(&v.vessel(&["image", "rm", &rb]), "rm b:v1");
+    assert_eq!(image(&v, &rb2).map(|i| i.id), Some(ib.id.clone()));
+    assert!(v.has_blob(&ib.id) && v.has_blob(&shared));
+    assert_eq!(ext4_bases(&v), 1);
+
+    let out = v.vessel(&["image", "prune", "-a", "-f"]);
+    assert_ok(&out, "prune -a");
+    assert!(v.images().is_empty(), "{:?}", v.images());
+    let left: Vec<_> = std::fs::read_dir(v.path().join("content/blobs/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "blobs left after prune -a: {left:?}");
+    assert_eq!(ext4_bases(&v), 0, "bases left after prune -a");
 }
