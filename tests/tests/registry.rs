@@ -787,7 +787,11 @@ fn tls_registry_off_loopback_is_verified_with_the_certs_d_ca() {
         .expect("this test needs a non-loopback IPv4 address on the machine");
     let reg = Registry::with_auth_tls_on(&ip);
     reg.put_fixture("marker", "secure:v1", &["--file", "etc/secure=1"], &[]);
-    let v = empty_instance();
+    let mut v = Instance::new();
+    // Straight to the registry even where a proxy is configured.
+    v.set_env("NO_PROXY", &ip);
+    v.set_env("no_proxy", &ip);
+    v.start();
     let host = reg.host();
     let login = |v: &Instance| {
         v.vessel_stdin(
