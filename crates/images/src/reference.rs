@@ -92,6 +92,19 @@ impl Reference {
             Some(_) => (DEFAULT_DOMAIN.to_string(), name.to_string()),
             None => (DEFAULT_DOMAIN.to_string(), format!("library/{name}")),
         };
+        // Docker Hub's official images live under `library/`, however the
+        // domain was spelled: `docker.io/busybox` is `docker.io/library/busybox`.
+        let (domain, path) = match domain.as_str() {
+            "index.docker.io" | "registry-1.docker.io" | DEFAULT_DOMAIN => {
+                let path = if path.contains('/') {
+                    path
+                } else {
+                    format!("library/{path}")
+                };
+                (DEFAULT_DOMAIN.to_string(), path)
+            }
+            _ => (domain, path),
+        };
         if !is_valid_domain(&domain) {
             return Err(invalid("the registry domain is malformed"));
         }
@@ -238,6 +251,23 @@ fn is_valid_domain(d: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn docker_hub_official_images_get_library() {
+        for s in [
+            "busybox",
+            "docker.io/busybox",
+            "index.docker.io/busybox",
+            "docker.io/library/busybox",
+        ] {
+            let r = Reference::parse(s).expect(s);
+            assert_eq!(r.repository(), "docker.io/library/busybox", "{s}");
+        }
+        let r = Reference::parse("docker.io/me/app:1").expect("parse");
+        assert_eq!(r.repository(), "docker.io/me/app");
+        let r = Reference::parse("localhost/busybox").expect("parse");
+        assert_eq!(r.repository(), "localhost/busybox");
+    }
+
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
