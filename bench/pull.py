@@ -143,8 +143,14 @@ class Watch:
                 self.base_at = now
             time.sleep(0.005)
 
-    def finish(self, grace=0.05):
+    def finish(self, grace=0.05, base_timeout=120):
+        """Stop watching once the base is ready (the pull returns when the
+        blobs are verified; the base is built right after, in the
+        background)."""
         time.sleep(grace)
+        deadline = time.monotonic() + base_timeout
+        while self.base_at is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         self.stop_flag = True
         self.thread.join()
 

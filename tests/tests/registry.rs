@@ -930,6 +930,11 @@ fn rm_and_prune_free_what_no_image_references() {
     let (ra, rb) = (reg.reference("a:v1"), reg.reference("b:v1"));
     let ia = assert_pulled(&v, &ra);
     let ib = assert_pulled(&v, &rb);
+    // A pull builds the image's base in the background, right after it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while ext4_bases(&v) < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert_eq!(ext4_bases(&v), 2, "one ext4 base per pulled image");
 
     assert_ok(&v.vessel(&["image", "rm", &ra]), "rm a");

@@ -160,13 +160,33 @@ impl crate::images::Images {
         events: &dyn EventSink,
     ) -> Result<vessel_api::types::ImageSummary, RegistryError> {
         let pulled = pull::pull(self.store(), reference, opts, events)?;
-        events.emit(TransferEvent::Status {
-            message: "unpacking".into(),
-        });
+        let image = pulled.image.clone();
+        // The pull is done once every blob is verified and the image is
+        // listed. Its ext4 base is built right away in the background, so
+        // the pull costs no more than the transfer; a `vessel run` that
+        // comes before the base is ready waits on the base's lock in
+        // `ensure_rootfs` and never unpacks twice.
+        let images = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("unpack".into())
+            .spawn(move || images.build_base_after_pull(&pulled));
+        if let Err(e) = spawned {
+            eprintln!("vessel-images: cannot start the unpack thread: {e}");
+        }
+        Ok(image)
+    }
+
+    /// Build the ext4 base of a freshly pulled image. An image whose base
+    /// cannot be built (a hostile or oversized layer) is not kept under its
+    /// name; its blobs go at the next collection, and a `vessel run` of it
+    /// reports why.
+    fn build_base_after_pull(&self, pulled: &pull::Pulled) {
         if let Err(e) = self.resolve(&pulled.image.reference) {
-            // An image whose base cannot be built (a hostile or oversized
-            // layer) is not kept under its name; its blobs go at the next
-            // collection.
+            eprintln!(
+                "vessel-images: cannot build the root filesystem of {}: {}",
+                pulled.image.reference,
+                crate::server::error_chain(&e)
+            );
             if let Err(r) = pulled.revert(self.store()) {
                 eprintln!(
                     "vessel-images: cannot unlist {}: {}",
@@ -174,9 +194,7 @@ impl crate::images::Images {
                     r.message()
                 );
             }
-            return Err(e.into());
         }
-        Ok(pulled.image)
     }
 
     /// Push the local image `reference` to the registry it names.
