@@ -2,6 +2,7 @@
 //! them, and state reconciled from the files each runtime helper writes.
 
 use crate::accel::Accel;
+use crate::helpers::Helper;
 use anyhow::Context;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
@@ -10,9 +11,14 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use vessel_api::fsutil::{pid_alive, pid_start_time, random_hex, read_json, write_json_atomic};
+use vessel_api::http::{percent_encode, Client, Response};
+use vessel_api::network::{
+    Attachment, ConnectRequest, ContainerNetworks, DisconnectRequest, NetworkInfo, ReconcileReport,
+    ReconcileRequest, DEFAULT_NETWORK, NO_NETWORK,
+};
 use vessel_api::paths::{sibling_binary, Home};
 use vessel_api::types::{
     now_ms, valid_container_name, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
@@ -36,6 +42,9 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     BadRequest(String),
+    /// A helper the request needs is not running.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -46,6 +55,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::Conflict(_) => 409,
             ApiError::BadRequest(_) => 400,
+            ApiError::Unavailable(_) => 503,
             ApiError::Internal(_) => 500,
         }
     }
@@ -59,11 +69,52 @@ impl From<std::io::Error> for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Decode a helper's JSON answer, keeping its status and message on errors.
+pub fn helper_answer<T: serde::de::DeserializeOwned>(what: &str, resp: Response) -> ApiResult<T> {
+    match resp
+        .json::<T>()
+        .map_err(|e| anyhow::anyhow!("{what} answered badly: {e}"))?
+    {
+        Ok(v) => Ok(v),
+        Err((404, m)) => Err(ApiError::NotFound(m)),
+        Err((409, m)) => Err(ApiError::Conflict(m)),
+        Err((400, m)) => Err(ApiError::BadRequest(m)),
+        Err((_, m)) => Err(ApiError::Internal(anyhow::anyhow!(m))),
+    }
+}
+
+/// Can `s` be a host name or a DNS alias (RFC 1123 labels)?
+pub fn valid_hostname(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `--network` as given, made canonical: absent or Docker's `bridge` is the
+/// default network.
+pub fn network_name(requested: Option<&str>) -> String {
+    match requested.map(str::trim) {
+        None | Some("") | Some("bridge") => DEFAULT_NETWORK.to_string(),
+        Some(n) => n.to_string(),
+    }
+}
+
 /// All containers of one instance.
 pub struct Containers {
     home: Home,
     create_lock: Mutex<()>,
     attached: Mutex<HashMap<String, usize>>,
+    network: Arc<Helper>,
+    /// Held for reading from a container's connect until its `network.json`
+    /// is written, for writing while reconciling, so a reconcile never
+    /// drops an attachment it has not seen yet.
+    net_lock: RwLock<()>,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -155,12 +206,163 @@ pub fn build_process(
 }
 
 impl Containers {
-    pub fn new(home: Home) -> Arc<Self> {
+    pub fn new(home: Home, network: Arc<Helper>) -> Arc<Self> {
         Arc::new(Self {
             home,
             create_lock: Mutex::new(()),
             attached: Mutex::new(HashMap::new()),
+            network,
+            net_lock: RwLock::new(()),
         })
+    }
+
+    /// The network helper.
+    pub fn network(&self) -> &Arc<Helper> {
+        &self.network
+    }
+
+    /// A client for vessel-network, or why networking is unavailable.
+    pub fn network_client(&self) -> ApiResult<Client> {
+        match self.network.client() {
+            Ok(c) => Ok(c.with_timeout(Duration::from_secs(60))),
+            Err(e) => Err(ApiError::Unavailable(format!(
+                "networking is unavailable: {e:#}; run the container with `--network none` to start it without a network"
+            ))),
+        }
+    }
+
+    /// Join the container to its network: the connect call, then
+    /// `network.json` for the runtime helper. Nothing is left behind on
+    /// failure.
+    fn connect(&self, config: &ContainerConfig) -> ApiResult<Vec<Attachment>> {
+        let client = self.network_client()?;
+        let _g = self
+            .net_lock
+            .read()
+            .map_err(|_| anyhow::anyhow!("network lock poisoned"))?;
+        let body = ConnectRequest {
+            container_id: config.id.clone(),
+            name: config.name.clone(),
+            hostname: config.hostname.clone(),
+            aliases: config.aliases.clone(),
+            ports: config.ports.clone(),
+        };
+        let path = format!("/networks/{}/connect", percent_encode(&config.network));
+        let resp = client
+            .request_json("POST", &path, &body)
+            .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?;
+        let att: Attachment = match helper_answer("the network helper", resp) {
+            Ok(a) => a,
+            Err(ApiError::NotFound(m)) if !m.contains(&config.network) => {
+                return Err(ApiError::NotFound(format!(
+                    "network {} not found: {m}",
+                    config.network
+                )))
+            }
+            Err(e) => return Err(e),
+        };
+        let nets = ContainerNetworks {
+            attachments: vec![att],
+        };
+        if let Err(e) = nets.write(&self.home.container_dir(&config.id)) {
+            let _ = self.disconnect(&client, &config.id);
+            return Err(ApiError::Internal(
+                anyhow::Error::new(e).context("writing network.json"),
+            ));
+        }
+        Ok(nets.attachments)
+    }
+
+    fn disconnect(&self, client: &Client, id: &str) -> anyhow::Result<()> {
+        let resp = client
+            .request_json(
+                "POST",
+                "/disconnect",
+                &DisconnectRequest {
+                    container_id: id.to_string(),
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?;
+        let _: serde_json::Value = helper_answer("the network helper", resp)?;
+        Ok(())
+    }
+
+    /// Give back what the container holds on its networks (TAP, lease,
+    /// published ports, DNS names) once it has ended. `wait`: wait for the
+    /// network helper if it is restarting; otherwise skip when it is not
+    /// ready (the next reconcile cleans). True when nothing is held anymore.
+    pub fn release_network(&self, id: &str, wait: bool) -> bool {
+        let path = ContainerNetworks::path(&self.home.container_dir(id));
+        if !path.exists() {
+            return true;
+        }
+        let client = if wait {
+            self.network.client().ok()
+        } else {
+            self.network.try_client()
+        };
+        let Some(client) = client else {
+            return false;
+        };
+        match self.disconnect(&client.with_timeout(Duration::from_secs(30)), id) {
+            Ok(()) => {
+                let _ = fs::remove_file(&path);
+                true
+            }
+            Err(e) => {
+                eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
+                false
+            }
+        }
+    }
+
+    /// Release the networks of every container that has ended (its VM
+    /// exited, was killed, or was found dead).
+    pub fn release_ended_networks(&self, list: &[ContainerInfo]) {
+        for info in list {
+            if info.state.status == Status::Exited && !info.networks.is_empty() {
+                self.release_network(&info.config.id, false);
+            }
+        }
+    }
+
+    /// After vessel-network (re)starts: drop every attachment of a
+    /// container that is not alive, and TAPs nobody claims.
+    pub fn reconcile_network(&self, client: &Client) {
+        let Ok(_g) = self.net_lock.write() else {
+            return;
+        };
+        let live: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|i| i.state.status != Status::Exited)
+            .map(|i| i.config.id)
+            .collect();
+        let res = client
+            .request_json("POST", "/reconcile", &ReconcileRequest { live })
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .and_then(|r| {
+                helper_answer::<ReconcileReport>("the network helper", r)
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            });
+        match res {
+            Ok(r) => {
+                for x in r.removed.iter().chain(&r.removed_devices) {
+                    eprintln!("vessel-apiserver: network reconcile removed {x}");
+                }
+            }
+            Err(e) => eprintln!("vessel-apiserver: network reconcile failed: {e:#}"),
+        }
+    }
+
+    /// The networks, if vessel-network answers now.
+    pub fn networks(&self) -> Option<Vec<NetworkInfo>> {
+        let client = self
+            .network
+            .try_client()?
+            .with_timeout(Duration::from_secs(5));
+        let resp = client.request("GET", "/networks", None).ok()?;
+        helper_answer("the network helper", resp).ok()
     }
 
     pub fn home(&self) -> &Home {
@@ -203,7 +405,16 @@ impl Containers {
                 }
             }
         }
-        Ok(ContainerInfo { config, state })
+        let networks = ContainerNetworks::read(&dir)
+            .ok()
+            .flatten()
+            .map(|n| n.attachments)
+            .unwrap_or_default();
+        Ok(ContainerInfo {
+            config,
+            state,
+            networks,
+        })
     }
 
     /// Every container, newest first.
@@ -267,6 +478,53 @@ impl Containers {
                 "invalid --cpus: must be between 1 and 64".into(),
             ));
         }
+        let network = network_name(req.network.as_deref());
+        if network == NO_NETWORK {
+            if !req.ports.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "conflicting options: port publishing and --network none".into(),
+                ));
+            }
+            if !req.aliases.is_empty() {
+                return Err(ApiError::BadRequest(
+                    "conflicting options: --network-alias and --network none".into(),
+                ));
+            }
+        }
+        if let Some(h) = &req.hostname {
+            if !valid_hostname(h) {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid hostname {h:?}: use letters, digits, '-' and '.' (RFC 1123)"
+                )));
+            }
+        }
+        for a in &req.aliases {
+            if !valid_hostname(a) {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid --network-alias {a:?}: use letters, digits, '-' and '.'"
+                )));
+            }
+        }
+        if network != NO_NETWORK {
+            // Fail before anything exists when there is no way to join it.
+            let client = self.network_client()?;
+            if network != DEFAULT_NETWORK {
+                let resp = client
+                    .request(
+                        "GET",
+                        &format!("/networks/{}", percent_encode(&network)),
+                        None,
+                    )
+                    .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?;
+                let _: NetworkInfo =
+                    helper_answer("the network helper", resp).map_err(|e| match e {
+                        ApiError::NotFound(_) => {
+                            ApiError::NotFound(format!("network {network} not found"))
+                        }
+                        e => e,
+                    })?;
+            }
+        }
         let kernel = crate::assets::kernel();
         let initrd = crate::assets::initrd();
         for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
@@ -305,7 +563,7 @@ impl Containers {
             },
         };
         let id = random_hex(32);
-        let hostname = id[..12].to_string();
+        let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
         let process = build_process(req, &image.config, &hostname).map_err(ApiError::BadRequest)?;
         let config = ContainerConfig {
             id: id.clone(),
@@ -322,6 +580,9 @@ impl Containers {
             kernel,
             initrd,
             accel: accel.name.clone(),
+            network,
+            ports: req.ports.clone(),
+            aliases: req.aliases.clone(),
         };
         let dir = self.home.container_dir(&id);
         fs::create_dir_all(&dir).context("creating the container directory")?;
@@ -341,29 +602,14 @@ impl Containers {
             )));
         }
         let dir = self.home.container_dir(id);
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("runtime.log"))?;
-        let bin = sibling_binary("vessel-runtime");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("--home")
-            .arg(self.home.root())
-            .arg("--id")
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: setsid is async-signal-safe; the closure allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
+        if info.config.network != NO_NETWORK {
+            self.connect(&info.config)?;
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        let spawned = self.spawn_runtime(id);
+        if spawned.is_err() {
+            self.release_network(id, true);
+        }
+        let mut child = spawned?;
         let deadline = Instant::now() + Duration::from_secs(180);
         let result = loop {
             let state: Option<ContainerState> = read_json(&self.state_path(id)).unwrap_or(None);
@@ -404,6 +650,34 @@ impl Containers {
         });
         result?;
         self.load(id)
+    }
+
+    /// Spawn the container's runtime helper in its own session.
+    fn spawn_runtime(&self, id: &str) -> ApiResult<std::process::Child> {
+        let dir = self.home.container_dir(id);
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("runtime.log"))?;
+        let bin = sibling_binary("vessel-runtime");
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--home")
+            .arg(self.home.root())
+            .arg("--id")
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        // SAFETY: setsid is async-signal-safe; the closure allocates nothing.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        Ok(cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?)
     }
 
     fn control(
@@ -457,6 +731,10 @@ impl Containers {
         let info = self.find(key)?;
         let id = info.config.id.clone();
         if !info.state.status.is_active() {
+            if info.state.status == Status::Exited && !info.networks.is_empty() {
+                self.release_network(&id, true);
+                return self.load(&id);
+            }
             return Ok(info);
         }
         let req = serde_json::json!({"op": "stop", "timeout": timeout});
@@ -468,7 +746,11 @@ impl Containers {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
-        self.wait_until_ended(&id, Duration::from_secs(timeout + 30))?;
+        let ended = self.wait_until_ended(&id, Duration::from_secs(timeout + 30))?;
+        if !ended.state.status.is_active() {
+            // Docker's habit: once `stop` returns, the ports are free again.
+            self.release_network(&id, true);
+        }
         self.load(&id)
     }
 
@@ -487,6 +769,7 @@ impl Containers {
     pub fn wait(&self, key: &str) -> ApiResult<WaitResponse> {
         let id = self.find(key)?.config.id;
         let info = self.wait_until_ended(&id, Duration::from_secs(u64::MAX / 4))?;
+        self.release_network(&id, true);
         Ok(WaitResponse {
             exit_code: info.state.exit_code.unwrap_or(0),
             error: info.state.error,
@@ -511,6 +794,9 @@ impl Containers {
     }
 
     fn remove_files(&self, id: &str) -> std::io::Result<()> {
+        // If the helper cannot be reached, its next reconcile drops what a
+        // removed container held.
+        self.release_network(id, true);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
         match fs::remove_dir_all(self.home.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

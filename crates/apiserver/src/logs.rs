@@ -53,6 +53,9 @@ pub fn stream(
             if let Some(r) = reader.as_mut() {
                 drain(r, &mut partial, out)?;
             }
+            // The exit is reported once the network is given back, so a
+            // client that runs again at once finds its ports free.
+            containers.release_network(id, true);
             let ev = StreamEvent::Exit {
                 exit_code: info.state.exit_code.unwrap_or(255),
                 error: info.state.error,

@@ -2,7 +2,7 @@
 
 use crate::accel::Accel;
 use crate::containers::{ApiError, ApiResult, Containers};
-use crate::helpers::ImagesHelper;
+use crate::helpers::{Helper, ImagesHelper};
 use anyhow::Context;
 use std::fs::{self, File};
 use std::io;
@@ -16,6 +16,7 @@ use vessel_api::http::{
     error_message, percent_encode, respond_error, respond_json, respond_stream_head, Request,
     Response,
 };
+use vessel_api::network::NetworkCreateRequest;
 use vessel_api::paths::Home;
 use vessel_api::types::{
     parse_signal, ContainerSummary, CreateRequest, CreateResponse, HelperInfo, ImageSummary,
@@ -37,6 +38,7 @@ pub struct Server {
     accel: Accel,
     containers: Arc<Containers>,
     images: Arc<ImagesHelper>,
+    network: Arc<Helper>,
     options: Options,
 }
 
@@ -61,13 +63,19 @@ impl Server {
             }
         }
         let accel = crate::accel::detect();
-        let images = ImagesHelper::start(home.clone());
-        let containers = Containers::new(home.clone());
+        let images = Helper::images(home.clone());
+        let network = Helper::network(home.clone());
+        let containers = Containers::new(home.clone(), network.clone());
+        // Each time vessel-network (re)starts, before it takes requests.
+        let c = containers.clone();
+        network.set_on_ready(Box::new(move |client| c.reconcile_network(client)));
+        network.launch();
         Ok(Arc::new(Self {
             home,
             accel,
             containers,
             images,
+            network,
             options,
         }))
     }
@@ -93,6 +101,9 @@ impl Server {
         std::thread::Builder::new()
             .name("monitor".into())
             .spawn(move || loop {
+                // Containers that ended by themselves, were killed, or were
+                // found dead give their network back here.
+                me.containers.release_ended_networks(&me.containers.list());
                 me.containers.reap_auto_remove();
                 std::thread::sleep(Duration::from_millis(200));
             })?;
@@ -213,6 +224,32 @@ impl Server {
             ("POST", ["v1", "containers", key, "wait"]) => {
                 let w = self.containers.wait(key)?;
                 respond_json(req.stream(), 200, &w)?;
+            }
+            ("GET", ["v1", "networks"]) => {
+                let resp = self.network_send("GET", "/networks", None)?;
+                relay_json(req, resp)?;
+            }
+            ("POST", ["v1", "networks"]) => {
+                let create: NetworkCreateRequest = req
+                    .json()
+                    .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+                let body = serde_json::to_vec(&create).map_err(|e| anyhow::anyhow!(e))?;
+                let resp = self.network_send("POST", "/networks", Some(&body))?;
+                relay_json(req, resp)?;
+            }
+            ("POST", ["v1", "networks", "prune"]) => {
+                let resp = self.network_send("POST", "/networks/prune", None)?;
+                relay_json(req, resp)?;
+            }
+            ("GET", ["v1", "networks", name]) => {
+                let path = format!("/networks/{}", percent_encode(name));
+                let resp = self.network_send("GET", &path, None)?;
+                relay_json(req, resp)?;
+            }
+            ("DELETE", ["v1", "networks", name]) => {
+                let path = format!("/networks/{}", percent_encode(name));
+                let resp = self.network_send("DELETE", &path, None)?;
+                relay_json(req, resp)?;
             }
             ("GET", ["v1", "images"]) => {
                 let list: Vec<ImageSummary> = self.images_call("GET", "/images")?;
@@ -350,6 +387,22 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("the image helper failed: {e}"))?)
     }
 
+    /// Send a request to the network helper; the raw response.
+    fn network_send(&self, method: &str, path: &str, body: Option<&[u8]>) -> ApiResult<Response> {
+        let client = self.containers.network_client().map_err(|e| match e {
+            ApiError::Unavailable(m) => ApiError::Unavailable(
+                m.split("; run the container")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            e => e,
+        })?;
+        Ok(client
+            .request(method, path, body)
+            .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?)
+    }
+
     /// The query string for the helper: the `allowed` parameters of the
     /// client's request, re-encoded; the `required` ones must be there.
     fn forward_query(
@@ -443,15 +496,24 @@ impl Server {
                     name: "vessel-images".into(),
                     pid: self.images.pid(),
                     running: self.images.pid().is_some(),
+                    error: self.images.error(),
+                },
+                HelperInfo {
+                    name: "vessel-network".into(),
+                    pid: self.network.pid(),
+                    running: self.network.pid().is_some(),
+                    error: self.network.error(),
                 },
                 HelperInfo {
                     name: "vessel-runtime".into(),
                     pid: None,
                     running: list.iter().any(|i| i.state.status.is_active()),
+                    error: None,
                 },
             ],
             containers_running: list.iter().filter(|i| i.state.status.is_active()).count(),
             containers_total: list.len(),
+            networks: self.containers.networks().unwrap_or_default(),
         }
     }
 
@@ -459,6 +521,14 @@ impl Server {
     fn shutdown(&self) {
         eprintln!("vessel-apiserver: shutting down: stopping containers");
         self.containers.stop_all(5);
+        // Then the network helper (its DNS servers and port proxies), and
+        // what it put on the host: with no container left, the bridges,
+        // TAPs and nftables table go too; the records stay for next time.
+        eprintln!("vessel-apiserver: shutting down: stopping the network helper");
+        self.network.stop(Duration::from_secs(5));
+        if let Err(e) = Helper::network_cleanup(&self.home) {
+            eprintln!("vessel-apiserver: network cleanup: {e:#}");
+        }
         // Before the supervisor is told: its SIGTERM ends us at once.
         let _ = fs::remove_file(self.home.api_socket());
         let _ = fs::remove_file(self.home.apiserver_pid());
@@ -498,7 +568,7 @@ fn relay_error(req: &mut Request, resp: &mut Option<Response>) -> ApiResult<bool
         .take()
         .map(|r| r.bytes())
         .transpose()
-        .map_err(|e| anyhow::anyhow!("the image helper answered badly: {e}"))?
+        .map_err(|e| anyhow::anyhow!("the helper answered badly: {e}"))?
         .unwrap_or_default();
     respond_error(req.stream(), status, &error_message(&body))?;
     Ok(true)
@@ -514,7 +584,7 @@ fn relay_json(req: &mut Request, resp: Response) -> ApiResult<()> {
     let status = resp.status;
     let v: serde_json::Value = resp
         .json::<serde_json::Value>()
-        .map_err(|e| anyhow::anyhow!("the image helper answered badly: {e}"))?
+        .map_err(|e| anyhow::anyhow!("the helper answered badly: {e}"))?
         .map_err(|(_, m)| anyhow::anyhow!(m))?;
     respond_json(req.stream(), status, &v)?;
     Ok(())

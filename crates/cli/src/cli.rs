@@ -50,6 +50,9 @@ pub enum Command {
     /// Manage registry credentials
     #[command(subcommand)]
     Registry(RegistryCommand),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Manage the vessel services
     #[command(subcommand)]
     System(SystemCommand),
@@ -84,6 +87,18 @@ pub struct RunArgs {
     /// User name or UID, optionally with group (user[:group])
     #[arg(short = 'u', long)]
     pub user: Option<String>,
+    /// Publish a container's port(s) to the host: [IP:][HOSTPORT:]CONTAINERPORT[/tcp|udp]
+    #[arg(short = 'p', long = "publish", value_name = "PORTS")]
+    pub publish: Vec<String>,
+    /// Connect the container to a network (default: `default`; `none`: no network)
+    #[arg(long, value_name = "NETWORK")]
+    pub network: Option<String>,
+    /// Another name the network's DNS answers for the container
+    #[arg(long = "network-alias", value_name = "ALIAS")]
+    pub network_alias: Vec<String>,
+    /// The container's host name (default: the first 12 characters of its ID)
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// Pull the image before creating: `missing` (default), `always`, `never`
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pub pull: String,
@@ -284,12 +299,62 @@ pub enum RegistryCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum NetworkCommand {
+    /// Create a network
+    Create {
+        /// Subnet in CIDR form, e.g. 10.89.0.0/24 (default: a free one)
+        #[arg(long)]
+        subnet: Option<String>,
+        /// Gateway address (default: the subnet's first address)
+        #[arg(long)]
+        gateway: Option<String>,
+        /// No way out: no NAT and no forwarding beyond the network
+        #[arg(long)]
+        internal: bool,
+        /// Driver (only `bridge`)
+        #[arg(short = 'd', long, default_value = "bridge", value_parser = ["bridge"])]
+        driver: String,
+        name: String,
+    },
+    /// List networks
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only display network names
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Output format: `table` (default) or `json` (one object per line)
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show networks' details as a JSON array
+    Inspect {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks
+    #[command(visible_alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove all networks no container uses (never `default`)
+    Prune {
+        /// Do not ask for confirmation
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SystemCommand {
     /// Start the apiserver under its supervisor, in the background
     Start {
         /// Let this group use the API socket (mode 0660)
         #[arg(long)]
         group: Option<String>,
+        /// Subnet of the default network when it is created (CIDR, e.g. 10.88.0.0/24)
+        #[arg(long)]
+        subnet: Option<String>,
     },
     /// Stop every container, then the apiserver and its supervisor
     Stop,

@@ -44,6 +44,18 @@ pub struct CreateRequest {
     pub memory_mib: Option<u64>,
     #[serde(default)]
     pub auto_remove: bool,
+    /// `--network`: a network's name, or `none`; absent joins the default network.
+    #[serde(default)]
+    pub network: Option<String>,
+    /// `-p`: published ports (see [`crate::network::parse_port_spec`]).
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortMapping>,
+    /// `--network-alias`: more names the network's DNS answers for the container.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// `--hostname`; default: the first 12 characters of the ID.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// `POST /v1/containers` answer.
@@ -75,6 +87,19 @@ pub struct ContainerConfig {
     pub initrd: PathBuf,
     /// `kvm` or `tcg`.
     pub accel: String,
+    /// The network the container joins when it starts; `none`: no network.
+    #[serde(default = "no_network")]
+    pub network: String,
+    /// Published ports as requested (host port 0: any free port).
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortMapping>,
+    /// `--network-alias` names.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+fn no_network() -> String {
+    crate::network::NO_NETWORK.to_string()
 }
 
 /// Where a container is in its life.
@@ -145,6 +170,10 @@ impl ContainerState {
 pub struct ContainerInfo {
     pub config: ContainerConfig,
     pub state: ContainerState,
+    /// The container's places on networks while it holds them (from
+    /// `network.json`): IP, MAC, gateway, published host ports.
+    #[serde(default)]
+    pub networks: Vec<crate::network::Attachment>,
 }
 
 /// One row of `GET /v1/containers`.
@@ -159,6 +188,9 @@ pub struct ContainerSummary {
     pub exit_code: Option<i32>,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
+    /// Published ports while the container holds them.
+    #[serde(default)]
+    pub ports: Vec<crate::network::PortMapping>,
 }
 
 impl ContainerSummary {
@@ -173,6 +205,11 @@ impl ContainerSummary {
             exit_code: info.state.exit_code,
             started_ms: info.state.started_ms,
             finished_ms: info.state.finished_ms,
+            ports: info
+                .networks
+                .iter()
+                .flat_map(|a| a.ports.iter().cloned())
+                .collect(),
         }
     }
 }
@@ -293,6 +330,9 @@ pub struct HelperInfo {
     pub name: String,
     pub pid: Option<i32>,
     pub running: bool,
+    /// Why it is not running, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// `GET /v1/system/info`.
@@ -310,6 +350,9 @@ pub struct SystemInfo {
     pub helpers: Vec<HelperInfo>,
     pub containers_running: usize,
     pub containers_total: usize,
+    /// The networks, when vessel-network answers.
+    #[serde(default)]
+    pub networks: Vec<crate::network::NetworkInfo>,
 }
 
 /// Parse a Docker-style memory size: a number with an optional unit

@@ -34,6 +34,7 @@ pub fn ls(api: &Api, a: LsArgs) -> Result<i32> {
                 "COMMAND".into(),
                 "CREATED".into(),
                 "STATUS".into(),
+                "PORTS".into(),
                 "NAMES".into(),
             ]];
             for c in &list {
@@ -55,6 +56,11 @@ pub fn ls(api: &Api, a: LsArgs) -> Result<i32> {
                     cmd,
                     format!("{} ago", human_duration(since(c.created_ms))),
                     status_text(c),
+                    c.ports
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     c.name.clone(),
                 ]);
             }

@@ -299,7 +299,7 @@ fn inspect(api: &Api, images: &[String]) -> Result<i32> {
     Ok(code)
 }
 
-fn confirm(question: &str) -> Result<bool> {
+pub(crate) fn confirm(question: &str) -> Result<bool> {
     eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();

@@ -2,6 +2,7 @@
 
 pub mod container;
 pub mod image;
+pub mod network;
 pub mod registry;
 pub mod run;
 pub mod stream;
@@ -29,6 +30,7 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
         Command::Login(a) => registry::dispatch(api, RegistryCommand::Login(a)),
         Command::Logout(a) => registry::dispatch(api, RegistryCommand::Logout(a)),
         Command::Registry(c) => registry::dispatch(api, c),
+        Command::Network(c) => network::dispatch(api, c),
         Command::System(c) => system::dispatch(api, c),
     }
 }

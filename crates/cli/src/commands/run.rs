@@ -7,6 +7,7 @@ use crate::cli::RunArgs;
 use anyhow::{anyhow, bail, Result};
 use std::sync::atomic::{AtomicU32, Ordering};
 use vessel_api::http::percent_encode;
+use vessel_api::network::parse_port_spec;
 use vessel_api::types::{parse_memory, ContainerInfo, CreateRequest, CreateResponse, Status};
 
 /// Build the create request from the flags (validated here, before any work).
@@ -40,6 +41,10 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
             env.push(format!("{e}={v}"));
         }
     }
+    let mut ports = Vec::new();
+    for p in &a.publish {
+        ports.extend(parse_port_spec(p).map_err(|e| anyhow!("{e}"))?);
+    }
     Ok(CreateRequest {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -51,6 +56,10 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         cpus,
         memory_mib,
         auto_remove: a.rm,
+        network: a.network.clone(),
+        ports,
+        aliases: a.network_alias.clone(),
+        hostname: a.hostname.clone(),
     })
 }
 
@@ -102,10 +111,19 @@ pub fn create(api: &Api, a: RunArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// A container whose start was refused (a taken port, a network that
+/// cannot be joined) is removed: `run` leaves nothing half-made.
+fn discard(api: &Api, id: &str, e: anyhow::Error) -> anyhow::Error {
+    let _ = api.send("DELETE", &format!("/v1/containers/{id}?force=true"), None);
+    e
+}
+
 pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
     let id = create_container(api, &a)?;
     if a.detach {
-        let info: ContainerInfo = api.call("POST", &format!("/v1/containers/{id}/start"), None)?;
+        let info: ContainerInfo = api
+            .call("POST", &format!("/v1/containers/{id}/start"), None)
+            .map_err(|e| discard(api, &id, e))?;
         if info.state.status == Status::Exited {
             if let Some(err) = &info.state.error {
                 eprintln!("vessel: error: {err}");
@@ -116,7 +134,8 @@ pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     forward_interrupts(api, &id);
-    let resp = check(api.send("POST", &format!("/v1/containers/{id}/start?attach=1"), None)?)?;
+    let resp = check(api.send("POST", &format!("/v1/containers/{id}/start?attach=1"), None)?)
+        .map_err(|e| discard(api, &id, e))?;
     match print_stream(resp)? {
         StreamEnd::Exit(code, error) => {
             if let Some(err) = error {

@@ -13,11 +13,16 @@ use vessel_api::types::SystemInfo;
 
 pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
     match c {
-        SystemCommand::Start { group } => start(api, group.as_deref()),
+        SystemCommand::Start { group, subnet } => start(api, group.as_deref(), subnet.as_deref()),
         SystemCommand::Stop => stop(api),
         SystemCommand::Status { format } => status(api, format.as_deref()),
         SystemCommand::Logs => {
-            for name in ["supervisor.log", "apiserver.log", "images.log"] {
+            for name in [
+                "supervisor.log",
+                "apiserver.log",
+                "images.log",
+                "network.log",
+            ] {
                 let p = api.home.logs_dir().join(name);
                 if let Ok(text) = fs::read_to_string(&p) {
                     println!("==> {} <==\n{text}", p.display());
@@ -32,7 +37,10 @@ fn read_pid(path: &std::path::Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn start(api: &Api, group: Option<&str>) -> Result<i32> {
+fn start(api: &Api, group: Option<&str>, subnet: Option<&str>) -> Result<i32> {
+    if let Some(s) = subnet {
+        super::network::check_subnet(s)?;
+    }
     if api.is_up() {
         let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
         println!(
@@ -58,6 +66,11 @@ fn start(api: &Api, group: Option<&str>) -> Result<i32> {
         cmd.arg("supervise").arg("--home").arg(home.root());
         if let Some(g) = group {
             cmd.arg("--group").arg(g);
+        }
+        // Inherited by the apiserver and vessel-network, which uses it when
+        // it creates the default network.
+        if let Some(s) = subnet {
+            cmd.env("VESSEL_SUBNET", s);
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -157,12 +170,14 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
     println!("supervisor:   {}", info.supervisor);
     println!("home:         {}", info.home.display());
     for h in &info.helpers {
-        let state = match (h.running, h.pid) {
-            (true, Some(pid)) => format!("running (pid {pid})"),
-            (true, None) => "running (one per container)".to_string(),
-            (false, _) => "not running".to_string(),
+        let state = match (h.running, h.pid, &h.error) {
+            (true, Some(pid), _) => format!("running (pid {pid})"),
+            (true, None, _) => "running (one per container)".to_string(),
+            (false, _, Some(e)) => format!("not running: {e}"),
+            (false, _, None) => "not running".to_string(),
         };
-        println!("{:<14}{state}", format!("{}:", h.name));
+        let label = format!("{}:", h.name);
+        println!("{label:<13} {state}");
     }
     println!("accelerator:  {} ({})", info.accel, info.accel_reason);
     let exists = |p: &std::path::Path| if p.is_file() { "" } else { " (MISSING)" };
@@ -181,5 +196,41 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         "containers:   {} running, {} in all",
         info.containers_running, info.containers_total
     );
+    let mut nets: Vec<String> = info
+        .networks
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} ({}{}, {} containers)",
+                n.name,
+                n.subnet,
+                n.bridge,
+                if n.internal { ", internal" } else { "" },
+                n.containers.len()
+            )
+        })
+        .collect();
+    let net_up = info
+        .helpers
+        .iter()
+        .any(|h| h.name == "vessel-network" && h.running);
+    if !net_up {
+        nets = vec![
+            "unavailable (vessel-network is not running; `vessel run --network none` still works)"
+                .into(),
+        ];
+    } else if nets.is_empty() {
+        nets.push("none yet (the default network is created on first use)".into());
+    }
+    for (i, n) in nets.iter().enumerate() {
+        println!(
+            "{}{n}",
+            if i == 0 {
+                "networks:     "
+            } else {
+                "              "
+            }
+        );
+    }
     Ok(0)
 }
