@@ -741,7 +741,12 @@ fn layers_expanding_past_the_unpack_budget_are_refused() {
     // The budget does not refuse a normal image.
     reg.put_fixture("marker", "fine:v1", &["--file", "etc/fine=1"], &[]);
     assert_pulled(&v, &reg.reference("fine:v1"));
+    wait_for_bases(&v, 1);
     let bases_before = files_named(&v.path().join("rootfs"), ".ext4").len();
+    assert_eq!(
+        bases_before, 1,
+        "the base of a normal image within the budget"
+    );
     for (case, args) in [
         ("bomb", ["--bomb-mib", "96"]),
         ("inode-bomb", ["--bomb-files", "5000"]),
@@ -909,6 +914,15 @@ fn pull_interrupted_by_a_helper_crash_leaves_a_consistent_store() {
     assert_store_verified(&v);
 }
 
+/// A pull builds the image's base in the background, right after it: wait
+/// (bounded) until `n` bases are in place.
+fn wait_for_bases(v: &Instance, n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while ext4_bases(v) < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn ext4_bases(v: &Instance) -> usize {
     std::fs::read_dir(v.path().join("rootfs"))
         .into_iter()
@@ -930,11 +944,7 @@ fn rm_and_prune_free_what_no_image_references() {
     let (ra, rb) = (reg.reference("a:v1"), reg.reference("b:v1"));
     let ia = assert_pulled(&v, &ra);
     let ib = assert_pulled(&v, &rb);
-    // A pull builds the image's base in the background, right after it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while ext4_bases(&v) < 2 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_bases(&v, 2);
     assert_eq!(ext4_bases(&v), 2, "one ext4 base per pulled image");
 
     assert_ok(&v.vessel(&["image", "rm", &ra]), "rm a");
