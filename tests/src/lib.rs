@@ -90,9 +90,27 @@ impl Instance {
     }
 
     pub fn start(&mut self) {
-        let out = self.vessel(&["system", "start"]);
+        self.start_with(&[]);
+    }
+
+    /// `vessel system start EXTRA...` (e.g. `--subnet CIDR`).
+    pub fn start_with(&mut self, extra: &[&str]) {
+        let mut args = vec!["system", "start"];
+        args.extend_from_slice(extra);
+        let out = self.vessel(&args);
         assert_ok(&out, "system start");
         self.started = true;
+    }
+
+    /// Load the offline default image.
+    pub fn load_test_image(&self) {
+        let out = self.vessel(&[
+            "image",
+            "load",
+            "-i",
+            required_env("VESSEL_TEST_IMAGE").to_str().unwrap(),
+        ]);
+        assert_ok(&out, "image load");
     }
 
     pub fn path(&self) -> &Path {
@@ -218,6 +236,18 @@ impl Drop for Instance {
         let run = run_base.to_string_lossy().into_owned();
         kill_matching(&[&home, &run]);
         let _ = std::fs::remove_dir_all(&run_base);
+        // Bridges, TAPs and the nftables table of this instance, if a
+        // failed test left any (`system stop` removes them otherwise).
+        if self.home.path().join("networks").is_dir() {
+            let _ = Command::new(bin_dir().join("vessel-network"))
+                .arg("--home")
+                .arg(self.home.path())
+                .arg("--cleanup")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 

@@ -149,7 +149,8 @@ impl Server {
                 respond_json(req.stream(), 200, &info)?;
             }
             ("POST", ["v1", "system", "shutdown"]) => {
-                respond_json(req.stream(), 200, &serde_json::json!({"ok": true}))?;
+                // Shut down even if the client has hung up already.
+                let _ = respond_json(req.stream(), 200, &serde_json::json!({"ok": true}));
                 self.shutdown();
             }
             ("GET", ["v1", "containers"]) => {

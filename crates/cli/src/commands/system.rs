@@ -108,7 +108,8 @@ fn stop(api: &Api) -> Result<i32> {
     let supervisor = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p));
     let apiserver = read_pid(&home.apiserver_pid()).filter(|p| pid_alive(*p));
     if api.is_up() {
-        api.send("POST", "/v1/system/shutdown", None)?;
+        // Read the whole answer: hanging up early must not cancel the stop.
+        let _: serde_json::Value = api.call("POST", "/v1/system/shutdown", None)?;
     } else if let Some(pid) = supervisor {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGTERM) };
