@@ -706,3 +706,65 @@ fn outbound_traffic_is_masqueraded_behind_the_host() {
     );
     assert!(!ruleset().contains(&bridge), "no rule names {bridge}");
 }
+
+#[test]
+fn a_container_found_dead_after_an_apiserver_restart_gives_its_network_back() {
+    let v = instance(Some(&free_subnet()));
+    let port = free_port();
+    let spec = format!("127.0.0.1:{port}:80");
+    let out = v.vessel(&[
+        "run", "-d", "--name", "doomed", "-p", &spec, IMAGE, "sh", "-c", SERVE,
+    ]);
+    assert_ok(&out, "run -d -p");
+    http_get_eventually(&format!("127.0.0.1:{port}"), Duration::from_secs(30));
+    let info = inspect(&v, "doomed");
+    let tap = info["networks"][0]["tap"].as_str().unwrap().to_string();
+    let runtime = info["state"]["runtime_pid"].as_i64().unwrap() as i32;
+    let vmm = info["state"]["vmm_pid"].as_i64().unwrap() as i32;
+    let pid_file = v.path().join("apiserver.pid");
+    let old: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // The apiserver (and with it vessel-network) dies, and while it is
+    // away, so does the container's VM and its runtime helper.
+    for pid in [old, runtime, vmm] {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(
+        v.wait_for(Duration::from_secs(20), || {
+            let new = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            new.is_some_and(|p| p != old) && v.vessel(&["ls"]).status.success()
+        }),
+        "the apiserver was not restarted"
+    );
+    // The new apiserver finds it dead and gives back its port, TAP and lease.
+    assert!(
+        v.wait_for(Duration::from_secs(20), || {
+            !port_open(port)
+                && !link_exists(&tap)
+                && v.vessel(&["network", "inspect", "default"])
+                    .status
+                    .success()
+                && network(&v, "default")["containers"]
+                    .as_array()
+                    .unwrap()
+                    .is_empty()
+        }),
+        "port {port} / TAP {tap} / lease still held: {:#}",
+        network(&v, "default")
+    );
+    assert_eq!(inspect(&v, "doomed")["state"]["status"], "exited");
+    assert!(inspect(&v, "doomed")["networks"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    // And the port can be published again.
+    let out = v.vessel(&["run", "--rm", "-p", &spec, IMAGE, "true"]);
+    assert_ok(&out, "the port is free again");
+}

@@ -920,6 +920,20 @@ mod tests {
     }
 
     #[test]
+    fn hostnames_and_network_names() {
+        for ok in ["web", "a-b.example", "x1", "A9"] {
+            assert!(valid_hostname(ok), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "a..b", "a_b", "a b", &"x".repeat(64)] {
+            assert!(!valid_hostname(bad), "{bad}");
+        }
+        assert_eq!(network_name(None), "default");
+        assert_eq!(network_name(Some("bridge")), "default");
+        assert_eq!(network_name(Some(" none ")), "none");
+        assert_eq!(network_name(Some("mynet")), "mynet");
+    }
+
+    #[test]
     fn bad_flags_are_rejected() {
         let req = CreateRequest {
             env: vec!["NOEQUALS".into()],
