@@ -68,6 +68,9 @@ pub enum RunError {
     Signals(#[source] std::io::Error),
     #[error("{0}")]
     NoAgent(String),
+    /// One boot attempt ran out of time; the VM is booted again.
+    #[error("{0}")]
+    BootAttempt(String),
 }
 
 /// How long things may take.
@@ -85,6 +88,12 @@ pub struct Timeouts {
     pub shutdown: Duration,
     /// After SIGKILL before the VM itself is killed.
     pub kill_grace: Duration,
+    /// One boot attempt: a VM whose agent has not answered by then is
+    /// killed and booted again, up to `boot_attempts` boots in all (within
+    /// `connect`). Under software emulation on a loaded host a guest kernel
+    /// now and then stalls for good early in boot; a fresh boot does not.
+    pub boot_attempt: Duration,
+    pub boot_attempts: u32,
 }
 
 impl Default for Timeouts {
@@ -96,6 +105,8 @@ impl Default for Timeouts {
             backend_socket: Duration::from_secs(5),
             shutdown: Duration::from_secs(10),
             kill_grace: Duration::from_secs(5),
+            boot_attempt: Duration::from_secs(20),
+            boot_attempts: 3,
         }
     }
 }
@@ -296,10 +307,12 @@ pub fn supervise(
     launched: Instant,
     boot_log: &Path,
     t: &Timeouts,
+    last_attempt: bool,
 ) -> Result<(), RunError> {
     let see_boot_log = format!("see {}", boot_log.display());
     // Connect, retrying while the guest boots.
     let deadline = launched + t.connect;
+    let attempt_deadline = launched + t.boot_attempt;
     let stream = loop {
         if shared.stopping() {
             shared.kill_vmm();
@@ -313,6 +326,14 @@ pub fn supervise(
         }
         match connect() {
             Ok(s) => break s,
+            Err(e) if !last_attempt && Instant::now() >= attempt_deadline => {
+                shared.kill_vmm();
+                return Err(RunError::BootAttempt(format!(
+                    "the VM's agent did not answer within {} s ({})",
+                    t.boot_attempt.as_secs(),
+                    chain(&e)
+                )));
+            }
             Err(e) if Instant::now() >= deadline => {
                 shared.kill_vmm();
                 let msg = format!(
@@ -571,20 +592,6 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     let networks_path = ContainerNetworks::path(&dir);
     let result = signals.and_then(|()| networks.map_err(|e| RunError::Config(networks_path, e)));
     let result = result.and_then(|networks| {
-        launch(
-            &config,
-            networks.as_ref(),
-            &dir,
-            &run_dir,
-            &shared,
-            &mut backend,
-            &t,
-        )
-        .map(|l| (l, networks))
-    });
-    let result = result.and_then(|((mut stdio, launched), networks)| {
-        let uds = run_dir.join("vsock.sock");
-        let mut connect = || vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply);
         let request = StartRequest {
             process: config.process.clone(),
             hostname: config.hostname.clone(),
@@ -594,15 +601,50 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 .as_ref()
                 .and_then(|n| n.guest_config(&config.hostname, &config.name)),
         };
-        supervise(
-            &shared,
-            request,
-            &mut connect,
-            &mut stdio,
-            launched,
-            &dir.join("boot.log"),
-            &t,
-        )
+        let mut attempt = 1;
+        loop {
+            let last_attempt = attempt >= t.boot_attempts.max(1);
+            let r = launch(
+                &config,
+                networks.as_ref(),
+                &dir,
+                &run_dir,
+                &shared,
+                &mut backend,
+                &t,
+            )
+            .and_then(|(mut stdio, launched)| {
+                let uds = run_dir.join("vsock.sock");
+                let mut connect = || vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply);
+                supervise(
+                    &shared,
+                    request.clone(),
+                    &mut connect,
+                    &mut stdio,
+                    launched,
+                    &dir.join("boot.log"),
+                    &t,
+                    last_attempt,
+                )
+            });
+            match r {
+                Err(RunError::BootAttempt(why)) if !shared.stopping() => {
+                    // Nothing ran in the guest: boot a fresh VM on the same
+                    // disk. The stalled boot's console is kept for diagnosis.
+                    log(&format!("boot attempt {attempt}: {why}; booting again"));
+                    shared.kill_vmm();
+                    if let Some(mut b) = backend.take() {
+                        VsockBackend::kill(&mut b);
+                    }
+                    let _ = std::fs::rename(
+                        dir.join("boot.log"),
+                        dir.join(format!("boot.{attempt}.log")),
+                    );
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        }
     });
     if let Err(e) = &result {
         log(&format!("error: {}", chain(e)));
@@ -753,6 +795,8 @@ mod tests {
             backend_socket: Duration::from_secs(1),
             shutdown: Duration::from_secs(2),
             kill_grace: Duration::from_millis(200),
+            boot_attempt: Duration::from_secs(2),
+            boot_attempts: 1,
         }
     }
 
@@ -831,6 +875,7 @@ mod tests {
             Instant::now(),
             Path::new("/c/boot.log"),
             &timeouts(),
+            true,
         );
         (r, guest)
     }
@@ -914,6 +959,36 @@ mod tests {
     }
 
     #[test]
+    fn a_stalled_boot_that_may_be_retried_is_not_final() {
+        let h = harness();
+        let mut connect = || Err(VsockError::Connect(std::io::Error::other("no")));
+        let mut stdio = StdioLog::open(&h.stdio_path).unwrap();
+        let t = Timeouts {
+            boot_attempt: Duration::from_millis(100),
+            ..timeouts()
+        };
+        let started = Instant::now();
+        let r = supervise(
+            &h.shared,
+            request(),
+            &mut connect,
+            &mut stdio,
+            Instant::now(),
+            Path::new("/c/boot.log"),
+            &t,
+            false,
+        );
+        assert!(matches!(r, Err(RunError::BootAttempt(_))), "{r:?}");
+        assert!(
+            started.elapsed() < t.connect,
+            "gave up on the attempt, not the whole boot"
+        );
+        assert!(h.killed.load(Ordering::SeqCst), "the stalled VM is killed");
+        let s = h.shared.snapshot();
+        assert_eq!(s.exit_code, None, "not recorded as failed: {s:?}");
+    }
+
+    #[test]
     fn vm_exit_before_agent_is_125() {
         let h = harness();
         h.exited.store(true, Ordering::SeqCst);
@@ -927,6 +1002,7 @@ mod tests {
             Instant::now(),
             Path::new("/c/boot.log"),
             &timeouts(),
+            true,
         );
         assert!(r.is_err());
         let s = h.shared.snapshot();

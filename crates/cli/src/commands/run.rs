@@ -96,7 +96,12 @@ fn create_container(api: &Api, a: &RunArgs) -> Result<String> {
                     super::image::with_default_tag(&a.image)
                 );
             }
-            pull_image(api, a)?;
+            pull_image(api, a).map_err(|pull_err| {
+                anyhow::anyhow!(
+                    "image {} not found locally, and pulling it failed: {pull_err:#}",
+                    super::image::with_default_tag(&a.image)
+                )
+            })?;
             let c: CreateResponse = api.call("POST", "/v1/containers", Some(&body))?;
             Ok(c.id)
         }
