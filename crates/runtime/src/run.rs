@@ -307,7 +307,6 @@ pub fn supervise(
     launched: Instant,
     boot_log: &Path,
     t: &Timeouts,
-    last_attempt: bool,
 ) -> Result<(), RunError> {
     let see_boot_log = format!("see {}", boot_log.display());
     // Connect, retrying while the guest boots.
@@ -326,7 +325,7 @@ pub fn supervise(
         }
         match connect() {
             Ok(s) => break s,
-            Err(e) if !last_attempt && Instant::now() >= attempt_deadline => {
+            Err(e) if t.boot_attempt < t.connect && Instant::now() >= attempt_deadline => {
                 shared.kill_vmm();
                 return Err(RunError::BootAttempt(format!(
                     "the VM's agent did not answer within {} s ({})",
@@ -603,7 +602,11 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
         };
         let mut attempt = 1;
         loop {
-            let last_attempt = attempt >= t.boot_attempts.max(1);
+            // The last boot may take all of `connect`.
+            let mut ta = t.clone();
+            if attempt >= t.boot_attempts.max(1) {
+                ta.boot_attempt = ta.connect;
+            }
             let r = launch(
                 &config,
                 networks.as_ref(),
@@ -623,8 +626,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                     &mut stdio,
                     launched,
                     &dir.join("boot.log"),
-                    &t,
-                    last_attempt,
+                    &ta,
                 )
             });
             match r {
@@ -875,7 +877,6 @@ mod tests {
             Instant::now(),
             Path::new("/c/boot.log"),
             &timeouts(),
-            true,
         );
         (r, guest)
     }
@@ -976,7 +977,6 @@ mod tests {
             Instant::now(),
             Path::new("/c/boot.log"),
             &t,
-            false,
         );
         assert!(matches!(r, Err(RunError::BootAttempt(_))), "{r:?}");
         assert!(
@@ -1002,7 +1002,6 @@ mod tests {
             Instant::now(),
             Path::new("/c/boot.log"),
             &timeouts(),
-            true,
         );
         assert!(r.is_err());
         let s = h.shared.snapshot();
