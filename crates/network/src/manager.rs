@@ -805,6 +805,8 @@ fn attachment(rec: &NetworkRecord, ep: &Endpoint) -> Attachment {
         dns: vec![rec.gateway.to_string()],
         ports: ep.ports.clone(),
         internal: rec.internal,
+        mode: vessel_api::network::AttachmentMode::Bridge,
+        dns_upstream: Vec::new(),
     }
 }
 

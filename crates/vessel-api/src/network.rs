@@ -288,6 +288,50 @@ pub struct RemovedNetworks {
     pub removed: Vec<String>,
 }
 
+/// How a container VM's network device reaches its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentMode {
+    /// A TAP device on a vessel-network bridge (root mode).
+    #[default]
+    Bridge,
+    /// A user-mode network of its own, served by a `passt` process the
+    /// runtime helper starts next to QEMU (rootless mode): outbound traffic
+    /// and published ports only.
+    User,
+}
+
+impl AttachmentMode {
+    pub fn is_bridge(&self) -> bool {
+        *self == AttachmentMode::Bridge
+    }
+}
+
+impl fmt::Display for AttachmentMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachmentMode::Bridge => "bridge",
+            AttachmentMode::User => "user",
+        })
+    }
+}
+
+/// The private network `passt` gives each VM in rootless mode (slirp's
+/// usual addresses): every VM has the same address on its own network.
+pub mod user_mode {
+    /// The guest's address.
+    pub const GUEST_IP: &str = "10.0.2.15";
+    pub const PREFIX_LEN: u8 = 24;
+    /// The gateway; connections to it reach the host's loopback.
+    pub const GATEWAY: &str = "10.0.2.2";
+    /// passt forwards DNS queries to this address to the host's resolver.
+    pub const DNS: &str = "10.0.2.3";
+    /// The guest's MAC address.
+    pub const MAC: &str = "02:76:0a:00:02:0f";
+    /// `network_id` of a user-mode attachment.
+    pub const NETWORK_ID: &str = "passt";
+}
+
 /// A container's place on one network: what the connect call answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attachment {
@@ -305,6 +349,34 @@ pub struct Attachment {
     #[serde(default)]
     pub ports: Vec<PortMapping>,
     pub internal: bool,
+    /// `bridge` (absent in older files) or `user` (rootless, passt).
+    #[serde(default, skip_serializing_if = "AttachmentMode::is_bridge")]
+    pub mode: AttachmentMode,
+    /// User mode: the resolvers passt forwards the guest's DNS queries to;
+    /// empty means the host's `/etc/resolv.conf`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_upstream: Vec<String>,
+}
+
+impl Attachment {
+    /// A user-mode (passt) attachment to network `network` with published
+    /// `ports` (each with a concrete host port).
+    pub fn user_mode(network: &str, ports: Vec<PortMapping>, dns_upstream: Vec<String>) -> Self {
+        Attachment {
+            network: network.to_string(),
+            network_id: user_mode::NETWORK_ID.to_string(),
+            tap: String::new(),
+            mac: user_mode::MAC.to_string(),
+            ip: user_mode::GUEST_IP.to_string(),
+            prefix_len: user_mode::PREFIX_LEN,
+            gateway: user_mode::GATEWAY.to_string(),
+            dns: vec![user_mode::DNS.to_string()],
+            ports,
+            internal: false,
+            mode: AttachmentMode::User,
+            dns_upstream,
+        }
+    }
 }
 
 /// `containers/<id>/network.json`, written by the apiserver, read by the
@@ -461,6 +533,8 @@ mod tests {
             dns: vec![gw.into()],
             ports: vec![],
             internal: false,
+            mode: AttachmentMode::Bridge,
+            dns_upstream: vec![],
         };
         let n = ContainerNetworks {
             attachments: vec![
@@ -476,5 +550,30 @@ mod tests {
         assert!(ContainerNetworks::default()
             .guest_config("h", "n")
             .is_none());
+    }
+
+    #[test]
+    fn attachment_mode_is_compatible_with_older_files() {
+        let old = r#"{"network":"default","network_id":"n","tap":"vsl0","mac":"02:76:0a:58:00:02",
+            "ip":"10.88.0.2","prefix_len":24,"gateway":"10.88.0.1","dns":["10.88.0.1"],"internal":false}"#;
+        let a: Attachment = serde_json::from_str(old).unwrap();
+        assert_eq!(a.mode, AttachmentMode::Bridge);
+        assert!(a.dns_upstream.is_empty());
+        let text = serde_json::to_string(&a).unwrap();
+        assert!(!text.contains("mode") && !text.contains("dns_upstream"));
+
+        let u = Attachment::user_mode("default", vec![], vec!["127.0.0.1".into()]);
+        let text = serde_json::to_string(&u).unwrap();
+        assert!(text.contains(r#""mode":"user""#), "{text}");
+        let back: Attachment = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, u);
+        let g = ContainerNetworks {
+            attachments: vec![u],
+        }
+        .guest_config("h", "web")
+        .unwrap();
+        assert_eq!(g.interfaces[0].address, "10.0.2.15");
+        assert_eq!(g.interfaces[0].gateway.as_deref(), Some("10.0.2.2"));
+        assert_eq!(g.nameservers, vec!["10.0.2.3"]);
     }
 }
