@@ -9,7 +9,7 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 PACKAGES=(
     qemu-system-x86 qemu-utils e2fsprogs busybox-static skopeo docker-registry
     linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
-    python3 iproute2 procps nftables
+    python3 iproute2 procps nftables passt
     apache2-utils openssl curl
 )
 

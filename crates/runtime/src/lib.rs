@@ -1,11 +1,13 @@
 //! `vessel-runtime`: the helper that owns one container's VM for its whole
-//! life — the QEMU microVM ([`vmm`]), its vsock backend ([`vsock`]), the
+//! life — the QEMU microVM ([`vmm`]), its vsock backend ([`vsock`]), its
+//! rootless network ([`passt`]), the
 //! conversation with vminitd ([`agent`]), the output log ([`logs`]), the
 //! control socket ([`control`]) and the lifecycle that ties them ([`run`]).
 
 pub mod agent;
 pub mod control;
 pub mod logs;
+pub mod passt;
 mod proc;
 pub mod run;
 pub mod vmm;

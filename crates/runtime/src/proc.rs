@@ -36,6 +36,28 @@ pub fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// Let the child inherit descriptors `fds` (same numbers): their
+/// close-on-exec flag is cleared in the child only, between fork and exec,
+/// so no other process the runtime starts meanwhile gets them.
+pub fn inherit_fds(cmd: &mut Command, fds: Vec<i32>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs between fork and exec and only calls fcntl,
+    // which is async-signal-safe; `fds` was allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The signals that ask the runtime itself to stop the container.
 fn stop_signals() -> libc::sigset_t {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it and

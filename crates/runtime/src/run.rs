@@ -16,7 +16,8 @@
 use crate::agent::{self, AgentSender, Incoming};
 use crate::control::{self, ControlHandler};
 use crate::logs::StdioLog;
-use crate::vmm::{qemu_binary, Nic, Qemu, QemuSpec, Vmm, VmmError};
+use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
+use crate::vmm::{qemu_binary, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{GuestMessage, HostMessage, StartRequest, AGENT_PORT, VERSION};
@@ -28,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use vessel_api::fsutil::{pid_start_time, read_json, write_json_atomic};
-use vessel_api::network::ContainerNetworks;
+use vessel_api::network::{AttachmentMode, ContainerNetworks};
 use vessel_api::paths::Home;
 use vessel_api::types::{now_ms, ContainerConfig, ContainerState, Status};
 
@@ -58,6 +59,8 @@ pub enum RunError {
     StdioLog(PathBuf, #[source] std::io::Error),
     #[error("Could not set up the vsock device")]
     Vsock(#[from] VsockError),
+    #[error("Could not start the user-mode network (passt)")]
+    Passt(#[from] PasstError),
     #[error("Could not start the VM")]
     Vmm(#[from] VmmError),
     #[error("Could not open the control socket")]
@@ -82,7 +85,7 @@ pub struct Timeouts {
     pub retry: Duration,
     /// Wait for the backend's `OK` line on one attempt.
     pub connect_reply: Duration,
-    /// For the vsock backend's socket to appear.
+    /// For the vsock backend's socket to appear, and for passt to be ready.
     pub backend_socket: Duration,
     /// For the VM to power off after `Shutdown`.
     pub shutdown: Duration,
@@ -579,12 +582,17 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
 
     let run_dir = home.run_dir(id);
     let mut backend = None;
+    let mut passts = Vec::new();
     let networks = ContainerNetworks::read(&dir);
     if let Ok(Some(n)) = &networks {
         for a in &n.attachments {
+            let via = match a.mode {
+                AttachmentMode::Bridge => a.tap.clone(),
+                AttachmentMode::User => "passt".to_string(),
+            };
             log(&format!(
-                "network {}: {} ({}) on {}",
-                a.network, a.ip, a.mac, a.tap
+                "network {}: {} ({}) on {via}",
+                a.network, a.ip, a.mac
             ));
         }
     }
@@ -614,6 +622,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 &run_dir,
                 &shared,
                 &mut backend,
+                &mut passts,
                 &t,
             )
             .and_then(|(mut stdio, launched)| {
@@ -638,6 +647,8 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                     if let Some(mut b) = backend.take() {
                         VsockBackend::kill(&mut b);
                     }
+                    // Its published ports are bound again by the next one.
+                    kill_passts(&mut passts);
                     let _ = std::fs::rename(
                         dir.join("boot.log"),
                         dir.join(format!("boot.{attempt}.log")),
@@ -656,6 +667,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     if let Some(mut b) = backend.take() {
         VsockBackend::kill(&mut b);
     }
+    kill_passts(&mut passts);
     let _ = std::fs::remove_dir_all(&run_dir);
     log(&format!(
         "container {id} ended with exit code {}",
@@ -664,7 +676,62 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     result
 }
 
-/// Steps 2-5: run dir, overlay, vsock backend, control socket, VMM.
+fn kill_passts(passts: &mut Vec<Passt>) {
+    for mut p in passts.drain(..) {
+        p.kill();
+    }
+}
+
+/// One NIC per attachment: its TAP device, or a passt started for it.
+fn start_nics(
+    networks: Option<&ContainerNetworks>,
+    dir: &Path,
+    run_dir: &Path,
+    passts: &mut Vec<Passt>,
+    t: &Timeouts,
+) -> Result<Vec<Nic>, RunError> {
+    let mut nics = Vec::new();
+    let attachments = networks.map(|n| &n.attachments[..]).unwrap_or(&[]);
+    for (i, a) in attachments.iter().enumerate() {
+        let backend = match a.mode {
+            AttachmentMode::Bridge => NicBackend::Tap(a.tap.clone()),
+            AttachmentMode::User => {
+                let spec = PasstSpec::from_attachment(a)?;
+                let name = if i == 0 {
+                    "passt".to_string()
+                } else {
+                    format!("passt-{i}")
+                };
+                let passt = Passt::start(
+                    &passt_binary()?,
+                    &spec,
+                    &run_dir.join(format!("{name}.pid")),
+                    &dir.join(format!("{name}.log")),
+                    t.backend_socket,
+                )?;
+                log(&format!(
+                    "passt started (pid {}) for network {}",
+                    passt.pid(),
+                    a.network
+                ));
+                let fd = passt
+                    .qemu_fd()
+                    .ok_or_else(|| PasstError::Socket(std::io::ErrorKind::NotConnected.into()))?;
+                passts.push(passt);
+                NicBackend::Stream(fd)
+            }
+        };
+        nics.push(Nic {
+            backend,
+            mac: a.mac.clone(),
+        });
+    }
+    Ok(nics)
+}
+
+/// Steps 2-5: run dir, overlay, vsock backend, passt for user-mode
+/// attachments, control socket, VMM.
+#[allow(clippy::too_many_arguments)]
 fn launch(
     config: &ContainerConfig,
     networks: Option<&ContainerNetworks>,
@@ -672,6 +739,7 @@ fn launch(
     run_dir: &Path,
     shared: &Arc<Shared>,
     backend: &mut Option<VsockBackend>,
+    passts: &mut Vec<Passt>,
     t: &Timeouts,
 ) -> Result<(StdioLog, Instant), RunError> {
     make_run_dir(run_dir)?;
@@ -689,6 +757,7 @@ fn launch(
         &dir.join("vsock.log"),
         t.backend_socket,
     )?);
+    let nics = start_nics(networks, dir, run_dir, passts, t)?;
 
     let listener = control::bind(&run_dir.join("control.sock"))?;
     control::serve(listener, Arc::clone(shared) as Arc<dyn ControlHandler>);
@@ -703,21 +772,16 @@ fn launch(
         vhost_socket: vhost,
         boot_log: dir.join("boot.log"),
         tsc_khz: crate::vmm::host_tsc_khz(),
-        nics: networks
-            .map(|n| {
-                n.attachments
-                    .iter()
-                    .map(|a| Nic {
-                        tap: a.tap.clone(),
-                        mac: a.mac.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        nics,
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, dir.join("vmm.log"));
     let launched = Instant::now();
-    qemu.start()?;
+    let started = qemu.start();
+    // QEMU holds its ends now (or failed): passt sees EOF when QEMU ends.
+    for p in passts.iter_mut() {
+        p.release_qemu_end();
+    }
+    started?;
     let pid = qemu.pid();
     shared.set_vmm(Box::new(qemu));
     shared.update(|s| s.vmm_pid = pid);

@@ -4,7 +4,7 @@
 //! [`Qemu`] runs it. The lifecycle only sees [`Vmm`], so it is tested with a
 //! fake.
 
-use crate::proc::die_with_parent;
+use crate::proc::{die_with_parent, inherit_fds};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
@@ -74,17 +74,41 @@ pub struct QemuSpec {
     /// then hangs for good (seen in about one boot in five here).
     pub tsc_khz: Option<u64>,
     /// One virtio-net device per entry, backed by an existing host TAP
-    /// device (created by vessel-network). Empty: no network device.
+    /// device (created by vessel-network) or by a passt process. Empty: no
+    /// network device.
     pub nics: Vec<Nic>,
 }
 
-/// A TAP-backed network device of the VM.
+/// What carries a virtio-net device's frames on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicBackend {
+    /// An existing host TAP device, by name (root mode).
+    Tap(String),
+    /// A connected stream socket QEMU inherits as this descriptor number,
+    /// whose other end is passt (rootless mode): `-netdev stream` with
+    /// `addr.type=fd`.
+    Stream(i32),
+}
+
+/// A network device of the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
-    /// The host TAP device's name.
-    pub tap: String,
+    pub backend: NicBackend,
     /// The guest MAC address, `aa:bb:cc:dd:ee:ff`.
     pub mac: String,
+}
+
+impl QemuSpec {
+    /// The descriptors QEMU must inherit (the stream NICs' sockets).
+    pub fn inherited_fds(&self) -> Vec<i32> {
+        self.nics
+            .iter()
+            .filter_map(|n| match n.backend {
+                NicBackend::Stream(fd) => Some(fd),
+                NicBackend::Tap(_) => None,
+            })
+            .collect()
+    }
 }
 
 /// The host's TSC frequency in kHz, from `/proc/cpuinfo`.
@@ -172,10 +196,15 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     for (i, nic) in spec.nics.iter().enumerate() {
         a.push("-netdev".into());
         a.push(
-            format!(
-                "tap,id=n{i},ifname={},script=no,downscript=no",
-                nic.tap.replace(',', ",,")
-            )
+            match &nic.backend {
+                NicBackend::Tap(tap) => format!(
+                    "tap,id=n{i},ifname={},script=no,downscript=no",
+                    tap.replace(',', ",,")
+                ),
+                NicBackend::Stream(fd) => {
+                    format!("stream,id=n{i},server=off,addr.type=fd,addr.str={fd}")
+                }
+            }
             .into(),
         );
         a.push("-device".into());
@@ -238,6 +267,7 @@ impl Vmm for Qemu {
             .stdout(out)
             .stderr(err);
         die_with_parent(&mut cmd);
+        inherit_fds(&mut cmd, self.spec.inherited_fds());
         let child = cmd
             .spawn()
             .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
@@ -360,14 +390,15 @@ mod tests {
         let mut s = spec("tcg");
         s.nics = vec![
             Nic {
-                tap: "vsl0123456789a".into(),
+                backend: NicBackend::Tap("vsl0123456789a".into()),
                 mac: "02:76:0a:58:00:02".into(),
             },
             Nic {
-                tap: "vslb".into(),
+                backend: NicBackend::Tap("vslb".into()),
                 mac: "02:76:0a:59:00:02".into(),
             },
         ];
+        assert!(s.inherited_fds().is_empty());
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
             "-netdev tap,id=n0,ifname=vsl0123456789a,script=no,downscript=no \
@@ -375,6 +406,22 @@ mod tests {
              -netdev tap,id=n1,ifname=vslb,script=no,downscript=no \
              -device virtio-net-device,netdev=n1,mac=02:76:0a:59:00:02 -append"
         ));
+    }
+
+    #[test]
+    fn passt_backed_nic_uses_the_inherited_socket() {
+        let mut s = spec("tcg");
+        s.nics = vec![Nic {
+            backend: NicBackend::Stream(7),
+            mac: "02:76:0a:00:02:0f".into(),
+        }];
+        assert_eq!(s.inherited_fds(), vec![7]);
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-netdev stream,id=n0,server=off,addr.type=fd,addr.str=7 \
+             -device virtio-net-device,netdev=n0,mac=02:76:0a:00:02:0f -append"
+        ));
+        assert!(!line.contains("tap,"));
     }
 
     #[test]
