@@ -115,6 +115,9 @@ pub struct Containers {
     /// is written, for writing while reconciling, so a reconcile never
     /// drops an attachment it has not seen yet.
     net_lock: RwLock<()>,
+    /// Not root: no vessel-network; each VM gets a passt network
+    /// ([`crate::rootless`]).
+    rootless: bool,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -213,7 +216,13 @@ impl Containers {
             attached: Mutex::new(HashMap::new()),
             network,
             net_lock: RwLock::new(()),
+            rootless: crate::rootless::is_rootless(),
         })
+    }
+
+    /// Rootless mode: user-mode networks (passt), no vessel-network.
+    pub fn rootless(&self) -> bool {
+        self.rootless
     }
 
     /// The network helper.
@@ -223,6 +232,11 @@ impl Containers {
 
     /// A client for vessel-network, or why networking is unavailable.
     pub fn network_client(&self) -> ApiResult<Client> {
+        if self.rootless {
+            return Err(ApiError::Unavailable(
+                crate::rootless::networks_unavailable(),
+            ));
+        }
         match self.network.client() {
             Ok(c) => Ok(c.with_timeout(Duration::from_secs(60))),
             Err(e) => Err(ApiError::Unavailable(format!(
@@ -235,6 +249,9 @@ impl Containers {
     /// `network.json` for the runtime helper. Nothing is left behind on
     /// failure.
     fn connect(&self, config: &ContainerConfig) -> ApiResult<Vec<Attachment>> {
+        if self.rootless {
+            return self.connect_user_mode(config);
+        }
         let client = self.network_client()?;
         let _g = self
             .net_lock
@@ -273,6 +290,20 @@ impl Containers {
         Ok(nets.attachments)
     }
 
+    /// Rootless mode: a user-mode attachment whose published ports have
+    /// free host ports; the runtime helper starts passt with it.
+    fn connect_user_mode(&self, config: &ContainerConfig) -> ApiResult<Vec<Attachment>> {
+        let ports = crate::rootless::resolve_ports(&config.ports).map_err(ApiError::Conflict)?;
+        let nets = ContainerNetworks {
+            attachments: vec![crate::rootless::attachment(&config.network, ports)],
+        };
+        nets.write(&self.home.container_dir(&config.id))
+            .map_err(|e| {
+                ApiError::Internal(anyhow::Error::new(e).context("writing network.json"))
+            })?;
+        Ok(nets.attachments)
+    }
+
     fn disconnect(&self, client: &Client, id: &str) -> anyhow::Result<()> {
         let resp = client
             .request_json(
@@ -296,6 +327,16 @@ impl Containers {
         if !path.exists() {
             return true;
         }
+        if self.rootless {
+            // passt holds the published ports until the runtime helper,
+            // just after the VM ended, kills it and exits itself: wait for
+            // that, so the ports are closed when `stop` returns.
+            if wait {
+                self.wait_runtime_gone(id, Duration::from_secs(10));
+            }
+            let _ = fs::remove_file(&path);
+            return true;
+        }
         let client = if wait {
             self.network.client().ok()
         } else {
@@ -313,6 +354,24 @@ impl Containers {
                 eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
                 false
             }
+        }
+    }
+
+    /// Wait (at most `limit`) until the runtime helper of `id` has exited.
+    fn wait_runtime_gone(&self, id: &str, limit: Duration) {
+        let Ok(Some(state)) = read_json::<ContainerState>(&self.state_path(id)) else {
+            return;
+        };
+        let Some(pid) = state.runtime_pid else {
+            return;
+        };
+        let deadline = Instant::now() + limit;
+        while pid_alive(pid)
+            && (state.runtime_start_time.is_none()
+                || pid_start_time(pid) == state.runtime_start_time)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -505,7 +564,20 @@ impl Containers {
                 )));
             }
         }
-        if network != NO_NETWORK {
+        if network != NO_NETWORK && self.rootless {
+            crate::rootless::check_create(
+                &network,
+                &req.aliases,
+                &req.ports,
+                crate::rootless::unprivileged_port_start(),
+            )
+            .map_err(ApiError::BadRequest)?;
+            if !crate::rootless::passt_available() {
+                return Err(ApiError::Unavailable(
+                    "networking in rootless mode needs passt (Debian: `apt install passt`, or set VESSEL_PASST); run the container with `--network none` to start it without a network".into(),
+                ));
+            }
+        } else if network != NO_NETWORK {
             // Fail before anything exists when there is no way to join it.
             let client = self.network_client()?;
             if network != DEFAULT_NETWORK {

@@ -13,5 +13,6 @@ pub mod containers;
 pub mod helpers;
 pub mod logs;
 pub mod names;
+pub mod rootless;
 pub mod server;
 pub mod supervisor;

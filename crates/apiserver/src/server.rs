@@ -69,7 +69,11 @@ impl Server {
         // Each time vessel-network (re)starts, before it takes requests.
         let c = containers.clone();
         network.set_on_ready(Box::new(move |client| c.reconcile_network(client)));
-        network.launch();
+        // Rootless: vessel-network could not change the host's network;
+        // each VM gets passt from its runtime helper instead.
+        if !containers.rootless() {
+            network.launch();
+        }
         Ok(Arc::new(Self {
             home,
             accel,
@@ -225,6 +229,10 @@ impl Server {
             ("POST", ["v1", "containers", key, "wait"]) => {
                 let w = self.containers.wait(key)?;
                 respond_json(req.stream(), 200, &w)?;
+            }
+            ("GET", ["v1", "networks"]) if self.containers.rootless() => {
+                // No networks to list; the others answer why.
+                respond_json(req.stream(), 200, &serde_json::json!([]))?;
             }
             ("GET", ["v1", "networks"]) => {
                 let resp = self.network_send("GET", "/networks", None)?;
@@ -503,7 +511,11 @@ impl Server {
                     name: "vessel-network".into(),
                     pid: self.network.pid(),
                     running: self.network.pid().is_some(),
-                    error: self.network.error(),
+                    error: if self.containers.rootless() {
+                        Some("not used in rootless mode".into())
+                    } else {
+                        self.network.error()
+                    },
                 },
                 HelperInfo {
                     name: "vessel-runtime".into(),
@@ -515,6 +527,14 @@ impl Server {
             containers_running: list.iter().filter(|i| i.state.status.is_active()).count(),
             containers_total: list.len(),
             networks: self.containers.networks().unwrap_or_default(),
+            network_mode: Some(
+                if self.containers.rootless() {
+                    crate::rootless::NOTE
+                } else {
+                    crate::rootless::ROOT_NOTE
+                }
+                .to_string(),
+            ),
         }
     }
 
@@ -525,10 +545,12 @@ impl Server {
         // Then the network helper (its DNS servers and port proxies), and
         // what it put on the host: with no container left, the bridges,
         // TAPs and nftables table go too; the records stay for next time.
-        eprintln!("vessel-apiserver: shutting down: stopping the network helper");
-        self.network.stop(Duration::from_secs(5));
-        if let Err(e) = Helper::network_cleanup(&self.home) {
-            eprintln!("vessel-apiserver: network cleanup: {e:#}");
+        if !self.containers.rootless() {
+            eprintln!("vessel-apiserver: shutting down: stopping the network helper");
+            self.network.stop(Duration::from_secs(5));
+            if let Err(e) = Helper::network_cleanup(&self.home) {
+                eprintln!("vessel-apiserver: network cleanup: {e:#}");
+            }
         }
         // Before the supervisor is told: its SIGTERM ends us at once.
         let _ = fs::remove_file(self.home.api_socket());

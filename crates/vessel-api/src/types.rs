@@ -353,6 +353,10 @@ pub struct SystemInfo {
     /// The networks, when vessel-network answers.
     #[serde(default)]
     pub networks: Vec<crate::network::NetworkInfo>,
+    /// How containers are networked and what that gives them: `bridge
+    /// (vessel-network): ...` as root, `rootless (passt): ...` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
 }
 
 /// Parse a Docker-style memory size: a number with an optional unit

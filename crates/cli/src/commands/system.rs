@@ -215,7 +215,19 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         .helpers
         .iter()
         .any(|h| h.name == "vessel-network" && h.running);
-    if !net_up {
+    let rootless = info
+        .network_mode
+        .as_deref()
+        .is_some_and(|m| m.starts_with("rootless"));
+    if let Some(mode) = &info.network_mode {
+        println!("network:      {mode}");
+    }
+    if rootless {
+        nets = vec![
+            "none to manage (each container has its own private 10.0.2.0/24 with address 10.0.2.15)"
+                .into(),
+        ];
+    } else if !net_up {
         nets = vec![
             "unavailable (vessel-network is not running; `vessel run --network none` still works)"
                 .into(),
