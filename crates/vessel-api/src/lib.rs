@@ -5,8 +5,8 @@
 
 pub mod fsutil;
 pub mod http;
+pub mod network;
 pub mod paths;
 pub mod types;
-pub mod network;
 
 pub use agent_protocol::ProcessSpec;
