@@ -168,9 +168,56 @@ pub fn dns_upstream() -> Vec<String> {
         .collect()
 }
 
+/// The nameservers the guest uses. passt 0.0~git20230309's
+/// `--dns-forward` loses the answers (seen with a loopback and with a
+/// host-address upstream), so the guest asks the upstreams itself through
+/// passt's ordinary UDP path: `upstream` (else `resolv_conf`'s IPv4
+/// nameservers), with `127.0.0.1` reached as the gateway (passt maps it to
+/// the host's loopback); other loopback addresses (`127.0.0.53`) cannot be
+/// reached and are skipped. None left: passt's forwarder address.
+pub fn guest_nameservers(upstream: &[String], resolv_conf: &str) -> Vec<String> {
+    use vessel_api::network::user_mode;
+    let from_conf: Vec<String> = resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next().unwrap_or("").to_string())
+        })
+        .collect();
+    let sources = if upstream.is_empty() {
+        &from_conf
+    } else {
+        upstream
+    };
+    let mut out: Vec<String> = Vec::new();
+    for s in sources {
+        let Ok(ip) = s.parse::<Ipv4Addr>() else {
+            continue;
+        };
+        let ns = if ip == Ipv4Addr::LOCALHOST {
+            user_mode::GATEWAY.to_string()
+        } else if ip.is_loopback() || ip.is_unspecified() {
+            continue;
+        } else {
+            ip.to_string()
+        };
+        if !out.contains(&ns) {
+            out.push(ns);
+        }
+    }
+    if out.is_empty() {
+        out.push(user_mode::DNS.to_string());
+    }
+    out
+}
+
 /// The user-mode attachment of a container with `ports` (resolved).
 pub fn attachment(network: &str, ports: Vec<PortMapping>) -> Attachment {
-    Attachment::user_mode(network, ports, dns_upstream())
+    let upstream = dns_upstream();
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let mut a = Attachment::user_mode(network, ports, upstream.clone());
+    a.dns = guest_nameservers(&upstream, &conf);
+    a
 }
 
 #[cfg(test)]
@@ -230,6 +277,23 @@ mod tests {
         let r = resolve_ports(&ports(&[&format!("127.0.0.1:{p}-{}:80", p + 20)])).unwrap();
         assert!(r[0].host_port > p && r[0].host_port <= p + 20);
         assert_eq!(r[0].host_port_end, None);
+    }
+
+    #[test]
+    fn guest_nameservers_reach_the_upstreams() {
+        let conf =
+            "# x\nnameserver 192.0.2.53\nnameserver 127.0.0.53\nnameserver ::1\nsearch lan\n";
+        assert_eq!(guest_nameservers(&[], conf), vec!["192.0.2.53"]);
+        assert_eq!(
+            guest_nameservers(&["127.0.0.1".into(), "198.51.100.1".into()], conf),
+            vec!["10.0.2.2", "198.51.100.1"]
+        );
+        // Only systemd-resolved's stub: passt's forwarder is all there is.
+        assert_eq!(
+            guest_nameservers(&[], "nameserver 127.0.0.53\n"),
+            vec!["10.0.2.3"]
+        );
+        assert_eq!(guest_nameservers(&[], ""), vec!["10.0.2.3"]);
     }
 
     #[test]

@@ -114,7 +114,12 @@ impl PasstSpec {
             address: a.ip.clone(),
             prefix_len: a.prefix_len,
             gateway: a.gateway.clone(),
-            dns_forward: a.dns.first().cloned(),
+            // Only when the guest uses passt's forwarder address.
+            dns_forward: a
+                .dns
+                .iter()
+                .find(|d| d.as_str() == vessel_api::network::user_mode::DNS)
+                .cloned(),
             dns_upstream: a.dns_upstream.clone(),
             tcp_ports,
             udp_ports,
