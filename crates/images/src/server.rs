@@ -22,11 +22,9 @@
 
 use std::collections::BTreeSet;
 use std::error::Error as StdError;
-use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use vessel_api::http::{respond_error, respond_json, respond_stream_head, Request};
 use vessel_api::paths::Home;
@@ -63,35 +61,13 @@ pub fn error_chain(e: &dyn StdError) -> String {
 pub fn run(home: &Home) -> Result<(), ServerError> {
     let images = Arc::new(Images::open(home).map_err(ServerError::Open)?);
     let path = home.images_socket();
-    let listener = bind(&path).map_err(|source| ServerError::Listen {
+    let listener = vessel_api::http::bind_private(&path).map_err(|source| ServerError::Listen {
         path: path.clone(),
         source,
     })?;
     eprintln!("vessel-images: listening on {}", path.display());
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                let images = Arc::clone(&images);
-                std::thread::spawn(move || serve_connection(&images, stream));
-            }
-            Err(e) => eprintln!("vessel-images: accept failed: {e}"),
-        }
-    }
+    vessel_api::http::serve_forever(listener, "vessel-images", images, serve_connection);
     Ok(())
-}
-
-fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    Ok(l)
 }
 
 /// Handle one connection (one request).

@@ -21,11 +21,9 @@
 
 use crate::error_chain;
 use crate::manager::{Manager, NetError};
-use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use vessel_api::http::{respond_error, respond_json, HttpError, Request};
 use vessel_api::network::{
@@ -49,35 +47,13 @@ pub enum ServerError {
 pub fn run(home: &Home, manager: Manager) -> Result<(), ServerError> {
     let manager = Arc::new(manager);
     let path = socket_path(home);
-    let listener = bind(&path).map_err(|source| ServerError::Listen {
+    let listener = vessel_api::http::bind_private(&path).map_err(|source| ServerError::Listen {
         path: path.clone(),
         source,
     })?;
     eprintln!("vessel-network: listening on {}", path.display());
-    for conn in listener.incoming() {
-        match conn {
-            Ok(stream) => {
-                let m = Arc::clone(&manager);
-                std::thread::spawn(move || serve_connection(&m, stream));
-            }
-            Err(e) => eprintln!("vessel-network: accept failed: {e}"),
-        }
-    }
+    vessel_api::http::serve_forever(listener, "vessel-network", manager, serve_connection);
     Ok(())
-}
-
-fn bind(path: &Path) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir)?;
-    }
-    match fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let l = UnixListener::bind(path)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    Ok(l)
 }
 
 enum RouteError {

@@ -7,8 +7,10 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Largest request or response head accepted.
@@ -406,10 +408,56 @@ fn read_response(stream: UnixStream) -> Result<Response, HttpError> {
     })
 }
 
+/// Bind a Unix socket only its owner may use (0600), replacing a stale one
+/// left by an earlier process.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Accept connections on `listener` forever, each handled by `handle` on a
+/// thread of its own; `who` names the process in accept errors.
+pub fn serve_forever<S: Send + Sync + 'static>(
+    listener: UnixListener,
+    who: &str,
+    state: Arc<S>,
+    handle: fn(&S, UnixStream),
+) {
+    for conn in listener.incoming() {
+        match conn {
+            Ok(stream) => {
+                let state = Arc::clone(&state);
+                std::thread::spawn(move || handle(&state, stream));
+            }
+            Err(e) => eprintln!("{who}: accept failed: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::net::UnixListener;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn bind_private_is_0600_and_replaces_a_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/x.sock");
+        let first = bind_private(&path).unwrap();
+        drop(first); // a dead process leaves its socket file behind
+        let _l = bind_private(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        UnixStream::connect(&path).unwrap();
+    }
 
     #[test]
     fn request_response_round_trip() {
