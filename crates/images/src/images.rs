@@ -17,11 +17,11 @@ use crate::unpack::Budget;
 /// Errors of the image service.
 #[derive(Debug, thiserror::Error)]
 pub enum ImagesError {
-    #[error("image {0} not found; load it with `vessel image load -i FILE` or list images with `vessel image ls`")]
+    #[error("image {0} not found; pull it with `vessel pull {0}`, load one with `vessel image load -i FILE`, or list images with `vessel image ls`")]
     NotFound(String),
     #[error("Image ID prefix {0} matches more than one image; give more digits")]
     Ambiguous(String),
-    #[error("Invalid image reference")]
+    #[error(transparent)]
     Reference(#[from] ReferenceError),
     #[error("Cannot load the image")]
     Archive(#[from] ArchiveError),

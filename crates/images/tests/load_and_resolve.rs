@@ -254,7 +254,7 @@ fn http_api() {
     assert_eq!(s, 404);
     assert_eq!(
         v["message"],
-        "image docker.io/library/nope:latest not found; load it with `vessel image load -i FILE` or list images with `vessel image ls`"
+        "image docker.io/library/nope:latest not found; pull it with `vessel pull docker.io/library/nope:latest`, load one with `vessel image load -i FILE`, or list images with `vessel image ls`"
     );
     assert_eq!(get("POST", "/images/resolve?ref=Bad%20Ref").0, 400);
     assert_eq!(get("POST", "/images/load?path=relative.tar").0, 400);

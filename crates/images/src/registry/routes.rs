@@ -98,11 +98,7 @@ fn transfer(images: &Images, req: &mut Request, is_pull: bool) {
     let target = match Reference::parse(&reference) {
         Ok(r) => r,
         Err(e) => {
-            let msg = format!(
-                "Invalid image reference: {}",
-                crate::server::error_chain(&e)
-            );
-            return fail(req, 400, &msg);
+            return fail(req, 400, &crate::server::error_chain(&e));
         }
     };
     let platform = match req.query("platform").filter(|p| !p.is_empty()) {
