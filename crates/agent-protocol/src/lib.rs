@@ -19,7 +19,8 @@
 //! never panics, whatever the peer sends.
 //!
 //! ## Conversation
-//! 1. host → `Hello { version }`; guest → `Hello { version, uptime_ms }`. A
+//! 1. host → `Hello { version }`; guest → `Hello { version, uptime_ms,
+//!    features }` (features: optional parts it implements, e.g. `network`). A
 //!    guest that speaks another major version answers `Error` and closes.
 //! 2. host → `Start(StartRequest)`; guest mounts the root filesystem and
 //!    starts the process, then answers `Started { pid, uptime_ms }` or
@@ -167,6 +168,10 @@ pub enum HostMessage {
     Shutdown,
 }
 
+/// The guest applies `StartRequest::network` (addresses, routes,
+/// resolv.conf, hosts).
+pub const FEATURE_NETWORK: &str = "network";
+
 /// Messages the guest sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -175,6 +180,11 @@ pub enum GuestMessage {
         version: u32,
         /// Guest uptime in milliseconds when vminitd answered.
         uptime_ms: u64,
+        /// Optional parts of the protocol this guest implements (see
+        /// [`FEATURE_NETWORK`]). Absent in guests that predate them, so a
+        /// host can refuse what an old guest would silently ignore.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        features: Vec<String>,
     },
     Started {
         pid: i32,

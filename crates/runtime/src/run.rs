@@ -20,7 +20,9 @@ use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
 use crate::vmm::{qemu_binary, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
-use agent_protocol::{GuestMessage, HostMessage, StartRequest, AGENT_PORT, VERSION};
+use agent_protocol::{
+    GuestMessage, HostMessage, StartRequest, AGENT_PORT, FEATURE_NETWORK, VERSION,
+};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -394,11 +396,27 @@ pub fn supervise(
                 Ok(Some(Incoming::Message(m))) => m,
             };
             match (phase, msg) {
-                (Phase::Hello, GuestMessage::Hello { version, uptime_ms }) => {
+                (
+                    Phase::Hello,
+                    GuestMessage::Hello {
+                        version,
+                        uptime_ms,
+                        features,
+                    },
+                ) => {
                     if version != VERSION {
                         break End::Refused(format!(
                             "the guest agent speaks protocol version {version}, this runtime {VERSION}"
                         ));
+                    }
+                    let wants_network = request.as_ref().is_some_and(|r| r.network.is_some());
+                    if wants_network && !features.iter().any(|f| f == FEATURE_NETWORK) {
+                        break End::Refused(
+                            "the guest's vminitd cannot configure networks: its initramfs is \
+                             older than this vessel-runtime; install the guest assets built \
+                             with it (scripts/setup.sh), or run with --network none"
+                                .into(),
+                        );
                     }
                     log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
                     let Some(req) = request.take() else {
@@ -898,6 +916,7 @@ mod tests {
             GuestMessage::Hello {
                 version: VERSION,
                 uptime_ms: 400,
+                features: vec![],
             },
         );
         match recv(g) {
@@ -918,6 +937,14 @@ mod tests {
         h: &Harness,
         guest: impl FnOnce(UnixStream) + Send + 'static,
     ) -> (Result<(), RunError>, std::thread::JoinHandle<()>) {
+        run_request_with_guest(h, request(), guest)
+    }
+
+    fn run_request_with_guest(
+        h: &Harness,
+        req: StartRequest,
+        guest: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (Result<(), RunError>, std::thread::JoinHandle<()>) {
         let (host, g) = UnixStream::pair().unwrap();
         let guest = std::thread::spawn(move || guest(g));
         let mut host = Some(host);
@@ -935,7 +962,7 @@ mod tests {
         let mut stdio = StdioLog::open(&h.stdio_path).unwrap();
         let r = supervise(
             &h.shared,
-            request(),
+            req,
             &mut connect,
             &mut stdio,
             Instant::now(),
@@ -943,6 +970,41 @@ mod tests {
             &timeouts(),
         );
         (r, guest)
+    }
+
+    #[test]
+    fn a_guest_without_network_support_is_refused_a_network() {
+        let h = harness();
+        let mut req = request();
+        req.network = Some(agent_protocol::NetworkConfig::default());
+        let (r, guest) = run_request_with_guest(&h, req, move |mut g| {
+            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
+            send(
+                &mut g,
+                GuestMessage::Hello {
+                    version: VERSION,
+                    uptime_ms: 1,
+                    features: vec![],
+                },
+            );
+            // Refused: the host sends no Start and shuts the guest down.
+            while let Some(m) = recv(&mut g) {
+                assert!(!matches!(m, HostMessage::Start(_)), "{m:?}");
+            }
+        });
+        guest.join().unwrap();
+        assert!(
+            r.is_err() || h.shared.snapshot().exit_code == Some(125),
+            "{r:?}"
+        );
+        let s = h.shared.snapshot();
+        assert!(
+            s.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("cannot configure networks"),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -1002,6 +1064,7 @@ mod tests {
                 GuestMessage::Hello {
                     version: VERSION,
                     uptime_ms: 1,
+                    features: vec![],
                 },
             );
             assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));

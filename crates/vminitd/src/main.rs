@@ -263,6 +263,7 @@ fn session(conn: &mut Conn, sigfd: &SignalFd) -> Result<Outcome, String> {
     conn.send(&GuestMessage::Hello {
         version: VERSION,
         uptime_ms: uptime_ms(),
+        features: vec![agent_protocol::FEATURE_NETWORK.to_string()],
     })?;
 
     let req = loop {
