@@ -45,6 +45,17 @@ impl ImagesError {
             _ => 500,
         }
     }
+
+    /// The image's own content is refused (a hostile or oversized layer, a
+    /// malformed manifest or config), as opposed to the host failing to
+    /// build it or the image being gone.
+    pub fn refuses_content(&self) -> bool {
+        match self {
+            ImagesError::Corrupt(..) => true,
+            ImagesError::Ext4(Ext4Error::Unpack { source, .. }) => source.refuses_content(),
+            _ => false,
+        }
+    }
 }
 
 /// `DELETE /images` answer.
@@ -200,6 +211,17 @@ impl Images {
         let c: serde_json::Value = serde_json::from_slice(&self.store.read_blob(&r.config)?)
             .map_err(|e| ImagesError::Corrupt(r.config.clone(), e))?;
         Ok((m, c))
+    }
+
+    /// The ext4 base of the image `record`, built if missing.
+    pub fn ensure_base(&self, record: &ImageRecord) -> Result<std::path::PathBuf, ImagesError> {
+        let (manifest, _) = self.manifest_and_config(record)?;
+        Ok(ext4::ensure_rootfs(
+            &self.store,
+            &record.config,
+            &manifest,
+            self.budget,
+        )?)
     }
 
     /// What a container of `name` needs; builds the ext4 base if missing.

@@ -84,6 +84,14 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// The layer itself is refused (unsafe entries, malformed tar, over the
+    /// budget), not the host failing to write it.
+    pub fn refuses_content(&self) -> bool {
+        !matches!(self, UnpackError::Io { .. })
+    }
+}
+
 /// Limits on what unpacking may create.
 #[derive(Debug, Clone, Copy)]
 pub struct Budget {

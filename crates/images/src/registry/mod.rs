@@ -176,24 +176,39 @@ impl crate::images::Images {
         Ok(image)
     }
 
-    /// Build the ext4 base of a freshly pulled image. An image whose base
-    /// cannot be built (a hostile or oversized layer) is not kept under its
+    /// Build the ext4 base of a freshly pulled image. An image whose layers
+    /// are refused (a hostile or oversized layer) is not kept under its
     /// name; its blobs go at the next collection, and a `vessel run` of it
-    /// reports why.
+    /// reports why. The base is built from the pulled record, not from
+    /// whatever the reference names by now: the image may have been removed
+    /// (its blobs collected) or named again by a load or tag in the
+    /// meantime, and neither is a reason to unlist anything.
     fn build_base_after_pull(&self, pulled: &pull::Pulled) {
-        if let Err(e) = self.resolve(&pulled.image.reference) {
+        let Err(e) = self.ensure_base(&pulled.record) else {
+            return;
+        };
+        let still_listed = self
+            .store()
+            .read_index()
+            .map(|ix| ix.images.get(&pulled.image.reference) == Some(&pulled.record))
+            .unwrap_or(false);
+        if !still_listed {
+            return; // removed (or renamed) while its base was being built
+        }
+        eprintln!(
+            "vessel-images: cannot build the root filesystem of {}: {}",
+            pulled.image.reference,
+            crate::server::error_chain(&e)
+        );
+        if !e.refuses_content() {
+            return; // a host problem (disk full, mkfs): a later run retries
+        }
+        if let Err(r) = pulled.revert(self.store()) {
             eprintln!(
-                "vessel-images: cannot build the root filesystem of {}: {}",
+                "vessel-images: cannot unlist {}: {}",
                 pulled.image.reference,
-                crate::server::error_chain(&e)
+                r.message()
             );
-            if let Err(r) = pulled.revert(self.store()) {
-                eprintln!(
-                    "vessel-images: cannot unlist {}: {}",
-                    pulled.image.reference,
-                    r.message()
-                );
-            }
         }
     }
 
@@ -293,5 +308,83 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.to_string(), "three");
         run_parallel(&Vec::<u32>::new(), 4, |_| Ok(())).unwrap();
+    }
+
+    /// An image imported from a one-file tar, as a pull would have left it.
+    fn pulled(
+        images: &crate::images::Images,
+        dir: &std::path::Path,
+        name: &str,
+        size: usize,
+    ) -> pull::Pulled {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "file", &vec![7u8; size][..]).unwrap();
+        let src = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+        std::fs::write(&src, b.into_inner().unwrap()).unwrap();
+        let image = images.import(&src, name).unwrap();
+        let record = images.store().read_index().unwrap().images[&image.reference].clone();
+        pull::Pulled {
+            image,
+            record,
+            previous: None,
+        }
+    }
+
+    fn listed(images: &crate::images::Images, p: &pull::Pulled) -> bool {
+        images
+            .store()
+            .read_index()
+            .unwrap()
+            .images
+            .get(&p.image.reference)
+            == Some(&p.record)
+    }
+
+    #[test]
+    fn only_refused_content_unlists_a_pulled_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = vessel_api::paths::Home::new(dir.path().join("home"));
+        let images = crate::images::Images::open(&home).unwrap();
+
+        // Builds: listed, base present.
+        let ok = pulled(&images, dir.path(), "localhost/ok:v1", 100);
+        images.build_base_after_pull(&ok);
+        assert!(listed(&images, &ok));
+        assert!(crate::ext4::rootfs_path(images.store(), &ok.record.config)
+            .unwrap()
+            .is_file());
+
+        // Over the unpack budget: refused content, unlisted.
+        let small = images.clone().with_budget(crate::unpack::Budget {
+            max_bytes: 4096,
+            max_inodes: 100,
+        });
+        let big = pulled(&small, dir.path(), "localhost/big:v1", 64 << 10);
+        small.build_base_after_pull(&big);
+        assert!(
+            !listed(&small, &big),
+            "an image that cannot unpack is unlisted"
+        );
+
+        // Removed while its base was due (blobs collected), then named again
+        // with the same record (a load of the same image): the failed build
+        // of the removed one must not unlist the new one.
+        let gone = pulled(&images, dir.path(), "localhost/gone:v1", 101);
+        images.remove(&gone.image.reference).unwrap();
+        assert!(!images.store().has_blob(&gone.record.config));
+        images.build_base_after_pull(&gone); // nothing listed: nothing to do
+        images
+            .store()
+            .update_index(|ix| -> Result<(), crate::store::StoreError> {
+                ix.images
+                    .insert(gone.image.reference.clone(), gone.record.clone());
+                Ok(())
+            })
+            .unwrap();
+        images.build_base_after_pull(&gone);
+        assert!(listed(&images, &gone), "a host-side failure never unlists");
     }
 }
