@@ -184,8 +184,21 @@ impl crate::images::Images {
     /// (its blobs collected) or named again by a load or tag in the
     /// meantime, and neither is a reason to unlist anything.
     fn build_base_after_pull(&self, pulled: &pull::Pulled) {
-        let Err(e) = self.ensure_base(&pulled.record) else {
-            return;
+        let e = match self.ensure_base(&pulled.record) {
+            Ok(_) => {
+                // Removed while being built (a collection skips a build in
+                // progress): collect its base now rather than at the next
+                // `rm` or `prune`.
+                let orphan = self
+                    .store()
+                    .read_index()
+                    .is_ok_and(|ix| !ix.images.values().any(|r| r.config == pulled.record.config));
+                if orphan {
+                    let _ = self.store().collect(&Default::default());
+                }
+                return;
+            }
+            Err(e) => e,
         };
         let still_listed = self
             .store()
@@ -376,6 +389,11 @@ mod tests {
         images.remove(&gone.image.reference).unwrap();
         assert!(!images.store().has_blob(&gone.record.config));
         images.build_base_after_pull(&gone); // nothing listed: nothing to do
+        assert!(
+            !crate::ext4::rootfs_path(images.store(), &gone.record.config)
+                .unwrap()
+                .exists()
+        );
         images
             .store()
             .update_index(|ix| -> Result<(), crate::store::StoreError> {
@@ -386,5 +404,20 @@ mod tests {
             .unwrap();
         images.build_base_after_pull(&gone);
         assert!(listed(&images, &gone), "a host-side failure never unlists");
+
+        // Unlisted (and collected) while its base was being built: the base
+        // that build leaves is collected at once.
+        let late = pulled(&images, dir.path(), "localhost/late:v1", 102);
+        images
+            .store()
+            .update_index(|ix| -> Result<(), crate::store::StoreError> {
+                ix.images.remove(&late.image.reference);
+                Ok(())
+            })
+            .unwrap();
+        images.build_base_after_pull(&late);
+        let base = crate::ext4::rootfs_path(images.store(), &late.record.config).unwrap();
+        assert!(!base.exists(), "orphan base collected");
+        assert!(!images.store().has_blob(&late.record.config));
     }
 }
