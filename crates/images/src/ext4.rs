@@ -7,9 +7,17 @@
 //! image with headroom, written to a temporary name and renamed into place.
 //! Builds of one image are serialized with an flock on
 //! `rootfs/.<hex>.lock`, so concurrent `run`s build once.
+//!
+//! Unprivileged (rootless mode), `mkfs.ext4 -d` can only copy what the
+//! host files have: this user's owner and the modes it could give. The
+//! unpacker's [`Deferred`] record of each entry is then written into the
+//! image with `debugfs -w` (`set_inode_field` of uid, gid and mode, and
+//! `mknod` for device nodes in place of their stand-ins), before the image
+//! is renamed into place.
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -17,7 +25,8 @@ use vessel_api::fsutil::random_hex;
 
 use crate::oci::Manifest;
 use crate::store::{digest_hex, Flock, Store, StoreError};
-use crate::unpack::{Budget, UnpackError, Unpacker};
+use crate::unpack::{Budget, Deferred, RelPath, UnpackError, Unpacker};
+use std::collections::HashMap;
 
 /// Filesystem label of every rootfs.
 pub const LABEL: &str = "vessel-rootfs";
@@ -38,6 +47,10 @@ pub enum Ext4Error {
     MkfsMissing,
     #[error("mkfs.ext4 failed ({status}): {stderr}")]
     Mkfs { status: String, stderr: String },
+    #[error("debugfs not found; install e2fsprogs (apt-get install e2fsprogs)")]
+    DebugfsMissing,
+    #[error("debugfs could not set owners and modes: {0}")]
+    Debugfs(String),
     #[error("I/O error on {path}")]
     Io {
         path: PathBuf,
@@ -68,6 +81,20 @@ pub fn ensure_rootfs(
     id: &str,
     manifest: &Manifest,
     budget: Budget,
+) -> Result<PathBuf, Ext4Error> {
+    // SAFETY: geteuid has no preconditions.
+    let privileged = unsafe { libc::geteuid() } == 0;
+    ensure_rootfs_as(store, id, manifest, budget, privileged)
+}
+
+/// [`ensure_rootfs`], unpacking as root would (`privileged`) or as any
+/// other user does.
+pub fn ensure_rootfs_as(
+    store: &Store,
+    id: &str,
+    manifest: &Manifest,
+    budget: Budget,
+    privileged: bool,
 ) -> Result<PathBuf, Ext4Error> {
     let dest = rootfs_path(store, id)?;
     if dest.is_file() {
@@ -101,7 +128,7 @@ pub fn ensure_rootfs(
     fs::create_dir(&staging).map_err(io_err(&staging))?;
     fs::set_permissions(&staging, fs::Permissions::from_mode(0o755)).map_err(io_err(&staging))?;
     let staging = &staging;
-    let mut unpacker = Unpacker::new(staging, budget);
+    let mut unpacker = Unpacker::with_privilege(staging, budget, privileged);
     for layer in &manifest.layers {
         let f = store.open_blob(&layer.digest)?;
         unpacker
@@ -158,6 +185,9 @@ pub fn ensure_rootfs(
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
         });
     }
+    if let Some(deferred) = unpacker.take_deferred() {
+        apply_deferred(&out.0, staging, &deferred, &private.0)?;
+    }
     let f = fs::File::open(&out.0).map_err(io_err(&out.0))?;
     f.sync_all().map_err(io_err(&out.0))?;
     fs::set_permissions(&out.0, fs::Permissions::from_mode(0o644)).map_err(io_err(&out.0))?;
@@ -169,6 +199,163 @@ pub fn ensure_rootfs(
 }
 
 use std::os::unix::fs::PermissionsExt;
+
+/// Longest command line `debugfs -f` reads whole (its buffer is `BUFSIZ`).
+const DEBUGFS_LINE_MAX: usize = 8000;
+
+/// `"…"` for debugfs's command parser: inside quotes only `"` is special,
+/// and it is doubled. `None` for a name it cannot take (a line break, or
+/// too long for one command line).
+fn debugfs_quote(path: &[u8]) -> Option<Vec<u8>> {
+    if path.iter().any(|&b| b == b'\n' || b == b'\r') || path.len() * 2 + 64 > DEBUGFS_LINE_MAX {
+        return None;
+    }
+    let mut q = Vec::with_capacity(path.len() + 2);
+    q.push(b'"');
+    for &b in path {
+        if b == b'"' {
+            q.push(b'"');
+        }
+        q.push(b);
+    }
+    q.push(b'"');
+    Some(q)
+}
+
+/// The debugfs commands giving every path under `staging` (its root
+/// included) its deferred owner and mode, and device nodes in place of
+/// their stand-ins. Paths nothing was recorded for (parents a layer did
+/// not list) become root's. Returns how many paths debugfs cannot name.
+fn deferred_script(
+    staging: &Path,
+    deferred: &HashMap<RelPath, Deferred>,
+    out: &mut impl io::Write,
+) -> Result<usize, Ext4Error> {
+    let mut skipped = 0;
+    let mut stack: Vec<RelPath> = vec![Vec::new()];
+    while let Some(rel) = stack.pop() {
+        let mut host = staging.to_path_buf();
+        for c in &rel {
+            host.push(std::ffi::OsStr::from_bytes(c));
+        }
+        let m = fs::symlink_metadata(&host).map_err(io_err(&host))?;
+        if m.is_dir() {
+            for e in fs::read_dir(&host).map_err(io_err(&host))? {
+                let e = e.map_err(io_err(&host))?;
+                let mut child = rel.clone();
+                child.push(e.file_name().as_bytes().to_vec());
+                stack.push(child);
+            }
+        }
+        let mut abs = vec![b'/'];
+        abs.extend(rel.join(&b'/'));
+        let Some(q) = debugfs_quote(&abs) else {
+            skipped += 1;
+            continue;
+        };
+        let want = deferred.get(&rel).copied().unwrap_or(Deferred {
+            uid: 0,
+            gid: 0,
+            mode: m.mode() & 0o7777,
+            device: None,
+        });
+        let w = |out: &mut dyn io::Write, parts: &[&[u8]]| -> io::Result<()> {
+            out.write_all(&parts.join(&b' '))?;
+            out.write_all(b"\n")
+        };
+        let werr = |e: io::Error| Ext4Error::Io {
+            path: PathBuf::from("debugfs script"),
+            source: e,
+        };
+        let (uid, gid) = (want.uid.to_string(), want.gid.to_string());
+        if let Some(dev) = want
+            .device
+            .filter(|d| m.is_file() && d.placeholder == m.ino())
+        {
+            // Replace the stand-in by the node, from inside its directory
+            // (debugfs's mknod takes a name, not a path).
+            let (name, parent) = rel.split_last().expect("the root is a directory");
+            let mut pabs = vec![b'/'];
+            pabs.extend(parent.join(&b'/'));
+            let (Some(pq), Some(nq)) = (debugfs_quote(&pabs), debugfs_quote(name)) else {
+                skipped += 1;
+                continue;
+            };
+            let (kind, fmt) = if dev.block {
+                (&b"b"[..], libc::S_IFBLK)
+            } else {
+                (&b"c"[..], libc::S_IFCHR)
+            };
+            let (maj, min) = (dev.major.to_string(), dev.minor.to_string());
+            w(out, &[b"cd", &pq]).map_err(werr)?;
+            w(out, &[b"rm", &nq]).map_err(werr)?;
+            w(out, &[b"mknod", &nq, kind, maj.as_bytes(), min.as_bytes()]).map_err(werr)?;
+            let mode = format!("0{:o}", fmt | (want.mode & 0o7777));
+            w(out, &[b"sif", &nq, b"mode", mode.as_bytes()]).map_err(werr)?;
+            w(out, &[b"sif", &nq, b"uid", uid.as_bytes()]).map_err(werr)?;
+            w(out, &[b"sif", &nq, b"gid", gid.as_bytes()]).map_err(werr)?;
+            w(out, &[b"cd", b"/"]).map_err(werr)?;
+            continue;
+        }
+        w(out, &[b"sif", &q, b"uid", uid.as_bytes()]).map_err(werr)?;
+        w(out, &[b"sif", &q, b"gid", gid.as_bytes()]).map_err(werr)?;
+        if !m.file_type().is_symlink() {
+            let mode = format!("0{:o}", (m.mode() & libc::S_IFMT) | (want.mode & 0o7777));
+            w(out, &[b"sif", &q, b"mode", mode.as_bytes()]).map_err(werr)?;
+        }
+    }
+    Ok(skipped)
+}
+
+/// Write the unpacker's deferred owners, modes and device nodes into the
+/// ext4 image `img` built from `staging` (see the module docs).
+fn apply_deferred(
+    img: &Path,
+    staging: &Path,
+    deferred: &HashMap<RelPath, Deferred>,
+    scratch: &Path,
+) -> Result<(), Ext4Error> {
+    let debugfs = find_tool("debugfs").ok_or(Ext4Error::DebugfsMissing)?;
+    let script_path = scratch.join("debugfs.cmds");
+    let skipped = {
+        let f = fs::File::create(&script_path).map_err(io_err(&script_path))?;
+        let mut out = io::BufWriter::new(f);
+        let n = deferred_script(staging, deferred, &mut out)?;
+        io::Write::flush(&mut out).map_err(io_err(&script_path))?;
+        n
+    };
+    if skipped > 0 {
+        eprintln!(
+            "vessel-images: warning: {skipped} paths with line breaks in their names keep the unpacking user as owner"
+        );
+    }
+    let output = Command::new(&debugfs)
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(img)
+        .env("LC_ALL", "C")
+        .stdout(std::process::Stdio::null())
+        .output()
+        .map_err(io_err(&debugfs))?;
+    // debugfs answers 0 whatever its commands did; each failure is a line
+    // on stderr, after its banner.
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !output.status.success() || !errors.is_empty() {
+        let shown: Vec<&str> = errors.iter().take(5).copied().collect();
+        return Err(Ext4Error::Debugfs(format!(
+            "{} ({}{})",
+            output.status,
+            shown.join("; "),
+            if errors.len() > 5 { "; …" } else { "" }
+        )));
+    }
+    Ok(())
+}
 
 /// Size of the filesystem image for `bytes` of content: 30 % plus 512 MiB
 /// of headroom (free, since the file is sparse), rounded up to a MiB.
@@ -198,10 +385,16 @@ fn tree_usage(root: &Path) -> io::Result<(u64, u64)> {
 }
 
 fn find_mkfs() -> Option<PathBuf> {
-    vessel_api::paths::find_in_path("mkfs.ext4").or_else(|| {
-        ["/usr/sbin/mkfs.ext4", "/sbin/mkfs.ext4"]
+    find_tool("mkfs.ext4")
+}
+
+/// An e2fsprogs tool on `PATH` or in the sbin directories a normal user's
+/// `PATH` often lacks.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    vessel_api::paths::find_in_path(name).or_else(|| {
+        ["/usr/sbin", "/sbin"]
             .iter()
-            .map(PathBuf::from)
+            .map(|d| Path::new(d).join(name))
             .find(|p| p.is_file())
     })
 }
@@ -343,14 +536,39 @@ mod debugfs_tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    #[test]
-    fn mkfs_keeps_owners_modes_devices_xattrs_and_holes() {
+    /// A layer an unprivileged unpack cannot reproduce on the host: a
+    /// read-only directory with a child, an unreadable file, a device
+    /// replaced by another, a hardlink to a device, odd names.
+    fn restrictive_layer() -> Vec<u8> {
+        let mut b = Builder::new(Vec::new());
+        let mut h = header(EntryType::Directory, 0o555, 0, 0);
+        b.append_data(&mut h, "ro/", &b""[..]).unwrap();
+        let mut h = header(EntryType::Regular, 0o000, 0, 42);
+        h.set_size(7);
+        b.append_data(&mut h, "ro/secret", &b"secret\n"[..])
+            .unwrap();
+        let mut h = header(EntryType::Regular, 0o600, 7, 8);
+        h.set_size(2);
+        b.append_data(&mut h, "ro/a \"q\" b\\c", &b"q\n"[..])
+            .unwrap();
+        let mut h = header(EntryType::Link, 0o666, 0, 0);
+        b.append_link(&mut h, "dev/null2", "dev/null").unwrap();
+        // A node, then another at the same path.
+        for (kind, maj, min) in [(EntryType::Block, 8, 1), (EntryType::Char, 4, 1)] {
+            let mut h = header(kind, 0o620, 0, 5);
+            h.set_device_major(maj).unwrap();
+            h.set_device_minor(min).unwrap();
+            b.append_data(&mut h, "dev/tty1", &b""[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// The ext4 base of `layers`, unpacked with or without privilege.
+    fn build(layers: &[Vec<u8>], privileged: bool) -> (tempfile::TempDir, PathBuf) {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(unsafe { libc::geteuid() }, 0, "run as root (mknod, chown)");
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Home::new(dir.path())).unwrap();
-        let data = layer();
-        let digest = store.write_blob_bytes(&data).unwrap();
         let desc = |d: &str, size: u64| Descriptor {
             media_type: crate::oci::MT_OCI_LAYER.into(),
             digest: d.into(),
@@ -358,14 +576,19 @@ mod debugfs_tests {
             platform: None,
             annotations: BTreeMap::new(),
         };
+        let layers = layers
+            .iter()
+            .map(|data| desc(&store.write_blob_bytes(data).unwrap(), data.len() as u64))
+            .collect();
         let config = store.write_blob_bytes(b"{}").unwrap();
         let manifest = Manifest {
             schema_version: 2,
             media_type: None,
             config: desc(&config, 2),
-            layers: vec![desc(&digest, data.len() as u64)],
+            layers,
         };
-        let img = ensure_rootfs(&store, &config, &manifest, Budget::default()).unwrap();
+        let img =
+            ensure_rootfs_as(&store, &config, &manifest, Budget::default(), privileged).unwrap();
         // Built once: a second call returns the same file untouched.
         let ino = fs::metadata(&img).unwrap().ino();
         let again = ensure_rootfs(&store, &config, &manifest, Budget::default()).unwrap();
@@ -375,33 +598,37 @@ mod debugfs_tests {
         );
         // The staging tree is gone.
         assert_eq!(fs::read_dir(store.home().tmp_dir()).unwrap().count(), 0);
+        (dir, img)
+    }
 
-        let su = debugfs(&img, "stat /bin/su");
+    /// What `layer()` says, as the guest will see it.
+    fn check_layer(img: &Path) {
+        let su = debugfs(img, "stat /bin/su");
         assert!(su.contains("Mode:  04755"), "{su}");
         assert!(su.contains("Links: 2"), "hardlink kept: {su}");
-        let ping = debugfs(&img, "ea_list /bin/ping");
+        let ping = debugfs(img, "ea_list /bin/ping");
         assert!(ping.contains("security.capability"), "{ping}");
-        let f = debugfs(&img, "stat /home/u/file");
+        let f = debugfs(img, "stat /home/u/file");
         assert!(f.contains("User:  1000   Group:  1001"), "{f}");
         assert!(f.contains("Mode:  02640"), "{f}");
-        let t = debugfs(&img, "stat /tmp");
+        let t = debugfs(img, "stat /tmp");
         assert!(t.contains("Mode:  01777"), "{t}");
-        let ea = debugfs(&img, "ea_list /data");
+        let ea = debugfs(img, "ea_list /data");
         assert!(ea.contains("user.origin") && ea.contains("vessel"), "{ea}");
-        let null = debugfs(&img, "stat /dev/null");
+        let null = debugfs(img, "stat /dev/null");
         assert!(null.contains("Type: character special"), "{null}");
         assert!(null.contains("Device major/minor number: 01:03"), "{null}");
-        let sda = debugfs(&img, "stat /dev/sda");
+        let sda = debugfs(img, "stat /dev/sda");
         assert!(sda.contains("Type: block special"), "{sda}");
         assert!(sda.contains("Device major/minor number: 08:00"), "{sda}");
-        let fifo = debugfs(&img, "stat /run/fifo");
+        let fifo = debugfs(img, "stat /run/fifo");
         assert!(fifo.contains("Type: FIFO"), "{fifo}");
-        let sh = debugfs(&img, "stat /bin/sh");
+        let sh = debugfs(img, "stat /bin/sh");
         assert!(
             sh.contains("Type: symlink") && sh.contains("/bin/busybox"),
             "{sh}"
         );
-        let sp = debugfs(&img, "stat /sparse");
+        let sp = debugfs(img, "stat /sparse");
         assert!(sp.contains("Size: 67108864"), "{sp}");
         // A 64 MiB file with one block of data: a few blocks, not 16384.
         let blocks: u64 = sp
@@ -414,10 +641,10 @@ mod debugfs_tests {
             blocks < 256,
             "holes kept in the ext4 base: {blocks} sectors"
         );
-        let content = debugfs(&img, "cat /home/u/file");
+        let content = debugfs(img, "cat /home/u/file");
         assert_eq!(content, "u!\n");
         // Inodes have headroom over the content.
-        let sb = debugfs(&img, "stats");
+        let sb = debugfs(img, "stats");
         let inodes: u64 = sb
             .lines()
             .find(|l| l.starts_with("Inode count:"))
@@ -425,5 +652,60 @@ mod debugfs_tests {
             .and_then(|n| n.parse().ok())
             .unwrap();
         assert!(inodes >= 4096, "{inodes}");
+    }
+
+    #[test]
+    fn mkfs_keeps_owners_modes_devices_xattrs_and_holes() {
+        let (_dir, img) = build(&[layer()], true);
+        check_layer(&img);
+    }
+
+    #[test]
+    fn unprivileged_builds_get_owners_modes_and_devices_from_debugfs() {
+        let (_dir, img) = build(&[layer(), restrictive_layer()], false);
+        check_layer(&img);
+        let stat = |p: &str| debugfs(&img, &format!("stat \"{p}\""));
+        let ro = stat("/ro");
+        assert!(
+            ro.contains("Mode:  0555") && ro.contains("User:     0"),
+            "{ro}"
+        );
+        let secret = stat("/ro/secret");
+        assert!(secret.contains("Mode:  0000"), "{secret}");
+        assert!(secret.contains("Group:    42"), "{secret}");
+        assert_eq!(debugfs(&img, "cat /ro/secret"), "secret\n");
+        let odd = stat("/ro/a \"\"q\"\" b\\c");
+        assert!(odd.contains("User:     7   Group:     8"), "{odd}");
+        // A hardlink to a device is a node of its own.
+        let null2 = stat("/dev/null2");
+        assert!(null2.contains("Type: character special"), "{null2}");
+        assert!(
+            null2.contains("Device major/minor number: 01:03"),
+            "{null2}"
+        );
+        // A node replaces the one before it at its path.
+        let tty = stat("/dev/tty1");
+        assert!(tty.contains("Type: character special"), "{tty}");
+        assert!(tty.contains("Device major/minor number: 04:01"), "{tty}");
+        assert!(
+            tty.contains("Mode:  0620") && tty.contains("Group:     5"),
+            "{tty}"
+        );
+        // Parents no entry listed are root's.
+        let run = stat("/run");
+        assert!(run.contains("User:     0   Group:     0"), "{run}");
+        // The filesystem is consistent after debugfs's edits.
+        let out = Command::new("e2fsck")
+            .args(["-f", "-n"])
+            .arg(&img)
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "e2fsck: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

@@ -34,15 +34,21 @@
 //! Runs of zero bytes in regular files (GNU sparse entries, which the `tar`
 //! crate expands, and any other file) become holes.
 //!
-//! Ownership and device nodes need root; as another user they are skipped.
+//! Ownership and device nodes need root. Run as another user (rootless
+//! mode), the unpacker gives host files only what that user can, keeping
+//! them readable and writable by it (`u+rw`, directories `u+rwx`, no
+//! setuid/setgid/sticky on the host), stands in an empty regular file for a
+//! device node, and records each entry's real owner, mode and device in a
+//! [`Deferred`] map that [`crate::ext4`] applies to the built filesystem
+//! image, so the guest sees what the layers say.
 
 use std::cell::Cell;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -133,10 +139,33 @@ pub struct Unpacker {
     inodes: u64,
     is_root: bool,
     warnings: usize,
+    /// Unprivileged: what each entry should be, beyond what the host got.
+    deferred: Option<HashMap<RelPath, Deferred>>,
 }
 
 /// A normalized path inside the root: its components, none `.`/`..`/empty.
-type RelPath = Vec<Vec<u8>>;
+pub type RelPath = Vec<Vec<u8>>;
+
+/// What a layer entry is, as an unprivileged unpack could not make it on the
+/// host: its owner, its mode (permission bits with setuid/setgid/sticky),
+/// and for a device node, the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deferred {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    pub device: Option<DeviceNode>,
+}
+
+/// A character or block device stood in for on the host by an empty
+/// regular file, the inode `placeholder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceNode {
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    pub placeholder: u64,
+}
 
 fn display(rel: &[Vec<u8>]) -> String {
     let joined: Vec<u8> = rel.join(&b'/');
@@ -204,15 +233,64 @@ struct LayerState {
 type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Unpacker {
+    /// An unpacker with the privileges of this process: as root it sets
+    /// owners and makes device nodes, else it defers them (see
+    /// [`Unpacker::take_deferred`]).
     pub fn new(root: impl Into<PathBuf>, budget: Budget) -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        Self::with_privilege(root, budget, unsafe { libc::geteuid() } == 0)
+    }
+
+    /// An unpacker that sets owners and makes device nodes itself only when
+    /// `privileged` (which then needs root).
+    pub fn with_privilege(root: impl Into<PathBuf>, budget: Budget, privileged: bool) -> Self {
         Self {
             root: root.into(),
             budget,
             bytes: 0,
             inodes: 0,
-            // SAFETY: geteuid has no preconditions and cannot fail.
-            is_root: unsafe { libc::geteuid() } == 0,
+            is_root: privileged,
             warnings: 0,
+            deferred: (!privileged).then(HashMap::new),
+        }
+    }
+
+    /// Unprivileged: every entry's owner, mode and device node, by path
+    /// (stale for paths removed since; check against the tree). `None` when
+    /// the host files have it all.
+    pub fn take_deferred(&mut self) -> Option<HashMap<RelPath, Deferred>> {
+        self.deferred.take()
+    }
+
+    fn defer(
+        &mut self,
+        rel: &[Vec<u8>],
+        uid: u32,
+        gid: u32,
+        mode: u32,
+        device: Option<DeviceNode>,
+    ) {
+        if let Some(d) = &mut self.deferred {
+            d.insert(
+                rel.to_vec(),
+                Deferred {
+                    uid,
+                    gid,
+                    mode,
+                    device,
+                },
+            );
+        }
+    }
+
+    /// The mode a host file gets: the entry's own, or unprivileged, its
+    /// permission bits plus `need` for the owner (so this user can still
+    /// write into it and read it back), without setuid/setgid/sticky.
+    fn host_mode(&self, mode: u32, need: u32) -> u32 {
+        if self.is_root {
+            mode
+        } else {
+            (mode & 0o777) | need
         }
     }
 
@@ -553,8 +631,12 @@ impl Unpacker {
                     fs::create_dir(&path).map_err(Self::io_err(rel))?;
                 }
                 self.set_owner(&path, uid, gid, rel)?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(Self::io_err(rel))?;
+                fs::set_permissions(
+                    &path,
+                    fs::Permissions::from_mode(self.host_mode(mode, 0o700)),
+                )
+                .map_err(Self::io_err(rel))?;
+                self.defer(rel, uid, gid, mode, None);
                 self.set_xattrs(&path, None, &xattrs, rel)?;
                 state.dir_times.push((rel.to_vec(), mtime));
             }
@@ -586,8 +668,9 @@ impl Unpacker {
                         .map_err(Self::io_err(rel))?;
                 }
                 // After chown, which clears setuid/setgid.
-                f.set_permissions(fs::Permissions::from_mode(mode))
+                f.set_permissions(fs::Permissions::from_mode(self.host_mode(mode, 0o600)))
                     .map_err(Self::io_err(rel))?;
+                self.defer(rel, uid, gid, mode, None);
                 // After chown and the data, which clear security.capability.
                 self.set_xattrs(&path, Some(&f), &xattrs, rel)?;
                 drop(f);
@@ -604,6 +687,7 @@ impl Unpacker {
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
                     .map_err(Self::io_err(rel))?;
                 self.set_owner(&path, uid, gid, rel)?;
+                self.defer(rel, uid, gid, 0o777, None);
                 self.set_xattrs(&path, None, &xattrs, rel)?;
                 set_mtime(&path, mtime);
             }
@@ -634,19 +718,44 @@ impl Unpacker {
                     _ => return Err(bad()),
                 }
                 Self::remove_existing(&path, false).map_err(Self::io_err(rel))?;
+                let target_meta = self.deferred.as_ref().and_then(|d| d.get(&target)).copied();
+                if let Some(mut dev) = target_meta.and_then(|t| t.device) {
+                    // A link to a device stand-in: a stand-in of its own, so
+                    // replacing one by the node never frees the other.
+                    self.charge_inode()?;
+                    dev.placeholder = Self::placeholder(&path, rel)?;
+                    let t = target_meta.unwrap_or(Deferred {
+                        uid,
+                        gid,
+                        mode,
+                        device: None,
+                    });
+                    self.defer(rel, t.uid, t.gid, t.mode, Some(dev));
+                    return Ok(());
+                }
                 // linkat without AT_SYMLINK_FOLLOW: a symlink target is
                 // linked itself, never followed.
                 fs::hard_link(&tpath, &path).map_err(Self::io_err(rel))?;
+                if let Some(t) = target_meta {
+                    self.defer(rel, t.uid, t.gid, t.mode, None);
+                }
             }
             T::Char | T::Block | T::Fifo => {
                 Self::remove_existing(&path, false).map_err(Self::io_err(rel))?;
-                if kind != T::Fifo && !self.is_root {
-                    self.warn(format!("skipping device node {}: not root", display(rel)));
-                    return Ok(());
-                }
                 self.charge_inode()?;
                 let major = entry.header().device_major().ok().flatten().unwrap_or(0);
                 let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
+                if kind != T::Fifo && !self.is_root {
+                    let placeholder = Self::placeholder(&path, rel)?;
+                    let device = DeviceNode {
+                        block: kind == T::Block,
+                        major,
+                        minor,
+                        placeholder,
+                    };
+                    self.defer(rel, uid, gid, mode, Some(device));
+                    return Ok(());
+                }
                 let fmt = match kind {
                     T::Char => libc::S_IFCHR,
                     T::Block => libc::S_IFBLK,
@@ -664,8 +773,12 @@ impl Unpacker {
                 self.set_owner(&path, uid, gid, rel)?;
                 // mknod applies the umask and chown clears setuid: set the
                 // exact mode now (chmod does not open the node).
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(Self::io_err(rel))?;
+                fs::set_permissions(
+                    &path,
+                    fs::Permissions::from_mode(self.host_mode(mode, 0o600)),
+                )
+                .map_err(Self::io_err(rel))?;
+                self.defer(rel, uid, gid, mode, None);
                 self.set_xattrs(&path, None, &xattrs, rel)?;
                 set_mtime(&path, mtime);
             }
@@ -674,6 +787,18 @@ impl Unpacker {
             _ => {}
         }
         Ok(())
+    }
+
+    /// An empty regular file standing in for a device node; its inode.
+    fn placeholder(path: &Path, rel: &[Vec<u8>]) -> Result<u64, UnpackError> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(path)
+            .map_err(Self::io_err(rel))?;
+        Ok(f.metadata().map_err(Self::io_err(rel))?.ino())
     }
 
     fn set_owner(
