@@ -437,7 +437,7 @@ fn rootless_containers_get_outbound_access_and_published_ports_through_passt() {
     let url = format!("http://10.0.2.2:{port}/");
     let started = Instant::now();
     let out = v.vessel(&["run", "--rm", IMAGE, "sh", "-c", &format!(
-        "stat -c 'owner %n %u:%g %a' /bin/busybox /tmp; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; cat /etc/resolv.conf; wget -q -O - {url}"
+        "stat -c 'owner %n %u:%g %a' /bin/busybox /root /home/vessel; ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; cat /etc/resolv.conf; wget -q -O - {url}"
     )]);
     let took = started.elapsed();
     assert_ok(&out, "run wget to the host");
@@ -445,7 +445,8 @@ fn rootless_containers_get_outbound_access_and_published_ports_through_passt() {
     // Unpacked by the user, the image still has the owners and modes its
     // layers give (debugfs writes them into the ext4 base).
     assert!(o.contains("owner /bin/busybox 0:0 755\n"), "{o}");
-    assert!(o.contains("owner /tmp 0:0 1777\n"), "{o}");
+    assert!(o.contains("owner /root 0:0 700\n"), "{o}");
+    assert!(o.contains("owner /home/vessel 1000:1000 755\n"), "{o}");
     assert!(o.contains("inet 10.0.2.15/24"), "{o}");
     assert!(o.contains("default via 10.0.2.2"), "{o}");
     assert!(o.contains("host-loopback-ok"), "{o}");
