@@ -25,8 +25,7 @@ use vessel_api::fsutil::random_hex;
 
 use crate::oci::Manifest;
 use crate::store::{digest_hex, Flock, Store, StoreError};
-use crate::unpack::{Budget, Deferred, RelPath, UnpackError, Unpacker};
-use std::collections::HashMap;
+use crate::unpack::{Budget, Deferred, DeferredTree, RelPath, UnpackError, Unpacker};
 
 /// Filesystem label of every rootfs.
 pub const LABEL: &str = "vessel-rootfs";
@@ -228,9 +227,12 @@ fn debugfs_quote(path: &[u8]) -> Option<Vec<u8>> {
 /// not list) become root's. Returns how many paths debugfs cannot name.
 fn deferred_script(
     staging: &Path,
-    deferred: &HashMap<RelPath, Deferred>,
+    deferred: &DeferredTree,
     out: &mut impl io::Write,
+    xattrs: &mut impl io::Write,
+    scratch: &Path,
 ) -> Result<usize, Ext4Error> {
+    let mut values = 0usize;
     let mut skipped = 0;
     let mut stack: Vec<RelPath> = vec![Vec::new()];
     while let Some(rel) = stack.pop() {
@@ -253,7 +255,7 @@ fn deferred_script(
             skipped += 1;
             continue;
         };
-        let want = deferred.get(&rel).copied().unwrap_or(Deferred {
+        let want = deferred.meta.get(&rel).copied().unwrap_or(Deferred {
             uid: 0,
             gid: 0,
             mode: m.mode() & 0o7777,
@@ -303,6 +305,17 @@ fn deferred_script(
             let mode = format!("0{:o}", (m.mode() & libc::S_IFMT) | (want.mode & 0o7777));
             w(out, &[b"sif", &q, b"mode", mode.as_bytes()]).map_err(werr)?;
         }
+        // Values go through files (`ea_set -f`): they are binary.
+        for (name, value) in deferred.xattrs.get(&rel).into_iter().flatten() {
+            let Some(nq) = debugfs_quote(name) else {
+                continue;
+            };
+            let file = scratch.join(format!("xattr-{values}"));
+            values += 1;
+            fs::write(&file, value).map_err(io_err(&file))?;
+            let fq = debugfs_quote(file.as_os_str().as_bytes()).expect("scratch paths are plain");
+            w(xattrs, &[b"ea_set", b"-f", &fq, &q, &nq]).map_err(werr)?;
+        }
     }
     Ok(skipped)
 }
@@ -312,16 +325,22 @@ fn deferred_script(
 fn apply_deferred(
     img: &Path,
     staging: &Path,
-    deferred: &HashMap<RelPath, Deferred>,
+    deferred: &DeferredTree,
     scratch: &Path,
 ) -> Result<(), Ext4Error> {
     let debugfs = find_tool("debugfs").ok_or(Ext4Error::DebugfsMissing)?;
     let script_path = scratch.join("debugfs.cmds");
+    let xattr_path = scratch.join("debugfs-xattrs.cmds");
     let skipped = {
-        let f = fs::File::create(&script_path).map_err(io_err(&script_path))?;
-        let mut out = io::BufWriter::new(f);
-        let n = deferred_script(staging, deferred, &mut out)?;
+        let create = |p: &Path| {
+            fs::File::create(p)
+                .map(io::BufWriter::new)
+                .map_err(io_err(p))
+        };
+        let (mut out, mut xattrs) = (create(&script_path)?, create(&xattr_path)?);
+        let n = deferred_script(staging, deferred, &mut out, &mut xattrs, scratch)?;
         io::Write::flush(&mut out).map_err(io_err(&script_path))?;
+        io::Write::flush(&mut xattrs).map_err(io_err(&xattr_path))?;
         n
     };
     if skipped > 0 {
@@ -329,32 +348,51 @@ fn apply_deferred(
             "vessel-images: warning: {skipped} paths with line breaks in their names keep the unpacking user as owner"
         );
     }
-    let output = Command::new(&debugfs)
+    // Owners, modes and nodes must all apply; an attribute the filesystem
+    // refuses is a warning, as it is for a privileged unpack.
+    let errors = run_debugfs(&debugfs, &script_path, img)?;
+    if !errors.is_empty() {
+        return Err(Ext4Error::Debugfs(summarize(&errors)));
+    }
+    let errors = run_debugfs(&debugfs, &xattr_path, img)?;
+    if !errors.is_empty() {
+        eprintln!(
+            "vessel-images: warning: the image's filesystem refused {} extended attributes: {}",
+            errors.len(),
+            summarize(&errors)
+        );
+    }
+    Ok(())
+}
+
+/// Run the commands of `script` on `img`; the lines of its errors.
+fn run_debugfs(debugfs: &Path, script: &Path, img: &Path) -> Result<Vec<String>, Ext4Error> {
+    let output = Command::new(debugfs)
         .arg("-w")
         .arg("-f")
-        .arg(&script_path)
+        .arg(script)
         .arg(img)
         .env("LC_ALL", "C")
         .stdout(std::process::Stdio::null())
         .output()
-        .map_err(io_err(&debugfs))?;
+        .map_err(io_err(debugfs))?;
     // debugfs answers 0 whatever its commands did; each failure is a line
     // on stderr, after its banner.
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let errors: Vec<&str> = stderr
+    let mut errors: Vec<String> = String::from_utf8_lossy(&output.stderr)
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .map(str::to_string)
         .collect();
-    if !output.status.success() || !errors.is_empty() {
-        let shown: Vec<&str> = errors.iter().take(5).copied().collect();
-        return Err(Ext4Error::Debugfs(format!(
-            "{} ({}{})",
-            output.status,
-            shown.join("; "),
-            if errors.len() > 5 { "; …" } else { "" }
-        )));
+    if !output.status.success() {
+        errors.push(format!("debugfs: {}", output.status));
     }
-    Ok(())
+    Ok(errors)
+}
+
+fn summarize(errors: &[String]) -> String {
+    let shown: Vec<&str> = errors.iter().take(5).map(String::as_str).collect();
+    let more = if errors.len() > 5 { "; …" } else { "" };
+    format!("{}{more}", shown.join("; "))
 }
 
 /// Size of the filesystem image for `bytes` of content: 30 % plus 512 MiB

@@ -60,6 +60,9 @@ const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
 /// Most bytes of header records (PAX, GNU long name/link, sparse maps) one
 /// entry may have; the `tar` crate holds them in memory.
 pub const MAX_HEADER_RECORDS: u64 = 4 << 20;
+/// Largest extended attribute value an unprivileged unpack keeps (ext4
+/// holds an inode's attributes in one block).
+const MAX_DEFERRED_XATTR: usize = 4000;
 /// Warnings printed per layer before they are only counted.
 const MAX_WARNINGS: usize = 10;
 
@@ -140,7 +143,7 @@ pub struct Unpacker {
     is_root: bool,
     warnings: usize,
     /// Unprivileged: what each entry should be, beyond what the host got.
-    deferred: Option<HashMap<RelPath, Deferred>>,
+    deferred: Option<DeferredTree>,
 }
 
 /// A normalized path inside the root: its components, none `.`/`..`/empty.
@@ -155,6 +158,15 @@ pub struct Deferred {
     pub gid: u32,
     pub mode: u32,
     pub device: Option<DeviceNode>,
+}
+
+/// What an unprivileged unpack leaves to be written into the filesystem
+/// image, by path (stale for paths removed since: check against the tree).
+#[derive(Debug, Default)]
+pub struct DeferredTree {
+    pub meta: HashMap<RelPath, Deferred>,
+    /// Extended attributes, none of which are set on the host files.
+    pub xattrs: HashMap<RelPath, Xattrs>,
 }
 
 /// A character or block device stood in for on the host by an empty
@@ -230,7 +242,7 @@ struct LayerState {
 }
 
 /// Extended attributes of an entry, from its PAX records.
-type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 impl Unpacker {
     /// An unpacker with the privileges of this process: as root it sets
@@ -251,15 +263,23 @@ impl Unpacker {
             inodes: 0,
             is_root: privileged,
             warnings: 0,
-            deferred: (!privileged).then(HashMap::new),
+            deferred: (!privileged).then(DeferredTree::default),
         }
     }
 
-    /// Unprivileged: every entry's owner, mode and device node, by path
-    /// (stale for paths removed since; check against the tree). `None` when
-    /// the host files have it all.
-    pub fn take_deferred(&mut self) -> Option<HashMap<RelPath, Deferred>> {
+    /// Unprivileged: every entry's owner, mode, device node and extended
+    /// attributes. `None` when the host files have it all.
+    pub fn take_deferred(&mut self) -> Option<DeferredTree> {
         self.deferred.take()
+    }
+
+    /// A path is created anew without an entry of its own (a missing
+    /// parent): nothing recorded for an earlier one there applies.
+    fn forget(&mut self, rel: &[Vec<u8>]) {
+        if let Some(d) = &mut self.deferred {
+            d.meta.remove(rel);
+            d.xattrs.remove(rel);
+        }
     }
 
     fn defer(
@@ -271,7 +291,8 @@ impl Unpacker {
         device: Option<DeviceNode>,
     ) {
         if let Some(d) = &mut self.deferred {
-            d.insert(
+            d.xattrs.remove(rel);
+            d.meta.insert(
                 rel.to_vec(),
                 Deferred {
                     uid,
@@ -370,6 +391,7 @@ impl Unpacker {
                         return Ok(false);
                     }
                     self.charge_inode()?;
+                    self.forget(&rel[..i]);
                     fs::create_dir(&p).map_err(Self::io_err(&rel[..i]))?;
                     fs::set_permissions(&p, fs::Permissions::from_mode(0o755))
                         .map_err(Self::io_err(&rel[..i]))?;
@@ -547,6 +569,26 @@ impl Unpacker {
                 ));
                 continue;
             }
+            if self.deferred.is_some() {
+                // Unprivileged: none on the host (it may refuse some, like
+                // security.capability); all go into the image afterwards.
+                if value.len() > MAX_DEFERRED_XATTR {
+                    self.warn(format!(
+                        "skipping xattr {shown} of {}: {} bytes (more than {MAX_DEFERRED_XATTR})",
+                        display(rel),
+                        value.len()
+                    ));
+                    continue;
+                }
+                self.charge_bytes((name.len() + value.len()) as u64)?;
+                if let Some(d) = &mut self.deferred {
+                    d.xattrs
+                        .entry(rel.to_vec())
+                        .or_default()
+                        .push((name.clone(), value.clone()));
+                }
+                continue;
+            }
             let rc = match fd {
                 // SAFETY: the fd is open for the call, `cname` is a valid
                 // NUL-terminated string, `value` is valid for its length.
@@ -718,7 +760,11 @@ impl Unpacker {
                     _ => return Err(bad()),
                 }
                 Self::remove_existing(&path, false).map_err(Self::io_err(rel))?;
-                let target_meta = self.deferred.as_ref().and_then(|d| d.get(&target)).copied();
+                let target_meta = self
+                    .deferred
+                    .as_ref()
+                    .and_then(|d| d.meta.get(&target))
+                    .copied();
                 if let Some(mut dev) = target_meta.and_then(|t| t.device) {
                     // A link to a device stand-in: a stand-in of its own, so
                     // replacing one by the node never frees the other.
@@ -738,6 +784,13 @@ impl Unpacker {
                 fs::hard_link(&tpath, &path).map_err(Self::io_err(rel))?;
                 if let Some(t) = target_meta {
                     self.defer(rel, t.uid, t.gid, t.mode, None);
+                    // The same inode: its attributes, should the target
+                    // path go.
+                    if let Some(d) = &mut self.deferred {
+                        if let Some(x) = d.xattrs.get(&target).cloned() {
+                            d.xattrs.insert(rel.to_vec(), x);
+                        }
+                    }
                 }
             }
             T::Char | T::Block | T::Fifo => {
