@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod registry;
+pub mod token;
 
 use std::ffi::OsString;
 use std::io::Write;

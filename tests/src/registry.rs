@@ -1,11 +1,13 @@
 //! A real OCI registry for the tests: Debian's `docker-registry` (the
 //! reference distribution registry) on 127.0.0.1 with a free port and
 //! filesystem storage in a temporary directory, optionally behind htpasswd
-//! basic auth and TLS from a test CA made here with `openssl`. Images are
+//! basic auth and TLS from a test CA made here with `openssl`, or behind
+//! bearer-token auth from a [`TokenServer`] (Docker Hub's scheme). Images are
 //! placed in it with `skopeo` (a real client, not vessel's). Dropping a
 //! [`Registry`] kills the registry and removes its directory, also when the
 //! test panicked.
 
+use crate::token::{TokenServer, ISSUER};
 use crate::{text, Instance};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -25,6 +27,7 @@ pub struct Registry {
     port: u16,
     tls: bool,
     creds: Option<(String, String)>,
+    token: Option<TokenServer>,
     // Last: removed after the registry is dead.
     dir: tempfile::TempDir,
 }
@@ -32,7 +35,19 @@ pub struct Registry {
 impl Registry {
     /// Plain HTTP, anonymous.
     pub fn plain() -> Self {
-        Self::start(None, "127.0.0.1")
+        Self::start(Auth::None, "127.0.0.1")
+    }
+
+    /// Plain HTTP on loopback with bearer-token auth: the registry sends
+    /// clients to a [`TokenServer`] (anonymous pulls of `public/*`,
+    /// [`USER`]/[`PASSWORD`] for everything).
+    pub fn with_token_auth() -> Self {
+        Self::start(Auth::Token, "127.0.0.1")
+    }
+
+    /// The token server of [`Registry::with_token_auth`].
+    pub fn token_server(&self) -> &TokenServer {
+        self.token.as_ref().expect("a registry with token auth")
     }
 
     /// TLS (certificate for IP 127.0.0.1 signed by a test CA made here) and
@@ -45,15 +60,17 @@ impl Registry {
     /// this machine; the certificate names it and 127.0.0.1). A client
     /// treats a registry off loopback as secure: it must verify the CA.
     pub fn with_auth_tls_on(ip: &str) -> Self {
-        Self::start(Some((USER.to_string(), PASSWORD.to_string())), ip)
+        Self::start(Auth::HtpasswdTls, ip)
     }
 
-    fn start(creds: Option<(String, String)>, ip: &str) -> Self {
+    fn start(auth: Auth, ip: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vessel-registry-")
             .tempdir_in("/tmp")
             .expect("registry temp dir");
-        let tls = creds.is_some();
+        let tls = auth == Auth::HtpasswdTls;
+        let creds = (auth != Auth::None).then(|| (USER.to_string(), PASSWORD.to_string()));
+        let token = (auth == Auth::Token).then(|| TokenServer::start(dir.path()));
         if tls {
             make_tls(dir.path(), ip);
             let (u, p) = creds.as_ref().expect("creds");
@@ -69,7 +86,11 @@ impl Registry {
         for _ in 0..5 {
             let port = free_port_on(ip);
             let config = dir.path().join("config.yml");
-            std::fs::write(&config, config_yaml(dir.path(), ip, port, tls)).expect("config");
+            std::fs::write(
+                &config,
+                config_yaml(dir.path(), ip, port, tls, token.as_ref()),
+            )
+            .expect("config");
             let log = |name: &str| {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -93,7 +114,15 @@ impl Registry {
             }
             let mut child = cmd.spawn().expect("starting docker-registry");
             let ca = tls.then(|| dir.path().join("tls/ca.crt"));
-            match wait_ready(&mut child, ip, port, ca.as_deref(), Duration::from_secs(20)) {
+            let authed = auth != Auth::None;
+            match wait_ready(
+                &mut child,
+                ip,
+                port,
+                ca.as_deref(),
+                authed,
+                Duration::from_secs(20),
+            ) {
                 Ok(()) => {
                     return Self {
                         child,
@@ -101,6 +130,7 @@ impl Registry {
                         port,
                         tls,
                         creds,
+                        token,
                         dir,
                     }
                 }
@@ -185,15 +215,15 @@ impl Registry {
 
     /// skopeo's flags to talk to this registry as `side` ("src" or "dest").
     pub fn skopeo_flags(&self, side: &str) -> Vec<String> {
-        if self.tls {
-            let mut v = vec![format!("--{side}-cert-dir={}", self.cert_dir().display())];
-            if let Some((u, p)) = &self.creds {
-                v.push(format!("--{side}-creds={u}:{p}"));
-            }
-            v
+        let mut v = if self.tls {
+            vec![format!("--{side}-cert-dir={}", self.cert_dir().display())]
         } else {
             vec![format!("--{side}-tls-verify=false")]
+        };
+        if let Some((u, p)) = &self.creds {
+            v.push(format!("--{side}-creds={u}:{p}"));
         }
+        v
     }
 
     /// `skopeo copy [EXTRA] SRC docker://127.0.0.1:PORT/REPO_TAG`; panics
@@ -218,11 +248,11 @@ impl Registry {
         }
         if self.tls {
             c.arg(format!("--cert-dir={}", self.cert_dir().display()));
-            if let Some((u, p)) = &self.creds {
-                c.arg(format!("--creds={u}:{p}"));
-            }
         } else {
             c.arg("--tls-verify=false");
+        }
+        if let Some((u, p)) = &self.creds {
+            c.arg(format!("--creds={u}:{p}"));
         }
         c.arg(format!("docker://{}", self.reference(repo_tag)));
         let out = run(c);
@@ -265,11 +295,20 @@ impl Drop for Registry {
     }
 }
 
+/// How a test registry authenticates clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Auth {
+    None,
+    HtpasswdTls,
+    Token,
+}
+
 fn wait_ready(
     child: &mut Child,
     ip: &str,
     port: u16,
     ca: Option<&Path>,
+    authed: bool,
     limit: Duration,
 ) -> Result<(), String> {
     let deadline = Instant::now() + limit;
@@ -281,7 +320,7 @@ fn wait_ready(
             Some(ca) => curl_status(ip, port, ca, "/v2/"),
             None => http_status(port, "/v2/"),
         };
-        match (status, ca.is_some()) {
+        match (status, authed) {
             (Some(200), false) | (Some(401), true) => return Ok(()),
             (Some(other), _) => return Err(format!("GET /v2/ answered {other}")),
             (None, _) => {}
@@ -370,7 +409,7 @@ pub fn http_status(port: u16, path: &str) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn config_yaml(dir: &Path, ip: &str, port: u16, tls: bool) -> String {
+fn config_yaml(dir: &Path, ip: &str, port: u16, tls: bool, token: Option<&TokenServer>) -> String {
     let mut y = format!(
         "version: 0.1\n\
          log:\n  level: info\n\
@@ -385,6 +424,14 @@ fn config_yaml(dir: &Path, ip: &str, port: u16, tls: bool) -> String {
             dir.join("tls/server.crt").display(),
             dir.join("tls/server.key").display(),
             dir.join("htpasswd").display()
+        ));
+    }
+    if let Some(t) = token {
+        y.push_str(&format!(
+            "auth:\n  token:\n    realm: {}\n    service: vessel-test-registry\n    \
+             issuer: {ISSUER}\n    rootcertbundle: {}\n",
+            t.realm(),
+            t.cert().display()
         ));
     }
     y

@@ -474,6 +474,93 @@ fn tampered_blob_is_refused_and_nothing_unverified_is_kept() {
     assert!(v.has_blob(&layer));
 }
 
+/// Docker Hub's scheme: the registry answers 401 with a `Bearer` challenge
+/// naming a token server; the client gets a token there (anonymously or
+/// with Basic credentials) for the scope it needs and presents it.
+#[test]
+fn bearer_token_auth_anonymous_and_logged_in_pull_and_push() {
+    let reg = Registry::with_token_auth();
+    reg.put_fixture(
+        "marker",
+        "public/app:v1",
+        &["--file", "etc/who=public"],
+        &[],
+    );
+    reg.put_fixture(
+        "marker",
+        "private/app:v1",
+        &["--file", "etc/who=private"],
+        &[],
+    );
+    let v = empty_instance();
+    let host = reg.host();
+    let tokens = || reg.token_server().requests();
+    let before = tokens().len();
+
+    // Anonymous: a token with pull on public/app, without credentials.
+    let public = reg.reference("public/app:v1");
+    assert_pulled(&v, &public);
+    let anon: Vec<_> = tokens()[before..].to_vec();
+    assert!(
+        anon.iter().any(|r| r.user.is_none()
+            && r.status == 200
+            && r.scopes.iter().any(|s| s == "repository:public/app:pull")),
+        "token requests: {anon:?}"
+    );
+    // One token serves the whole pull (manifest, config, every layer).
+    assert!(anon.len() <= 2, "a token per request? {anon:?}");
+
+    // Anonymous on a private repository: the token grants nothing and the
+    // registry refuses.
+    let private = reg.reference("private/app:v1");
+    let out = pull(&v, &private);
+    assert!(!out.status.success(), "anonymous pull of a private image");
+    let err = text(&out.stderr);
+    assert!(err.to_lowercase().contains("unauthorized"), "stderr: {err}");
+    assert!(image(&v, &private).is_none());
+
+    // A wrong password is refused by the token server at login.
+    let out = v.vessel_stdin(
+        &["registry", "login", "-u", USER, "--password-stdin", &host],
+        b"not the password\n",
+    );
+    assert!(!out.status.success(), "login with a wrong password");
+    let out = v.vessel_stdin(
+        &["registry", "login", "-u", USER, "--password-stdin", &host],
+        format!("{PASSWORD}\n").as_bytes(),
+    );
+    assert_ok(&out, "registry login");
+
+    let before = tokens().len();
+    assert_pulled(&v, &private);
+    let authed: Vec<_> = tokens()[before..].to_vec();
+    assert!(
+        authed.iter().any(|r| r.user.as_deref() == Some(USER)
+            && r.scopes.iter().any(|s| s == "repository:private/app:pull")),
+        "token requests: {authed:?}"
+    );
+    assert_eq!(run_sh(&v, &private, "cat /etc/who"), "private\n");
+
+    // Push with the stored credentials: a token with push on the target
+    // (and pull on the source of a cross-repository mount, if tried).
+    let target = reg.reference("private/copy:v1");
+    assert_ok(&v.vessel(&["image", "tag", &private, &target]), "image tag");
+    let local = image(&v, &target).expect("tagged image listed");
+    assert_ok(&v.vessel(&["image", "push", &target]), "image push");
+    assert!(
+        tokens().iter().any(|r| r.user.as_deref() == Some(USER)
+            && r.scopes
+                .iter()
+                .any(|s| s.starts_with("repository:private/copy:") && s.contains("push"))),
+        "token requests: {:?}",
+        tokens()
+    );
+    assert_eq!(
+        s(&reg.inspect("private/copy:v1", false)["Digest"]),
+        local.digest
+    );
+}
+
 #[test]
 fn push_then_skopeo_sees_the_same_manifest_and_copies_it_back() {
     let reg = Registry::plain();
