@@ -386,6 +386,9 @@ impl Manager {
         if st.nets.contains_key(&req.name) {
             return Err(NetError::Exists(req.name.clone()));
         }
+        // Held until the bridge has its address (and its route shows), so
+        // another instance choosing a subnet now sees this one taken.
+        let _host_lock = SubnetLock::acquire();
         let taken = Self::taken_subnets(st)?;
         let wanted = match &req.subnet {
             Some(s) => Some(Ipv4Net::parse_user(s)?),
@@ -855,5 +858,53 @@ mod tests {
         let nets = BTreeMap::from([("n".to_string(), rec)]);
         assert!(find(&nets, "n").is_ok());
         assert!(matches!(find(&nets, "zz"), Err(NetError::NotFound(_))));
+    }
+}
+
+/// Where every vessel-network of this host serializes choosing subnets.
+const SUBNET_LOCK: &str = "/run/vessel-network-subnets.lock";
+
+/// A host-wide lock (flock) held while a network picks its subnet and
+/// brings its bridge up. Each instance has its own helper and state; two
+/// starting at once would otherwise both find a subnet free on the host and
+/// both take it. Without `/run` (or permission there) networks are created
+/// without it, as before.
+struct SubnetLock {
+    _held: Option<std::fs::File>,
+}
+
+impl SubnetLock {
+    fn acquire() -> Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        use std::os::unix::io::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(SUBNET_LOCK);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!(
+                    "vessel-network: cannot open {SUBNET_LOCK}: {e}; choosing a subnet without it"
+                );
+                return Self { _held: None };
+            }
+        };
+        loop {
+            // SAFETY: flock on a descriptor this function owns.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Self { _held: Some(file) };
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                eprintln!(
+                    "vessel-network: cannot lock {SUBNET_LOCK}: {e}; choosing a subnet without it"
+                );
+                return Self { _held: None };
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
+use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -698,4 +699,38 @@ fn a_killed_helper_restarts_without_duplicates_and_reconciles() {
     drop(h);
     assert!(!link_exists(&bridge));
     assert!(vessel_network::nft::list_json(&table).unwrap().is_none());
+}
+
+#[test]
+fn helpers_choosing_subnets_at_once_never_take_the_same() {
+    need_root!();
+    // Independent instances (each its own helper and state), the way
+    // parallel tests or two users' instances run: only the host's routes
+    // tell them what the others took.
+    let helpers: Vec<Helper> = (0..3).map(|_| Helper::start()).collect();
+    let barrier = std::sync::Barrier::new(helpers.len());
+    let nets: Vec<NetworkInfo> = std::thread::scope(|s| {
+        let handles: Vec<_> = helpers
+            .iter()
+            .map(|h| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    barrier.wait();
+                    h.post::<NetworkInfo>(
+                        "/networks",
+                        &NetworkCreateRequest {
+                            name: "auto".into(),
+                            subnet: None,
+                            gateway: None,
+                            internal: false,
+                        },
+                    )
+                    .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let subnets: BTreeSet<String> = nets.iter().map(|n| n.subnet.clone()).collect();
+    assert_eq!(subnets.len(), nets.len(), "the same subnet twice: {nets:?}");
 }
