@@ -625,6 +625,36 @@ fn push_then_skopeo_sees_the_same_manifest_and_copies_it_back() {
         uploads.is_empty(),
         "layers uploaded again instead of mounted: {uploads:?}"
     );
+
+    // A layer past the monolithic limit (8 MiB) to a registry that has
+    // nothing: uploaded in chunks (PATCH with Content-Range), then the same
+    // manifest digest there.
+    let sum = reg.put_fixture(
+        "big",
+        "big:v1",
+        &["--layers", "1", "--layer-mib", "20", "--seed", "3"],
+        &[],
+    );
+    let src = reg.reference("big:v1");
+    assert_pulled(&v, &src);
+    let other = Registry::plain();
+    let dst = other.reference("big/chunked:v1");
+    assert_ok(&v.vessel(&["image", "tag", &src, &dst]), "tag big");
+    assert_ok(&v.vessel(&["image", "push", &dst]), "push big");
+    assert_eq!(
+        s(&other.inspect("big/chunked:v1", false)["Digest"]),
+        s(&sum["digest"])
+    );
+    let patches = other
+        .access_log()
+        .lines()
+        .filter(|l| l.contains("\"PATCH /v2/big/chunked/blobs/uploads/") && l.contains("\" 202 "))
+        .count();
+    assert!(
+        patches >= 2,
+        "a 20 MiB layer in {patches} PATCH requests:\n{}",
+        other.access_log()
+    );
 }
 
 #[test]
