@@ -276,7 +276,9 @@ fn deferred_script(
         {
             // Replace the stand-in by the node, from inside its directory
             // (debugfs's mknod takes a name, not a path).
-            let (name, parent) = rel.split_last().expect("the root is a directory");
+            let Some((name, parent)) = rel.split_last() else {
+                continue; // the root is a directory, never a stand-in
+            };
             let mut pabs = vec![b'/'];
             pabs.extend(parent.join(&b'/'));
             let (Some(pq), Some(nq)) = (debugfs_quote(&pabs), debugfs_quote(name)) else {
@@ -313,7 +315,9 @@ fn deferred_script(
             let file = scratch.join(format!("xattr-{values}"));
             values += 1;
             fs::write(&file, value).map_err(io_err(&file))?;
-            let fq = debugfs_quote(file.as_os_str().as_bytes()).expect("scratch paths are plain");
+            let fq = debugfs_quote(file.as_os_str().as_bytes()).ok_or_else(|| {
+                Ext4Error::Debugfs(format!("debugfs cannot name {}", file.display()))
+            })?;
             w(xattrs, &[b"ea_set", b"-f", &fq, &q, &nq]).map_err(werr)?;
         }
     }
