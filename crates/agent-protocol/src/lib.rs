@@ -47,6 +47,13 @@ pub const VERSION: u32 = 1;
 pub const PACKAGE: &str = "vessel.agent.v1";
 /// The vsock port vminitd listens on.
 pub const AGENT_PORT: u32 = 1024;
+/// The host port vminitd connects to (and at once closes) once it listens
+/// on [`AGENT_PORT`]: the guest's vsock device is up, so the host may
+/// connect. A host connection that reaches `vhost-device-vsock` while the
+/// guest is still setting up its virtqueues can stop the backend's queue
+/// thread for good (the boot then stalls); waiting for this signal avoids
+/// that.
+pub const READY_PORT: u32 = 1025;
 /// Largest frame either side accepts (kind byte + payload).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest stdio payload a writer puts in one frame.

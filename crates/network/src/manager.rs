@@ -813,54 +813,6 @@ fn attachment(rec: &NetworkRecord, ep: &Endpoint) -> Attachment {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_and_taps() {
-        assert_eq!(tap_name("0123456789abcdef", "fedcba98"), "vsl01234567fedc");
-        assert_eq!(tap_name("0123456789abcdef", "fedcba98").len(), 15);
-        assert!(valid_name("my-net_1.x"));
-        assert!(!valid_name("-x") && !valid_name("") && !valid_name("a b"));
-        let mut rec = NetworkRecord {
-            id: "n".into(),
-            name: "n".into(),
-            subnet: "10.1.0.0/24".parse().unwrap(),
-            gateway: Ipv4Addr::new(10, 1, 0, 1),
-            bridge: "vsl-n".into(),
-            internal: false,
-            created_ms: 0,
-            endpoints: BTreeMap::new(),
-        };
-        for (id, name, ip) in [
-            ("aaaaaaaaaaaaaaaa", "Web", 2),
-            ("bbbbbbbbbbbbbbbb", "db", 3),
-        ] {
-            rec.endpoints.insert(
-                id.into(),
-                Endpoint {
-                    container_id: id.into(),
-                    name: name.into(),
-                    hostname: "h".into(),
-                    aliases: vec!["svc".into()],
-                    ip: Ipv4Addr::new(10, 1, 0, ip),
-                    mac: String::new(),
-                    tap: String::new(),
-                    ports: vec![],
-                },
-            );
-        }
-        let n = names_of(&rec);
-        assert_eq!(n["web"], vec![Ipv4Addr::new(10, 1, 0, 2)]);
-        assert_eq!(n["aaaaaaaaaaaa"], vec![Ipv4Addr::new(10, 1, 0, 2)]);
-        assert_eq!(n["svc"].len(), 2, "an alias shared by two containers");
-        let nets = BTreeMap::from([("n".to_string(), rec)]);
-        assert!(find(&nets, "n").is_ok());
-        assert!(matches!(find(&nets, "zz"), Err(NetError::NotFound(_))));
-    }
-}
-
 /// Where every vessel-network of this host serializes choosing subnets.
 const SUBNET_LOCK: &str = "/run/vessel-network-subnets.lock";
 
@@ -906,5 +858,53 @@ impl SubnetLock {
                 return Self { _held: None };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_taps() {
+        assert_eq!(tap_name("0123456789abcdef", "fedcba98"), "vsl01234567fedc");
+        assert_eq!(tap_name("0123456789abcdef", "fedcba98").len(), 15);
+        assert!(valid_name("my-net_1.x"));
+        assert!(!valid_name("-x") && !valid_name("") && !valid_name("a b"));
+        let mut rec = NetworkRecord {
+            id: "n".into(),
+            name: "n".into(),
+            subnet: "10.1.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 1, 0, 1),
+            bridge: "vsl-n".into(),
+            internal: false,
+            created_ms: 0,
+            endpoints: BTreeMap::new(),
+        };
+        for (id, name, ip) in [
+            ("aaaaaaaaaaaaaaaa", "Web", 2),
+            ("bbbbbbbbbbbbbbbb", "db", 3),
+        ] {
+            rec.endpoints.insert(
+                id.into(),
+                Endpoint {
+                    container_id: id.into(),
+                    name: name.into(),
+                    hostname: "h".into(),
+                    aliases: vec!["svc".into()],
+                    ip: Ipv4Addr::new(10, 1, 0, ip),
+                    mac: String::new(),
+                    tap: String::new(),
+                    ports: vec![],
+                },
+            );
+        }
+        let n = names_of(&rec);
+        assert_eq!(n["web"], vec![Ipv4Addr::new(10, 1, 0, 2)]);
+        assert_eq!(n["aaaaaaaaaaaa"], vec![Ipv4Addr::new(10, 1, 0, 2)]);
+        assert_eq!(n["svc"].len(), 2, "an alias shared by two containers");
+        let nets = BTreeMap::from([("n".to_string(), rec)]);
+        assert!(find(&nets, "n").is_ok());
+        assert!(matches!(find(&nets, "zz"), Err(NetError::NotFound(_))));
     }
 }

@@ -99,6 +99,9 @@ pub struct Timeouts {
     /// now and then stalls for good early in boot; a fresh boot does not.
     pub boot_attempt: Duration,
     pub boot_attempts: u32,
+    /// Connect without the guest's readiness signal after this long (an
+    /// initramfs built before the signal existed never sends it).
+    pub ready_fallback: Duration,
 }
 
 impl Default for Timeouts {
@@ -112,6 +115,7 @@ impl Default for Timeouts {
             kill_grace: Duration::from_secs(5),
             boot_attempt: Duration::from_secs(20),
             boot_attempts: 3,
+            ready_fallback: Duration::from_secs(5),
         }
     }
 }
@@ -643,9 +647,22 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 &mut passts,
                 &t,
             )
-            .and_then(|(mut stdio, launched)| {
+            .and_then(|(mut stdio, launched, mut gate)| {
                 let uds = run_dir.join("vsock.sock");
-                let mut connect = || vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply);
+                let mut logged = false;
+                let mut connect = || {
+                    if !gate.open() {
+                        return Err(vsock::VsockError::GuestNotReady);
+                    }
+                    if !logged {
+                        logged = true;
+                        match gate.signalled_after() {
+                            Some(d) => log(&format!("guest vsock up after {} ms", d.as_millis())),
+                            None => log("no vsock signal from the guest (an older initramfs?); connecting anyway"),
+                        }
+                    }
+                    vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply)
+                };
                 supervise(
                     &shared,
                     request.clone(),
@@ -759,7 +776,7 @@ fn launch(
     backend: &mut Option<VsockBackend>,
     passts: &mut Vec<Passt>,
     t: &Timeouts,
-) -> Result<(StdioLog, Instant), RunError> {
+) -> Result<(StdioLog, Instant, vsock::ReadyGate), RunError> {
     make_run_dir(run_dir)?;
     let overlay = dir.join("overlay.qcow2");
     create_overlay(&config.rootfs_base, &overlay)?;
@@ -776,6 +793,8 @@ fn launch(
         t.backend_socket,
     )?);
     let nics = start_nics(networks, dir, run_dir, passts, t)?;
+    // Before the VM starts, so the guest's signal finds it.
+    let gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
 
     let listener = control::bind(&run_dir.join("control.sock"))?;
     control::serve(listener, Arc::clone(shared) as Arc<dyn ControlHandler>);
@@ -804,7 +823,7 @@ fn launch(
     shared.set_vmm(Box::new(qemu));
     shared.update(|s| s.vmm_pid = pid);
     log(&format!("VMM started (pid {})", pid.unwrap_or(-1)));
-    Ok((stdio, launched))
+    Ok((stdio, launched, gate))
 }
 
 #[cfg(test)]
@@ -881,6 +900,7 @@ mod tests {
             kill_grace: Duration::from_millis(200),
             boot_attempt: Duration::from_secs(2),
             boot_attempts: 1,
+            ready_fallback: Duration::from_millis(100),
         }
     }
 

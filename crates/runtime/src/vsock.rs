@@ -4,7 +4,7 @@
 use crate::proc::die_with_parent;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,6 +31,55 @@ pub enum VsockError {
     Connect(#[source] io::Error),
     #[error("Hybrid vsock handshake failed")]
     Handshake(#[source] agent_protocol::ProtocolError),
+    #[error("The guest has not said its vsock device is up")]
+    GuestNotReady,
+    #[error("Could not listen on {}", .0.display())]
+    Listen(PathBuf, #[source] io::Error),
+}
+
+/// The guest's "vsock is up" signal: vminitd connects to host port
+/// [`agent_protocol::READY_PORT`], which the backend forwards to the Unix
+/// socket `<uds>_<port>` bound here before the VM starts. Until then (or
+/// until `fallback` has passed, for an initramfs from before the signal)
+/// the host does not connect.
+pub struct ReadyGate {
+    listener: UnixListener,
+    since: Instant,
+    fallback: Duration,
+    signalled: Option<Duration>,
+}
+
+impl ReadyGate {
+    pub fn bind(uds: &Path, fallback: Duration) -> Result<Self, VsockError> {
+        let mut name = uds.as_os_str().to_owned();
+        name.push(format!("_{}", agent_protocol::READY_PORT));
+        let path = PathBuf::from(name);
+        let _ = std::fs::remove_file(&path);
+        let listener =
+            UnixListener::bind(&path).map_err(|e| VsockError::Listen(path.clone(), e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| VsockError::Listen(path, e))?;
+        Ok(Self {
+            listener,
+            since: Instant::now(),
+            fallback,
+            signalled: None,
+        })
+    }
+
+    /// Whether the host may connect now.
+    pub fn open(&mut self) -> bool {
+        if self.signalled.is_none() && self.listener.accept().is_ok() {
+            self.signalled = Some(self.since.elapsed());
+        }
+        self.signalled.is_some() || self.since.elapsed() >= self.fallback
+    }
+
+    /// When the guest signalled, if it did.
+    pub fn signalled_after(&self) -> Option<Duration> {
+        self.signalled
+    }
 }
 
 /// `VESSEL_VHOST_VSOCK`, else `vhost-device-vsock` from `PATH`, else
@@ -165,6 +214,28 @@ mod tests {
     use super::*;
     use std::io::BufRead;
     use std::os::unix::net::UnixListener;
+
+    #[test]
+    fn ready_gate_opens_on_the_guest_signal_or_after_the_fallback() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let mut gate = ReadyGate::bind(&uds, Duration::from_secs(60)).unwrap();
+        assert!(!gate.open(), "closed before the guest says anything");
+        // What the backend does for the guest's connect to READY_PORT.
+        let port_path = dir
+            .path()
+            .join(format!("vsock.sock_{}", agent_protocol::READY_PORT));
+        let _guest = UnixStream::connect(&port_path).unwrap();
+        assert!(gate.open());
+        assert!(gate.open(), "stays open");
+        assert!(gate.signalled_after().is_some());
+
+        let mut old_guest = ReadyGate::bind(&uds, Duration::from_millis(50)).unwrap();
+        assert!(!old_guest.open());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(old_guest.open(), "open after the fallback");
+        assert_eq!(old_guest.signalled_after(), None);
+    }
 
     #[test]
     fn hybrid_handshake_leaves_stream_intact() {

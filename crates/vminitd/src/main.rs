@@ -13,13 +13,13 @@ mod user;
 
 use agent_protocol::{
     decode_message, write_frame, write_message, Frame, FrameDecoder, FrameKind, GuestMessage,
-    HostMessage, StartRequest, AGENT_PORT, MAX_STDIO_CHUNK, VERSION,
+    HostMessage, StartRequest, AGENT_PORT, MAX_STDIO_CHUNK, READY_PORT, VERSION,
 };
 use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
-    accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    accept4, bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -194,6 +194,26 @@ fn listen_vsock() -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
+/// Tell the host the vsock device is up and the agent listens: connect to
+/// its [`READY_PORT`] and close (see that constant). A host that does not
+/// listen there connects after its own delay.
+fn signal_ready() {
+    let Ok(fd) = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    if let Err(e) = connect(
+        fd.as_raw_fd(),
+        &VsockAddr::new(libc::VMADDR_CID_HOST, READY_PORT),
+    ) {
+        log!("vsock ready signal to the host: {}", e.desc());
+    }
+}
+
 fn accept_conn(listener: &OwnedFd) -> Result<Conn, String> {
     loop {
         match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
@@ -233,6 +253,11 @@ fn run() -> Result<(), String> {
     let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
         .map_err(|e| format!("signalfd: {}", e.desc()))?;
     let listener = listen_vsock()?;
+    // In a thread: a host that does not listen answers at once, but a
+    // connect can wait up to the kernel's vsock connect timeout.
+    let _ = std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(signal_ready);
     loop {
         let mut conn = accept_conn(&listener)?;
         match session(&mut conn, &sigfd) {
