@@ -1090,3 +1090,86 @@ fn rm_and_prune_free_what_no_image_references() {
     assert!(left.is_empty(), "blobs left after prune -a: {left:?}");
     assert_eq!(ext4_bases(&v), 0, "bases left after prune -a");
 }
+
+/// An instance whose home is a tmpfs of `mib` MiB: a small disk. The
+/// instance stops before the tmpfs goes, also when the test fails.
+struct SmallDisk {
+    v: Option<Instance>,
+    mount: PathBuf,
+}
+
+impl SmallDisk {
+    fn new(mib: u32) -> Self {
+        let v = Instance::new();
+        let mount = v.path().to_path_buf();
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0755"),
+                "vessel-test",
+            ])
+            .arg(&mount)
+            .output()
+            .unwrap();
+        assert_ok(&out, "mount tmpfs");
+        let mut me = Self { v: Some(v), mount };
+        me.v.as_mut().unwrap().start();
+        me
+    }
+
+    fn v(&self) -> &Instance {
+        self.v.as_ref().unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        drop(self.v.take());
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+#[test]
+fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
+    let reg = Registry::plain();
+    let big = reg.put_fixture(
+        "big",
+        "big:v1",
+        &["--layers", "2", "--layer-mib", "32", "--seed", "11"],
+        &[],
+    );
+    reg.put_fixture("marker", "small:v1", &["--file", "etc/small=fits"], &[]);
+    let disk = SmallDisk::new(48);
+    let v = disk.v();
+
+    let reference = reg.reference("big:v1");
+    let out = pull(v, &reference);
+    assert!(!out.status.success(), "64 MiB of layers on a 48 MiB disk");
+    let err = text(&out.stderr);
+    assert!(err.contains("No space left on device"), "stderr: {err}");
+    assert!(image(v, &reference).is_none(), "listed after a failed pull");
+    // Nothing unverified, no partial download holding on to the space, and
+    // what the failed pull verified is freed.
+    assert_store_verified(v);
+    let ingest: Vec<String> = std::fs::read_dir(v.path().join("content/ingest"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(ingest.is_empty(), "left in ingest: {ingest:?}");
+    for layer in big["layers"].as_array().unwrap() {
+        assert!(
+            !v.has_blob(&s(layer)),
+            "blob of the failed pull kept: {layer}"
+        );
+    }
+
+    // The instance goes on: a small image pulls and runs.
+    let small = reg.reference("small:v1");
+    assert_pulled(v, &small);
+    assert_eq!(run_sh(v, &small, "cat /etc/small"), "fits\n");
+}

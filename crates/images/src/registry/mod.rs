@@ -104,6 +104,20 @@ pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(io::Error) -> Regist
     }
 }
 
+/// Whether `e` comes from a full disk (or quota) anywhere in its chain.
+fn disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Where a transfer reports its progress.
 pub trait EventSink: Sync {
     fn emit(&self, event: TransferEvent);
@@ -159,7 +173,18 @@ impl crate::images::Images {
         opts: &TransferOptions,
         events: &dyn EventSink,
     ) -> Result<vessel_api::types::ImageSummary, RegistryError> {
-        let pulled = pull::pull(self.store(), reference, opts, events)?;
+        let pulled = match pull::pull(self.store(), reference, opts, events) {
+            Ok(p) => p,
+            Err(e) => {
+                if disk_full(&e) {
+                    // What this pull verified before the disk filled up
+                    // would only keep it full: free it now, not at the
+                    // next `rm` or `prune`.
+                    let _ = self.store().collect(&Default::default());
+                }
+                return Err(e);
+            }
+        };
         let image = pulled.image.clone();
         // The pull is done once every blob is verified and the image is
         // listed. Its ext4 base is built right away in the background, so

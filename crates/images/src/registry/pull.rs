@@ -454,11 +454,21 @@ fn download(
             )));
         }
         hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(io_err(partial))?;
+        if let Err(e) = file.write_all(&buf[..n]) {
+            // A host-side failure (a full disk): a partial file would only
+            // hold on to the space.
+            drop(file);
+            let _ = fs::remove_file(partial);
+            return Err(io_err(partial)(e));
+        }
         have += n as u64;
         meter.update(have);
     }
-    file.sync_all().map_err(io_err(partial))?;
+    if let Err(e) = file.sync_all() {
+        drop(file);
+        let _ = fs::remove_file(partial);
+        return Err(io_err(partial)(e));
+    }
     drop(file);
     if have < d.size {
         return Err(RegistryError::Connect {
