@@ -1135,7 +1135,7 @@ impl Drop for SmallDisk {
 #[test]
 fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
     let reg = Registry::plain();
-    let big = reg.put_fixture(
+    let _big = reg.put_fixture(
         "big",
         "big:v1",
         &["--layers", "2", "--layer-mib", "32", "--seed", "11"],
@@ -1161,12 +1161,13 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(ingest.is_empty(), "left in ingest: {ingest:?}");
-    for layer in big["layers"].as_array().unwrap() {
-        assert!(
-            !v.has_blob(&s(layer)),
-            "blob of the failed pull kept: {layer}"
-        );
-    }
+    let kept: Vec<String> = std::fs::read_dir(v.path().join("content/blobs/sha256"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(kept.is_empty(), "blobs of the failed pull kept: {kept:?}");
 
     // The instance goes on: a small image pulls and runs.
     let small = reg.reference("small:v1");
