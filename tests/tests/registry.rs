@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 use vessel_api::types::ImageSummary;
 use vessel_tests::registry::{Registry, SlowProxy, PASSWORD, USER};
 use vessel_tests::{assert_ok, required_env, text, Instance, IMAGE};
@@ -1173,4 +1174,48 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
     let small = reg.reference("small:v1");
     assert_pulled(v, &small);
     assert_eq!(run_sh(v, &small, "cat /etc/small"), "fits\n");
+
+    // A container that fills the disk gets I/O errors and ends (QEMU would
+    // pause the VM on ENOSPC by default), its exit is recorded, and
+    // removing it gives the space back.
+    let mut cmd = v.cmd(&[
+        "run",
+        "--name",
+        "filler",
+        "--network",
+        "none",
+        &small,
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/big bs=1M count=80; sync; exit 3",
+    ]);
+    let out = output_within(&mut cmd, Duration::from_secs(120))
+        .expect("a container on a full disk hung instead of ending");
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let inspect = v.vessel(&["inspect", "filler"]);
+    assert_ok(&inspect, "inspect filler");
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(json[0]["state"]["exit_code"], 3, "{json}");
+    assert_ok(&v.vessel(&["rm", "filler"]), "rm filler");
+    assert_eq!(run_sh(v, &small, "echo again"), "again\n");
+}
+
+/// Run `cmd` to its end, or kill it after `limit` (`None`).
+fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(child.wait_with_output().unwrap())
 }

@@ -185,7 +185,9 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(joined(
         "id=root,file=",
         &spec.disk,
-        ",format=qcow2,if=none,discard=unmap",
+        // A full host disk is an I/O error in the guest (QEMU's default
+        // pauses the VM on ENOSPC, so the container would hang).
+        ",format=qcow2,if=none,discard=unmap,werror=report,rerror=report",
     ));
     a.push("-device".into());
     a.push("virtio-blk-device,drive=root".into());
@@ -366,7 +368,7 @@ mod tests {
              -serial file:/c/boot.log -kernel /k/vmlinux -initrd /k/initrd.img"
         ));
         assert!(a.contains(
-            &"id=root,file=/c/a,,b/overlay.qcow2,format=qcow2,if=none,discard=unmap".to_string()
+            &"id=root,file=/c/a,,b/overlay.qcow2,format=qcow2,if=none,discard=unmap,werror=report,rerror=report".to_string()
         ));
         assert!(line.contains(
             "-device virtio-blk-device,drive=root -chardev socket,id=vs,path=/run/x/vhost.sock \

@@ -1,4 +1,6 @@
 //! Atomic file writes: a crash leaves either the old or the new content.
+//! On a full disk a small file is rewritten in place instead (see
+//! [`write_atomic`]), so a container's final state is still recorded.
 
 use serde::{de::DeserializeOwned, Serialize};
 use std::fs::{self, File};
@@ -6,8 +8,34 @@ use std::io::{self, Write};
 use std::path::Path;
 
 /// Write `data` to `path` atomically: temporary file in the same directory,
-/// fsync, rename, fsync of the directory.
+/// fsync, rename, fsync of the directory. When the disk is full and `data`
+/// fits in the blocks the existing file already has, it is rewritten in
+/// place (not atomic, but it needs no new space): a state file then still
+/// says how its container ended.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    match write_via_rename(path, data) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+            rewrite_in_place(path, data).map_err(|_| e)
+        }
+        other => other,
+    }
+}
+
+/// [`write_atomic`]'s fallback: overwrite `path` without growing it past
+/// the space it holds.
+fn rewrite_in_place(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let f = fs::OpenOptions::new().write(true).open(path)?;
+    let allocated = f.metadata()?.blocks() * 512;
+    if data.len() as u64 > allocated {
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+    }
+    f.write_all_at(data, 0)?;
+    f.set_len(data.len() as u64)?;
+    f.sync_all()
+}
+
+fn write_via_rename(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.tmp-{}", random_hex(6)));
@@ -83,6 +111,21 @@ pub fn pid_start_time(pid: i32) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn full_disk_fallback_rewrites_within_the_file_s_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        fs::write(&p, vec![b'x'; 3000]).unwrap();
+        rewrite_in_place(&p, b"{\"status\":\"exited\"}\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"{\"status\":\"exited\"}\n");
+        // More than the file holds would need new space: refused, untouched.
+        let big = vec![b'y'; 1 << 20];
+        let e = rewrite_in_place(&p, &big).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert_eq!(fs::read(&p).unwrap(), b"{\"status\":\"exited\"}\n");
+        assert!(rewrite_in_place(&dir.path().join("missing"), b"{}").is_err());
+    }
 
     #[test]
     fn atomic_write_replaces_content() {
