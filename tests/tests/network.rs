@@ -771,3 +771,113 @@ fn a_container_found_dead_after_an_apiserver_restart_gives_its_network_back() {
     let out = v.vessel(&["run", "--rm", "-p", &spec, IMAGE, "true"]);
     assert_ok(&out, "the port is free again");
 }
+
+/// `curl URL`, in network namespace `ns` when given, until it answers or
+/// `limit` passes; the body.
+fn curl_eventually(ns: Option<&str>, url: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let mut args: Vec<&str> = Vec::new();
+        if let Some(ns) = ns {
+            args.extend(["ip", "netns", "exec", ns]);
+        }
+        args.extend(["curl", "-sf", "-m", "5", url]);
+        let out = sh(args[0], &args[1..]);
+        if out.status.success() {
+            return text(&out.stdout);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "curl {url} (netns {ns:?}): {}",
+            text(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The address in a `remote=ADDR` answer (busybox httpd listens on IPv6 and
+/// writes IPv4 clients as `[::ffff:a.b.c.d]`).
+fn remote(body: &str) -> String {
+    let a = body
+        .trim()
+        .strip_prefix("remote=")
+        .unwrap_or_else(|| panic!("answer: {body:?}"));
+    a.trim_start_matches("[::ffff:")
+        .trim_end_matches(']')
+        .to_string()
+}
+
+#[test]
+fn published_ports_are_forwarded_in_the_kernel_and_keep_the_client_address() {
+    let outside = Outside::new();
+    let subnet = free_subnet();
+    let v = instance(Some(&subnet));
+    let port = free_port();
+    // busybox httpd runs CGI: this one answers with the client's address.
+    let serve = "mkdir -p /w/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho remote=$REMOTE_ADDR\\n' > /w/cgi-bin/ip && chmod +x /w/cgi-bin/ip && exec httpd -f -p 80 -h /w";
+    let spec = format!("{port}:80");
+    let out = v.vessel(&[
+        "run", "-d", "--name", "web", "-p", &spec, IMAGE, "sh", "-c", serve,
+    ]);
+    assert_ok(&out, "run -d -p");
+    let gateway = network(&v, "default")["gateway"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!(":{port}/cgi-bin/ip");
+
+    // A client elsewhere (the outside namespace) through the host's address
+    // on its link: DNAT in the kernel, and the container sees the client.
+    let inside = outside.addr.ip();
+    let body = curl_eventually(
+        Some(&outside.ns),
+        &format!("http://{}{path}", outside.host_ip),
+        Duration::from_secs(60),
+    );
+    assert_eq!(remote(&body), inside.to_string());
+    // The host through a non-loopback address of its own: DNAT in output.
+    let body = curl_eventually(
+        None,
+        &format!("http://{}{path}", outside.host_ip),
+        Duration::from_secs(10),
+    );
+    assert_eq!(remote(&body), outside.host_ip.to_string());
+    // The host through loopback: the userland proxy (from the gateway).
+    let body = curl_eventually(
+        None,
+        &format!("http://127.0.0.1{path}"),
+        Duration::from_secs(10),
+    );
+    assert_eq!(remote(&body), gateway);
+    // Another container of the network through the gateway (hairpin): it
+    // works, masqueraded behind the gateway.
+    let out = v.run_rm(&[
+        "timeout",
+        "10",
+        "wget",
+        "-qO-",
+        &format!("http://{gateway}{path}"),
+    ]);
+    assert_ok(&out, "hairpin wget");
+    assert_eq!(remote(&text(&out.stdout)), gateway);
+
+    // Stopped: the DNAT goes with the proxy.
+    let dport = format!("dport {port} ");
+    assert!(ruleset().contains(&dport), "{}", ruleset());
+    assert_ok(&v.vessel(&["stop", "-t", "1", "web"]), "stop web");
+    assert!(!ruleset().contains(&dport), "DNAT left: {}", ruleset());
+    let out = sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &outside.ns,
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            &format!("http://{}{path}", outside.host_ip),
+        ],
+    );
+    assert!(!out.status.success(), "still served after stop");
+}

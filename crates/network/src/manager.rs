@@ -297,6 +297,7 @@ impl Manager {
                 subnet: r.subnet,
                 gateway: r.gateway,
                 internal: r.internal,
+                forwards: r.endpoints.values().flat_map(forwards).collect(),
             })
             .collect();
         nft::apply(&self.opts.table, &rules).map_err(io_err("cannot install the nftables rules"))
@@ -586,6 +587,16 @@ impl Manager {
         Self::refresh_names(&st, &rec.name);
         let proxies = bound.into_iter().map(|b| Proxy::start(b, ip)).collect();
         st.proxies.insert((rec.name.clone(), cid.clone()), proxies);
+        if !ep.ports.is_empty() {
+            // The kernel's DNAT for the new ports; the proxies serve them
+            // meanwhile (and for loopback clients anyway).
+            if let Err(e) = self.apply_rules(&st) {
+                eprintln!(
+                    "vessel-network: published ports of {} only through the proxy: {e}",
+                    ep.name
+                );
+            }
+        }
         eprintln!(
             "vessel-network: {} ({}) on {}: {ip} via {}",
             ep.name, ep.container_id, rec.name, ep.tap
@@ -635,6 +646,11 @@ impl Manager {
         let net = rec.name.clone();
         st.nets.insert(net.clone(), rec);
         Self::refresh_names(st, &net);
+        if !ep.ports.is_empty() {
+            if let Err(e) = self.apply_rules(st) {
+                eprintln!("vessel-network: cannot remove the DNAT of {}: {e}", ep.name);
+            }
+        }
         eprintln!("vessel-network: {} ({cid}) left {net}", ep.name);
         Ok(true)
     }
@@ -811,6 +827,31 @@ fn attachment(rec: &NetworkRecord, ep: &Endpoint) -> Attachment {
         mode: vessel_api::network::AttachmentMode::Bridge,
         dns_upstream: Vec::new(),
     }
+}
+
+/// The kernel forwards of an endpoint's published ports: those on every
+/// address or on one non-loopback IPv4 address (loopback ones are the
+/// proxy's alone).
+fn forwards(ep: &Endpoint) -> Vec<nft::Forward> {
+    ep.ports
+        .iter()
+        .filter_map(|m| {
+            let host_ip = match m.host_ip.as_str() {
+                "" | "0.0.0.0" => None,
+                ip => match ip.parse::<Ipv4Addr>() {
+                    Ok(a) if !a.is_loopback() && !a.is_unspecified() => Some(a),
+                    _ => return None,
+                },
+            };
+            Some(nft::Forward {
+                host_ip,
+                host_port: m.host_port,
+                udp: m.protocol == vessel_api::network::Protocol::Udp,
+                container_ip: ep.ip,
+                container_port: m.container_port,
+            })
+        })
+        .collect()
 }
 
 /// Where every vessel-network of this host serializes choosing subnets.
