@@ -587,7 +587,7 @@ impl Manager {
         Self::refresh_names(&st, &rec.name);
         let proxies = bound.into_iter().map(|b| Proxy::start(b, ip)).collect();
         st.proxies.insert((rec.name.clone(), cid.clone()), proxies);
-        if !ep.ports.is_empty() {
+        if !forwards(&ep).is_empty() {
             // The kernel's DNAT for the new ports; the proxies serve them
             // meanwhile (and for loopback clients anyway).
             if let Err(e) = self.apply_rules(&st) {
@@ -646,7 +646,7 @@ impl Manager {
         let net = rec.name.clone();
         st.nets.insert(net.clone(), rec);
         Self::refresh_names(st, &net);
-        if !ep.ports.is_empty() {
+        if !forwards(&ep).is_empty() {
             if let Err(e) = self.apply_rules(st) {
                 eprintln!("vessel-network: cannot remove the DNAT of {}: {e}", ep.name);
             }
