@@ -8,15 +8,17 @@ and the data path host -> container, side by side in one run.
    userland proxy binds the host port). The variants alternate each round.
 2. Data path: one container runs `busybox httpd -f -p 80 -h /www` serving a
    --mib MiB file of random data (made in the guest with dd at start) and a
-   tiny one, published with `-p 127.0.0.1:PORT:80`. From the host a Python
+   tiny one, published with `-p PORT:80`. From the host a Python
    HTTP client fetches (a) the container's IP (from `vessel inspect`)
-   directly over the bridge and (b) 127.0.0.1:PORT through vessel-network's
-   userland proxy: throughput of the big file (MB/s, 10^6 bytes, over --gets
+   directly over the bridge, (b) 127.0.0.1:PORT through vessel-network's
+   userland proxy and (c) PORT on a non-loopback address of the host (the
+   baseline veth's host end), which the kernel DNATs to the container:
+   throughput of the big file (MB/s, 10^6 bytes, over --gets
    GETs in a row, each on a new connection) and the
    latency of --small GETs of the tiny file (a new TCP connection each:
    busybox httpd closes after every response). The no-VM baseline, in the
    same run: the same busybox httpd with the same files in a network
-   namespace behind a veth pair. The three targets alternate each round.
+   namespace behind a veth pair. The four targets alternate each round.
 3. Container -> container: each round a second container on the default
    network runs busybox wget loops (--gets GETs of the big file, --small of
    the tiny one, one wget process each, the server by its name, so every
@@ -241,8 +243,8 @@ def main():
     started = False
     base_proc = None
     start = {"none": [], "default": [], "default -p": []}
-    tput = {"netns": [], "direct": [], "proxy": []}
-    lat = {"netns": [], "direct": [], "proxy": []}
+    tput = {"netns": [], "direct": [], "proxy": [], "dnat": []}
+    lat = {"netns": [], "direct": [], "proxy": [], "dnat": []}
     wg_tput = {"netns": [], "c2c": []}
     wg_lat = {"netns": [], "c2c": []}
     try:
@@ -267,19 +269,21 @@ def main():
         # 2. Data path.
         base_proc = baseline_up(work, args.mib, b_host, b_ns, bnet.prefixlen)
         hport = free_port()
-        run([vessel, "run", "-d", "--name", "bench-httpd", "-p", f"127.0.0.1:{hport}:80", IMAGE,
+        run([vessel, "run", "-d", "--name", "bench-httpd", "-p", f"{hport}:80", IMAGE,
              "sh", "-c", serve_cmd(args.mib)], env)
         info = json.loads(run([vessel, "inspect", "bench-httpd"], env).stdout)[0]
         cip = info["networks"][0]["ip"]
         if ipaddress.ip_address(cip) not in subnet:
             raise RuntimeError(f"container IP {cip} is not in {subnet}")
-        targets = {"netns": (b_ns, 80), "direct": (cip, 80), "proxy": ("127.0.0.1", hport)}
+        targets = {"netns": (b_ns, 80), "direct": (cip, 80), "proxy": ("127.0.0.1", hport),
+                   "dnat": (b_host, hport)}
         for name, (h, p) in targets.items():
             if wait_ready(h, p, 120) != size:
                 raise RuntimeError(f"{name}: /big is not {size} bytes")
         tnames = list(targets)
+        nt = len(tnames)
         for i in range(args.runs):
-            for k in tnames[i % 3:] + tnames[:i % 3]:
+            for k in tnames[i % nt:] + tnames[:i % nt]:
                 tput[k].append(throughput(*targets[k], size, args.gets))
                 lat[k].append(latency_ms(*targets[k], args.small))
             # busybox wget clients: container -> container, host -> netns.
@@ -313,13 +317,15 @@ def main():
         print(f"| {labels[k]}: added (ms) | {(med(start[k]) - n0) * 1000:.0f} | | |")
     print()
     tl = {"netns": "baseline: netns over veth (no VM)", "direct": "container IP over the bridge",
-          "proxy": "published port 127.0.0.1 (userland proxy)"}
+          "proxy": "published port on 127.0.0.1 (userland proxy)",
+          "dnat": "published port on a host address (kernel DNAT)"}
     print(f"| throughput, {args.mib} MiB GET (MB/s) | median | min | max |")
     print("|---|---|---|---|")
     for k, xs in tput.items():
         print("| {} | {:.1f} | {:.1f} | {:.1f} |".format(tl[k], *stats(xs)))
     print(f"| ratio direct / netns | {med(tput['direct']) / med(tput['netns']):.3f} | | |")
     print(f"| ratio proxy / direct | {med(tput['proxy']) / med(tput['direct']):.2f} | | |")
+    print(f"| ratio dnat / direct | {med(tput['dnat']) / med(tput['direct']):.2f} | | |")
     print()
     print("| tiny GET, new connection each (ms, median per round) | median | min | max |")
     print("|---|---|---|---|")
@@ -327,6 +333,7 @@ def main():
         print("| {} | {:.2f} | {:.2f} | {:.2f} |".format(tl[k], *stats(xs)))
     print(f"| ratio direct / netns | {med(lat['direct']) / med(lat['netns']):.1f} | | |")
     print(f"| ratio proxy / direct | {med(lat['proxy']) / med(lat['direct']):.2f} | | |")
+    print(f"| ratio dnat / direct | {med(lat['dnat']) / med(lat['direct']):.2f} | | |")
     print()
     wl = {"netns": "baseline: host -> netns over veth (no VM)", "c2c": "container -> container by name (bridge)"}
     print("| busybox wget client | MB/s, median | min | max | ms per tiny GET, median | min | max |")
