@@ -328,6 +328,26 @@ fn basic(user: &str, password: &str) -> String {
     vessel_api::types::b64_encode(format!("{user}:{password}").as_bytes())
 }
 
+/// A pull of `reference` fails with "unauthorized" and lists nothing.
+fn assert_unauthorized_pull(v: &Instance, reference: &str) {
+    let out = pull(v, reference);
+    assert!(
+        !out.status.success(),
+        "pull of a private image without credentials"
+    );
+    let err = text(&out.stderr);
+    assert!(err.to_lowercase().contains("unauthorized"), "stderr: {err}");
+    assert!(image(v, reference).is_none());
+}
+
+/// `vessel registry login -u USER --password-stdin HOST`.
+fn login(v: &Instance, host: &str, password: &str) -> Output {
+    v.vessel_stdin(
+        &["registry", "login", "-u", USER, "--password-stdin", host],
+        format!("{password}\n").as_bytes(),
+    )
+}
+
 #[test]
 fn basic_auth_over_tls_login_logout_and_docker_config() {
     use std::os::unix::fs::PermissionsExt;
@@ -345,24 +365,13 @@ fn basic_auth_over_tls_login_logout_and_docker_config() {
     let host = reg.host();
     let r1 = reg.reference("private:v1");
 
-    let out = pull(&v, &r1);
-    assert!(!out.status.success(), "anonymous pull of a private image");
-    let err = text(&out.stderr);
-    assert!(err.to_lowercase().contains("unauthorized"), "stderr: {err}");
-    assert!(image(&v, &r1).is_none());
+    assert_unauthorized_pull(&v, &r1);
 
-    let out = v.vessel_stdin(
-        &["registry", "login", "-u", USER, "--password-stdin", &host],
-        b"not the password\n",
-    );
+    let out = login(&v, &host, "not the password");
     assert!(!out.status.success(), "login with a wrong password");
     assert!(!text(&out.stderr).trim().is_empty());
 
-    let out = v.vessel_stdin(
-        &["registry", "login", "-u", USER, "--password-stdin", &host],
-        format!("{PASSWORD}\n").as_bytes(),
-    );
-    assert_ok(&out, "registry login");
+    assert_ok(&login(&v, &host, PASSWORD), "registry login");
     let config = v.vessel_config_dir().join("config.json");
     let meta = std::fs::metadata(&config).unwrap_or_else(|e| panic!("{}: {e}", config.display()));
     assert_eq!(meta.permissions().mode() & 0o777, 0o600, "config.json mode");
@@ -386,13 +395,7 @@ fn basic_auth_over_tls_login_logout_and_docker_config() {
         "credentials left after logout: {json}"
     );
     let r2 = reg.reference("private:v2");
-    let out = pull(&v, &r2);
-    assert!(!out.status.success(), "pull after logout");
-    assert!(
-        text(&out.stderr).to_lowercase().contains("unauthorized"),
-        "stderr: {}",
-        text(&out.stderr)
-    );
+    assert_unauthorized_pull(&v, &r2);
 
     // The user's Docker config (DOCKER_CONFIG) is read when vessel's has
     // nothing for the registry.
@@ -514,23 +517,12 @@ fn bearer_token_auth_anonymous_and_logged_in_pull_and_push() {
     // Anonymous on a private repository: the token grants nothing and the
     // registry refuses.
     let private = reg.reference("private/app:v1");
-    let out = pull(&v, &private);
-    assert!(!out.status.success(), "anonymous pull of a private image");
-    let err = text(&out.stderr);
-    assert!(err.to_lowercase().contains("unauthorized"), "stderr: {err}");
-    assert!(image(&v, &private).is_none());
+    assert_unauthorized_pull(&v, &private);
 
     // A wrong password is refused by the token server at login.
-    let out = v.vessel_stdin(
-        &["registry", "login", "-u", USER, "--password-stdin", &host],
-        b"not the password\n",
-    );
+    let out = login(&v, &host, "not the password");
     assert!(!out.status.success(), "login with a wrong password");
-    let out = v.vessel_stdin(
-        &["registry", "login", "-u", USER, "--password-stdin", &host],
-        format!("{PASSWORD}\n").as_bytes(),
-    );
-    assert_ok(&out, "registry login");
+    assert_ok(&login(&v, &host, PASSWORD), "registry login");
 
     let before = tokens().len();
     assert_pulled(&v, &private);
@@ -953,6 +945,16 @@ fn image_helpers(v: &Instance) -> Vec<i32> {
         .collect()
 }
 
+/// The names in a directory (none when it is missing).
+fn names_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// Every blob in the store holds what its name says.
 fn assert_store_verified(v: &Instance) {
     let dir = v.path().join("content/blobs/sha256");
@@ -1082,12 +1084,7 @@ fn rm_and_prune_free_what_no_image_references() {
     let out = v.vessel(&["image", "prune", "-a", "-f"]);
     assert_ok(&out, "prune -a");
     assert!(v.images().is_empty(), "{:?}", v.images());
-    let left: Vec<_> = std::fs::read_dir(v.path().join("content/blobs/sha256"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = names_in(&v.path().join("content/blobs/sha256"));
     assert!(left.is_empty(), "blobs left after prune -a: {left:?}");
     assert_eq!(ext4_bases(&v), 0, "bases left after prune -a");
 }
@@ -1155,19 +1152,9 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
     // Nothing unverified, no partial download holding on to the space, and
     // what the failed pull verified is freed.
     assert_store_verified(v);
-    let ingest: Vec<String> = std::fs::read_dir(v.path().join("content/ingest"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let ingest = names_in(&v.path().join("content/ingest"));
     assert!(ingest.is_empty(), "left in ingest: {ingest:?}");
-    let kept: Vec<String> = std::fs::read_dir(v.path().join("content/blobs/sha256"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let kept = names_in(&v.path().join("content/blobs/sha256"));
     assert!(kept.is_empty(), "blobs of the failed pull kept: {kept:?}");
 
     // The instance goes on: a small image pulls and runs.
