@@ -47,10 +47,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use vessel_api::fsutil::{random_hex, read_json, write_json_atomic};
+use vessel_api::fsutil::{flock, open_locked, random_hex, read_json, write_json_atomic};
 use vessel_api::paths::Home;
 
 use crate::reference::{is_hex64, is_sha256_digest};
@@ -573,21 +572,6 @@ fn disk_usage(p: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    loop {
-        // SAFETY: the descriptor is owned by `file` and open for the call;
-        // flock has no memory-safety preconditions.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-}
-
 /// The hex part of a `sha256:<hex>` digest.
 pub fn digest_hex(digest: &str) -> Result<&str, StoreError> {
     if !is_sha256_digest(digest) {
@@ -633,16 +617,8 @@ pub struct Flock {
 impl Flock {
     /// Open (creating) `path` and take an exclusive lock on it, waiting.
     pub fn exclusive(path: &Path) -> Result<Self, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err(path))?;
-        flock(&file, libc::LOCK_EX).map_err(io_err(path))?;
         // The lock is released when the descriptor is closed.
+        let file = open_locked(path, libc::LOCK_EX).map_err(io_err(path))?;
         Ok(Self { _file: file })
     }
 
@@ -659,16 +635,8 @@ impl Flock {
     /// Like [`Flock::exclusive`], but `None` instead of waiting when
     /// someone else holds the lock.
     pub fn try_exclusive(path: &Path) -> Result<Option<Self>, StoreError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err(path))?;
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Ok(Some(Self { _file: file })),
+        match open_locked(path, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(file) => Ok(Some(Self { _file: file })),
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
             Err(e) => Err(io_err(path)(e)),
         }

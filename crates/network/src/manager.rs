@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use vessel_api::fsutil::{random_hex, read_json, write_json_atomic};
 use vessel_api::network::{
@@ -868,35 +868,13 @@ struct SubnetLock {
 
 impl SubnetLock {
     fn acquire() -> Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        use std::os::unix::io::AsRawFd;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(SUBNET_LOCK);
-        let file = match file {
-            Ok(f) => f,
+        match vessel_api::fsutil::open_locked(Path::new(SUBNET_LOCK), libc::LOCK_EX) {
+            Ok(file) => Self { _held: Some(file) },
             Err(e) => {
-                eprintln!(
-                    "vessel-network: cannot open {SUBNET_LOCK}: {e}; choosing a subnet without it"
-                );
-                return Self { _held: None };
-            }
-        };
-        loop {
-            // SAFETY: flock on a descriptor this function owns.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Self { _held: Some(file) };
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
                 eprintln!(
                     "vessel-network: cannot lock {SUBNET_LOCK}: {e}; choosing a subnet without it"
                 );
-                return Self { _held: None };
+                Self { _held: None }
             }
         }
     }

@@ -7,6 +7,38 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
+/// `flock(2)` on `file` with `op` (`LOCK_EX`, `LOCK_SH`, `| LOCK_NB`),
+/// retried when a signal interrupts it. The lock goes with the descriptor.
+pub fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    loop {
+        // SAFETY: the descriptor is owned by `file` and open for the call;
+        // flock has no memory-safety preconditions.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Open (creating, 0600) the lock file `path`; `flock` it with `op`.
+pub fn open_locked(path: &Path, op: libc::c_int) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    flock(&file, op)?;
+    Ok(file)
+}
+
 /// Write `data` to `path` atomically: temporary file in the same directory,
 /// fsync, rename, fsync of the directory. When the disk is full and `data`
 /// fits in the blocks the existing file already has, it is rewritten in
