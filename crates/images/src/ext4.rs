@@ -232,6 +232,16 @@ fn deferred_script(
     xattrs: &mut impl io::Write,
     scratch: &Path,
 ) -> Result<usize, Ext4Error> {
+    let w = |out: &mut dyn io::Write, parts: &[&[u8]]| -> Result<(), Ext4Error> {
+        out.write_all(&parts.join(&b' '))
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| Ext4Error::Io {
+                path: PathBuf::from("debugfs script"),
+                source: e,
+            })
+    };
+    // A path in the image, `/` and the components.
+    let image_path = |rel: &[Vec<u8>]| [&b"/"[..], &rel.join(&b'/')].concat();
     let mut values = 0usize;
     let mut skipped = 0;
     let mut stack: Vec<RelPath> = vec![Vec::new()];
@@ -249,9 +259,7 @@ fn deferred_script(
                 stack.push(child);
             }
         }
-        let mut abs = vec![b'/'];
-        abs.extend(rel.join(&b'/'));
-        let Some(q) = debugfs_quote(&abs) else {
+        let Some(q) = debugfs_quote(&image_path(&rel)) else {
             skipped += 1;
             continue;
         };
@@ -261,51 +269,50 @@ fn deferred_script(
             mode: m.mode() & 0o7777,
             device: None,
         });
-        let w = |out: &mut dyn io::Write, parts: &[&[u8]]| -> io::Result<()> {
-            out.write_all(&parts.join(&b' '))?;
-            out.write_all(b"\n")
-        };
-        let werr = |e: io::Error| Ext4Error::Io {
-            path: PathBuf::from("debugfs script"),
-            source: e,
+        let device = want
+            .device
+            .filter(|d| m.is_file() && d.placeholder == m.ino());
+        // The name the `sif`s below use, and the file type bits of the mode
+        // they set (none for a symlink).
+        let (target, mode) = match device {
+            Some(dev) => {
+                // Replace the stand-in by the node, from inside its
+                // directory (debugfs's mknod takes a name, not a path).
+                let Some((name, parent)) = rel.split_last() else {
+                    continue; // the root is a directory, never a stand-in
+                };
+                let (Some(pq), Some(nq)) =
+                    (debugfs_quote(&image_path(parent)), debugfs_quote(name))
+                else {
+                    skipped += 1;
+                    continue;
+                };
+                let (kind, fmt) = if dev.block {
+                    (&b"b"[..], libc::S_IFBLK)
+                } else {
+                    (&b"c"[..], libc::S_IFCHR)
+                };
+                let (maj, min) = (dev.major.to_string(), dev.minor.to_string());
+                w(out, &[b"cd", &pq])?;
+                w(out, &[b"rm", &nq])?;
+                w(out, &[b"mknod", &nq, kind, maj.as_bytes(), min.as_bytes()])?;
+                (nq, Some(fmt))
+            }
+            None => {
+                let fmt = (!m.file_type().is_symlink()).then(|| m.mode() & libc::S_IFMT);
+                (q.clone(), fmt)
+            }
         };
         let (uid, gid) = (want.uid.to_string(), want.gid.to_string());
-        if let Some(dev) = want
-            .device
-            .filter(|d| m.is_file() && d.placeholder == m.ino())
-        {
-            // Replace the stand-in by the node, from inside its directory
-            // (debugfs's mknod takes a name, not a path).
-            let Some((name, parent)) = rel.split_last() else {
-                continue; // the root is a directory, never a stand-in
-            };
-            let mut pabs = vec![b'/'];
-            pabs.extend(parent.join(&b'/'));
-            let (Some(pq), Some(nq)) = (debugfs_quote(&pabs), debugfs_quote(name)) else {
-                skipped += 1;
-                continue;
-            };
-            let (kind, fmt) = if dev.block {
-                (&b"b"[..], libc::S_IFBLK)
-            } else {
-                (&b"c"[..], libc::S_IFCHR)
-            };
-            let (maj, min) = (dev.major.to_string(), dev.minor.to_string());
-            w(out, &[b"cd", &pq]).map_err(werr)?;
-            w(out, &[b"rm", &nq]).map_err(werr)?;
-            w(out, &[b"mknod", &nq, kind, maj.as_bytes(), min.as_bytes()]).map_err(werr)?;
+        w(out, &[b"sif", &target, b"uid", uid.as_bytes()])?;
+        w(out, &[b"sif", &target, b"gid", gid.as_bytes()])?;
+        if let Some(fmt) = mode {
             let mode = format!("0{:o}", fmt | (want.mode & 0o7777));
-            w(out, &[b"sif", &nq, b"mode", mode.as_bytes()]).map_err(werr)?;
-            w(out, &[b"sif", &nq, b"uid", uid.as_bytes()]).map_err(werr)?;
-            w(out, &[b"sif", &nq, b"gid", gid.as_bytes()]).map_err(werr)?;
-            w(out, &[b"cd", b"/"]).map_err(werr)?;
-            continue;
+            w(out, &[b"sif", &target, b"mode", mode.as_bytes()])?;
         }
-        w(out, &[b"sif", &q, b"uid", uid.as_bytes()]).map_err(werr)?;
-        w(out, &[b"sif", &q, b"gid", gid.as_bytes()]).map_err(werr)?;
-        if !m.file_type().is_symlink() {
-            let mode = format!("0{:o}", (m.mode() & libc::S_IFMT) | (want.mode & 0o7777));
-            w(out, &[b"sif", &q, b"mode", mode.as_bytes()]).map_err(werr)?;
+        if device.is_some() {
+            w(out, &[b"cd", b"/"])?;
+            continue; // a device node: no attributes
         }
         // Values go through files (`ea_set -f`): they are binary.
         for (name, value) in deferred.xattrs.get(&rel).into_iter().flatten() {
@@ -318,7 +325,7 @@ fn deferred_script(
             let fq = debugfs_quote(file.as_os_str().as_bytes()).ok_or_else(|| {
                 Ext4Error::Debugfs(format!("debugfs cannot name {}", file.display()))
             })?;
-            w(xattrs, &[b"ea_set", b"-f", &fq, &q, &nq]).map_err(werr)?;
+            w(xattrs, &[b"ea_set", b"-f", &fq, &q, &nq])?;
         }
     }
     Ok(skipped)

@@ -765,17 +765,11 @@ impl Unpacker {
                     .as_ref()
                     .and_then(|d| d.meta.get(&target))
                     .copied();
-                if let Some(mut dev) = target_meta.and_then(|t| t.device) {
+                if let Some((t, mut dev)) = target_meta.and_then(|t| Some((t, t.device?))) {
                     // A link to a device stand-in: a stand-in of its own, so
                     // replacing one by the node never frees the other.
                     self.charge_inode()?;
                     dev.placeholder = Self::placeholder(&path, rel)?;
-                    let t = target_meta.unwrap_or(Deferred {
-                        uid,
-                        gid,
-                        mode,
-                        device: None,
-                    });
                     self.defer(rel, t.uid, t.gid, t.mode, Some(dev));
                     return Ok(());
                 }
