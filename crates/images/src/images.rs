@@ -202,12 +202,16 @@ impl Images {
         Err(ImagesError::NotFound(shown))
     }
 
+    fn manifest(&self, r: &ImageRecord) -> Result<Manifest, ImagesError> {
+        serde_json::from_slice(&self.store.read_blob(&r.manifest)?)
+            .map_err(|e| ImagesError::Corrupt(r.config.clone(), e))
+    }
+
     fn manifest_and_config(
         &self,
         r: &ImageRecord,
     ) -> Result<(Manifest, serde_json::Value), ImagesError> {
-        let m: Manifest = serde_json::from_slice(&self.store.read_blob(&r.manifest)?)
-            .map_err(|e| ImagesError::Corrupt(r.config.clone(), e))?;
+        let m = self.manifest(r)?;
         let c: serde_json::Value = serde_json::from_slice(&self.store.read_blob(&r.config)?)
             .map_err(|e| ImagesError::Corrupt(r.config.clone(), e))?;
         Ok((m, c))
@@ -215,11 +219,18 @@ impl Images {
 
     /// The ext4 base of the image `record`, built if missing.
     pub fn ensure_base(&self, record: &ImageRecord) -> Result<std::path::PathBuf, ImagesError> {
-        let (manifest, _) = self.manifest_and_config(record)?;
+        self.base_of(record, &self.manifest(record)?)
+    }
+
+    fn base_of(
+        &self,
+        record: &ImageRecord,
+        manifest: &Manifest,
+    ) -> Result<std::path::PathBuf, ImagesError> {
         Ok(ext4::ensure_rootfs(
             &self.store,
             &record.config,
-            &manifest,
+            manifest,
             self.budget,
         )?)
     }
@@ -230,7 +241,7 @@ impl Images {
         let (manifest, config_json) = self.manifest_and_config(&f.record)?;
         let config: ImageConfig = serde_json::from_value(config_json)
             .map_err(|e| ImagesError::Corrupt(f.record.config.clone(), e))?;
-        let rootfs = ext4::ensure_rootfs(&self.store, &f.record.config, &manifest, self.budget)?;
+        let rootfs = self.base_of(&f.record, &manifest)?;
         Ok(ResolvedImage {
             reference: f.key,
             id: f.record.config.clone(),

@@ -373,6 +373,14 @@ fn resume_state(partial: &Path, size: u64) -> (u64, Sha256) {
     (n, hasher)
 }
 
+/// A write to `partial` failed on the host's side (a full disk): delete it,
+/// since keeping it would only hold on to the space; the error to return.
+fn discard(file: File, partial: &Path, e: io::Error) -> RegistryError {
+    drop(file);
+    let _ = fs::remove_file(partial);
+    io_err(partial)(e)
+}
+
 /// Download (or resume) blob `d` into `partial` and verify it.
 fn download(
     reg: &Registry,
@@ -455,19 +463,13 @@ fn download(
         }
         hasher.update(&buf[..n]);
         if let Err(e) = file.write_all(&buf[..n]) {
-            // A host-side failure (a full disk): a partial file would only
-            // hold on to the space.
-            drop(file);
-            let _ = fs::remove_file(partial);
-            return Err(io_err(partial)(e));
+            return Err(discard(file, partial, e));
         }
         have += n as u64;
         meter.update(have);
     }
     if let Err(e) = file.sync_all() {
-        drop(file);
-        let _ = fs::remove_file(partial);
-        return Err(io_err(partial)(e));
+        return Err(discard(file, partial, e));
     }
     drop(file);
     if have < d.size {
