@@ -37,6 +37,19 @@
 //! networking omit it). Future versions add messages (resize, mounts,
 //! statistics); a
 //! peer ignores nothing silently: unknown control messages are errors.
+//!
+//! ## The guest's clock
+//! A guest that lists [`FEATURE_CLOCK`] in its `Hello` answers
+//! `ReadClock { id }` at any time with `Clock { id, realtime_ns }` (its
+//! `CLOCK_REALTIME` when it handled the request) and applies
+//! `AdjustClock { offset_ns, mode, max_error_ns }` (a step or a slew of its
+//! `CLOCK_REALTIME`, and the kernel's clock marked synchronized). The host
+//! measures the offset the way NTP does (its send and receive times around
+//! the guest's reading, the least round trip of a few samples), steps the
+//! clock between `Hello` and `Start` (the guest boots at 1970: there is no
+//! RTC), and keeps it in step while the container runs: periodically, and at
+//! once when the host's own clock jumps or the host resumes from suspend.
+//! The policy is the host's ([`AdjustMode`]); the guest only executes it.
 
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
@@ -104,6 +117,69 @@ pub struct ProcessSpec {
     pub cwd: String,
     /// `user`, `uid`, `user:group` or `uid:gid`; empty means root.
     pub user: String,
+    /// Resource limits the process starts with. Absent (a host that
+    /// predates them): [`default_rlimits`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rlimits: Option<Vec<Rlimit>>,
+}
+
+/// One resource limit, as `setrlimit(2)` takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    /// The resource as Docker's `--ulimit` names it: `nofile`, `nproc`,
+    /// `core`, `stack`, `memlock`, ... (see [`rlimit_resource`]).
+    pub name: String,
+    /// Soft limit; `u64::MAX` is unlimited.
+    pub soft: u64,
+    /// Hard limit; `u64::MAX` is unlimited.
+    pub hard: u64,
+}
+
+/// `RLIM_INFINITY`.
+pub const RLIM_UNLIMITED: u64 = u64::MAX;
+
+/// The limits a container's process starts with unless the user sets
+/// others: what a Docker container gets on a systemd host (its daemons run
+/// with `LimitNOFILE=1048576`, `LimitNPROC=infinity`, `LimitCORE=infinity`,
+/// the rest inherited from the system's defaults). Limits not listed keep
+/// the guest kernel's defaults, which are the host kernel's.
+pub fn default_rlimits() -> Vec<Rlimit> {
+    let r = |name: &str, soft, hard| Rlimit {
+        name: name.into(),
+        soft,
+        hard,
+    };
+    vec![
+        r("nofile", 1_048_576, 1_048_576),
+        r("nproc", RLIM_UNLIMITED, RLIM_UNLIMITED),
+        r("core", RLIM_UNLIMITED, RLIM_UNLIMITED),
+        r("stack", 8 << 20, RLIM_UNLIMITED),
+        r("memlock", 8 << 20, 8 << 20),
+    ]
+}
+
+/// The `RLIMIT_*` number of a resource named as Docker's `--ulimit` does.
+pub fn rlimit_resource(name: &str) -> Option<i32> {
+    // Numbers from the Linux UAPI (asm-generic/resource.h), x86_64.
+    Some(match name {
+        "cpu" => 0,
+        "fsize" => 1,
+        "data" => 2,
+        "stack" => 3,
+        "core" => 4,
+        "rss" => 5,
+        "nproc" => 6,
+        "nofile" => 7,
+        "memlock" => 8,
+        "as" => 9,
+        "locks" => 10,
+        "sigpending" => 11,
+        "msgqueue" => 12,
+        "nice" => 13,
+        "rtprio" => 14,
+        "rttime" => 15,
+        _ => return None,
+    })
 }
 
 /// Everything vminitd needs to start the container.
@@ -162,22 +238,57 @@ pub struct HostEntry {
     pub names: Vec<String>,
 }
 
+/// How the guest applies a clock correction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdjustMode {
+    /// Jump by the offset at once (`ADJ_SETOFFSET`): before the process
+    /// starts, and for offsets too large to slew (a paused VM, a host that
+    /// resumed from suspend or stepped its own clock).
+    Step,
+    /// Speed up or slow down the clock until the offset is absorbed
+    /// (`adjtime(3)`'s slew, at most 0.5 ms per second), so time never
+    /// jumps under a running program.
+    Slew,
+}
+
 /// Messages the host sends.
 // `Start` is large, sent once per container, and never stored in bulk.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
-    Hello { version: u32 },
+    Hello {
+        version: u32,
+    },
     Start(StartRequest),
-    Signal { signal: i32 },
+    Signal {
+        signal: i32,
+    },
     CloseStdin,
     Shutdown,
+    /// Answer at once with [`GuestMessage::Clock`] (needs [`FEATURE_CLOCK`]).
+    ReadClock {
+        id: u64,
+    },
+    /// Correct `CLOCK_REALTIME` by `offset_ns` (added to it), and record
+    /// `max_error_ns` as the kernel's estimated error (needs
+    /// [`FEATURE_CLOCK`]).
+    AdjustClock {
+        offset_ns: i64,
+        mode: AdjustMode,
+        max_error_ns: u64,
+    },
 }
 
 /// The guest applies `StartRequest::network` (addresses, routes,
 /// resolv.conf, hosts).
 pub const FEATURE_NETWORK: &str = "network";
+/// The guest answers `ReadClock` and applies `AdjustClock`.
+pub const FEATURE_CLOCK: &str = "clock";
+/// The guest applies `ProcessSpec::rlimits` and starts the process with an
+/// empty signal mask and default signal dispositions.
+pub const FEATURE_RLIMITS: &str = "rlimits";
 
 /// Messages the guest sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +321,12 @@ pub enum GuestMessage {
     },
     Error {
         message: String,
+    },
+    /// The answer to [`HostMessage::ReadClock`].
+    Clock {
+        id: u64,
+        /// The guest's `CLOCK_REALTIME` in nanoseconds since the epoch.
+        realtime_ns: i64,
     },
 }
 
@@ -349,6 +466,7 @@ mod tests {
                 env: vec!["A=B".into()],
                 cwd: "/".into(),
                 user: "1000".into(),
+                rlimits: Some(default_rlimits()),
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),
@@ -455,6 +573,60 @@ mod tests {
             payload: b"{\"type\":\"nope\"}".to_vec(),
         };
         assert!(decode_message::<GuestMessage>(&f).is_err());
+    }
+
+    #[test]
+    fn clock_messages_round_trip() {
+        let msgs = [
+            HostMessage::ReadClock { id: 7 },
+            HostMessage::AdjustClock {
+                offset_ns: -1_700_000_000_123_456_789,
+                mode: AdjustMode::Step,
+                max_error_ns: 350_000,
+            },
+            HostMessage::AdjustClock {
+                offset_ns: 1_500,
+                mode: AdjustMode::Slew,
+                max_error_ns: 0,
+            },
+        ];
+        for m in msgs {
+            let mut buf = Vec::new();
+            write_message(&mut buf, &m).unwrap();
+            let f = read_frame(&mut &buf[..]).unwrap().unwrap();
+            assert_eq!(decode_message::<HostMessage>(&f).unwrap(), m);
+        }
+        let f = Frame {
+            kind: FrameKind::Control,
+            payload: br#"{"type":"clock","id":7,"realtime_ns":1796165703376538908}"#.to_vec(),
+        };
+        assert_eq!(
+            decode_message::<GuestMessage>(&f).unwrap(),
+            GuestMessage::Clock {
+                id: 7,
+                realtime_ns: 1_796_165_703_376_538_908
+            }
+        );
+        // A mode this version does not know is an error, not a guess.
+        let f = Frame {
+            kind: FrameKind::Control,
+            payload: br#"{"type":"adjust_clock","offset_ns":1,"mode":"warp","max_error_ns":0}"#
+                .to_vec(),
+        };
+        assert!(decode_message::<HostMessage>(&f).is_err());
+    }
+
+    #[test]
+    fn rlimits_default_when_absent_and_names_map_to_resources() {
+        let p: ProcessSpec =
+            serde_json::from_str(r#"{"args":["true"],"env":[],"cwd":"/","user":""}"#).unwrap();
+        assert_eq!(p.rlimits, None);
+        for r in default_rlimits() {
+            assert!(rlimit_resource(&r.name).is_some(), "{}", r.name);
+            assert!(r.soft <= r.hard, "{r:?}");
+        }
+        assert_eq!(rlimit_resource("nofile"), Some(7)); // RLIMIT_NOFILE
+        assert_eq!(rlimit_resource("bogus"), None);
     }
 
     #[test]

@@ -205,6 +205,7 @@ pub fn build_process(
         env,
         cwd,
         user,
+        rlimits: None,
     })
 }
 

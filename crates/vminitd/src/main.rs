@@ -6,6 +6,7 @@
 //! chrooted into its root filesystem, pumps its output, reports its exit and
 //! powers the VM off.
 
+mod clock;
 mod mounts;
 mod net;
 mod process;
@@ -245,7 +246,8 @@ fn main() {
 }
 
 fn run() -> Result<(), String> {
-    // SIGCHLD is consumed through a signalfd; the child's mask is reset by std.
+    // SIGCHLD is consumed through a signalfd; the container's process gets
+    // an empty mask back (process::reset_process_state).
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     mask.thread_block()
@@ -288,7 +290,13 @@ fn session(conn: &mut Conn, sigfd: &SignalFd) -> Result<Outcome, String> {
     conn.send(&GuestMessage::Hello {
         version: VERSION,
         uptime_ms: uptime_ms(),
-        features: vec![agent_protocol::FEATURE_NETWORK.to_string()],
+        features: [
+            agent_protocol::FEATURE_NETWORK,
+            agent_protocol::FEATURE_CLOCK,
+            agent_protocol::FEATURE_RLIMITS,
+        ]
+        .map(String::from)
+        .to_vec(),
     })?;
 
     let req = loop {
@@ -302,6 +310,9 @@ fn session(conn: &mut Conn, sigfd: &SignalFd) -> Result<Outcome, String> {
             HostMessage::Start(req) => break req,
             HostMessage::Shutdown => return Ok(Outcome::Done),
             HostMessage::CloseStdin => {}
+            m @ (HostMessage::ReadClock { .. } | HostMessage::AdjustClock { .. }) => {
+                clock_request(conn, m)?
+            }
             other => return Err(format!("protocol error: expected start, got {other:?}")),
         }
     };
@@ -330,6 +341,27 @@ fn session(conn: &mut Conn, sigfd: &SignalFd) -> Result<Outcome, String> {
     Ok(Outcome::Done)
 }
 
+/// Answer `ReadClock`, apply `AdjustClock` (see the `clock` module).
+fn clock_request(conn: &mut Conn, msg: HostMessage) -> Result<(), String> {
+    match msg {
+        HostMessage::ReadClock { id } => conn.send(&GuestMessage::Clock {
+            id,
+            realtime_ns: clock::realtime_ns(),
+        }),
+        HostMessage::AdjustClock {
+            offset_ns,
+            mode,
+            max_error_ns,
+        } => {
+            if let Err(e) = clock::adjust(offset_ns, mode, max_error_ns) {
+                log!("{e}");
+            }
+            Ok(())
+        }
+        other => Err(format!("protocol error: {other:?} is not a clock request")),
+    }
+}
+
 fn start(req: &StartRequest) -> Result<std::process::Child, StartError> {
     let p = &req.process;
     if p.args.first().map(String::as_str).unwrap_or("").is_empty() {
@@ -355,7 +387,11 @@ fn start(req: &StartRequest) -> Result<std::process::Child, StartError> {
     }
     let user = user::resolve_in_root(root, &p.user).map_err(|m| StartError::new(125, m))?;
     let env = process::build_env(&p.env, &user.home, &req.hostname);
-    process::spawn(root, &p.args, &env, &p.cwd, &user)
+    let rlimits = p
+        .rlimits
+        .clone()
+        .unwrap_or_else(agent_protocol::default_rlimits);
+    process::spawn(root, &p.args, &env, &p.cwd, &user, &rlimits)
 }
 
 /// Reap every zombie; returns the main process's status if it was reaped.
@@ -515,6 +551,9 @@ fn supervise(
                     }
                     HostMessage::CloseStdin => {}
                     HostMessage::Shutdown => return Ok(true),
+                    m @ (HostMessage::ReadClock { .. } | HostMessage::AdjustClock { .. }) => {
+                        clock_request(conn, m)?
+                    }
                     other => return Err(format!("protocol error: unexpected {other:?}")),
                 }
             }
@@ -545,6 +584,12 @@ fn wait_shutdown(conn: &mut Conn) {
                 match decode_host(&frame) {
                     Ok(HostMessage::Shutdown) => return,
                     Ok(HostMessage::Signal { .. }) | Ok(HostMessage::CloseStdin) => {}
+                    Ok(m @ (HostMessage::ReadClock { .. } | HostMessage::AdjustClock { .. })) => {
+                        if let Err(e) = clock_request(conn, m) {
+                            log!("{e}");
+                            return;
+                        }
+                    }
                     Ok(other) => {
                         log!("protocol error: unexpected {other:?}");
                         return;

@@ -1,6 +1,7 @@
 //! Starting the container process inside the root filesystem.
 
 use crate::user::ExecUser;
+use agent_protocol::{rlimit_resource, Rlimit};
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -99,14 +100,103 @@ fn cstring(s: &[u8]) -> Result<CString, StartError> {
     CString::new(s).map_err(|_| StartError::new(125, "string contains a NUL byte"))
 }
 
+/// The `(resource, limit)` pairs to set in the child, resolved before the
+/// fork; an unknown resource or a soft limit above the hard one is refused
+/// (Docker refuses them too).
+pub fn resolve_rlimits(limits: &[Rlimit]) -> Result<Vec<(i32, libc::rlimit)>, StartError> {
+    limits
+        .iter()
+        .map(|l| {
+            let resource = rlimit_resource(&l.name).ok_or_else(|| {
+                StartError::new(125, format!("unknown resource limit {:?}", l.name))
+            })?;
+            if l.soft > l.hard {
+                return Err(StartError::new(
+                    125,
+                    format!(
+                        "resource limit {}: soft limit {} is above hard limit {}",
+                        l.name, l.soft, l.hard
+                    ),
+                ));
+            }
+            Ok((
+                resource,
+                libc::rlimit {
+                    rlim_cur: l.soft,
+                    rlim_max: l.hard,
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Put the calling (just forked) process in the state runc gives a
+/// container's process: every signal at its default disposition, an empty
+/// signal mask, umask 022, the given resource limits. vminitd blocks
+/// SIGCHLD for its signalfd, and a mask survives fork and exec: without
+/// this the container's shells and supervisors never see their children end.
+///
+/// # Safety
+/// Only between fork and exec: it makes async-signal-safe system calls on
+/// data prepared before the fork and allocates nothing.
+pub unsafe fn reset_process_state(rlimits: &[(i32, libc::rlimit)]) -> io::Result<()> {
+    /// The kernel's `struct sigaction` for `rt_sigaction(2)` on x86_64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    // SIG_DFL, no flags, nothing blocked.
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // SAFETY: rt_sigaction/sigprocmask/umask/setrlimit on valid, initialised
+    // local structs and the caller's slice; none of them allocates.
+    unsafe {
+        // The raw system call: the C library's sigaction refuses the two
+        // real-time signals it reserves, which may be ignored all the same.
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                );
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::umask(0o022);
+        for (resource, limit) in rlimits {
+            if libc::setrlimit(*resource as _, limit) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Start `args` chrooted into `root` as `user`, in `cwd` (created if missing),
-/// with `env` exactly. stdin is /dev/null, stdout/stderr are pipes.
+/// with `env` exactly and the resource limits `rlimits`, in the state
+/// [`reset_process_state`] describes. stdin is /dev/null, stdout/stderr are
+/// pipes.
 pub fn spawn(
     root: &Path,
     args: &[String],
     env: &[(String, String)],
     cwd: &str,
     user: &ExecUser,
+    rlimits: &[Rlimit],
 ) -> Result<Child, StartError> {
     let Some(arg0) = args.first() else {
         return Err(StartError::new(125, "no command specified"));
@@ -128,6 +218,7 @@ pub fn spawn(
         .collect::<Result<Vec<_>, _>>()?;
     let groups: Vec<libc::gid_t> = user.groups.clone();
     let (uid, gid) = (user.uid, user.gid);
+    let limits = resolve_rlimits(rlimits)?;
 
     let mut cmd = Command::new(arg0);
     cmd.args(&args[1..])
@@ -137,6 +228,8 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let hook = move || -> io::Result<()> {
+        // SAFETY: we are between fork and exec (this is a pre_exec hook).
+        unsafe { reset_process_state(&limits)? };
         // SAFETY: plain system calls on valid NUL-terminated strings and a
         // valid gid array, all allocated before the fork and alive here.
         unsafe {
@@ -251,7 +344,7 @@ mod tests {
             groups: vec![],
             home: "/".into(),
         };
-        let e = spawn(Path::new("/"), &[], &[], "/", &u).unwrap_err();
+        let e = spawn(Path::new("/"), &[], &[], "/", &u, &[]).unwrap_err();
         assert_eq!(e, StartError::new(125, "no command specified"));
     }
 
@@ -271,7 +364,7 @@ mod tests {
         // A directory that exists only inside the chroot.
         std::fs::create_dir_all(r.join("onlyhere")).unwrap();
         std::fs::copy(busybox, r.join("onlyhere/busybox")).unwrap();
-        for app in ["sh", "pwd", "id"] {
+        for app in ["sh", "pwd", "id", "grep", "cat"] {
             std::os::unix::fs::symlink("busybox", r.join("onlyhere").join(app)).unwrap();
         }
         std::fs::write(r.join("onlyhere/noexec"), "x").unwrap();
@@ -282,9 +375,14 @@ mod tests {
             home: "/".into(),
         };
         let env = build_env(&["PATH=/onlyhere".into()], "/", "");
+        let limits = vec![Rlimit {
+            name: "nofile".into(),
+            soft: 4242,
+            hard: 4343,
+        }];
         let run = |args: &[&str], cwd: &str| -> Result<String, StartError> {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let mut child = spawn(r, &args, &env, cwd, &user)?;
+            let mut child = spawn(r, &args, &env, cwd, &user, &limits)?;
             let mut out = String::new();
             child
                 .stdout
@@ -307,6 +405,52 @@ mod tests {
             run(&["sh", "-c", "echo $HOME:$PATH"], "/").unwrap(),
             "/:/onlyhere\n"
         );
+        assert_eq!(
+            run(&["sh", "-c", "ulimit -n; ulimit -Hn; umask"], "/").unwrap(),
+            "4242\n4343\n0022\n"
+        );
+        // What vminitd blocks and ignores does not reach the process.
+        std::fs::create_dir(r.join("proc")).unwrap();
+        nix::mount::mount(
+            Some("proc"),
+            &r.join("proc"),
+            Some("proc"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let mut mask = nix::sys::signal::SigSet::empty();
+        mask.add(nix::sys::signal::Signal::SIGCHLD);
+        mask.add(nix::sys::signal::Signal::SIGUSR2);
+        let old_mask = mask
+            .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+            .unwrap();
+        // SAFETY: SIG_IGN installs no handler code.
+        let old_usr1 = unsafe {
+            nix::sys::signal::signal(
+                nix::sys::signal::Signal::SIGUSR1,
+                nix::sys::signal::SigHandler::SigIgn,
+            )
+        }
+        .unwrap();
+        let status = run(&["grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"], "/");
+        old_mask.thread_set_mask().unwrap();
+        // SAFETY: restores the disposition the test started with.
+        unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGUSR1, old_usr1) }.unwrap();
+        nix::mount::umount(&r.join("proc")).unwrap();
+        assert_eq!(
+            status.unwrap(),
+            "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+        );
+        let bad = vec![Rlimit {
+            name: "nofile".into(),
+            soft: 2,
+            hard: 1,
+        }];
+        let args = vec!["true".to_string()];
+        let e = spawn(r, &args, &env, "/", &user, &bad).unwrap_err();
+        assert_eq!(e.exit_code, 125);
+        assert!(e.message.contains("above hard limit"), "{}", e.message);
         assert_eq!(run(&["nothere"], "/").unwrap_err().exit_code, 127);
         assert_eq!(run(&["/onlyhere/gone"], "/").unwrap_err().exit_code, 127);
         assert_eq!(run(&["noexec"], "/").unwrap_err().exit_code, 126);
