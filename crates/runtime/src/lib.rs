@@ -5,6 +5,7 @@
 //! control socket ([`control`]) and the lifecycle that ties them ([`run`]).
 
 pub mod agent;
+pub mod clock;
 pub mod control;
 pub mod logs;
 pub mod passt;

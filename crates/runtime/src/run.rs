@@ -14,6 +14,7 @@
 //! Only this process writes `state.json` once it runs, always atomically.
 
 use crate::agent::{self, AgentSender, Incoming};
+use crate::clock::{self, ClockSync, HostClockWatch};
 use crate::control::{self, ControlHandler};
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
@@ -21,7 +22,8 @@ use crate::vmm::{qemu_binary, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
-    GuestMessage, HostMessage, StartRequest, AGENT_PORT, FEATURE_NETWORK, VERSION,
+    GuestMessage, HostMessage, StartRequest, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK,
+    FEATURE_RLIMITS, VERSION,
 };
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
@@ -301,8 +303,37 @@ enum End {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Hello,
+    /// Setting the guest's clock before the start (see [`crate::clock`]).
+    Clock,
     Starting,
     Running,
+}
+
+/// Start rounds of clock probes while the container runs: every
+/// [`clock::SYNC_INTERVAL`], and at once when the host's clock jumps.
+fn keep_clock_in_step(clock: Arc<Mutex<ClockSync>>, tx: AgentSender, done: Arc<AtomicBool>) {
+    let mut watch = HostClockWatch::new();
+    watch.jumped();
+    while !done.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_secs(1));
+        let forced = watch.jumped();
+        if forced {
+            log("the host's clock jumped; setting the guest's clock again");
+        }
+        let probe = {
+            let mut c = lock(&clock);
+            if c.due(Instant::now(), forced) {
+                c.begin_round()
+            } else {
+                None
+            }
+        };
+        if let Some(p) = probe {
+            if tx.send(&p).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 /// Steps 6-10: connect to vminitd, run the process, record its end, power
@@ -385,10 +416,15 @@ pub fn supervise(
 
     let mut phase = Phase::Hello;
     let mut request = Some(request);
+    let clock = Arc::new(Mutex::new(ClockSync::new()));
+    let mut clock_feature = false;
     let end = match tx.send(&HostMessage::Hello { version: VERSION }) {
         Err(e) => End::Lost(Some(chain(&e))),
         Ok(()) => loop {
-            let msg = match rx.recv() {
+            let received = rx.recv();
+            // A clock answer's receive time, taken before anything else.
+            let t4 = clock::host_realtime_ns();
+            let msg = match received {
                 Ok(None) => break End::Lost(None),
                 Err(e) => break End::Lost(Some(chain(&e))),
                 Ok(Some(Incoming::Output(stream, data))) => {
@@ -422,15 +458,81 @@ pub fn supervise(
                                 .into(),
                         );
                     }
-                    log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
-                    let Some(req) = request.take() else {
-                        break End::Lost(Some("second Hello".into()));
-                    };
-                    if let Err(e) = tx.send(&HostMessage::Start(req)) {
-                        break End::Lost(Some(chain(&e)));
+                    let wants_rlimits = request
+                        .as_ref()
+                        .is_some_and(|r| r.process.rlimits.is_some());
+                    if wants_rlimits && !features.iter().any(|f| f == FEATURE_RLIMITS) {
+                        break End::Refused(
+                            "the guest's vminitd cannot set resource limits: its initramfs is \
+                             older than this vessel-runtime; install the guest assets built \
+                             with it (scripts/setup.sh)"
+                                .into(),
+                        );
                     }
-                    phase = Phase::Starting;
+                    log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
+                    clock_feature = features.iter().any(|f| f == FEATURE_CLOCK);
+                    let first_probe = if clock_feature {
+                        lock(&clock).begin_round()
+                    } else {
+                        log(
+                            "the guest's vminitd cannot set its clock (an older initramfs?); \
+                             the container's clock starts at 1970",
+                        );
+                        None
+                    };
+                    let sent = match first_probe {
+                        Some(probe) => {
+                            phase = Phase::Clock;
+                            tx.send(&probe).map_err(|e| chain(&e))
+                        }
+                        None => {
+                            phase = Phase::Starting;
+                            send_start(&tx, &mut request)
+                        }
+                    };
+                    if let Err(e) = sent {
+                        break End::Lost(Some(e));
+                    }
                 }
+                (Phase::Clock | Phase::Running, GuestMessage::Clock { id, realtime_ns }) => {
+                    let started = phase == Phase::Running;
+                    let next = lock(&clock).on_reply(id, realtime_ns, t4, started);
+                    let sent = match next {
+                        clock::Next::Ignore => Ok(()),
+                        clock::Next::Probe(p) => tx.send(&p).map_err(|e| chain(&e)),
+                        clock::Next::Adjust { adjust, best } => {
+                            // Slews of more than a millisecond are worth a line: they
+                            // show the guest's drift.
+                            let big = best.offset_ns.abs() >= 1_000_000;
+                            if !started || big {
+                                let verb = match &adjust {
+                                    _ if !started => "set",
+                                    HostMessage::AdjustClock {
+                                        mode: agent_protocol::AdjustMode::Step,
+                                        ..
+                                    } => "stepped",
+                                    _ => "slewed",
+                                };
+                                log(&format!(
+                                    "guest clock {verb} by {:.6} s (round trip {} µs)",
+                                    -best.offset_ns as f64 / 1e9,
+                                    best.rtt_ns / 1000
+                                ));
+                            }
+                            let r = tx.send(&adjust).map_err(|e| chain(&e));
+                            if started {
+                                r
+                            } else {
+                                phase = Phase::Starting;
+                                r.and_then(|()| send_start(&tx, &mut request))
+                            }
+                        }
+                    };
+                    if let Err(e) = sent {
+                        break End::Lost(Some(e));
+                    }
+                }
+                (Phase::Starting, GuestMessage::Clock { .. }) => {}
                 (Phase::Starting, GuestMessage::Started { pid, uptime_ms }) => {
                     let boot_ms = launched.elapsed().as_millis() as u64;
                     log(&format!(
@@ -444,6 +546,10 @@ pub fn supervise(
                     });
                     *lock(&shared.agent) = Some(tx.clone());
                     phase = Phase::Running;
+                    if clock_feature {
+                        let (clock, tx, done) = (Arc::clone(&clock), tx.clone(), Arc::clone(&done));
+                        std::thread::spawn(move || keep_clock_in_step(clock, tx, done));
+                    }
                 }
                 (Phase::Starting, GuestMessage::StartFailed { exit_code, message }) => {
                     break End::StartFailed(exit_code, message);
@@ -524,6 +630,12 @@ pub fn supervise(
     done.store(true, Ordering::SeqCst);
     tx.shutdown();
     result
+}
+
+/// Send `Start` with the request (once).
+fn send_start(tx: &AgentSender, request: &mut Option<StartRequest>) -> Result<(), String> {
+    let req = request.take().ok_or_else(|| "second Hello".to_string())?;
+    tx.send(&HostMessage::Start(req)).map_err(|e| chain(&e))
 }
 
 /// Create `overlay` as a qcow2 backed by the read-only `base`, unless it exists.
@@ -911,6 +1023,7 @@ mod tests {
                 env: vec![],
                 cwd: "/".into(),
                 user: String::new(),
+                rlimits: None,
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),
@@ -1023,6 +1136,93 @@ mod tests {
                 .as_deref()
                 .unwrap_or("")
                 .contains("cannot configure networks"),
+            "{s:?}"
+        );
+    }
+
+    #[test]
+    fn the_guest_clock_is_set_before_the_process_starts() {
+        let h = harness();
+        let mut req = request();
+        req.process.rlimits = Some(agent_protocol::default_rlimits());
+        let (r, guest) = run_request_with_guest(&h, req, move |mut g| {
+            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
+            send(
+                &mut g,
+                GuestMessage::Hello {
+                    version: VERSION,
+                    uptime_ms: 1,
+                    features: vec![FEATURE_CLOCK.into(), FEATURE_RLIMITS.into()],
+                },
+            );
+            // A guest one hour behind the host answers three probes.
+            let behind = 3_600_000_000_000i64;
+            let mut probes = 0;
+            let adjust = loop {
+                match recv(&mut g) {
+                    Some(HostMessage::ReadClock { id }) => {
+                        probes += 1;
+                        send(
+                            &mut g,
+                            GuestMessage::Clock {
+                                id,
+                                realtime_ns: crate::clock::host_realtime_ns() - behind,
+                            },
+                        );
+                    }
+                    Some(m) => break m,
+                    None => panic!("the host hung up"),
+                }
+            };
+            assert_eq!(probes, crate::clock::ROUND_SAMPLES);
+            match adjust {
+                HostMessage::AdjustClock {
+                    offset_ns, mode, ..
+                } => {
+                    assert_eq!(mode, agent_protocol::AdjustMode::Step);
+                    // Within a tenth of a second (the probes' round trips).
+                    assert!((offset_ns - behind).abs() < 100_000_000, "{offset_ns}");
+                }
+                other => panic!("expected AdjustClock before Start, got {other:?}"),
+            }
+            assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));
+            send(
+                &mut g,
+                GuestMessage::Exited {
+                    exit_code: 0,
+                    signal: None,
+                },
+            );
+            assert_eq!(recv(&mut g), Some(HostMessage::Shutdown));
+        });
+        r.unwrap();
+        guest.join().unwrap();
+    }
+
+    #[test]
+    fn a_guest_without_rlimits_support_is_refused_rlimits() {
+        let h = harness();
+        let mut req = request();
+        req.process.rlimits = Some(agent_protocol::default_rlimits());
+        let (r, guest) = run_request_with_guest(&h, req, move |mut g| {
+            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
+            send(
+                &mut g,
+                GuestMessage::Hello {
+                    version: VERSION,
+                    uptime_ms: 1,
+                    features: vec![],
+                },
+            );
+            while let Some(m) = recv(&mut g) {
+                assert!(!matches!(m, HostMessage::Start(_)), "{m:?}");
+            }
+        });
+        guest.join().unwrap();
+        assert!(r.is_err(), "{r:?}");
+        let s = h.shared.snapshot();
+        assert!(
+            s.error.as_deref().unwrap_or("").contains("resource limits"),
             "{s:?}"
         );
     }

@@ -124,7 +124,15 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
 }
 
 /// The kernel command line of every container VM.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t";
+///
+/// `tsc=reliable`: the TSC a VM gets is the host's invariant one (QEMU's
+/// TCG reads the host's TSC; KVM offsets it), but a microVM has no HPET or
+/// ACPI PM timer, so the kernel's clocksource watchdog checks the TSC
+/// against jiffies, which lag whenever the vCPU thread is not scheduled.
+/// Under emulation one boot in three then marked the TSC unstable and fell
+/// back to the 4 ms `refined-jiffies` clock, which runs behind: the
+/// container's time was wrong by tens of milliseconds within seconds.
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable";
 
 /// QEMU splits option values at commas; a literal comma is written twice.
 fn opt_path(p: &Path) -> OsString {
