@@ -319,6 +319,30 @@ mod tests {
         assert!(b.message.contains("500"), "{}", b.message);
     }
 
+    /// The API description lists the same kinds, each with its status.
+    #[test]
+    fn openapi_describes_every_kind() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api/openapi.yaml");
+        let doc = std::fs::read_to_string(path).unwrap();
+        let schema = &doc[doc.find("\n    ErrorKind:\n").expect("ErrorKind schema")..];
+        let list = schema
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("enum: ["))
+            .and_then(|l| l.strip_suffix(']'))
+            .expect("ErrorKind enum");
+        let documented: Vec<&str> = list.split(',').map(str::trim).collect();
+        let known: Vec<&str> = ErrorKind::ALL
+            .iter()
+            .filter(|k| **k != ErrorKind::Unknown)
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(documented, known);
+        for k in ErrorKind::ALL.iter().filter(|k| **k != ErrorKind::Unknown) {
+            let line = format!("`{}` {}:", k.as_str(), k.status());
+            assert!(schema.contains(&line), "openapi.yaml lacks {line}");
+        }
+    }
+
     #[test]
     fn chain_joins_sources_once() {
         #[derive(Debug, thiserror::Error)]

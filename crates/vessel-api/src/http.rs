@@ -492,6 +492,31 @@ mod tests {
     }
 
     #[test]
+    fn error_answers_carry_their_kind_and_its_status() {
+        use crate::error::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("e.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let sent =
+            ErrorBody::new(ErrorKind::ContainerNotFound, "no such container: x").with_name("x");
+        let answer = sent.clone();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (s, _) = listener.accept().unwrap();
+                let mut req = Request::read(s).unwrap();
+                respond_error(req.stream(), &answer).unwrap();
+            }
+        });
+        let c = Client::new(&sock);
+        let resp = c.request("GET", "/x", None).unwrap();
+        assert_eq!(resp.status, 404);
+        assert_eq!(resp.json::<serde_json::Value>().unwrap().unwrap_err(), sent);
+        let resp = c.request("GET", "/x", None).unwrap();
+        assert_eq!(resp.error().unwrap().err(), Some(sent));
+        server.join().unwrap();
+    }
+
+    #[test]
     fn garbage_is_an_error() {
         let (a, mut b) = UnixStream::pair().unwrap();
         b.write_all(b"\x00\x01 nonsense\r\n\r\n").unwrap();
