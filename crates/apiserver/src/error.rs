@@ -2,7 +2,7 @@
 //! answer's kind and HTTP status, and a message with its whole chain.
 //! Errors the helpers answer with pass through with their kind and name.
 
-use vessel_api::error::{ErrorBody, ErrorKind};
+use vessel_api::error::{error_chain, ErrorBody, ErrorKind};
 use vessel_api::http::{HttpError, Response};
 
 /// An error of an API request.
@@ -27,6 +27,11 @@ impl ApiError {
     /// A bad parameter, flag value or body (`invalid_argument`).
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// A request body that cannot be read or decoded (`invalid_argument`).
+    pub fn invalid_body(e: HttpError) -> Self {
+        Self::invalid(format!("invalid request body: {}", error_chain(&e)))
     }
 
     /// The request contradicts the current state (`conflict`).

@@ -177,12 +177,7 @@ impl Server {
                 respond_json(req.stream(), 200, &list)?;
             }
             ("POST", ["v1", "containers"]) => {
-                let create: CreateRequest = req.json().map_err(|e| {
-                    ApiError::invalid(format!(
-                        "invalid request body: {}",
-                        vessel_api::error::error_chain(&e)
-                    ))
-                })?;
+                let create: CreateRequest = req.json().map_err(ApiError::invalid_body)?;
                 // `image_not_found` from create is always about this image,
                 // named as the request gave it: the CLI pulls on that alone.
                 let image = self
@@ -254,12 +249,7 @@ impl Server {
                 relay_json(req, resp)?;
             }
             ("POST", ["v1", "networks"]) => {
-                let create: NetworkCreateRequest = req.json().map_err(|e| {
-                    ApiError::invalid(format!(
-                        "invalid request body: {}",
-                        vessel_api::error::error_chain(&e)
-                    ))
-                })?;
+                let create: NetworkCreateRequest = req.json().map_err(ApiError::invalid_body)?;
                 let body = serde_json::to_vec(&create).map_err(|e| anyhow::anyhow!(e))?;
                 let resp = self.network_send("POST", "/networks", Some(&body))?;
                 relay_json(req, resp)?;
@@ -584,12 +574,7 @@ fn registry_body(req: &mut Request) -> ApiResult<Vec<u8>> {
     let body: RegistryRequest = if req.content_length == 0 {
         RegistryRequest::default()
     } else {
-        req.json().map_err(|e| {
-            ApiError::invalid(format!(
-                "invalid request body: {}",
-                vessel_api::error::error_chain(&e)
-            ))
-        })?
+        req.json().map_err(ApiError::invalid_body)?
     };
     Ok(serde_json::to_vec(&body).map_err(|e| anyhow::anyhow!(e))?)
 }

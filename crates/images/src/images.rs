@@ -528,7 +528,8 @@ mod tests {
         }
         let e = fx.images.tag("nope:1", "x").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ImageNotFound);
-        assert_eq!(e.name(), Some("nope:1"));
+        // Named in full: the apiserver names it as its client did.
+        assert_eq!(e.name(), Some("docker.io/library/nope:1"));
         assert_eq!(
             fx.images.tag("localhost/a:1", "Bad").unwrap_err().kind(),
             ErrorKind::InvalidArgument
