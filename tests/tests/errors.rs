@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
+use vessel_api::error::{ErrorBody, ErrorKind};
+use vessel_api::http::Client;
 use vessel_tests::{assert_ok, text, Instance, IMAGE};
 
 #[test]
@@ -128,4 +130,255 @@ fn system_status_reports_helpers_kernel_and_accelerator() {
     assert_ok(&v.vessel(&["system", "stop"]), "stop");
     assert!(!sock.exists());
     assert!(!v.vessel(&["ls"]).status.success());
+}
+
+/// `vessel ARGS` failed with `code`, and its stderr names every `want`.
+fn fails_with(v: &Instance, args: &[&str], code: i32, want: &[&str]) -> String {
+    let out = v.vessel(args);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: stderr: {err}");
+    for w in want {
+        assert!(err.contains(w), "{args:?}: {w:?} not in stderr: {err}");
+    }
+    err
+}
+
+/// The apiserver's error answer to a request: status and body.
+fn api_error(v: &Instance, method: &str, path: &str, body: Option<serde_json::Value>) -> ErrorBody {
+    let client = Client::new(v.path().join("vessel.sock"));
+    let resp = match &body {
+        Some(b) => client.request_json(method, path, b),
+        None => client.request(method, path, None),
+    }
+    .unwrap();
+    let status = resp.status;
+    let e = resp.json::<serde_json::Value>().unwrap().unwrap_err();
+    assert_eq!(status, e.kind.status(), "{method} {path}: {e:?}");
+    e
+}
+
+#[test]
+fn every_not_found_names_what_is_missing_with_its_kind() {
+    let v = Instance::started();
+
+    // Issue 8: an unknown network is not a missing image; nothing is pulled.
+    for verb in ["run", "create"] {
+        let mut args = vec![verb];
+        if verb == "run" {
+            args.push("--rm");
+        }
+        args.extend(["--network", "nosuchnet", IMAGE, "true"]);
+        let err = fails_with(&v, &args, 125, &["network nosuchnet not found"]);
+        assert!(
+            !err.contains("Unable to find image") && !err.contains("pull"),
+            "{verb}: {err}"
+        );
+        assert!(
+            err.contains("vessel network ls"),
+            "{verb}: says what to do: {err}"
+        );
+    }
+    let e = api_error(
+        &v,
+        "POST",
+        "/v1/containers",
+        Some(serde_json::json!({"image": IMAGE, "network": "nosuchnet"})),
+    );
+    assert_eq!(e.kind, ErrorKind::NetworkNotFound, "{e:?}");
+    assert_eq!(e.name.as_deref(), Some("nosuchnet"));
+
+    // A missing image with --pull never: named, with what to do, no pull.
+    for verb in ["run", "create"] {
+        let args = [verb, "--pull", "never", "localhost/nosuch:1", "true"];
+        let err = fails_with(
+            &v,
+            &args,
+            125,
+            &["localhost/nosuch:1", "not found", "vessel pull"],
+        );
+        assert!(!err.contains("Unable to find image"), "{verb}: {err}");
+    }
+    let e = api_error(
+        &v,
+        "POST",
+        "/v1/containers",
+        Some(serde_json::json!({"image": "nosuch", "network": "nosuchnet"})),
+    );
+    assert_eq!(e.kind, ErrorKind::ImageNotFound, "{e:?}");
+    // Named as the request named it, which the CLI compares with its own.
+    assert_eq!(e.name.as_deref(), Some("nosuch"));
+    assert!(
+        e.message.contains("docker.io/library/nosuch:latest"),
+        "{e:?}"
+    );
+
+    // A missing container, for every command that names one: exit 1 like
+    // Docker, except `start -a`, whose code would be the container's.
+    for args in [
+        &["start", "nosuchctr"][..],
+        &["stop", "nosuchctr"],
+        &["kill", "nosuchctr"],
+        &["rm", "nosuchctr"],
+        &["rm", "-f", "nosuchctr"],
+        &["logs", "nosuchctr"],
+        &["inspect", "nosuchctr"],
+        &["wait", "nosuchctr"],
+    ] {
+        fails_with(
+            &v,
+            args,
+            1,
+            &["no such container: nosuchctr", "vessel ls -a"],
+        );
+    }
+    fails_with(
+        &v,
+        &["start", "-a", "nosuchctr"],
+        125,
+        &["no such container: nosuchctr"],
+    );
+    for (method, path) in [
+        ("GET", "/v1/containers/nosuchctr"),
+        ("POST", "/v1/containers/nosuchctr/start"),
+        ("POST", "/v1/containers/nosuchctr/stop"),
+        ("POST", "/v1/containers/nosuchctr/kill"),
+        ("POST", "/v1/containers/nosuchctr/wait"),
+        ("GET", "/v1/containers/nosuchctr/logs"),
+        ("DELETE", "/v1/containers/nosuchctr"),
+    ] {
+        let e = api_error(&v, method, path, None);
+        assert_eq!(e.kind, ErrorKind::ContainerNotFound, "{method} {path}");
+        assert_eq!(e.name.as_deref(), Some("nosuchctr"), "{method} {path}");
+    }
+
+    // Images and networks by themselves.
+    let e = api_error(
+        &v,
+        "GET",
+        "/v1/images/inspect?ref=localhost%2Fnosuch%3A1",
+        None,
+    );
+    assert_eq!(e.kind, ErrorKind::ImageNotFound);
+    assert_eq!(e.name.as_deref(), Some("localhost/nosuch:1"));
+    let e = api_error(&v, "GET", "/v1/networks/nosuchnet", None);
+    assert_eq!(e.kind, ErrorKind::NetworkNotFound);
+    assert_eq!(e.name.as_deref(), Some("nosuchnet"));
+    fails_with(
+        &v,
+        &["network", "rm", "nosuchnet"],
+        1,
+        &["network nosuchnet not found"],
+    );
+    fails_with(
+        &v,
+        &["image", "rm", "localhost/nosuch:1"],
+        1,
+        &["localhost/nosuch:1", "not found"],
+    );
+    // No such endpoint is a not-found too, of the general kind.
+    let e = api_error(&v, "GET", "/v1/nothing/here", None);
+    assert_eq!(e.kind, ErrorKind::NotFound);
+
+    assert!(v.container_dirs().is_empty(), "{:?}", v.container_dirs());
+}
+
+#[test]
+fn exit_codes_are_docker_s() {
+    let v = Instance::started();
+    // Usage errors: 125 for every command; --help is not an error.
+    for args in [
+        &["run", "--no-such-flag", IMAGE, "true"][..],
+        &["create", "--no-such-flag", IMAGE],
+        &["run", "--pull", "sometimes", IMAGE],
+        &["run"],
+        &["create"],
+        &["stop", "--no-such-flag", "x"],
+        &["ls", "--no-such-flag"],
+        &["no-such-command"],
+    ] {
+        let out = v.vessel(args);
+        assert_eq!(
+            out.status.code(),
+            Some(125),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(!text(&out.stderr).is_empty(), "{args:?} says why");
+    }
+    let out = v.vessel(&["run", "--no-such-flag", IMAGE, "true"]);
+    assert!(text(&out.stderr).contains("--no-such-flag"));
+    for args in [&["--help"][..], &["run", "--help"], &["create", "--help"]] {
+        let out = v.vessel(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(text(&out.stdout).contains("Usage"), "{args:?}");
+    }
+    // vessel's own error after parsing: 125 for run/create, 1 elsewhere.
+    fails_with(
+        &v,
+        &["run", "--rm", "--memory", "lots", IMAGE, "true"],
+        125,
+        &["memory"],
+    );
+    fails_with(&v, &["ls", "--format", "yaml"], 1, &["yaml"]);
+
+    // The container's own codes; 127 not found, 126 not executable.
+    let out = v.run_rm(&["sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    fails_with(
+        &v,
+        &["run", "--rm", IMAGE, "/no/such/cmd"],
+        127,
+        &["/no/such/cmd"],
+    );
+    fails_with(
+        &v,
+        &["run", "--rm", IMAGE, "/etc/passwd"],
+        126,
+        &["/etc/passwd", "permission denied"],
+    );
+    assert!(
+        v.wait_for(Duration::from_secs(10), || v.container_dirs().is_empty()),
+        "{:?}",
+        v.container_dirs()
+    );
+}
+
+#[test]
+fn create_then_start_attached_returns_the_container_s_code() {
+    let v = Instance::started();
+    let out = v.vessel(&[
+        "create",
+        "--name",
+        "later",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo hi; exit 4",
+    ]);
+    assert_ok(&out, "create");
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "{id}");
+    let out = v.vessel(&["start", "-a", "later"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "hi\n");
+    // Once ended it cannot be started again (yet): a conflict, exit 1.
+    fails_with(&v, &["start", "later"], 1, &["already been started"]);
+    let e = api_error(&v, "POST", "/v1/containers/later/start", None);
+    assert_eq!(e.kind, ErrorKind::Conflict);
+    assert_ok(&v.vessel(&["rm", "later"]), "rm");
+
+    // Without -a: started in the background, its name printed.
+    let out = v.vessel(&["create", "--name", "bg", IMAGE, "sleep", "30"]);
+    assert_ok(&out, "create bg");
+    let out = v.vessel(&["start", "bg"]);
+    assert_ok(&out, "start bg");
+    assert_eq!(text(&out.stdout), "bg\n");
+    let out = v.vessel(&["rm", "bg"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a running container is not removed"
+    );
+    assert_ok(&v.vessel(&["rm", "-f", "bg"]), "rm -f");
+    assert!(v.container_dirs().is_empty(), "{:?}", v.container_dirs());
 }

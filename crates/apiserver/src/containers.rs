@@ -2,6 +2,7 @@
 //! them, and state reconciled from the files each runtime helper writes.
 
 use crate::accel::Accel;
+use crate::error::{helper_answer, helper_failed, ApiError, ApiResult};
 use crate::helpers::Helper;
 use anyhow::Context;
 use std::collections::HashMap;
@@ -13,8 +14,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+use vessel_api::error::ErrorKind;
 use vessel_api::fsutil::{pid_alive, pid_start_time, random_hex, read_json, write_json_atomic};
-use vessel_api::http::{percent_encode, Client, Response};
+use vessel_api::http::{percent_encode, Client};
 use vessel_api::network::{
     Attachment, ConnectRequest, ContainerNetworks, DisconnectRequest, NetworkInfo, ReconcileReport,
     ReconcileRequest, DEFAULT_NETWORK, NO_NETWORK,
@@ -32,56 +34,6 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// Smallest memory a guest boots with.
 pub const MIN_MEMORY_MIB: u64 = 64;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// An error with the HTTP status it maps to.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    #[error("{0}")]
-    BadRequest(String),
-    /// A helper the request needs is not running.
-    #[error("{0}")]
-    Unavailable(String),
-    #[error(transparent)]
-    Internal(#[from] anyhow::Error),
-}
-
-impl ApiError {
-    pub fn status(&self) -> u16 {
-        match self {
-            ApiError::NotFound(_) => 404,
-            ApiError::Conflict(_) => 409,
-            ApiError::BadRequest(_) => 400,
-            ApiError::Unavailable(_) => 503,
-            ApiError::Internal(_) => 500,
-        }
-    }
-}
-
-impl From<std::io::Error> for ApiError {
-    fn from(e: std::io::Error) -> Self {
-        ApiError::Internal(e.into())
-    }
-}
-
-pub type ApiResult<T> = Result<T, ApiError>;
-
-/// Decode a helper's JSON answer, keeping its status and message on errors.
-pub fn helper_answer<T: serde::de::DeserializeOwned>(what: &str, resp: Response) -> ApiResult<T> {
-    match resp
-        .json::<T>()
-        .map_err(|e| anyhow::anyhow!("{what} answered badly: {e}"))?
-    {
-        Ok(v) => Ok(v),
-        Err((404, m)) => Err(ApiError::NotFound(m)),
-        Err((409, m)) => Err(ApiError::Conflict(m)),
-        Err((400, m)) => Err(ApiError::BadRequest(m)),
-        Err((_, m)) => Err(ApiError::Internal(anyhow::anyhow!(m))),
-    }
-}
 
 /// Can `s` be a host name or a DNS alias (RFC 1123 labels)?
 pub fn valid_hostname(s: &str) -> bool {
@@ -234,13 +186,13 @@ impl Containers {
     /// A client for vessel-network, or why networking is unavailable.
     pub fn network_client(&self) -> ApiResult<Client> {
         if self.rootless {
-            return Err(ApiError::Unavailable(
+            return Err(ApiError::unavailable(
                 crate::rootless::networks_unavailable(),
             ));
         }
         match self.network.client() {
             Ok(c) => Ok(c.with_timeout(Duration::from_secs(60))),
-            Err(e) => Err(ApiError::Unavailable(format!(
+            Err(e) => Err(ApiError::unavailable(format!(
                 "networking is unavailable: {e:#}; run the container with `--network none` to start it without a network"
             ))),
         }
@@ -268,17 +220,9 @@ impl Containers {
         let path = format!("/networks/{}/connect", percent_encode(&config.network));
         let resp = client
             .request_json("POST", &path, &body)
-            .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?;
-        let att: Attachment = match helper_answer("the network helper", resp) {
-            Ok(a) => a,
-            Err(ApiError::NotFound(m)) if !m.contains(&config.network) => {
-                return Err(ApiError::NotFound(format!(
-                    "network {} not found: {m}",
-                    config.network
-                )))
-            }
-            Err(e) => return Err(e),
-        };
+            .map_err(helper_failed("vessel-network"))?;
+        let att: Attachment = helper_answer("vessel-network", resp)
+            .map_err(|e| e.naming(ErrorKind::NetworkNotFound, &config.network))?;
         let nets = ContainerNetworks {
             attachments: vec![att],
         };
@@ -294,7 +238,7 @@ impl Containers {
     /// Rootless mode: a user-mode attachment whose published ports have
     /// free host ports; the runtime helper starts passt with it.
     fn connect_user_mode(&self, config: &ContainerConfig) -> ApiResult<Vec<Attachment>> {
-        let ports = crate::rootless::resolve_ports(&config.ports).map_err(ApiError::Conflict)?;
+        let ports = crate::rootless::resolve_ports(&config.ports).map_err(ApiError::conflict)?;
         let nets = ContainerNetworks {
             attachments: vec![crate::rootless::attachment(&config.network, ports)],
         };
@@ -314,8 +258,8 @@ impl Containers {
                     container_id: id.to_string(),
                 },
             )
-            .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?;
-        let _: serde_json::Value = helper_answer("the network helper", resp)?;
+            .map_err(|e| anyhow::Error::new(e).context("talking to vessel-network"))?;
+        let _: serde_json::Value = helper_answer("vessel-network", resp)?;
         Ok(())
     }
 
@@ -400,11 +344,8 @@ impl Containers {
             .collect();
         let res = client
             .request_json("POST", "/reconcile", &ReconcileRequest { live })
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .and_then(|r| {
-                helper_answer::<ReconcileReport>("the network helper", r)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-            });
+            .map_err(helper_failed("vessel-network"))
+            .and_then(|r| helper_answer::<ReconcileReport>("vessel-network", r));
         match res {
             Ok(r) => {
                 for x in r.removed.iter().chain(&r.removed_devices) {
@@ -422,7 +363,7 @@ impl Containers {
             .try_client()?
             .with_timeout(Duration::from_secs(5));
         let resp = client.request("GET", "/networks", None).ok()?;
-        helper_answer("the network helper", resp).ok()
+        helper_answer("vessel-network", resp).ok()
     }
 
     pub fn home(&self) -> &Home {
@@ -438,7 +379,7 @@ impl Containers {
     pub fn load(&self, id: &str) -> ApiResult<ContainerInfo> {
         let dir = self.home.container_dir(id);
         let config: ContainerConfig = read_json(&dir.join("config.json"))?
-            .ok_or_else(|| ApiError::NotFound(format!("no such container: {id}")))?;
+            .ok_or_else(|| ApiError::container_not_found(id))?;
         let mut state: ContainerState =
             read_json(&dir.join("state.json"))?.unwrap_or_else(ContainerState::created);
         if state.status.is_active() {
@@ -497,7 +438,7 @@ impl Containers {
     pub fn find(&self, key: &str) -> ApiResult<ContainerInfo> {
         let key = key.trim();
         if key.is_empty() || key.contains('/') || key.contains("..") {
-            return Err(ApiError::NotFound(format!("no such container: {key}")));
+            return Err(ApiError::container_not_found(key));
         }
         if let Ok(info) = self.load(key) {
             return Ok(info);
@@ -512,8 +453,8 @@ impl Containers {
             .collect();
         match matches.len() {
             1 => Ok(matches[0].clone()),
-            0 => Err(ApiError::NotFound(format!("no such container: {key}"))),
-            _ => Err(ApiError::Conflict(format!(
+            0 => Err(ApiError::container_not_found(key)),
+            _ => Err(ApiError::invalid(format!(
                 "{key} matches more than one container; give more of its ID"
             ))),
         }
@@ -528,39 +469,39 @@ impl Containers {
     ) -> ApiResult<ContainerConfig> {
         let memory_mib = req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
         if memory_mib < MIN_MEMORY_MIB {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::invalid(format!(
                 "invalid --memory: a container VM needs at least {MIN_MEMORY_MIB} MiB"
             )));
         }
         let cpus = req.cpus.unwrap_or(DEFAULT_CPUS);
         if cpus == 0 || cpus > 64 {
-            return Err(ApiError::BadRequest(
-                "invalid --cpus: must be between 1 and 64".into(),
+            return Err(ApiError::invalid(
+                "invalid --cpus: must be between 1 and 64",
             ));
         }
         let network = network_name(req.network.as_deref());
         if network == NO_NETWORK {
             if !req.ports.is_empty() {
-                return Err(ApiError::BadRequest(
-                    "conflicting options: port publishing and --network none".into(),
+                return Err(ApiError::invalid(
+                    "conflicting options: port publishing and --network none",
                 ));
             }
             if !req.aliases.is_empty() {
-                return Err(ApiError::BadRequest(
-                    "conflicting options: --network-alias and --network none".into(),
+                return Err(ApiError::invalid(
+                    "conflicting options: --network-alias and --network none",
                 ));
             }
         }
         if let Some(h) = &req.hostname {
             if !valid_hostname(h) {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::invalid(format!(
                     "invalid hostname {h:?}: use letters, digits, '-' and '.' (RFC 1123)"
                 )));
             }
         }
         for a in &req.aliases {
             if !valid_hostname(a) {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ApiError::invalid(format!(
                     "invalid --network-alias {a:?}: use letters, digits, '-' and '.'"
                 )));
             }
@@ -572,10 +513,10 @@ impl Containers {
                 &req.ports,
                 crate::rootless::unprivileged_port_start(),
             )
-            .map_err(ApiError::BadRequest)?;
+            .map_err(ApiError::invalid)?;
             if !crate::rootless::passt_available() {
-                return Err(ApiError::Unavailable(
-                    "networking in rootless mode needs passt (Debian: `apt install passt`, or set VESSEL_PASST); run the container with `--network none` to start it without a network".into(),
+                return Err(ApiError::unavailable(
+                    "networking in rootless mode needs passt (Debian: `apt install passt`, or set VESSEL_PASST); run the container with `--network none` to start it without a network",
                 ));
             }
         } else if network != NO_NETWORK {
@@ -588,14 +529,9 @@ impl Containers {
                         &format!("/networks/{}", percent_encode(&network)),
                         None,
                     )
-                    .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?;
-                let _: NetworkInfo =
-                    helper_answer("the network helper", resp).map_err(|e| match e {
-                        ApiError::NotFound(_) => {
-                            ApiError::NotFound(format!("network {network} not found"))
-                        }
-                        e => e,
-                    })?;
+                    .map_err(helper_failed("vessel-network"))?;
+                let _: NetworkInfo = helper_answer("vessel-network", resp)
+                    .map_err(|e| e.naming(ErrorKind::NetworkNotFound, &network))?;
             }
         }
         let kernel = crate::assets::kernel();
@@ -616,12 +552,12 @@ impl Containers {
         let name = match &req.name {
             Some(n) => {
                 if !valid_container_name(n) {
-                    return Err(ApiError::BadRequest(format!(
+                    return Err(ApiError::invalid(format!(
                         "invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]+ are allowed"
                     )));
                 }
                 if let Some(other) = existing.iter().find(|i| &i.config.name == n) {
-                    return Err(ApiError::Conflict(format!(
+                    return Err(ApiError::conflict(format!(
                         "the container name {n:?} is already in use by container {}; remove it or choose another name",
                         &other.config.id[..12.min(other.config.id.len())]
                     )));
@@ -637,7 +573,7 @@ impl Containers {
         };
         let id = random_hex(32);
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
-        let process = build_process(req, &image.config, &hostname).map_err(ApiError::BadRequest)?;
+        let process = build_process(req, &image.config, &hostname).map_err(ApiError::invalid)?;
         let config = ContainerConfig {
             id: id.clone(),
             name,
@@ -669,7 +605,7 @@ impl Containers {
     pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
         let info = self.load(id)?;
         if info.state.status != Status::Created {
-            return Err(ApiError::Conflict(format!(
+            return Err(ApiError::conflict(format!(
                 "container {} has already been started ({:?})",
                 info.config.name, info.state.status
             )));
@@ -785,7 +721,7 @@ impl Containers {
     pub fn kill(&self, key: &str, signal: i32) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         if !info.state.status.is_active() {
-            return Err(ApiError::Conflict(format!(
+            return Err(ApiError::conflict(format!(
                 "container {} is not running",
                 info.config.name
             )));
@@ -855,7 +791,7 @@ impl Containers {
         let id = info.config.id.clone();
         if info.state.status.is_active() {
             if !force {
-                return Err(ApiError::Conflict(format!(
+                return Err(ApiError::conflict(format!(
                     "container {} is running: stop it first, or remove it with `vessel rm -f`",
                     info.config.name
                 )));

@@ -10,6 +10,7 @@
 pub mod accel;
 pub mod assets;
 pub mod containers;
+pub mod error;
 pub mod helpers;
 pub mod logs;
 pub mod names;

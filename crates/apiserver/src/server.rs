@@ -1,7 +1,8 @@
 //! The API server: routes of `docs/api/openapi.yaml` over a Unix socket.
 
 use crate::accel::Accel;
-use crate::containers::{ApiError, ApiResult, Containers};
+use crate::containers::Containers;
+use crate::error::{helper_answer, helper_failed, ApiError, ApiResult};
 use crate::helpers::{Helper, ImagesHelper};
 use anyhow::Context;
 use std::fs::{self, File};
@@ -11,10 +12,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 use std::time::Duration;
+use vessel_api::error::{ErrorBody, ErrorKind};
 use vessel_api::fsutil::random_hex;
 use vessel_api::http::{
-    error_message, percent_encode, respond_error, respond_json, respond_stream_head, Request,
-    Response,
+    percent_encode, respond_error, respond_json, respond_stream_head, Request, Response,
 };
 use vessel_api::network::NetworkCreateRequest;
 use vessel_api::paths::Home;
@@ -139,7 +140,14 @@ impl Server {
             }
         };
         if let Err(e) = self.route(&mut req) {
-            let _ = respond_error(req.stream(), e.status(), &format!("{e:#}"));
+            let body = e.body();
+            if body.kind == ErrorKind::Internal {
+                eprintln!(
+                    "vessel-apiserver: {} {}: {}",
+                    req.method, req.path, body.message
+                );
+            }
+            let _ = respond_error(req.stream(), &body);
         }
     }
 
@@ -169,10 +177,12 @@ impl Server {
                 respond_json(req.stream(), 200, &list)?;
             }
             ("POST", ["v1", "containers"]) => {
-                let create: CreateRequest = req
-                    .json()
-                    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-                let image = self.resolve_image(&create.image)?;
+                let create: CreateRequest = req.json().map_err(ApiError::invalid_body)?;
+                // `image_not_found` from create is always about this image,
+                // named as the request gave it: the CLI pulls on that alone.
+                let image = self
+                    .resolve_image(&create.image)
+                    .map_err(|e| e.naming(ErrorKind::ImageNotFound, &create.image))?;
                 let config = self.containers.create(&create, &image, &self.accel)?;
                 respond_json(
                     req.stream(),
@@ -214,7 +224,7 @@ impl Server {
                 let t = match req.query("t") {
                     Some(t) => t
                         .parse::<u64>()
-                        .map_err(|_| ApiError::BadRequest(format!("invalid timeout {t:?}")))?,
+                        .map_err(|_| ApiError::invalid(format!("invalid timeout {t:?}")))?,
                     None => 10,
                 };
                 let info = self.containers.stop(key, t)?;
@@ -222,7 +232,7 @@ impl Server {
             }
             ("POST", ["v1", "containers", key, "kill"]) => {
                 let sig = parse_signal(req.query("signal").unwrap_or("KILL"))
-                    .map_err(ApiError::BadRequest)?;
+                    .map_err(ApiError::invalid)?;
                 let info = self.containers.kill(key, sig)?;
                 respond_json(req.stream(), 200, &info)?;
             }
@@ -239,9 +249,7 @@ impl Server {
                 relay_json(req, resp)?;
             }
             ("POST", ["v1", "networks"]) => {
-                let create: NetworkCreateRequest = req
-                    .json()
-                    .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+                let create: NetworkCreateRequest = req.json().map_err(ApiError::invalid_body)?;
                 let body = serde_json::to_vec(&create).map_err(|e| anyhow::anyhow!(e))?;
                 let resp = self.network_send("POST", "/networks", Some(&body))?;
                 relay_json(req, resp)?;
@@ -274,7 +282,7 @@ impl Server {
             ("POST", ["v1", "images", "import"]) => {
                 let reference = req
                     .query("ref")
-                    .ok_or_else(|| ApiError::BadRequest("missing the image reference".into()))?
+                    .ok_or_else(|| ApiError::invalid("missing the image reference"))?
                     .to_string();
                 let upload = self.receive_upload(req)?;
                 let path = percent_encode(&upload.path.to_string_lossy());
@@ -331,7 +339,7 @@ impl Server {
             ("DELETE", ["v1", "images"]) => {
                 let reference = req
                     .query("ref")
-                    .ok_or_else(|| ApiError::BadRequest("missing the image reference".into()))?
+                    .ok_or_else(|| ApiError::invalid("missing the image reference"))?
                     .to_string();
                 if !req.flag("force") {
                     let image = self.resolve_image_id(&reference)?;
@@ -341,7 +349,7 @@ impl Server {
                         .iter()
                         .find(|c| c.config.image_id == image)
                     {
-                        return Err(ApiError::Conflict(format!(
+                        return Err(ApiError::new(ErrorKind::InUse, format!(
                             "image {reference} is used by container {} ({}); remove the container first or use `vessel image rm -f`",
                             c.config.name,
                             &c.config.id[..12]
@@ -358,10 +366,10 @@ impl Server {
                 relay_json(req, resp)?;
             }
             _ => {
-                return Err(ApiError::NotFound(format!(
-                    "no route for {} {}",
-                    req.method, req.path
-                )));
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("no route for {} {}", req.method, req.path),
+                ));
             }
         }
         Ok(())
@@ -372,44 +380,36 @@ impl Server {
         method: &str,
         path: &str,
     ) -> ApiResult<T> {
-        let client = self.images.client()?;
-        let resp = client
-            .request(method, path, None)
-            .map_err(|e| anyhow::anyhow!("the image helper failed: {e}"))?;
-        match resp
-            .json::<T>()
-            .map_err(|e| anyhow::anyhow!("the image helper answered badly: {e}"))?
-        {
-            Ok(v) => Ok(v),
-            Err((404, m)) => Err(ApiError::NotFound(m)),
-            Err((409, m)) => Err(ApiError::Conflict(m)),
-            Err((400, m)) => Err(ApiError::BadRequest(m)),
-            Err((_, m)) => Err(ApiError::Internal(anyhow::anyhow!(m))),
-        }
+        let resp = self.images_send(method, path, None)?;
+        helper_answer("vessel-images", resp)
     }
 
     /// Send a request to the image helper; the raw response, whatever its status.
     fn images_send(&self, method: &str, path: &str, body: Option<&[u8]>) -> ApiResult<Response> {
-        let client = self.images.client()?;
-        Ok(client
+        let client = self
+            .images
+            .client()
+            .map_err(|e| ApiError::unavailable(format!("{e:#}")))?;
+        client
             .request(method, path, body)
-            .map_err(|e| anyhow::anyhow!("the image helper failed: {e}"))?)
+            .map_err(helper_failed("vessel-images"))
     }
 
     /// Send a request to the network helper; the raw response.
     fn network_send(&self, method: &str, path: &str, body: Option<&[u8]>) -> ApiResult<Response> {
         let client = self.containers.network_client().map_err(|e| match e {
-            ApiError::Unavailable(m) => ApiError::Unavailable(
-                m.split("; run the container")
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            ),
+            ApiError::Answer(mut b) if b.kind == ErrorKind::Unavailable => {
+                // Not about running a container here: drop that advice.
+                if let Some((why, _)) = b.message.split_once("; run the container") {
+                    b.message = why.to_string();
+                }
+                ApiError::Answer(b)
+            }
             e => e,
         })?;
-        Ok(client
+        client
             .request(method, path, body)
-            .map_err(|e| anyhow::anyhow!("the network helper failed: {e}"))?)
+            .map_err(helper_failed("vessel-network"))
     }
 
     /// The query string for the helper: the `allowed` parameters of the
@@ -427,7 +427,7 @@ impl Server {
                     parts.push(format!("{name}={}", percent_encode(v)));
                 }
                 _ if required.contains(name) => {
-                    return Err(ApiError::BadRequest(format!(
+                    return Err(ApiError::invalid(format!(
                         "missing the query parameter {name:?}"
                     )));
                 }
@@ -480,7 +480,7 @@ impl Server {
         let expected = req.content_length;
         let n = io::copy(&mut req.body(), &mut f)?;
         if n != expected {
-            return Err(ApiError::BadRequest(format!(
+            return Err(ApiError::invalid(format!(
                 "the upload ended after {n} of {expected} bytes"
             )));
         }
@@ -574,52 +574,30 @@ fn registry_body(req: &mut Request) -> ApiResult<Vec<u8>> {
     let body: RegistryRequest = if req.content_length == 0 {
         RegistryRequest::default()
     } else {
-        req.json()
-            .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?
+        req.json().map_err(ApiError::invalid_body)?
     };
     Ok(serde_json::to_vec(&body).map_err(|e| anyhow::anyhow!(e))?)
 }
 
-/// Answer the client with the helper's error (same status and message);
-/// `false` if the helper succeeded.
-fn relay_error(req: &mut Request, resp: &mut Option<Response>) -> ApiResult<bool> {
-    let status = resp.as_ref().map(|r| r.status).unwrap_or(500);
-    if (200..300).contains(&status) {
-        return Ok(false);
-    }
-    let body = resp
-        .take()
-        .map(|r| r.bytes())
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("the helper answered badly: {e}"))?
-        .unwrap_or_default();
-    respond_error(req.stream(), status, &error_message(&body))?;
-    Ok(true)
+/// The helper's answer when it succeeded; its error (kind, message, name)
+/// as this request's error otherwise.
+fn helper_ok(resp: Response) -> ApiResult<Response> {
+    let resp: Result<Response, ErrorBody> = resp.error().map_err(helper_failed("a helper"))?;
+    Ok(resp?)
 }
 
 /// Pass a JSON answer of the helper on to the client.
 fn relay_json(req: &mut Request, resp: Response) -> ApiResult<()> {
-    let mut resp = Some(resp);
-    if relay_error(req, &mut resp)? {
-        return Ok(());
-    }
-    let Some(resp) = resp else { return Ok(()) };
+    let resp = helper_ok(resp)?;
     let status = resp.status;
-    let v: serde_json::Value = resp
-        .json::<serde_json::Value>()
-        .map_err(|e| anyhow::anyhow!("the helper answered badly: {e}"))?
-        .map_err(|(_, m)| anyhow::anyhow!(m))?;
+    let v: serde_json::Value = helper_answer("a helper", resp)?;
     respond_json(req.stream(), status, &v)?;
     Ok(())
 }
 
 /// Pass a streamed answer of the helper on to the client as it arrives.
 fn relay(req: &mut Request, resp: Response, content_type: &str) -> ApiResult<()> {
-    let mut resp = Some(resp);
-    if relay_error(req, &mut resp)? {
-        return Ok(());
-    }
-    let Some(resp) = resp else { return Ok(()) };
+    let resp = helper_ok(resp)?;
     respond_stream_head(req.stream(), 200, content_type)?;
     let mut from = resp.reader;
     let to = req.stream();

@@ -1,8 +1,9 @@
 //! Talking to the apiserver, with errors a user can act on.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use serde::de::DeserializeOwned;
 use std::io::Read;
+pub use vessel_api::error::{ErrorBody, ErrorKind};
 use vessel_api::http::{Client, HttpError, Response};
 use vessel_api::paths::Home;
 
@@ -12,12 +13,15 @@ pub struct Api {
     client: Client,
 }
 
-/// An error the apiserver answered with (status and message).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct ServerError {
-    pub status: u16,
-    pub message: String,
+/// The error the apiserver answered with (its kind, message and the name
+/// of what it is about), if `e` is one.
+pub fn server_error(e: &anyhow::Error) -> Option<&ErrorBody> {
+    e.downcast_ref::<ErrorBody>()
+}
+
+/// The kind of the apiserver's error `e`, if it is one.
+pub fn error_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    server_error(e).map(|b| b.kind)
 }
 
 impl Api {
@@ -85,21 +89,12 @@ impl Api {
 
 /// Decode a JSON answer or the server's error.
 pub fn decode<T: DeserializeOwned>(resp: Response) -> Result<T> {
-    match resp.json::<T>().context("reading the apiserver's answer")? {
-        Ok(v) => Ok(v),
-        Err((status, message)) => Err(ServerError { status, message }.into()),
-    }
+    Ok(resp
+        .json::<T>()
+        .context("reading the apiserver's answer")??)
 }
 
-/// Fail unless the response is a success; the error carries the server's message.
+/// Fail unless the response is a success; the error is the server's.
 pub fn check(resp: Response) -> Result<Response> {
-    if (200..300).contains(&resp.status) {
-        return Ok(resp);
-    }
-    let status = resp.status;
-    let body = resp.bytes().unwrap_or_default();
-    bail!(ServerError {
-        status,
-        message: vessel_api::http::error_message(&body)
-    })
+    Ok(resp.error().context("reading the apiserver's answer")??)
 }

@@ -21,6 +21,8 @@ pub enum Command {
     Run(RunArgs),
     /// Create a container without starting it (prints its ID)
     Create(RunArgs),
+    /// Start created containers
+    Start(StartArgs),
     /// List containers
     #[command(visible_alias = "ps")]
     Ls(LsArgs),
@@ -117,6 +119,15 @@ pub struct RunArgs {
     /// The command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Attach to the container's output and exit with its exit code (one container)
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug)]

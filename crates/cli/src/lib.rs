@@ -5,5 +5,6 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod exit;
 pub mod format;
 pub mod progress;

@@ -2,22 +2,27 @@ use clap::Parser;
 use vessel_api::paths::Home;
 use vessel_cli::api::Api;
 use vessel_cli::cli::Cli;
+use vessel_cli::exit;
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(exit::usage(&e));
+        }
+    };
+    let failure = exit::failure(&cli.command);
     let api = Api::new(Home::from_env());
     match vessel_cli::commands::dispatch(cli, &api) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // The whole chain, once, at the top.
-            let mut msg = format!("{e}");
-            let mut src = e.source();
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("vessel: error: {msg}");
-            std::process::exit(125);
+            eprintln!(
+                "vessel: error: {}",
+                vessel_api::error::error_chain(e.as_ref())
+            );
+            std::process::exit(failure);
         }
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! Everything here goes to stderr; the caller prints the result lines.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal};
@@ -296,9 +296,9 @@ impl Renderer {
                 self.finish();
                 return Some(Ok(image));
             }
-            TransferEvent::Error { message } => {
+            TransferEvent::Error { kind, message } => {
                 self.finish();
-                return Some(Err(anyhow!("{message}")));
+                return Some(Err(vessel_api::error::ErrorBody::new(kind, message).into()));
             }
         }
         None
@@ -454,11 +454,23 @@ mod tests {
                 message: "resolving".into(),
             },
             TransferEvent::Error {
+                kind: vessel_api::error::ErrorKind::Unauthorized,
                 message: "unauthorized: authentication required".into(),
             },
         ];
         let e = follow(&mut &stream(&events)[..], Kind::Pull, Mode::Quiet).unwrap_err();
         assert_eq!(e.to_string(), "unauthorized: authentication required");
+        assert_eq!(
+            crate::api::error_kind(&e),
+            Some(vessel_api::error::ErrorKind::Unauthorized)
+        );
+        // An error event of an older helper, without a kind.
+        let old = b"{\"event\":\"error\",\"message\":\"boom\"}\n";
+        let e = follow(&mut &old[..], Kind::Pull, Mode::Quiet).unwrap_err();
+        assert_eq!(
+            crate::api::error_kind(&e),
+            Some(vessel_api::error::ErrorKind::Internal)
+        );
         let e = follow(&mut &stream(&events[..1])[..], Kind::Push, Mode::Plain).unwrap_err();
         assert!(e.to_string().contains("ended before"), "{e}");
         // Unknown lines are skipped, skipped blobs are not "transferred".

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
+use vessel_api::error::ErrorKind;
 use vessel_api::paths::Home;
 use vessel_api::types::{ImageSummary, ResolvedImage};
 
@@ -36,13 +37,23 @@ pub enum ImagesError {
 }
 
 impl ImagesError {
-    /// The HTTP status this error answers with.
-    pub fn status(&self) -> u16 {
+    /// The kind of error answer this is (and so its HTTP status).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            ImagesError::NotFound(_) => 404,
-            ImagesError::Ambiguous(_) | ImagesError::Reference(_) | ImagesError::BadTag(..) => 400,
-            ImagesError::Archive(e) if e.is_user_error() => 400,
-            _ => 500,
+            ImagesError::NotFound(_) => ErrorKind::ImageNotFound,
+            ImagesError::Ambiguous(_) | ImagesError::Reference(_) | ImagesError::BadTag(..) => {
+                ErrorKind::InvalidArgument
+            }
+            ImagesError::Archive(e) if e.is_user_error() => ErrorKind::InvalidArgument,
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    /// The image the request named, for the not-found answer.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            ImagesError::NotFound(n) => Some(n),
+            _ => None,
         }
     }
 
@@ -512,13 +523,16 @@ mod tests {
             ("0".repeat(64), "hexadecimal"),
         ] {
             let e = fx.images.tag("localhost/a:1", &bad).unwrap_err();
-            assert_eq!(e.status(), 400);
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
             assert!(e.to_string().contains(why), "{e}");
         }
-        assert_eq!(fx.images.tag("nope:1", "x").unwrap_err().status(), 404);
+        let e = fx.images.tag("nope:1", "x").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ImageNotFound);
+        // Named in full: the apiserver names it as its client did.
+        assert_eq!(e.name(), Some("docker.io/library/nope:1"));
         assert_eq!(
-            fx.images.tag("localhost/a:1", "Bad").unwrap_err().status(),
-            400
+            fx.images.tag("localhost/a:1", "Bad").unwrap_err().kind(),
+            ErrorKind::InvalidArgument
         );
     }
 
@@ -694,7 +708,7 @@ mod tests {
                 Ok(Vec::new())
             })
             .unwrap_err();
-        assert_eq!(e.status(), 404);
+        assert_eq!(e.kind(), ErrorKind::ImageNotFound);
         assert!(!started);
     }
 }

@@ -19,7 +19,7 @@ fn main() {
     if let Err(e) = vessel_images::server::run(&home) {
         eprintln!(
             "vessel-images: error: {}",
-            vessel_images::server::error_chain(&e)
+            vessel_api::error::error_chain(&e)
         );
         std::process::exit(1);
     }

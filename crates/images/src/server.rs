@@ -17,15 +17,17 @@
 //! | POST | `/images/push?ref=REF[&tls_verify=false]` | ndjson `TransferEvent`s |
 //! | POST | `/registry/login?server=HOST[&tls_verify=false]` | `{"ok":true}` |
 //!
-//! Errors are `{"message": ...}`: 404 for an unknown image, 400 for bad
-//! input, 500 otherwise.
+//! Errors are `vessel_api::error::ErrorBody`s: `image_not_found` (404,
+//! with the image's `name`) for an unknown image, `invalid_argument` (400)
+//! for bad input, `not_found` for an unknown endpoint, `internal` (500)
+//! otherwise.
 
 use std::collections::BTreeSet;
-use std::error::Error as StdError;
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use vessel_api::error::{error_chain, ErrorBody, ErrorKind};
 use vessel_api::http::{respond_error, respond_json, respond_stream_head, Request};
 use vessel_api::paths::Home;
 use vessel_api::types::LoadResponse;
@@ -43,18 +45,6 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
-}
-
-/// The message of `e` followed by its sources.
-pub fn error_chain(e: &dyn StdError) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
 }
 
 /// Bind the images socket (replacing a stale one) and serve forever.
@@ -95,9 +85,12 @@ pub fn serve_connection(images: &Images, stream: UnixStream) {
     let sent = match result {
         Ok((status, body)) => respond_json(w, status, &body),
         Err(e) => {
-            let (status, msg) = (e.status(), e.message());
-            eprintln!("vessel-images: {method} {path}: {status}: {msg}");
-            respond_error(w, status, &msg)
+            let body = e.body();
+            eprintln!(
+                "vessel-images: {method} {path}: {}: {}",
+                body.kind, body.message
+            );
+            respond_error(w, &body)
         }
     };
     if let Err(e) = sent {
@@ -130,11 +123,14 @@ fn serve_save(images: &Images, req: &mut Request) {
             .map_err(RouteError::Images)
     };
     if let Err(e) = result {
-        let (status, msg) = (e.status(), e.message());
-        eprintln!("vessel-images: GET /images/save: {status}: {msg}");
+        let body = e.body();
+        eprintln!(
+            "vessel-images: GET /images/save: {}: {}",
+            body.kind, body.message
+        );
         // Once the archive has started, closing early is all that is left.
         if !started {
-            let _ = respond_error(req.stream(), status, &msg);
+            let _ = respond_error(req.stream(), &body);
         }
     }
 }
@@ -200,18 +196,20 @@ impl From<BadRequest> for RouteError {
 }
 
 impl RouteError {
-    fn message(&self) -> String {
+    /// The error answer: kind, message with its causes, and the image not found.
+    fn body(&self) -> ErrorBody {
         match self {
-            RouteError::Bad(b) => error_chain(b),
-            RouteError::Images(i) => error_chain(i),
-        }
-    }
-
-    fn status(&self) -> u16 {
-        match self {
-            RouteError::Bad(BadRequest::NoRoute(..)) => 404,
-            RouteError::Bad(_) => 400,
-            RouteError::Images(e) => e.status(),
+            RouteError::Bad(b @ BadRequest::NoRoute(..)) => {
+                ErrorBody::new(ErrorKind::NotFound, error_chain(b))
+            }
+            RouteError::Bad(b) => ErrorBody::new(ErrorKind::InvalidArgument, error_chain(b)),
+            RouteError::Images(e) => {
+                let body = ErrorBody::new(e.kind(), error_chain(e));
+                match e.name() {
+                    Some(n) => body.with_name(n),
+                    None => body,
+                }
+            }
         }
     }
 }

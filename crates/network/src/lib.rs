@@ -12,15 +12,3 @@ pub mod ports;
 pub mod server;
 pub mod subnet;
 pub mod tap;
-
-/// The message of `e` followed by its sources.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
-}

@@ -55,13 +55,19 @@ fn main() {
     } else {
         Manager::open(opts).map(|m| {
             if let Err(e) = vessel_network::server::run(&home, m) {
-                eprintln!("vessel-network: error: {}", vessel_network::error_chain(&e));
+                eprintln!(
+                    "vessel-network: error: {}",
+                    vessel_api::error::error_chain(&e)
+                );
                 std::process::exit(1);
             }
         })
     };
     if let Err(e) = result {
-        eprintln!("vessel-network: error: {}", vessel_network::error_chain(&e));
+        eprintln!(
+            "vessel-network: error: {}",
+            vessel_api::error::error_chain(&e)
+        );
         std::process::exit(1);
     }
 }

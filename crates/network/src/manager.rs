@@ -15,6 +15,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use vessel_api::error::{error_chain, ErrorBody, ErrorKind};
 use vessel_api::fsutil::{random_hex, read_json, write_json_atomic};
 use vessel_api::network::{
     Attachment, ConnectRequest, EndpointInfo, NetworkCreateRequest, NetworkInfo, PortMapping,
@@ -55,10 +56,10 @@ pub struct Endpoint {
     pub ports: Vec<PortMapping>,
 }
 
-/// Errors of network operations, each with an HTTP status.
+/// Errors of network operations, each of an [`ErrorKind`].
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("network {0} not found")]
+    #[error("network {0} not found; list networks with `vessel network ls`, or create it with `vessel network create {0}`")]
     NotFound(String),
     #[error("network with name {0} already exists")]
     Exists(String),
@@ -77,16 +78,30 @@ pub enum NetError {
 }
 
 impl NetError {
-    pub fn status(&self) -> u16 {
+    /// The kind of error answer this is (and so its HTTP status).
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            NetError::NotFound(_) => 404,
-            NetError::Exists(_) | NetError::InUse(..) | NetError::Conflict(_) => 409,
-            NetError::Invalid(_) => 400,
-            NetError::Subnet(SubnetError::Exhausted) => 500,
-            NetError::Subnet(_) => 400,
-            NetError::Port(PortError::Allocated(_) | PortError::RangeFull(_)) => 409,
-            NetError::Port(PortError::HostIp(_)) => 400,
-            NetError::Port(PortError::Bind(..)) | NetError::Io(..) => 500,
+            NetError::NotFound(_) => ErrorKind::NetworkNotFound,
+            NetError::InUse(..) => ErrorKind::InUse,
+            NetError::Exists(_) | NetError::Conflict(_) => ErrorKind::Conflict,
+            NetError::Invalid(_) => ErrorKind::InvalidArgument,
+            NetError::Subnet(SubnetError::Exhausted) => ErrorKind::Internal,
+            NetError::Subnet(_) => ErrorKind::InvalidArgument,
+            NetError::Port(PortError::Allocated(_) | PortError::RangeFull(_)) => {
+                ErrorKind::Conflict
+            }
+            NetError::Port(PortError::HostIp(_)) => ErrorKind::InvalidArgument,
+            NetError::Port(PortError::Bind(..)) | NetError::Io(..) => ErrorKind::Internal,
+        }
+    }
+
+    /// The error answer: kind, message with its causes, and for a missing
+    /// network its name.
+    pub fn body(&self) -> ErrorBody {
+        let body = ErrorBody::new(self.kind(), error_chain(self));
+        match self {
+            NetError::NotFound(name) => body.with_name(name.clone()),
+            _ => body,
         }
     }
 }
@@ -883,6 +898,36 @@ impl SubnetLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_have_kinds_and_name_what_is_missing() {
+        let b = NetError::NotFound("backend".into()).body();
+        assert_eq!(b.kind, ErrorKind::NetworkNotFound);
+        assert_eq!(b.status(), 404);
+        assert_eq!(b.name.as_deref(), Some("backend"));
+        assert!(
+            b.message.starts_with("network backend not found; "),
+            "{}",
+            b.message
+        );
+        assert!(
+            b.message.contains("vessel network create backend"),
+            "{}",
+            b.message
+        );
+        let b = NetError::InUse("n".into(), "web".into()).body();
+        assert_eq!((b.kind, b.name), (ErrorKind::InUse, None));
+        assert_eq!(
+            NetError::Port(PortError::Allocated("127.0.0.1:80".into())).kind(),
+            ErrorKind::Conflict
+        );
+        assert_eq!(
+            NetError::Subnet(SubnetError::Exhausted).kind(),
+            ErrorKind::Internal
+        );
+        let e = NetError::Io("creating bridge".into(), io::Error::other("EPERM"));
+        assert_eq!(e.body().message, "creating bridge: EPERM");
+    }
 
     #[test]
     fn names_and_taps() {

@@ -15,16 +15,17 @@
 //! | POST | `/disconnect` | `DisconnectRequest` | `{"networks":[names left]}` |
 //! | POST | `/reconcile` | `ReconcileRequest` | `ReconcileReport` |
 //!
-//! Errors are `{"message": ...}` with 400 (bad input), 404 (no such
-//! network), 409 (exists, in use, port already allocated, subnet overlap)
-//! or 500.
+//! Errors are `vessel_api::error::ErrorBody`s: `invalid_argument` (400),
+//! `network_not_found` (404, with the network's `name`), `not_found` (no
+//! such endpoint), `conflict` (409: exists, port already allocated, subnet
+//! overlap), `in_use` (409: active endpoints) or `internal` (500).
 
-use crate::error_chain;
 use crate::manager::{Manager, NetError};
 use std::io;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
+use vessel_api::error::{error_chain, ErrorBody, ErrorKind};
 use vessel_api::http::{respond_error, respond_json, HttpError, Request};
 use vessel_api::network::{
     socket_path, ConnectRequest, DisconnectRequest, NetworkCreateRequest, ReconcileRequest,
@@ -88,13 +89,18 @@ pub fn serve_connection(m: &Manager, stream: UnixStream) {
     let sent = match result {
         Ok((status, body)) => respond_json(w, status, &body),
         Err(e) => {
-            let (status, msg) = match &e {
-                RouteError::Net(n) => (n.status(), error_chain(n)),
-                RouteError::Http(h) => (400, error_chain(h)),
-                RouteError::NoRoute(m, p) => (404, format!("No such endpoint: {m} {p}")),
+            let body = match &e {
+                RouteError::Net(n) => n.body(),
+                RouteError::Http(h) => ErrorBody::new(ErrorKind::InvalidArgument, error_chain(h)),
+                RouteError::NoRoute(m, p) => {
+                    ErrorBody::new(ErrorKind::NotFound, format!("No such endpoint: {m} {p}"))
+                }
             };
-            eprintln!("vessel-network: {method} {path}: {status}: {msg}");
-            respond_error(w, status, &msg)
+            eprintln!(
+                "vessel-network: {method} {path}: {}: {}",
+                body.kind, body.message
+            );
+            respond_error(w, &body)
         }
     };
     if let Err(e) = sent {

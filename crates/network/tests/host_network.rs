@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use vessel_api::error::{ErrorBody, ErrorKind};
 use vessel_api::http::Client;
 use vessel_api::network::{
     parse_port_spec, Attachment, ConnectRequest, DisconnectRequest, NetworkCreateRequest,
@@ -401,7 +402,7 @@ impl Helper {
         &self,
         path: &str,
         body: &impl serde::Serialize,
-    ) -> Result<T, (u16, String)> {
+    ) -> Result<T, ErrorBody> {
         self.client()
             .request_json("POST", path, body)
             .unwrap()
@@ -422,7 +423,7 @@ impl Helper {
         .unwrap()
     }
 
-    fn connect(&self, net: &str, name: &str, ports: &[&str]) -> Result<Attachment, (u16, String)> {
+    fn connect(&self, net: &str, name: &str, ports: &[&str]) -> Result<Attachment, ErrorBody> {
         let mut p = Vec::new();
         for s in ports {
             p.extend(parse_port_spec(s).unwrap());
@@ -543,12 +544,12 @@ fn containers_talk_by_name_reach_outside_through_nat_and_publish_ports() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    let (status, msg) = h
+    let e = h
         .connect("front", "web2", &[&format!("127.0.0.1:{port}:80")])
         .unwrap_err();
-    assert_eq!(status, 409);
+    assert_eq!(e.kind, ErrorKind::Conflict);
     assert_eq!(
-        msg,
+        e.message,
         format!("Bind for 127.0.0.1:{port} failed: port is already allocated")
     );
     let taps_after: Vec<String> = std::fs::read_dir("/sys/class/net")
@@ -647,8 +648,9 @@ fn networks_are_isolated_and_internal_ones_have_no_way_out() {
 
     let r = h.client().request("DELETE", "/networks/b", None).unwrap();
     assert_eq!(r.status, 409);
-    let msg = vessel_api::http::error_message(&r.bytes().unwrap());
-    assert!(msg.contains("active endpoints"), "{msg}");
+    let e = r.json::<serde_json::Value>().unwrap().unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InUse);
+    assert!(e.message.contains("active endpoints"), "{}", e.message);
     // Unused networks go with prune; `b` is in use and stays.
     h.create("c", &subnet(204), false);
     let pruned: vessel_api::network::RemovedNetworks =

@@ -5,6 +5,7 @@
 //! read until the server closes. Request heads are bounded
 //! ([`MAX_HEAD`]) and bodies are read only up to their declared length.
 
+use crate::error::ErrorBody;
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -216,9 +217,13 @@ fn reason(status: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         409 => "Conflict",
+        429 => "Too Many Requests",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Status",
     }
@@ -237,15 +242,9 @@ pub fn respond_json<T: Serialize>(w: &mut impl Write, status: u16, body: &T) -> 
     w.flush()
 }
 
-/// Write an error response with a `{"message": ...}` body.
-pub fn respond_error(w: &mut impl Write, status: u16, message: &str) -> io::Result<()> {
-    respond_json(
-        w,
-        status,
-        &crate::types::ErrorBody {
-            message: message.to_string(),
-        },
-    )
+/// Write an error response: the [`ErrorBody`], with the status of its kind.
+pub fn respond_error(w: &mut impl Write, error: &ErrorBody) -> io::Result<()> {
+    respond_json(w, error.status(), error)
 }
 
 /// Start a streamed response: the body runs until the connection closes.
@@ -293,23 +292,27 @@ impl Response {
     }
 
     /// Parse the body as JSON when the status is 2xx, or return the server's
-    /// error message otherwise.
-    pub fn json<T: DeserializeOwned>(self) -> Result<Result<T, (u16, String)>, HttpError> {
+    /// error otherwise.
+    pub fn json<T: DeserializeOwned>(self) -> Result<Result<T, ErrorBody>, HttpError> {
         let status = self.status;
         let body = self.bytes()?;
         if (200..300).contains(&status) {
             Ok(Ok(serde_json::from_slice(&body)?))
         } else {
-            Ok(Err((status, error_message(&body))))
+            Ok(Err(ErrorBody::decode(status, &body)))
         }
     }
-}
 
-/// Extract `message` from an error body, or the body's text.
-pub fn error_message(body: &[u8]) -> String {
-    serde_json::from_slice::<crate::types::ErrorBody>(body)
-        .map(|e| e.message)
-        .unwrap_or_else(|_| String::from_utf8_lossy(body).trim().to_string())
+    /// The server's error when the status is not 2xx (the body is read);
+    /// the response itself otherwise.
+    pub fn error(self) -> Result<Result<Self, ErrorBody>, HttpError> {
+        if (200..300).contains(&self.status) {
+            return Ok(Ok(self));
+        }
+        let status = self.status;
+        let body = self.bytes()?;
+        Ok(Err(ErrorBody::decode(status, &body)))
+    }
 }
 
 impl Client {
@@ -485,6 +488,31 @@ mod tests {
         assert_eq!(resp.status, 201);
         let v: serde_json::Value = resp.json().unwrap().unwrap();
         assert_eq!(v["k"], "v");
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn error_answers_carry_their_kind_and_its_status() {
+        use crate::error::ErrorKind;
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("e.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let sent =
+            ErrorBody::new(ErrorKind::ContainerNotFound, "no such container: x").with_name("x");
+        let answer = sent.clone();
+        let server = std::thread::spawn(move || {
+            for _ in 0..2 {
+                let (s, _) = listener.accept().unwrap();
+                let mut req = Request::read(s).unwrap();
+                respond_error(req.stream(), &answer).unwrap();
+            }
+        });
+        let c = Client::new(&sock);
+        let resp = c.request("GET", "/x", None).unwrap();
+        assert_eq!(resp.status, 404);
+        assert_eq!(resp.json::<serde_json::Value>().unwrap().unwrap_err(), sent);
+        let resp = c.request("GET", "/x", None).unwrap();
+        assert_eq!(resp.error().unwrap().err(), Some(sent));
         server.join().unwrap();
     }
 

@@ -1,8 +1,10 @@
 //! Shared vocabulary of vessel's host processes: where an instance keeps its
-//! state ([`paths`]), the documents exchanged over the API ([`types`]), the
-//! small HTTP/1.1-over-Unix-socket layer they travel on ([`http`]), and
-//! atomic state files ([`fsutil`]).
+//! state ([`paths`]), the documents exchanged over the API ([`types`]) and
+//! the errors they answer with ([`error`]), the small
+//! HTTP/1.1-over-Unix-socket layer they travel on ([`http`]), and atomic
+//! state files ([`fsutil`]).
 
+pub mod error;
 pub mod fsutil;
 pub mod http;
 pub mod network;

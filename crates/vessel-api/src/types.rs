@@ -14,11 +14,7 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Error body of every non-2xx response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub message: String,
-}
+pub use crate::error::{ErrorBody, ErrorKind};
 
 /// `POST /v1/containers`: what the user asked for with `vessel run`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -599,6 +595,11 @@ pub enum TransferEvent {
     Status { message: String },
     /// The operation succeeded.
     Done { image: ImageSummary },
-    /// The operation failed; nothing unverified was kept.
-    Error { message: String },
+    /// The operation failed; nothing unverified was kept. `kind` as in
+    /// error answers (absent from older peers: `internal`).
+    Error {
+        #[serde(default)]
+        kind: ErrorKind,
+        message: String,
+    },
 }

@@ -3,6 +3,7 @@
 use super::stream::{print_stream, StreamEnd};
 use crate::api::{check, Api};
 use crate::cli::{KillArgs, LogsArgs, LsArgs, RmArgs, StopArgs, TargetsArgs};
+use crate::exit::FAILURE;
 use crate::format::{human_duration, since, status_text, table, truncate};
 use anyhow::{bail, Result};
 use vessel_api::http::percent_encode;
@@ -84,14 +85,14 @@ pub fn logs(api: &Api, a: LogsArgs) -> Result<i32> {
 
 /// Apply `f` to each target, printing the target on success and the error
 /// otherwise, like Docker; exit code 1 if any failed.
-fn each(targets: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
+pub(crate) fn each(targets: &[String], mut f: impl FnMut(&str) -> Result<()>) -> Result<i32> {
     let mut code = 0;
     for t in targets {
         match f(t) {
             Ok(()) => println!("{t}"),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
-                code = 1;
+                code = FAILURE;
             }
         }
     }
@@ -129,7 +130,7 @@ pub fn inspect(api: &Api, a: TargetsArgs) -> Result<i32> {
             Ok(v) => out.push(v),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
-                code = 1;
+                code = FAILURE;
             }
         }
     }
@@ -144,7 +145,7 @@ pub fn wait(api: &Api, a: TargetsArgs) -> Result<i32> {
             Ok(w) => println!("{}", w.exit_code),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
-                code = 1;
+                code = FAILURE;
             }
         }
     }

@@ -1,6 +1,6 @@
 //! `vessel image load|import|ls|rm|pull|push|tag|inspect|prune|save`.
 
-use crate::api::{check, decode, Api, ServerError};
+use crate::api::{check, decode, error_kind, Api, ErrorKind};
 use crate::cli::{ImageCommand, PullArgs, PushArgs};
 use crate::format::{human_size, table};
 use crate::progress::{self, split_name_tag, Kind, Mode, Outcome};
@@ -48,14 +48,8 @@ pub fn dispatch(api: &Api, c: ImageCommand) -> Result<i32> {
 
 /// Print `Error: <message>` the way Docker reports a failed transfer; exit 1.
 pub fn fail(e: &anyhow::Error) -> i32 {
-    let mut msg = format!("{e}");
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(&format!(": {s}"));
-        src = s.source();
-    }
-    eprintln!("Error: {msg}");
-    1
+    eprintln!("Error: {}", vessel_api::error::error_chain(e.as_ref()));
+    crate::exit::FAILURE
 }
 
 fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
@@ -145,10 +139,8 @@ fn current_digest(api: &Api, reference: &str) -> Result<Option<String>> {
     )?;
     match decode::<serde_json::Value>(resp) {
         Ok(v) => Ok(v.get("digest").and_then(|d| d.as_str()).map(str::to_string)),
-        Err(e) => match e.downcast_ref::<ServerError>() {
-            Some(s) if s.status == 404 => Ok(None),
-            _ => Err(e),
-        },
+        Err(e) if error_kind(&e) == Some(ErrorKind::ImageNotFound) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -287,8 +279,8 @@ fn inspect(api: &Api, images: &[String]) -> Result<i32> {
         match decode::<serde_json::Value>(resp) {
             Ok(v) => found.push(v),
             Err(e) => {
-                match e.downcast_ref::<ServerError>() {
-                    Some(s) if s.status == 404 => eprintln!("Error: No such image: {i}"),
+                match error_kind(&e) {
+                    Some(ErrorKind::ImageNotFound) => eprintln!("Error: No such image: {i}"),
                     _ => eprintln!("Error: {e:#}"),
                 }
                 code = 1;

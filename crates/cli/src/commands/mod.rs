@@ -17,6 +17,7 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
     match cli.command {
         Command::Run(a) => run::run(api, a),
         Command::Create(a) => run::create(api, a),
+        Command::Start(a) => run::start(api, a),
         Command::Ls(a) => container::ls(api, a),
         Command::Logs(a) => container::logs(api, a),
         Command::Stop(a) => container::stop(api, a),

@@ -1,7 +1,7 @@
 //! `vessel registry login|logout` (also `vessel login|logout`).
 
 use super::image::fail;
-use crate::api::{check, Api, ServerError};
+use crate::api::{check, server_error, Api, ErrorKind};
 use crate::auth::{self, Sources};
 use crate::cli::{LoginArgs, LogoutArgs, RegistryCommand};
 use anyhow::{anyhow, bail, Context, Result};
@@ -153,8 +153,10 @@ fn login_inner(api: &Api, a: LoginArgs) -> Result<()> {
         .send("POST", &path, Some(&serde_json::to_value(&body)?))
         .and_then(check);
     if let Err(e) = res {
-        if let Some(s) = e.downcast_ref::<ServerError>() {
-            if s.status == 401 && !s.message.to_ascii_lowercase().starts_with("unauthorized") {
+        if let Some(s) = server_error(&e) {
+            if s.kind == ErrorKind::Unauthorized
+                && !s.message.to_ascii_lowercase().starts_with("unauthorized")
+            {
                 bail!("unauthorized: {}", s.message);
             }
         }

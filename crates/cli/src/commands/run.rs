@@ -1,9 +1,11 @@
-//! `vessel run`: create a container, start its VM, and (in the foreground)
-//! stream its output and exit with its exit code.
+//! `vessel create`, `vessel start` and `vessel run` (both at once): create a
+//! container, start its VM, and (in the foreground) stream its output and
+//! exit with its exit code.
 
 use super::stream::{print_stream, StreamEnd};
-use crate::api::{check, decode, Api, ServerError};
-use crate::cli::RunArgs;
+use crate::api::{check, decode, server_error, Api, ErrorKind};
+use crate::cli::{RunArgs, StartArgs};
+use crate::exit::VESSEL_ERROR;
 use anyhow::{anyhow, bail, Result};
 use std::sync::atomic::{AtomicU32, Ordering};
 use vessel_api::http::percent_encode;
@@ -76,6 +78,13 @@ fn pull_image(api: &Api, a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// Does `e` say that the image `image` of a create request is missing (and
+/// nothing else: not a network, not another image)?
+pub fn image_missing(e: &anyhow::Error, image: &str) -> bool {
+    server_error(e)
+        .is_some_and(|s| s.kind == ErrorKind::ImageNotFound && s.name.as_deref() == Some(image))
+}
+
 /// Create the container, pulling its image first as `--pull` says; its ID.
 fn create_container(api: &Api, a: &RunArgs) -> Result<String> {
     let req = create_request(a)?;
@@ -85,11 +94,7 @@ fn create_container(api: &Api, a: &RunArgs) -> Result<String> {
     }
     match api.call::<CreateResponse>("POST", "/v1/containers", Some(&body)) {
         Ok(c) => Ok(c.id),
-        Err(e)
-            if a.pull == "missing"
-                && e.downcast_ref::<ServerError>()
-                    .is_some_and(|s| s.status == 404) =>
-        {
+        Err(e) if a.pull == "missing" && image_missing(&e, &a.image) => {
             if !a.quiet {
                 eprintln!(
                     "Unable to find image '{}' locally",
@@ -132,15 +137,51 @@ pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
         if info.state.status == Status::Exited {
             if let Some(err) = &info.state.error {
                 eprintln!("vessel: error: {err}");
-                return Ok(info.state.exit_code.unwrap_or(125));
+                return Ok(info.state.exit_code.unwrap_or(VESSEL_ERROR));
             }
         }
         println!("{id}");
         return Ok(0);
     }
-    forward_interrupts(api, &id);
+    start_attached(api, &id, true)
+}
+
+/// `vessel start`: start created containers, printing each name as given;
+/// exit code 1 if any failed. With `-a`, start one and attach to it as
+/// `run` does: its output, and its exit code.
+pub fn start(api: &Api, a: StartArgs) -> Result<i32> {
+    if a.attach {
+        let [key] = &a.containers[..] else {
+            bail!("you cannot start and attach more than one container at once");
+        };
+        let info: ContainerInfo = api.call("GET", &container_path(key, ""), None)?;
+        return start_attached(api, &info.config.id, false);
+    }
+    super::container::each(&a.containers, |c| {
+        let info: ContainerInfo = api.call("POST", &container_path(c, "/start"), None)?;
+        match (info.state.status, &info.state.error) {
+            (Status::Exited, Some(err)) => bail!("container {c} did not start: {err}"),
+            _ => Ok(()),
+        }
+    })
+}
+
+fn container_path(key: &str, rest: &str) -> String {
+    format!("/v1/containers/{}{rest}", percent_encode(key))
+}
+
+/// Start container `id` and follow its output to its end; its exit code.
+/// `discard`: remove the container if it cannot be started (`run` made it).
+fn start_attached(api: &Api, id: &str, discard_failed: bool) -> Result<i32> {
+    forward_interrupts(api, id);
     let resp = check(api.send("POST", &format!("/v1/containers/{id}/start?attach=1"), None)?)
-        .map_err(|e| discard(api, &id, e))?;
+        .map_err(|e| {
+            if discard_failed {
+                discard(api, id, e)
+            } else {
+                e
+            }
+        })?;
     match print_stream(resp)? {
         StreamEnd::Exit(code, error) => {
             if let Some(err) = error {
@@ -159,9 +200,9 @@ pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
                 _ => {
                     eprintln!(
                         "vessel: lost the connection to the apiserver; the container may still run: `vessel logs -f {}`",
-                        &id[..12]
+                        &id[..12.min(id.len())]
                     );
-                    Ok(125)
+                    Ok(VESSEL_ERROR)
                 }
             }
         }
@@ -202,4 +243,38 @@ fn forward_interrupts(api: &Api, id: &str) {
             let _ = api2.send("POST", &path, None);
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ErrorBody;
+
+    #[test]
+    fn only_the_requested_image_missing_is_pulled() {
+        let missing = |kind, name: &str| -> anyhow::Error {
+            ErrorBody::new(kind, format!("{name} not found"))
+                .with_name(name)
+                .into()
+        };
+        let img = "localhost/busybox:latest";
+        assert!(image_missing(&missing(ErrorKind::ImageNotFound, img), img));
+        // The network of issue 8: a 404, but not the image.
+        assert!(!image_missing(
+            &missing(ErrorKind::NetworkNotFound, "nosuchnet"),
+            img
+        ));
+        // Another image (or one named differently) is not the one asked for.
+        assert!(!image_missing(
+            &missing(ErrorKind::ImageNotFound, "localhost/other:1"),
+            img
+        ));
+        // A not-found of an older server carries no kind of its own.
+        assert!(!image_missing(&missing(ErrorKind::NotFound, img), img));
+        assert!(!image_missing(
+            &ErrorBody::new(ErrorKind::ImageNotFound, "no name").into(),
+            img
+        ));
+        assert!(!image_missing(&anyhow!("image {img} not found"), img));
+    }
 }

@@ -22,6 +22,7 @@ pub mod tls;
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use vessel_api::error::{error_chain, ErrorBody, ErrorKind};
 use vessel_api::types::TransferEvent;
 
 use crate::ext4::Ext4Error;
@@ -75,25 +76,38 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// The HTTP status this error answers with (when not streaming).
-    pub fn status(&self) -> u16 {
+    /// The kind of error this is, in an answer or an `error` event.
+    pub fn kind(&self) -> ErrorKind {
         match self {
-            RegistryError::BadRequest(_) => 400,
-            RegistryError::Unauthorized(_) => 401,
-            RegistryError::Denied(_) => 403,
-            RegistryError::ManifestUnknown(_) | RegistryError::NotFound(_) => 404,
+            RegistryError::BadRequest(_) => ErrorKind::InvalidArgument,
+            RegistryError::Unauthorized(_) => ErrorKind::Unauthorized,
+            RegistryError::Denied(_) => ErrorKind::Denied,
+            RegistryError::ManifestUnknown(_) => ErrorKind::ImageNotFound,
+            RegistryError::NotFound(_) => ErrorKind::NotFound,
             RegistryError::Connect { .. }
             | RegistryError::Protocol { .. }
-            | RegistryError::DigestMismatch { .. } => 502,
-            RegistryError::TooManyRequests(_) => 429,
-            RegistryError::Image(e) => e.status(),
-            _ => 500,
+            | RegistryError::DigestMismatch { .. } => ErrorKind::RegistryError,
+            RegistryError::TooManyRequests(_) => ErrorKind::TooManyRequests,
+            RegistryError::Image(e) => e.kind(),
+            _ => ErrorKind::Internal,
         }
     }
 
     /// The message with its sources.
     pub fn message(&self) -> String {
-        crate::server::error_chain(self)
+        error_chain(self)
+    }
+
+    /// The error answer for this error.
+    pub fn body(&self) -> ErrorBody {
+        let body = ErrorBody::new(self.kind(), self.message());
+        match self {
+            RegistryError::Image(e) => match e.name() {
+                Some(n) => body.with_name(n),
+                None => body,
+            },
+            _ => body,
+        }
     }
 }
 
@@ -236,7 +250,7 @@ impl crate::images::Images {
         eprintln!(
             "vessel-images: cannot build the root filesystem of {}: {}",
             pulled.image.reference,
-            crate::server::error_chain(&e)
+            error_chain(&e)
         );
         if !e.refuses_content() {
             return; // a host problem (disk full, mkfs): a later run retries
@@ -258,7 +272,7 @@ impl crate::images::Images {
         events: &dyn EventSink,
     ) -> Result<vessel_api::types::ImageSummary, RegistryError> {
         let target = crate::reference::Reference::parse(reference)
-            .map_err(|e| RegistryError::BadRequest(crate::server::error_chain(&e)))?;
+            .map_err(|e| RegistryError::BadRequest(error_chain(&e)))?;
         let found = self.lookup(reference)?;
         push::push(self.store(), &found.record, &target, opts, events)
     }

@@ -505,7 +505,7 @@ pub fn pull(
     events: &dyn EventSink,
 ) -> Result<Pulled, RegistryError> {
     let r = Reference::parse(reference)
-        .map_err(|e| RegistryError::BadRequest(crate::server::error_chain(&e)))?;
+        .map_err(|e| RegistryError::BadRequest(vessel_api::error::error_chain(&e)))?;
     let platform = opts.platform.clone().unwrap_or_else(PlatformSpec::host);
     let reg = Registry::connect(store.home(), &r.domain, opts.tls_verify, opts.auth.clone())?;
     let scopes = vec![repo_scope(&r.path, "pull")];

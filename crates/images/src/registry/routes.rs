@@ -7,16 +7,19 @@
 //! | POST | `/registry/login?server=HOST[:PORT][&tls_verify=false]` | `RegistryRequest` | `{"ok":true}` |
 //!
 //! A pull or push whose parameters are bad (or, for push, whose image is
-//! not in the store) answers a plain JSON error (400/404) before any
-//! stream. Otherwise the answer is 200 `application/x-ndjson`: `resolved`,
-//! `progress` (throttled), `blob_done`, `status`, and last exactly one
-//! `done` or `error` line. Login answers 401 for rejected credentials and
-//! 502 when the registry cannot be reached.
+//! not in the store) answers a JSON error (`invalid_argument`,
+//! `image_not_found`) before any stream. Otherwise the answer is 200
+//! `application/x-ndjson`: `resolved`, `progress` (throttled), `blob_done`,
+//! `status`, and last exactly one `done` or `error` line (the `error` event
+//! has the same kinds as error answers). Login answers `unauthorized` (401)
+//! for rejected credentials and `registry_error` (502) when the registry
+//! cannot be reached.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use vessel_api::error::{error_chain, ErrorBody, ErrorKind};
 use vessel_api::http::{respond_error, respond_json, respond_stream_head, Request};
 use vessel_api::types::{RegistryRequest, TransferEvent};
 
@@ -77,40 +80,42 @@ fn body(req: &mut Request) -> Result<RegistryRequest, String> {
         return Ok(RegistryRequest::default());
     }
     req.json::<RegistryRequest>()
-        .map_err(|e| format!("Invalid request body: {}", crate::server::error_chain(&e)))
+        .map_err(|e| format!("Invalid request body: {}", error_chain(&e)))
 }
 
-fn fail(req: &mut Request, status: u16, msg: &str) {
+fn fail(req: &mut Request, error: ErrorBody) {
     eprintln!(
-        "vessel-images: {} {}: {status}: {msg}",
-        req.method, req.path
+        "vessel-images: {} {}: {}: {}",
+        req.method, req.path, error.kind, error.message
     );
-    if let Err(e) = respond_error(req.stream(), status, msg) {
+    if let Err(e) = respond_error(req.stream(), &error) {
         eprintln!("vessel-images: cannot send the response: {e}");
     }
+}
+
+fn invalid(message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(ErrorKind::InvalidArgument, message)
 }
 
 fn transfer(images: &Images, req: &mut Request, is_pull: bool) {
     let reference = match req.query("ref").filter(|r| !r.is_empty()) {
         Some(r) => r.to_string(),
-        None => return fail(req, 400, "Missing query parameter ref"),
+        None => return fail(req, invalid("Missing query parameter ref")),
     };
     let target = match Reference::parse(&reference) {
         Ok(r) => r,
-        Err(e) => {
-            return fail(req, 400, &crate::server::error_chain(&e));
-        }
+        Err(e) => return fail(req, invalid(error_chain(&e))),
     };
     let platform = match req.query("platform").filter(|p| !p.is_empty()) {
         None => None,
         Some(p) => match PlatformSpec::parse(p) {
             Ok(p) => Some(p),
-            Err(e) => return fail(req, 400, &e.to_string()),
+            Err(e) => return fail(req, invalid(e.to_string())),
         },
     };
     let auth = match body(req) {
         Ok(b) => b.auth,
-        Err(m) => return fail(req, 400, &m),
+        Err(m) => return fail(req, invalid(m)),
     };
     let opts = TransferOptions {
         platform,
@@ -123,15 +128,15 @@ fn transfer(images: &Images, req: &mut Request, is_pull: bool) {
     } else {
         match images.lookup(&reference) {
             Ok(f) => Some(f.record),
-            Err(e) => {
-                let msg = crate::server::error_chain(&e);
-                return fail(req, e.status(), &msg);
-            }
+            Err(e) => return fail(req, RegistryError::Image(e).body()),
         }
     };
     let w = match req.stream().try_clone() {
         Ok(w) => w,
-        Err(e) => return fail(req, 500, &format!("cannot clone the connection: {e}")),
+        Err(e) => {
+            let msg = format!("cannot clone the connection: {e}");
+            return fail(req, ErrorBody::new(ErrorKind::Internal, msg));
+        }
     };
     if respond_stream_head(req.stream(), 200, "application/x-ndjson").is_err() {
         return;
@@ -159,7 +164,10 @@ fn transfer(images: &Images, req: &mut Request, is_pull: bool) {
         Err(e) => {
             let message = e.message();
             eprintln!("vessel-images: {verb} {reference} failed: {message}");
-            sink.emit(TransferEvent::Error { message });
+            sink.emit(TransferEvent::Error {
+                kind: e.kind(),
+                message,
+            });
         }
     }
 }
@@ -167,24 +175,27 @@ fn transfer(images: &Images, req: &mut Request, is_pull: bool) {
 fn login(images: &Images, req: &mut Request) {
     let server = match req.query("server").filter(|s| !s.is_empty()) {
         Some(s) => s.to_string(),
-        None => return fail(req, 400, "Missing query parameter server"),
+        None => return fail(req, invalid("Missing query parameter server")),
     };
     let verify = tls_verify(req);
     let auth = match body(req) {
         Ok(b) => b.auth,
-        Err(m) => return fail(req, 400, &m),
+        Err(m) => return fail(req, invalid(m)),
     };
     match images.registry_login(&server, verify, auth) {
         Ok(()) => {
             let _ = respond_json(req.stream(), 200, &serde_json::json!({"ok": true}));
         }
         Err(e) => {
-            let status = match &e {
-                RegistryError::Unauthorized(_) | RegistryError::Denied(_) => 401,
-                RegistryError::BadRequest(_) => 400,
-                _ => 502,
+            // A login either is refused, or could not be checked.
+            let kind = match &e {
+                RegistryError::Unauthorized(_) | RegistryError::Denied(_) => {
+                    ErrorKind::Unauthorized
+                }
+                RegistryError::BadRequest(_) => ErrorKind::InvalidArgument,
+                _ => ErrorKind::RegistryError,
             };
-            fail(req, status, &e.message());
+            fail(req, ErrorBody::new(kind, e.message()));
         }
     }
 }
