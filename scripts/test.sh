@@ -9,6 +9,13 @@ log() { printf '\n==> %s\n' "$*" >&2; }
 log "Checking dependencies"
 scripts/install-deps.sh
 
+log "The install step repairs what an install removed (tests/scripts/install-deps-recovers.sh)"
+if [[ $(id -u) -eq 0 ]]; then
+    tests/scripts/install-deps-recovers.sh
+else
+    log "SKIPPED: it installs and removes packages, which needs root"
+fi
+
 log "Guest kernel"
 VESSEL_KERNEL=$(guest/kernel/build.sh)
 
