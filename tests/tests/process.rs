@@ -154,3 +154,31 @@ fn resource_limits_are_dockers() {
     assert_eq!(row("Max locked memory"), pair("8388608", "8388608"));
     assert_eq!(row("Max cpu time"), pair("unlimited", "unlimited"));
 }
+
+#[test]
+fn ulimit_sets_a_limit_and_bad_ones_are_refused() {
+    let v = Instance::started();
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=1024:2048",
+        "--ulimit",
+        "core=0",
+        vessel_tests::IMAGE,
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; ulimit -c; ulimit -Hu",
+    ]);
+    assert_ok(&out, "run --ulimit");
+    assert_eq!(text(&out.stdout), "1024\n2048\n0\nunlimited\n");
+    for bad in ["nofile=10:5", "files=1", "nofile"] {
+        let out = v.vessel(&["run", "--rm", "--ulimit", bad, vessel_tests::IMAGE, "true"]);
+        assert_eq!(out.status.code(), Some(125), "--ulimit {bad}");
+        assert!(
+            text(&out.stderr).contains("invalid --ulimit"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}

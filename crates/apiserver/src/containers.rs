@@ -152,12 +152,13 @@ pub fn build_process(
         ));
     }
     let user = req.user.clone().unwrap_or_else(|| image.user.clone());
+    let rlimits = vessel_api::ulimit::effective_rlimits(&req.ulimits)?;
     Ok(ProcessSpec {
         args,
         env,
         cwd,
         user,
-        rlimits: None,
+        rlimits,
     })
 }
 

@@ -101,6 +101,9 @@ pub struct RunArgs {
     /// The container's host name (default: the first 12 characters of its ID)
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Resource limit of the container's process: NAME=SOFT[:HARD] (e.g. nofile=1024:4096)
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
     /// Pull the image before creating: `missing` (default), `always`, `never`
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pub pull: String,

@@ -10,5 +10,6 @@ pub mod http;
 pub mod network;
 pub mod paths;
 pub mod types;
+pub mod ulimit;
 
 pub use agent_protocol::ProcessSpec;

@@ -52,6 +52,10 @@ pub struct CreateRequest {
     /// `--hostname`; default: the first 12 characters of the ID.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// `--ulimit`: resource limits replacing the defaults of the same name
+    /// (see [`crate::ulimit`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<agent_protocol::Rlimit>,
 }
 
 /// `POST /v1/containers` answer.

@@ -62,6 +62,11 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         ports,
         aliases: a.network_alias.clone(),
         hostname: a.hostname.clone(),
+        ulimits: a
+            .ulimit
+            .iter()
+            .map(|u| vessel_api::ulimit::parse_ulimit(u).map_err(|e| anyhow!("{e}")))
+            .collect::<Result<_>>()?,
     })
 }
 
