@@ -18,25 +18,55 @@
 //! is a protocol error: the reader reports it and closes the connection. It
 //! never panics, whatever the peer sends.
 //!
-//! ## Conversation
+//! ## Connections
+//! The host may open any number of connections; each starts with the
+//! `Hello` exchange, and the host's first request after it says what the
+//! connection carries:
+//!
+//! | first request | the connection then carries |
+//! |---|---|
+//! | `Start(StartRequest)` | the container: root filesystem, network, the main process's streams and exit, clock, statistics, shutdown. Once per VM. |
+//! | `Exec(ExecRequest)` | one more process in the started container: its streams (or terminal), resize, signals, exit (feature [`FEATURE_EXEC`]) |
+//! | `CopyOut { path }` | a tar stream of `path` inside the container, guest → host (feature [`FEATURE_COPY`]) |
+//! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
+//! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
+//!
+//! A process's streams belong to its connection, so each process has its own
+//! flow control (vsock credits per connection), and closing the connection
+//! ends what it started: an exec'd process loses its stdin and terminal
+//! (SIGHUP under a terminal, EOF and SIGPIPE otherwise), as under Docker.
+//!
+//! ## A process's conversation (main or exec'd)
 //! 1. host → `Hello { version }`; guest → `Hello { version, uptime_ms,
 //!    features }` (features: optional parts it implements, e.g. `network`). A
 //!    guest that speaks another major version answers `Error` and closes.
-//! 2. host → `Start(StartRequest)`; guest mounts the root filesystem and
-//!    starts the process, then answers `Started { pid, uptime_ms }` or
+//! 2. host → `Start(StartRequest)` or `Exec(ExecRequest)`; guest (for
+//!    `Start`: mounts the root filesystem and network first) starts the
+//!    process, then answers `Started { pid, uptime_ms }` or
 //!    `StartFailed { exit_code, message }` (127: command not found, 126: not
 //!    executable, 125: anything else, as Docker reports them).
-//! 3. guest → `Stdout`/`Stderr` frames as the process writes; host →
-//!    `Signal { signal }` at any time, `Stdin` frames and `CloseStdin`.
+//! 3. guest → `Stdout`/`Stderr` frames as the process writes (a process with
+//!    a terminal has one output stream: `Stdout`); host → `Signal { signal,
+//!    group }` at any time, `Stdin` frames and `CloseStdin` (when the process
+//!    has stdin open), `Resize { rows, cols }` (when it has a terminal).
 //! 4. guest → `Exited { exit_code, signal }` once the process has ended and
-//!    its output is drained; host → `Shutdown`; the guest syncs its disks and
-//!    powers the VM off. A guest whose host connection drops after `Exited`
-//!    powers off by itself.
+//!    its output is drained. On the main connection: host → `Shutdown`; the
+//!    guest syncs its disks and powers the VM off; a guest whose main
+//!    connection drops after `Exited` powers off by itself. On an exec
+//!    connection the guest closes the connection after `Exited`.
 //!
 //! `Start` may carry a [`NetworkConfig`] (optional field: hosts without
-//! networking omit it). Future versions add messages (resize, mounts,
-//! statistics); a
-//! peer ignores nothing silently: unknown control messages are errors.
+//! networking omit it). A peer ignores nothing silently: unknown control
+//! messages are errors.
+//!
+//! ## Copying files
+//! `CopyOut`: the guest answers with `Data` frames holding a tar stream of
+//! the path (a file, or a directory and everything in it, named as the
+//! path's last component, owners and modes kept), then `CopyDone { error }`
+//! and closes. `CopyIn`: the host sends `Data` frames of a tar stream, then
+//! `CloseStdin`; the guest unpacks it into the directory `path` and answers
+//! `CopyDone { error }`. Both resolve paths inside the container's root (in
+//! a process chrooted there), so `..` and symbolic links cannot lead out.
 //!
 //! ## The guest's clock
 //! A guest that lists [`FEATURE_CLOCK`] in its `Hello` answers
@@ -84,6 +114,8 @@ pub enum FrameKind {
     Stderr = 2,
     /// Bytes for the process's standard input.
     Stdin = 3,
+    /// Bytes of a tar stream (`CopyOut`, `CopyIn`).
+    Data = 4,
 }
 
 impl FrameKind {
@@ -93,6 +125,7 @@ impl FrameKind {
             1 => Some(Self::Stdout),
             2 => Some(Self::Stderr),
             3 => Some(Self::Stdin),
+            4 => Some(Self::Data),
             _ => None,
         }
     }
@@ -121,6 +154,26 @@ pub struct ProcessSpec {
     /// predates them): [`default_rlimits`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rlimits: Option<Vec<Rlimit>>,
+    /// Give the process a terminal (`-t`): a PTY as stdin, stdout and
+    /// stderr, its controlling terminal in a new session.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub terminal: bool,
+    /// Keep stdin open (`-i`): `Stdin` frames reach the process until
+    /// `CloseStdin`. Otherwise stdin is `/dev/null` (or, with a terminal,
+    /// the terminal, which nobody types into).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A terminal's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// One resource limit, as `setrlimit(2)` takes it.
@@ -195,6 +248,49 @@ pub struct StartRequest {
     /// Absent in messages from hosts that predate networking.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
+    /// The terminal's size when the process has one (default 24x80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<WinSize>,
+}
+
+/// One more process in the started container (`vessel exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The host's name for it, for the guest's log.
+    pub exec_id: String,
+    /// The process; `env` is used as given (the host merges the
+    /// container's environment), `rlimits` absent means the container's.
+    pub process: ProcessSpec,
+    /// The terminal's size when the process has one (default 24x80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<WinSize>,
+}
+
+/// Resource usage of the whole guest at one moment, for `vessel stats`.
+/// Counters are cumulative since boot; rates come from two snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StatsSnapshot {
+    /// Guest `CLOCK_MONOTONIC` when taken, in nanoseconds.
+    pub monotonic_ns: u64,
+    /// CPU time spent busy (everything but idle and iowait), summed over
+    /// CPUs, in nanoseconds.
+    pub cpu_busy_ns: u64,
+    /// CPU time in all states, summed over CPUs, in nanoseconds.
+    pub cpu_total_ns: u64,
+    pub online_cpus: u32,
+    /// `MemTotal`: the memory the guest sees (its limit).
+    pub memory_total_bytes: u64,
+    /// `MemTotal - MemAvailable`: what the container uses, caches that the
+    /// kernel can drop excluded (Docker's "usage" likewise).
+    pub memory_used_bytes: u64,
+    /// Processes in the container (vminitd not counted).
+    pub pids: u64,
+    /// Bytes received and sent on every interface but loopback.
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    /// Bytes read from and written to the container's disks.
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
 }
 
 /// How vminitd sets up the guest's network before starting the process.
@@ -262,11 +358,33 @@ pub enum HostMessage {
         version: u32,
     },
     Start(StartRequest),
+    /// Start one more process (needs [`FEATURE_EXEC`]).
+    Exec(ExecRequest),
+    /// Send `signal` to this connection's process, or to its process group
+    /// when `group` is set.
     Signal {
         signal: i32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        group: bool,
     },
     CloseStdin,
+    /// The terminal of this connection's process changed size.
+    Resize {
+        rows: u16,
+        cols: u16,
+    },
     Shutdown,
+    /// Answer with [`GuestMessage::Stats`] (needs [`FEATURE_STATS`]).
+    ReadStats,
+    /// Send a tar stream of `path` (needs [`FEATURE_COPY`]).
+    CopyOut {
+        path: String,
+    },
+    /// Unpack the tar stream that follows into the directory `path` (needs
+    /// [`FEATURE_COPY`]).
+    CopyIn {
+        path: String,
+    },
     /// Answer at once with [`GuestMessage::Clock`] (needs [`FEATURE_CLOCK`]).
     ReadClock {
         id: u64,
@@ -289,6 +407,13 @@ pub const FEATURE_CLOCK: &str = "clock";
 /// The guest applies `ProcessSpec::rlimits` and starts the process with an
 /// empty signal mask and default signal dispositions.
 pub const FEATURE_RLIMITS: &str = "rlimits";
+/// The guest runs `Exec` connections, PTYs (`ProcessSpec::terminal`),
+/// stdin (`ProcessSpec::stdin`), `Resize` and group signals.
+pub const FEATURE_EXEC: &str = "exec";
+/// The guest answers `ReadStats`.
+pub const FEATURE_STATS: &str = "stats";
+/// The guest serves `CopyOut` and `CopyIn`.
+pub const FEATURE_COPY: &str = "copy";
 
 /// Messages the guest sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,6 +446,13 @@ pub enum GuestMessage {
     },
     Error {
         message: String,
+    },
+    /// The answer to [`HostMessage::ReadStats`].
+    Stats(StatsSnapshot),
+    /// The end of a `CopyOut` or `CopyIn`; `error` says what failed.
+    CopyDone {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
     /// The answer to [`HostMessage::ReadClock`].
     Clock {
@@ -467,6 +599,8 @@ mod tests {
                 cwd: "/".into(),
                 user: "1000".into(),
                 rlimits: Some(default_rlimits()),
+                terminal: true,
+                stdin: true,
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),
@@ -485,6 +619,10 @@ mod tests {
                     address: "10.88.0.2".into(),
                     names: vec!["web".into()],
                 }],
+            }),
+            tty_size: Some(WinSize {
+                rows: 40,
+                cols: 120,
             }),
         });
         write_message(&mut buf, &msg).unwrap();
@@ -515,6 +653,7 @@ mod tests {
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
             network: None,
+            tty_size: None,
         });
         let text = serde_json::to_string(&no_net).unwrap();
         assert!(!text.contains("network"), "{text}");

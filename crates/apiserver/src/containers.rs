@@ -159,6 +159,8 @@ pub fn build_process(
         cwd,
         user,
         rlimits,
+        terminal: false,
+        stdin: false,
     })
 }
 

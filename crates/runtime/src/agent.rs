@@ -77,7 +77,7 @@ impl AgentReceiver {
             FrameKind::Control => decode_message(&frame)
                 .map(|m| Some(Incoming::Message(m)))
                 .map_err(AgentError::Receive),
-            kind @ FrameKind::Stdin => Err(AgentError::UnexpectedFrame(kind)),
+            kind @ (FrameKind::Stdin | FrameKind::Data) => Err(AgentError::UnexpectedFrame(kind)),
         }
     }
 }

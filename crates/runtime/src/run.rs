@@ -238,7 +238,10 @@ impl ControlHandler for Shared {
         let agent = lock(&self.agent).clone();
         match agent {
             Some(a) if matches!(status, Status::Running | Status::Stopping) => a
-                .send(&HostMessage::Signal { signal })
+                .send(&HostMessage::Signal {
+                    signal,
+                    group: false,
+                })
                 .map_err(|e| format!("could not signal the container: {}", chain(&e))),
             _ => Err(format!(
                 "the container is not running ({})",
@@ -262,11 +265,13 @@ impl ControlHandler for Shared {
                 });
                 let _ = a.send(&HostMessage::Signal {
                     signal: libc::SIGTERM,
+                    group: false,
                 });
                 if !self.wait_exited(timeout) {
                     log("the container ignored SIGTERM; sending SIGKILL");
                     let _ = a.send(&HostMessage::Signal {
                         signal: libc::SIGKILL,
+                        group: false,
                     });
                     if !self.wait_exited(self.kill_grace) {
                         log("the container survived SIGKILL; killing the VM");
@@ -741,6 +746,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
             network: networks
                 .as_ref()
                 .and_then(|n| n.guest_config(&config.hostname, &config.name)),
+            tty_size: None,
         };
         let mut attempt = 1;
         loop {
@@ -1024,11 +1030,14 @@ mod tests {
                 cwd: "/".into(),
                 user: String::new(),
                 rlimits: None,
+                terminal: false,
+                stdin: false,
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),
             root_fstype: "ext4".into(),
             network: None,
+            tty_size: None,
         }
     }
 
@@ -1397,8 +1406,20 @@ mod tests {
         };
         let (r, guest) = run_with_guest(&h, move |mut g| {
             boot(&mut g);
-            assert_eq!(recv(&mut g), Some(HostMessage::Signal { signal: 10 }));
-            assert_eq!(recv(&mut g), Some(HostMessage::Signal { signal: 15 }));
+            assert_eq!(
+                recv(&mut g),
+                Some(HostMessage::Signal {
+                    signal: 10,
+                    group: false
+                })
+            );
+            assert_eq!(
+                recv(&mut g),
+                Some(HostMessage::Signal {
+                    signal: 15,
+                    group: false
+                })
+            );
             send(
                 &mut g,
                 GuestMessage::Exited {

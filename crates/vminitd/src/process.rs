@@ -4,6 +4,7 @@ use crate::user::ExecUser;
 use agent_protocol::{rlimit_resource, Rlimit};
 use std::ffi::CString;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -29,8 +30,14 @@ impl StartError {
 }
 
 /// Build the final environment: `KEY=VALUE` entries in order (later entries
-/// win, first position kept), plus `PATH`, `HOSTNAME` and `HOME` when missing.
-pub fn build_env(env: &[String], home: &str, hostname: &str) -> Vec<(String, String)> {
+/// win, first position kept), plus `PATH`, `HOSTNAME` and `HOME` when missing,
+/// and `TERM=xterm` for a process with a terminal.
+pub fn build_env(
+    env: &[String],
+    home: &str,
+    hostname: &str,
+    terminal: bool,
+) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::new();
     for entry in env {
         let Some((k, v)) = entry.split_once('=') else {
@@ -52,6 +59,10 @@ pub fn build_env(env: &[String], home: &str, hostname: &str) -> Vec<(String, Str
     }
     if !out.iter().any(|(k, _)| k == "HOME") {
         out.push(("HOME".into(), home.into()));
+    }
+    // Docker's `-t` sets TERM=xterm unless the user gave one.
+    if terminal && !out.iter().any(|(k, _)| k == "TERM") {
+        out.push(("TERM".into(), "xterm".into()));
     }
     out
 }
@@ -186,10 +197,20 @@ pub unsafe fn reset_process_state(rlimits: &[(i32, libc::rlimit)]) -> io::Result
     Ok(())
 }
 
+/// How the process's standard streams are connected.
+pub enum StdioSetup {
+    /// stdout and stderr are pipes; stdin a pipe when `stdin`, else
+    /// `/dev/null`.
+    Pipes { stdin: bool },
+    /// The slave of a terminal: stdin, stdout and stderr, and the
+    /// controlling terminal of the process's new session.
+    Terminal(OwnedFd),
+}
+
 /// Start `args` chrooted into `root` as `user`, in `cwd` (created if missing),
 /// with `env` exactly and the resource limits `rlimits`, in the state
-/// [`reset_process_state`] describes. stdin is /dev/null, stdout/stderr are
-/// pipes.
+/// [`reset_process_state`] describes, its standard streams as `stdio` says,
+/// in a session (and process group) of its own.
 pub fn spawn(
     root: &Path,
     args: &[String],
@@ -197,6 +218,7 @@ pub fn spawn(
     cwd: &str,
     user: &ExecUser,
     rlimits: &[Rlimit],
+    stdio: StdioSetup,
 ) -> Result<Child, StartError> {
     let Some(arg0) = args.first() else {
         return Err(StartError::new(125, "no command specified"));
@@ -223,10 +245,25 @@ pub fn spawn(
     let mut cmd = Command::new(arg0);
     cmd.args(&args[1..])
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    let terminal = matches!(stdio, StdioSetup::Terminal(_));
+    match stdio {
+        StdioSetup::Pipes { stdin } => {
+            cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        StdioSetup::Terminal(slave) => {
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map(Stdio::from)
+                    .map_err(|e| StartError::new(125, format!("terminal: {e}")))
+            };
+            cmd.stdin(dup(&slave)?)
+                .stdout(dup(&slave)?)
+                .stderr(Stdio::from(slave));
+        }
+    }
     let hook = move || -> io::Result<()> {
         // SAFETY: we are between fork and exec (this is a pre_exec hook).
         unsafe { reset_process_state(&limits)? };
@@ -245,6 +282,11 @@ pub fn spawn(
                 return Err(io::Error::last_os_error());
             }
             libc::setsid();
+            // The terminal (already our stdin) becomes the session's
+            // controlling terminal.
+            if terminal && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                 || libc::setgid(gid) != 0
                 || libc::setuid(uid) != 0
@@ -275,6 +317,7 @@ mod tests {
             &["A=1".into(), "B=x=y".into(), "A=2".into(), "JUNK".into()],
             "/root",
             "box",
+            false,
         );
         assert_eq!(
             env,
@@ -290,10 +333,18 @@ mod tests {
             &["PATH=/x".into(), "HOME=/h".into(), "HOSTNAME=h".into()],
             "/root",
             "box",
+            false,
         );
         assert_eq!(env.len(), 3);
         assert_eq!(env[0], ("PATH".into(), "/x".into()));
         assert_eq!(env[1], ("HOME".into(), "/h".into()));
+        let env = build_env(&[], "/", "", true);
+        assert_eq!(
+            env.last().unwrap(),
+            &("TERM".to_string(), "xterm".to_string())
+        );
+        let env = build_env(&["TERM=vt100".into()], "/", "", true);
+        assert_eq!(env.iter().filter(|(k, _)| k == "TERM").count(), 1);
     }
 
     #[test]
@@ -336,6 +387,10 @@ mod tests {
         assert_eq!(exit_status(WaitStatus::StillAlive), None);
     }
 
+    fn pipes() -> StdioSetup {
+        StdioSetup::Pipes { stdin: false }
+    }
+
     #[test]
     fn empty_args() {
         let u = ExecUser {
@@ -344,7 +399,7 @@ mod tests {
             groups: vec![],
             home: "/".into(),
         };
-        let e = spawn(Path::new("/"), &[], &[], "/", &u, &[]).unwrap_err();
+        let e = spawn(Path::new("/"), &[], &[], "/", &u, &[], pipes()).unwrap_err();
         assert_eq!(e, StartError::new(125, "no command specified"));
     }
 
@@ -374,7 +429,7 @@ mod tests {
             groups: vec![3456],
             home: "/".into(),
         };
-        let env = build_env(&["PATH=/onlyhere".into()], "/", "");
+        let env = build_env(&["PATH=/onlyhere".into()], "/", "", false);
         let limits = vec![Rlimit {
             name: "nofile".into(),
             soft: 4242,
@@ -382,7 +437,7 @@ mod tests {
         }];
         let run = |args: &[&str], cwd: &str| -> Result<String, StartError> {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let mut child = spawn(r, &args, &env, cwd, &user, &limits)?;
+            let mut child = spawn(r, &args, &env, cwd, &user, &limits, pipes())?;
             let mut out = String::new();
             child
                 .stdout
@@ -448,7 +503,7 @@ mod tests {
             hard: 1,
         }];
         let args = vec!["true".to_string()];
-        let e = spawn(r, &args, &env, "/", &user, &bad).unwrap_err();
+        let e = spawn(r, &args, &env, "/", &user, &bad, pipes()).unwrap_err();
         assert_eq!(e.exit_code, 125);
         assert!(e.message.contains("above hard limit"), "{}", e.message);
         assert_eq!(run(&["nothere"], "/").unwrap_err().exit_code, 127);
