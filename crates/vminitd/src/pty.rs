@@ -110,18 +110,14 @@ mod tests {
             ws_xpixel: 0,
             ws_ypixel: 0,
         };
-        // SAFETY: TIOCGWINSZ fills the valid pointer.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
-            0
-        );
+        let size = |ws: &mut libc::winsize| {
+            // SAFETY: TIOCGWINSZ fills the valid pointer.
+            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, ws) }
+        };
+        assert_eq!(size(&mut ws), 0);
         assert_eq!((ws.ws_row, ws.ws_col), (33, 101));
         resize(&pty.master, WinSize { rows: 10, cols: 20 }).unwrap();
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) },
-            0
-        );
+        assert_eq!(size(&mut ws), 0);
         assert_eq!((ws.ws_row, ws.ws_col), (10, 20));
         let mut slave = File::from(pty.slave);
         slave.write_all(b"hi\n").unwrap();
