@@ -1158,13 +1158,13 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
-    // The arithmetic: a 48 MiB disk; the big image is two layers of 32 MiB
-    // (random, so compression saves nothing). Either layer fits alone, both
-    // (64 MiB) never do: the pull fails with ENOSPC whatever the order of its
-    // parallel downloads. What the rest needs is small: the small image is
-    // about 1 MiB of blob, 2.5 MiB of ext4 base (a sparse file) and under
-    // 1 MiB of overlay per container; the filler writes 80 MiB, more than
-    // the whole disk.
+    // The arithmetic: a 48 MiB disk; the big image is busybox (1 MiB) and
+    // two layers of 32 MiB (random, so compression saves nothing). Either
+    // big layer fits alone, both (65 MiB in all) never do: the pull fails
+    // with ENOSPC whatever the order of its parallel downloads. What the
+    // rest needs is small: the small image is busybox and one file (1 MiB
+    // of blobs, 2.5 MiB of ext4 base, a sparse file), each container under
+    // 1 MiB of overlay; the filler writes 80 MiB, more than the whole disk.
     const DISK_MIB: u32 = 48;
     const LAYER_MIB: u32 = 32;
     let reg = Registry::plain();
