@@ -1225,8 +1225,12 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
         "-c",
         "dd if=/dev/urandom of=/big bs=1M count=80; sync; exit 3",
     ]);
-    let out = output_within(&mut cmd, Duration::from_secs(120))
-        .expect("a container on a full disk hung instead of ending");
+    let out = output_within(&mut cmd, Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "a container on a full disk hung instead of ending\n{}",
+            container_logs(v, "filler")
+        )
+    });
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert!(disk.free() < 1 << 20, "the filler did not fill the disk");
     let inspect = v.vessel(&["inspect", "filler"]);
@@ -1238,6 +1242,28 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
     assert_ok(&v.vessel(&["rm", "filler"]), "rm filler");
     disk.assert_given_back(before_filler, "`vessel rm` of the filler");
     assert_eq!(run_sh(v, &small, "echo again"), "again\n");
+}
+
+/// The state, runtime log and end of the console of container `name`, for
+/// a failure message.
+fn container_logs(v: &Instance, name: &str) -> String {
+    let inspect = v.vessel(&["inspect", name]);
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
+    let Some(id) = json[0]["config"]["id"].as_str() else {
+        return format!("(no container {name}: {})", text(&inspect.stderr));
+    };
+    let dir = v.path().join("containers").join(id);
+    let tail = |file: &str, lines: usize| {
+        let all = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        let v: Vec<&str> = all.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    };
+    format!(
+        "state: {}\n--- runtime.log\n{}\n--- boot.log (end)\n{}",
+        json[0]["state"],
+        tail("runtime.log", 40),
+        tail("boot.log", 40)
+    )
 }
 
 /// Run `cmd` to its end, or kill it after `limit` (`None`).
