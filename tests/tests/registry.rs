@@ -1089,6 +1089,8 @@ fn rm_and_prune_free_what_no_image_references() {
 
 /// An instance whose home is a tmpfs of `mib` MiB: a small disk. The
 /// instance stops before the tmpfs goes, also when the test fails.
+/// A tmpfs counts a file's pages until its last open descriptor closes, so
+/// [`SmallDisk::free`] also sees a deleted file that a process still holds.
 struct SmallDisk {
     v: Option<Instance>,
     mount: PathBuf,
@@ -1118,6 +1120,32 @@ impl SmallDisk {
     fn v(&self) -> &Instance {
         self.v.as_ref().unwrap()
     }
+
+    /// Bytes free on the disk now.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.mount.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: path is a NUL-terminated string and st a valid statvfs,
+        // both alive for the call.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut st) };
+        assert_eq!(rc, 0, "statvfs {}", self.mount.display());
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Fail unless the disk has (almost) `before` bytes free again now: no
+    /// more than `SLACK` less, which log lines and directories may take.
+    fn assert_given_back(&self, before: u64, what: &str) {
+        const SLACK: u64 = 64 << 10;
+        let now = self.free();
+        assert!(
+            now + SLACK >= before,
+            "{what} kept {} KiB of the small disk ({} KiB free before, {} KiB right after)",
+            (before - now) >> 10,
+            before >> 10,
+            now >> 10
+        );
+    }
 }
 
 impl Drop for SmallDisk {
@@ -1130,22 +1158,44 @@ impl Drop for SmallDisk {
 
 #[test]
 fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
+    // The arithmetic: a 48 MiB disk; the big image is busybox (1 MiB) and
+    // two layers of 32 MiB (random, so compression saves nothing). Either
+    // big layer fits alone, both (65 MiB in all) never do: the pull fails
+    // with ENOSPC whatever the order of its parallel downloads. What the
+    // rest needs is small: the small image is busybox and one file (1 MiB
+    // of blobs, 2.5 MiB of ext4 base, a sparse file), each container under
+    // 1 MiB of overlay; the filler writes 80 MiB, more than the whole disk.
+    const DISK_MIB: u32 = 48;
+    const LAYER_MIB: u32 = 32;
     let reg = Registry::plain();
     let _big = reg.put_fixture(
         "big",
         "big:v1",
-        &["--layers", "2", "--layer-mib", "32", "--seed", "11"],
+        &[
+            "--layers",
+            "2",
+            "--layer-mib",
+            &LAYER_MIB.to_string(),
+            "--seed",
+            "11",
+        ],
         &[],
     );
     reg.put_fixture("marker", "small:v1", &["--file", "etc/small=fits"], &[]);
-    let disk = SmallDisk::new(48);
+    let disk = SmallDisk::new(DISK_MIB);
     let v = disk.v();
+    let before = disk.free();
+    assert!(before > u64::from(LAYER_MIB) << 20 && before < u64::from(2 * LAYER_MIB) << 20);
 
     let reference = reg.reference("big:v1");
     let out = pull(v, &reference);
     assert!(!out.status.success(), "64 MiB of layers on a 48 MiB disk");
     let err = text(&out.stderr);
     assert!(err.contains("No space left on device"), "stderr: {err}");
+    // Right when the failed pull returns, not eventually: every download it
+    // started has stopped, and nothing it wrote holds on to the space (no
+    // file left, and no deleted file a thread still has open).
+    disk.assert_given_back(before, "the failed pull");
     assert!(image(v, &reference).is_none(), "listed after a failed pull");
     // Nothing unverified, no partial download holding on to the space, and
     // what the failed pull verified is freed.
@@ -1163,6 +1213,7 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
     // A container that fills the disk gets I/O errors and ends (QEMU would
     // pause the VM on ENOSPC by default), its exit is recorded, and
     // removing it gives the space back.
+    let before_filler = disk.free();
     let mut cmd = v.cmd(&[
         "run",
         "--name",
@@ -1174,15 +1225,45 @@ fn a_pull_that_fills_the_disk_fails_clearly_and_leaves_the_store_usable() {
         "-c",
         "dd if=/dev/urandom of=/big bs=1M count=80; sync; exit 3",
     ]);
-    let out = output_within(&mut cmd, Duration::from_secs(120))
-        .expect("a container on a full disk hung instead of ending");
+    let out = output_within(&mut cmd, Duration::from_secs(120)).unwrap_or_else(|| {
+        panic!(
+            "a container on a full disk hung instead of ending\n{}",
+            container_logs(v, "filler")
+        )
+    });
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(disk.free() < 1 << 20, "the filler did not fill the disk");
     let inspect = v.vessel(&["inspect", "filler"]);
     assert_ok(&inspect, "inspect filler");
     let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(json[0]["state"]["exit_code"], 3, "{json}");
+    // Right after `rm` returns: the exit is recorded before the VM has
+    // powered off, and a VMM still running holds the deleted overlay.
     assert_ok(&v.vessel(&["rm", "filler"]), "rm filler");
+    disk.assert_given_back(before_filler, "`vessel rm` of the filler");
     assert_eq!(run_sh(v, &small, "echo again"), "again\n");
+}
+
+/// The state, runtime log and end of the console of container `name`, for
+/// a failure message.
+fn container_logs(v: &Instance, name: &str) -> String {
+    let inspect = v.vessel(&["inspect", name]);
+    let json: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap_or_default();
+    let Some(id) = json[0]["config"]["id"].as_str() else {
+        return format!("(no container {name}: {})", text(&inspect.stderr));
+    };
+    let dir = v.path().join("containers").join(id);
+    let tail = |file: &str, lines: usize| {
+        let all = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        let v: Vec<&str> = all.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    };
+    format!(
+        "state: {}\n--- runtime.log\n{}\n--- boot.log (end)\n{}",
+        json[0]["state"],
+        tail("runtime.log", 40),
+        tail("boot.log", 40)
+    )
 }
 
 /// Run `cmd` to its end, or kill it after `limit` (`None`).

@@ -35,6 +35,40 @@ pub const DEFAULT_MEMORY_MIB: u64 = 512;
 pub const MIN_MEMORY_MIB: u64 = 64;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How long `rm` waits for the runtime helper of an exited container to go.
+const RUNTIME_EXIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// The pid of the runtime helper `state` names, while that very process runs
+/// (a pid reused by another process does not count).
+fn live_runtime(state: &ContainerState) -> Option<i32> {
+    let pid = state.runtime_pid?;
+    let same = pid_alive(pid)
+        && (state.runtime_start_time.is_none() || pid_start_time(pid) == state.runtime_start_time);
+    same.then_some(pid)
+}
+
+/// Ask the runtime helper `state` names to end now and wait up to `limit`
+/// for it to go; the pid of a helper still there after `limit`.
+///
+/// A container's exit is recorded as soon as its process ends, while its VM
+/// still powers off; until the helper has reaped the VMM, the VMM holds the
+/// container's files open, and a deleted file keeps its space until its
+/// last close: an overlay that filled the disk would keep it full after
+/// `rm`. SIGTERM is a stop, which after the exit kills the VM at once.
+fn end_runtime(state: &ContainerState, limit: Duration) -> Option<i32> {
+    let pid = live_runtime(state)?;
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + limit;
+    loop {
+        live_runtime(state)?;
+        if Instant::now() >= deadline {
+            return Some(pid);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Can `s` be a host name or a DNS alias (RFC 1123 labels)?
 pub fn valid_hostname(s: &str) -> bool {
     !s.is_empty()
@@ -310,15 +344,8 @@ impl Containers {
         let Ok(Some(state)) = read_json::<ContainerState>(&self.state_path(id)) else {
             return;
         };
-        let Some(pid) = state.runtime_pid else {
-            return;
-        };
         let deadline = Instant::now() + limit;
-        while pid_alive(pid)
-            && (state.runtime_start_time.is_none()
-                || pid_start_time(pid) == state.runtime_start_time)
-            && Instant::now() < deadline
-        {
+        while live_runtime(&state).is_some() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -387,10 +414,7 @@ impl Containers {
             read_json(&dir.join("state.json"))?.unwrap_or_else(ContainerState::created);
         if state.status.is_active() {
             if let Some(pid) = state.runtime_pid {
-                let same = pid_alive(pid)
-                    && (state.runtime_start_time.is_none()
-                        || pid_start_time(pid) == state.runtime_start_time);
-                if !same {
+                if live_runtime(&state).is_none() {
                     // Re-read: the helper may have finished between the two reads.
                     let fresh: Option<ContainerState> = read_json(&dir.join("state.json"))?;
                     match fresh {
@@ -801,6 +825,15 @@ impl Containers {
             }
             self.stop(&id, 0)?;
         }
+        let state = self.load(&id)?.state;
+        if let Some(pid) = end_runtime(&state, RUNTIME_EXIT_LIMIT) {
+            return Err(ApiError::conflict(format!(
+                "container {} has ended, but its runtime helper (pid {pid}) did not exit within {} s and still holds the container's files; see {}, then run `vessel rm` again",
+                info.config.name,
+                RUNTIME_EXIT_LIMIT.as_secs(),
+                self.home.container_dir(&id).join("runtime.log").display()
+            )));
+        }
         self.remove_files(&id)?;
         Ok(info)
     }
@@ -827,8 +860,16 @@ impl Containers {
         }
     }
 
-    /// Remove ended `--rm` containers that no client is attached to.
+    /// Remove ended `--rm` containers that no client is attached to. One
+    /// whose runtime helper is still there is told to end, and removed at a
+    /// later call once it has (its files go only when nothing holds them).
     pub fn reap_auto_remove(&self) {
+        self.reap_auto_remove_within(Duration::ZERO);
+    }
+
+    /// [`Containers::reap_auto_remove`], waiting up to `limit` for each
+    /// runtime helper to end.
+    fn reap_auto_remove_within(&self, limit: Duration) {
         for info in self.list() {
             if info.config.auto_remove && info.state.status == Status::Exited {
                 let attached = self
@@ -836,7 +877,7 @@ impl Containers {
                     .lock()
                     .map(|m| m.contains_key(&info.config.id))
                     .unwrap_or(true);
-                if !attached {
+                if !attached && end_runtime(&info.state, limit).is_none() {
                     if let Err(e) = self.remove_files(&info.config.id) {
                         eprintln!("vessel-apiserver: removing {}: {e}", info.config.id);
                     }
@@ -861,7 +902,7 @@ impl Containers {
         for h in handles {
             let _ = h.join();
         }
-        self.reap_auto_remove();
+        self.reap_auto_remove_within(RUNTIME_EXIT_LIMIT);
     }
 }
 
@@ -957,5 +998,78 @@ mod tests {
             ..Default::default()
         };
         assert!(build_process(&req, &image(), "h").is_err());
+    }
+
+    /// A stand-in runtime helper: a real process (a zombie counts as gone,
+    /// so nobody needs to reap it for the wait); `ignore_term` makes it
+    /// ignore SIGTERM, as a helper that does not end when asked. Killed
+    /// when dropped, also when the test fails.
+    struct FakeHelper(std::process::Child);
+
+    impl FakeHelper {
+        fn start(ignore_term: bool) -> (Self, ContainerState) {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30");
+            if ignore_term {
+                // SAFETY: signal is async-signal-safe; the closure allocates nothing.
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                        Ok(())
+                    });
+                }
+            }
+            let child = cmd.spawn().unwrap();
+            let pid = child.id() as i32;
+            let mut state = ContainerState::created();
+            state.status = Status::Exited;
+            state.runtime_pid = Some(pid);
+            state.runtime_start_time = pid_start_time(pid);
+            (Self(child), state)
+        }
+    }
+
+    impl Drop for FakeHelper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn removal_ends_the_runtime_helper_first_and_waits_for_it() {
+        let (_helper, state) = FakeHelper::start(false);
+        let pid = state.runtime_pid.unwrap();
+        assert_eq!(live_runtime(&state), Some(pid));
+        let started = Instant::now();
+        assert_eq!(end_runtime(&state, Duration::from_secs(5)), None);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "asked, not waited out"
+        );
+        assert_eq!(live_runtime(&state), None, "gone when end_runtime returns");
+
+        // A helper that stays: its pid, once the limit is over.
+        let (helper, state) = FakeHelper::start(true);
+        let pid = state.runtime_pid.unwrap();
+        let started = Instant::now();
+        assert_eq!(end_runtime(&state, Duration::from_millis(300)), Some(pid));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert_eq!(live_runtime(&state), Some(pid));
+
+        // The same pid, now another process (another start time): not ours
+        // to signal, and no reason to wait.
+        let mut reused = state.clone();
+        reused.runtime_start_time = state.runtime_start_time.map(|t| t + 1);
+        assert_eq!(live_runtime(&reused), None);
+        assert_eq!(end_runtime(&reused, Duration::from_secs(5)), None);
+        drop(helper);
+        assert_eq!(end_runtime(&state, Duration::from_secs(5)), None);
+
+        // Never started: nothing to end.
+        assert_eq!(
+            end_runtime(&ContainerState::created(), Duration::from_secs(5)),
+            None
+        );
     }
 }

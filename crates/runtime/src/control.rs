@@ -10,7 +10,9 @@
 //! | `{"op":"state"}`                     | the current `ContainerState`             |
 //!
 //! Failures answer `{"ok":false,"error":"..."}`. `stop` sends SIGTERM, then
-//! SIGKILL after `T` seconds (default 10), then kills the VM 5 s later.
+//! SIGKILL after `T` seconds (default 10), then kills the VM 5 s later; once
+//! the container has exited, it kills the VM at once rather than wait for
+//! its power-off. SIGTERM to the runtime helper is a `stop` with `T` 10.
 
 use serde::Deserialize;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -9,7 +9,8 @@
 //!    `running` and then `exited`. It asks the guest to power off and waits
 //!    for the VMM to go.
 //! 4. The control socket ([`crate::control`]) and SIGTERM/SIGINT act on the
-//!    [`Shared`] state concurrently: signal, stop, state.
+//!    [`Shared`] state concurrently: signal, stop, state. A stop that comes
+//!    after the exit (while the VM powers off) kills the VMM at once.
 //!
 //! Only this process writes `state.json` once it runs, always atomically.
 
@@ -252,6 +253,11 @@ impl ControlHandler for Shared {
 
     fn stop(&self, timeout: Duration) -> Result<(), String> {
         if lock(&self.state).status == Status::Exited {
+            // The process has ended and only the VM's power-off is left:
+            // nothing in it matters any more, and until the VMM is gone it
+            // holds the container's files (its overlay disk) open. `vessel
+            // rm` asks for this, so the space is free when it returns.
+            self.kill_vmm();
             return Ok(());
         }
         self.stop_requested.store(true, Ordering::SeqCst);
@@ -1459,6 +1465,45 @@ mod tests {
         assert_eq!(s.exit_code, Some(EXIT_KILLED));
         assert_eq!(s.error, None);
         assert!(h.killed.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_stop_after_the_exit_kills_the_vm_without_waiting_for_its_power_off() {
+        let h = Arc::new(harness());
+        let stopper = {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                assert!(h.shared.wait_exited(Duration::from_secs(5)), "never exited");
+                let asked = Instant::now();
+                (h.shared.stop(Duration::from_secs(10)), asked)
+            })
+        };
+        // The guest reports the exit, then never powers off.
+        let (r, guest) = run_with_guest(&h, move |mut g| {
+            boot(&mut g);
+            send(
+                &mut g,
+                GuestMessage::Exited {
+                    exit_code: 3,
+                    signal: None,
+                },
+            );
+            while recv(&mut g).is_some() {}
+        });
+        let ended = Instant::now();
+        r.unwrap();
+        guest.join().unwrap();
+        let (stopped, asked) = stopper.join().unwrap();
+        assert_eq!(stopped, Ok(()));
+        assert!(h.killed.load(Ordering::SeqCst), "the VMM is killed");
+        // Well within the power-off grace (2 s here, 10 s for real).
+        assert!(
+            ended.saturating_duration_since(asked) < Duration::from_secs(1),
+            "the runtime waited {:?} for a power-off after the stop",
+            ended.saturating_duration_since(asked)
+        );
+        let s = h.shared.snapshot();
+        assert_eq!((s.exit_code, s.error), (Some(3), None), "the exit stays");
     }
 
     #[test]

@@ -362,6 +362,38 @@ mod tests {
         run_parallel(&Vec::<u32>::new(), 4, |_| Ok(())).unwrap();
     }
 
+    /// A failed pull's error comes back only once every download it started
+    /// has ended (and given back the space it wrote), and none starts after.
+    #[test]
+    fn parallel_error_returns_after_every_started_job_ended() {
+        use std::sync::atomic::AtomicU32;
+        let jobs: Vec<u32> = (0..8).collect();
+        let (started, ended) = (AtomicU32::new(0), AtomicU32::new(0));
+        let err = run_parallel(&jobs, 4, |j| {
+            started.fetch_add(1, Ordering::SeqCst);
+            if *j == 0 {
+                // Fail once the other three downloads are under way.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while started.load(Ordering::SeqCst) < 4 && std::time::Instant::now() < deadline {
+                    std::thread::yield_now();
+                }
+                ended.fetch_add(1, Ordering::SeqCst);
+                return Err(RegistryError::BadRequest("disk full".into()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            ended.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "disk full");
+        let (s, e) = (started.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
+        assert_eq!(
+            s, e,
+            "{s} jobs started, only {e} ended when the error came back"
+        );
+        assert_eq!(s, 4, "the three under way, and none after the failure");
+    }
+
     /// An image imported from a one-file tar, as a pull would have left it.
     fn pulled(
         images: &crate::images::Images,
