@@ -652,7 +652,7 @@ impl Containers {
             if let Some(s) = &state {
                 if matches!(
                     s.status,
-                    Status::Running | Status::Exited | Status::Stopping
+                    Status::Running | Status::Paused | Status::Exited | Status::Stopping
                 ) {
                     break Ok(());
                 }

@@ -34,6 +34,10 @@ pub fn status_text(c: &ContainerSummary) -> String {
                 human_duration(since(c.started_ms.unwrap_or(c.created_ms)))
             )
         }
+        Status::Paused => format!(
+            "Up {} (Paused)",
+            human_duration(since(c.started_ms.unwrap_or(c.created_ms)))
+        ),
         Status::Exited => format!(
             "Exited ({}) {} ago",
             c.exit_code.unwrap_or(0),

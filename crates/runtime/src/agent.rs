@@ -49,6 +49,15 @@ impl AgentSender {
         write_message(&mut *s, msg).map_err(AgentError::Send)
     }
 
+    /// Send one data frame (stdin for the process).
+    pub fn send_frame(&self, kind: FrameKind, payload: &[u8]) -> Result<(), AgentError> {
+        let mut s = self
+            .stream
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        agent_protocol::write_frame(&mut *s, kind, payload).map_err(AgentError::Send)
+    }
+
     /// Close the connection both ways; wakes a blocked [`AgentReceiver`].
     pub fn shutdown(&self) {
         let s = self

@@ -10,7 +10,9 @@ pub mod control;
 pub mod logs;
 pub mod passt;
 mod proc;
+pub mod qmp;
 pub mod run;
+pub mod streams;
 pub mod vmm;
 pub mod vsock;
 

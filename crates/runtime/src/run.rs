@@ -16,16 +16,19 @@
 
 use crate::agent::{self, AgentSender, Incoming};
 use crate::clock::{self, ClockSync, HostClockWatch};
-use crate::control::{self, ControlHandler};
+use crate::control::{self, ControlHandler, ControlRequest, ExecState};
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
+use crate::streams::{Attachers, GuestDialer};
 use crate::vmm::{qemu_binary, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
-    GuestMessage, HostMessage, StartRequest, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK,
-    FEATURE_RLIMITS, VERSION,
+    decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
+    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK, FEATURE_RLIMITS, VERSION,
 };
+use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -36,7 +39,7 @@ use std::time::{Duration, Instant};
 use vessel_api::fsutil::{pid_start_time, read_json, write_json_atomic};
 use vessel_api::network::{AttachmentMode, ContainerNetworks};
 use vessel_api::paths::Home;
-use vessel_api::types::{now_ms, ContainerConfig, ContainerState, Status};
+use vessel_api::types::{now_ms, ContainerConfig, ContainerState, ContainerStats, Status};
 
 /// Exit code of a container that could not be started.
 pub const EXIT_START_FAILED: i32 = 125;
@@ -137,6 +140,17 @@ pub struct Shared {
     vmm: Mutex<Option<Box<dyn Vmm>>>,
     stop_requested: AtomicBool,
     kill_grace: Duration,
+    /// Opens more connections to the guest (exec, copies, statistics).
+    dialer: Mutex<Option<GuestDialer>>,
+    /// Clients attached to the main process.
+    attachers: Attachers,
+    /// The main process's output log, replayed to clients that attach.
+    stdio_path: Mutex<Option<PathBuf>>,
+    /// Exec'd processes by id.
+    execs: Mutex<HashMap<String, ExecState>>,
+    /// Set to have the clock thread set the guest's clock again at once
+    /// (after the VM was paused).
+    clock_resync: Arc<AtomicBool>,
 }
 
 impl Shared {
@@ -149,6 +163,129 @@ impl Shared {
             vmm: Mutex::new(None),
             stop_requested: AtomicBool::new(false),
             kill_grace,
+            dialer: Mutex::new(None),
+            attachers: Attachers::new(),
+            stdio_path: Mutex::new(None),
+            execs: Mutex::new(HashMap::new()),
+            clock_resync: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Where the guest's agent is reached for more connections.
+    pub fn set_dialer(&self, d: GuestDialer) {
+        *lock(&self.dialer) = Some(d);
+    }
+
+    /// Where the main process's output is logged.
+    pub fn set_stdio_path(&self, p: PathBuf) {
+        *lock(&self.stdio_path) = Some(p);
+    }
+
+    /// Wait until the container runs (or ended), up to `limit`.
+    fn wait_started(&self, limit: Duration) -> Status {
+        let s = lock(&self.state);
+        let (s, _) = self
+            .changed
+            .wait_timeout_while(s, limit, |s| {
+                matches!(s.status, Status::Created | Status::Starting)
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        s.status
+    }
+
+    /// The dialer, when the container's process runs.
+    fn running_dialer(&self) -> Result<GuestDialer, String> {
+        let status = lock(&self.state).status;
+        match status {
+            Status::Running => {}
+            Status::Paused => return Err("the container is paused; unpause it first".into()),
+            other => {
+                return Err(format!(
+                    "the container is not running ({})",
+                    format!("{other:?}").to_lowercase()
+                ))
+            }
+        }
+        lock(&self.dialer)
+            .clone()
+            .ok_or_else(|| "the container is not running".to_string())
+    }
+
+    /// The output logged so far, for a client attaching with `logs`.
+    fn logged_output(&self) -> Vec<(vessel_api::types::Stream, Vec<u8>)> {
+        let Some(path) = lock(&self.stdio_path).clone() else {
+            return Vec::new();
+        };
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<vessel_api::types::LogRecord>(l).ok())
+            .map(|r| (r.stream, r.data()))
+            .collect()
+    }
+
+    /// Serve an attached client: output (and the log so far with `logs`)
+    /// to it, its stdin to the main process when `stdin`.
+    fn attach(&self, conn: UnixStream, stdin: bool, logs: bool) {
+        let status = self.wait_started(Duration::from_secs(120));
+        let mut w = &conn;
+        if status == Status::Exited {
+            let _ = w.write_all(crate::streams::answer_line(&Ok(())).as_bytes());
+            if logs {
+                for (stream, data) in self.logged_output() {
+                    let kind = match stream {
+                        vessel_api::types::Stream::Stdout => FrameKind::Stdout,
+                        vessel_api::types::Stream::Stderr => FrameKind::Stderr,
+                    };
+                    if write_frame(&mut w, kind, &data).is_err() {
+                        return;
+                    }
+                }
+            }
+            let s = self.snapshot();
+            let _ = write_message(
+                &mut w,
+                &GuestMessage::Exited {
+                    exit_code: s.exit_code.unwrap_or(0),
+                    signal: None,
+                },
+            );
+            return;
+        }
+        if w.write_all(crate::streams::answer_line(&Ok(())).as_bytes())
+            .is_err()
+        {
+            return;
+        }
+        let Ok(out) = conn.try_clone() else { return };
+        self.attachers.attach(out, || {
+            if logs {
+                self.logged_output()
+            } else {
+                Vec::new()
+            }
+        });
+        if !stdin {
+            return;
+        }
+        // The client's stdin, resizes and signals to the main process.
+        let mut r = std::io::BufReader::new(&conn);
+        while let Ok(Some(frame)) = read_frame(&mut r) {
+            let Some(agent) = lock(&self.agent).clone() else {
+                break;
+            };
+            let sent = match frame.kind {
+                FrameKind::Stdin => agent.send_frame(FrameKind::Stdin, &frame.payload),
+                FrameKind::Control => match decode_message::<HostMessage>(&frame) {
+                    Ok(m @ (HostMessage::CloseStdin | HostMessage::Resize { .. })) => {
+                        agent.send(&m)
+                    }
+                    _ => break,
+                },
+                _ => break,
+            };
+            if sent.is_err() {
+                break;
+            }
         }
     }
 
@@ -234,15 +371,12 @@ impl Shared {
 }
 
 impl ControlHandler for Shared {
-    fn signal(&self, signal: i32) -> Result<(), String> {
+    fn signal(&self, signal: i32, group: bool) -> Result<(), String> {
         let status = lock(&self.state).status;
         let agent = lock(&self.agent).clone();
         match agent {
             Some(a) if matches!(status, Status::Running | Status::Stopping) => a
-                .send(&HostMessage::Signal {
-                    signal,
-                    group: false,
-                })
+                .send(&HostMessage::Signal { signal, group })
                 .map_err(|e| format!("could not signal the container: {}", chain(&e))),
             _ => Err(format!(
                 "the container is not running ({})",
@@ -252,6 +386,10 @@ impl ControlHandler for Shared {
     }
 
     fn stop(&self, timeout: Duration) -> Result<(), String> {
+        if lock(&self.state).status == Status::Paused {
+            // A paused VM cannot hear SIGTERM: resume it first (Docker too).
+            let _ = self.pause(false);
+        }
         if lock(&self.state).status == Status::Exited {
             // The process has ended and only the VM's power-off is left:
             // nothing in it matters any more, and until the VMM is gone it
@@ -298,6 +436,125 @@ impl ControlHandler for Shared {
     fn state(&self) -> ContainerState {
         self.snapshot()
     }
+
+    fn stats(&self) -> Result<ContainerStats, String> {
+        let dialer = self.running_dialer()?;
+        let guest = crate::streams::read_stats(&dialer)?;
+        let vmm_rss_bytes = lock(&self.state)
+            .vmm_pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        Ok(ContainerStats {
+            guest,
+            vmm_rss_bytes,
+            read_ms: now_ms(),
+        })
+    }
+
+    fn pause(&self, paused: bool) -> Result<(), String> {
+        let status = lock(&self.state).status;
+        match (paused, status) {
+            (true, Status::Running) | (false, Status::Paused) => {}
+            (true, Status::Paused) | (false, Status::Running) => return Ok(()),
+            (_, other) => {
+                return Err(format!(
+                    "the container is not running ({})",
+                    format!("{other:?}").to_lowercase()
+                ))
+            }
+        }
+        match lock(&self.vmm).as_mut() {
+            Some(v) => v.pause(paused).map_err(|e| chain(&e))?,
+            None => return Err("the container has no VM".into()),
+        }
+        self.update(|s| {
+            if matches!(s.status, Status::Running | Status::Paused) {
+                s.status = if paused {
+                    Status::Paused
+                } else {
+                    Status::Running
+                };
+            }
+        });
+        if !paused {
+            // Its clock stood still while paused.
+            self.clock_resync.store(true, Ordering::SeqCst);
+        }
+        log(if paused { "paused" } else { "resumed" });
+        Ok(())
+    }
+
+    fn resize(&self, size: WinSize) -> Result<(), String> {
+        let agent = lock(&self.agent).clone();
+        match agent {
+            Some(a) => a
+                .send(&HostMessage::Resize {
+                    rows: size.rows,
+                    cols: size.cols,
+                })
+                .map_err(|e| chain(&e)),
+            None => Err("the container is not running".into()),
+        }
+    }
+
+    fn exec_state(&self, exec_id: &str) -> Option<ExecState> {
+        lock(&self.execs).get(exec_id).cloned()
+    }
+
+    fn stream(&self, request: ControlRequest, conn: UnixStream) {
+        let refuse = |conn: &UnixStream, e: String| {
+            let mut w = conn;
+            let _ = w.write_all(crate::streams::answer_line(&Err(e)).as_bytes());
+        };
+        match request {
+            ControlRequest::Attach { stdin, logs } => self.attach(conn, stdin, logs),
+            ControlRequest::Exec(req) => {
+                let dialer = match self.running_dialer() {
+                    Ok(d) => d,
+                    Err(e) => return refuse(&conn, e),
+                };
+                let id = req.exec_id.clone();
+                lock(&self.execs).insert(
+                    id.clone(),
+                    ExecState {
+                        running: true,
+                        exit_code: None,
+                    },
+                );
+                log(&format!("exec {id}: {:?}", req.process.args));
+                let seen = crate::streams::exec(&dialer, req, conn);
+                let exit_code = seen.ok().and_then(|s| s.exit).map(|(code, _)| code);
+                log(&format!("exec {id} ended: {exit_code:?}"));
+                lock(&self.execs).insert(
+                    id,
+                    ExecState {
+                        running: false,
+                        exit_code,
+                    },
+                );
+            }
+            ControlRequest::CopyOut { path } => match self.running_dialer() {
+                Ok(d) => {
+                    let _ = crate::streams::copy_out(&d, path, conn);
+                }
+                Err(e) => refuse(&conn, e),
+            },
+            ControlRequest::CopyIn { path } => match self.running_dialer() {
+                Ok(d) => {
+                    let _ = crate::streams::copy_in(&d, path, conn);
+                }
+                Err(e) => refuse(&conn, e),
+            },
+            other => refuse(&conn, format!("{other:?} is not a streaming request")),
+        }
+    }
 }
 
 /// How the conversation with the guest ended.
@@ -322,15 +579,21 @@ enum Phase {
 
 /// Start rounds of clock probes while the container runs: every
 /// [`clock::SYNC_INTERVAL`], and at once when the host's clock jumps.
-fn keep_clock_in_step(clock: Arc<Mutex<ClockSync>>, tx: AgentSender, done: Arc<AtomicBool>) {
+fn keep_clock_in_step(
+    clock: Arc<Mutex<ClockSync>>,
+    tx: AgentSender,
+    done: Arc<AtomicBool>,
+    resync: Arc<AtomicBool>,
+) {
     let mut watch = HostClockWatch::new();
     watch.jumped();
     while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_secs(1));
-        let forced = watch.jumped();
-        if forced {
+        std::thread::sleep(Duration::from_millis(200));
+        let jumped = watch.jumped();
+        if jumped {
             log("the host's clock jumped; setting the guest's clock again");
         }
+        let forced = jumped || resync.swap(false, Ordering::SeqCst);
         let probe = {
             let mut c = lock(&clock);
             if c.due(Instant::now(), forced) {
@@ -439,9 +702,11 @@ pub fn supervise(
                 Ok(None) => break End::Lost(None),
                 Err(e) => break End::Lost(Some(chain(&e))),
                 Ok(Some(Incoming::Output(stream, data))) => {
-                    if let Err(e) = stdio.append(stream, &data) {
-                        log(&format!("writing stdio.log: {e}"));
-                    }
+                    shared.attachers.output(stream, &data, || {
+                        if let Err(e) = stdio.append(stream, &data) {
+                            log(&format!("writing stdio.log: {e}"));
+                        }
+                    });
                     continue;
                 }
                 Ok(Some(Incoming::Message(m))) => m,
@@ -559,7 +824,8 @@ pub fn supervise(
                     phase = Phase::Running;
                     if clock_feature {
                         let (clock, tx, done) = (Arc::clone(&clock), tx.clone(), Arc::clone(&done));
-                        std::thread::spawn(move || keep_clock_in_step(clock, tx, done));
+                        let resync = Arc::clone(&shared.clock_resync);
+                        std::thread::spawn(move || keep_clock_in_step(clock, tx, done, resync));
                     }
                 }
                 (Phase::Starting, GuestMessage::StartFailed { exit_code, message }) => {
@@ -584,6 +850,12 @@ pub fn supervise(
         },
     };
     *lock(&shared.agent) = None;
+    // Attached clients hear how it ended.
+    match &end {
+        End::Exited(code) | End::StartFailed(code, _) => shared.attachers.close(*code, None),
+        End::Refused(_) => shared.attachers.close(EXIT_START_FAILED, None),
+        End::Lost(_) => shared.attachers.close(EXIT_VM_LOST, None),
+    }
 
     let mut result = Ok(());
     let orderly = match end {
@@ -905,6 +1177,7 @@ fn launch(
     let overlay = dir.join("overlay.qcow2");
     create_overlay(&config.rootfs_base, &overlay)?;
     let stdio_path = dir.join("stdio.log");
+    shared.set_stdio_path(stdio_path.clone());
     let stdio = StdioLog::open(&stdio_path).map_err(|e| RunError::StdioLog(stdio_path, e))?;
 
     let vhost = run_dir.join("vhost.sock");
@@ -919,6 +1192,10 @@ fn launch(
     let nics = start_nics(networks, dir, run_dir, passts, t)?;
     // Before the VM starts, so the guest's signal finds it.
     let gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
+    shared.set_dialer(GuestDialer {
+        uds: uds.clone(),
+        timeout: Duration::from_secs(10),
+    });
 
     let listener = control::bind(&run_dir.join("control.sock"))?;
     control::serve(listener, Arc::clone(shared) as Arc<dyn ControlHandler>);
@@ -932,6 +1209,7 @@ fn launch(
         disk: overlay,
         vhost_socket: vhost,
         boot_log: dir.join("boot.log"),
+        qmp_socket: run_dir.join("qmp.sock"),
         tsc_khz: crate::vmm::host_tsc_khz(),
         nics,
     };
@@ -978,6 +1256,9 @@ mod tests {
         fn kill(&mut self) -> Result<(), VmmError> {
             self.killed.store(true, Ordering::SeqCst);
             self.exited.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        fn pause(&mut self, _paused: bool) -> Result<(), VmmError> {
             Ok(())
         }
     }
@@ -1406,7 +1687,7 @@ mod tests {
             let h = Arc::clone(&h);
             std::thread::spawn(move || {
                 wait_running(&h.shared);
-                assert_eq!(h.shared.signal(10), Ok(()));
+                assert_eq!(h.shared.signal(10, false), Ok(()));
                 h.shared.stop(Duration::from_secs(5))
             })
         };
@@ -1441,7 +1722,7 @@ mod tests {
         assert_eq!(stopper.join().unwrap(), Ok(()));
         let s = h.shared.snapshot();
         assert_eq!(s.exit_code, Some(143));
-        assert!(h.shared.signal(9).is_err(), "not running any more");
+        assert!(h.shared.signal(9, false).is_err(), "not running any more");
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub enum VmmError {
     NotStarted,
     #[error("Could not wait for or kill the VMM")]
     Io(#[source] std::io::Error),
+    #[error("Could not pause or resume the VM")]
+    Qmp(#[from] crate::qmp::QmpError),
 }
 
 /// How a VMM process ended: its exit code, or `-signal` when killed.
@@ -38,6 +40,9 @@ pub trait Vmm: Send {
     fn try_wait(&mut self) -> Result<Option<VmmExit>, VmmError>;
     /// Kill the VMM (SIGKILL). Killing an exited VMM is not an error.
     fn kill(&mut self) -> Result<(), VmmError>;
+    /// Stop (`true`) or resume (`false`) the whole VM: its vCPUs and its
+    /// clocks.
+    fn pause(&mut self, paused: bool) -> Result<(), VmmError>;
 
     /// Wait up to `limit` for the VMM to exit.
     fn wait_timeout(&mut self, limit: Duration) -> Result<Option<VmmExit>, VmmError> {
@@ -69,6 +74,8 @@ pub struct QemuSpec {
     pub vhost_socket: PathBuf,
     /// Where the guest's serial console goes.
     pub boot_log: PathBuf,
+    /// QEMU's control socket (QMP), for pause and resume.
+    pub qmp_socket: PathBuf,
     /// The host's TSC frequency, handed to the guest kernel: under TCG its
     /// own calibration against the emulated PIT sometimes fails and the boot
     /// then hangs for good (seen in about one boot in five here).
@@ -185,6 +192,8 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     }
     a.push("-serial".into());
     a.push(joined("file:", &spec.boot_log, ""));
+    a.push("-qmp".into());
+    a.push(joined("unix:", &spec.qmp_socket, ",server=on,wait=off"));
     a.push("-kernel".into());
     a.push(spec.kernel.clone().into_os_string());
     a.push("-initrd".into());
@@ -326,6 +335,12 @@ impl Vmm for Qemu {
         );
         Ok(())
     }
+
+    fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
+        let command = if paused { "stop" } else { "cont" };
+        crate::qmp::execute(&self.spec.qmp_socket, command)?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -342,6 +357,7 @@ mod tests {
             disk: "/c/a,b/overlay.qcow2".into(),
             vhost_socket: "/run/x/vhost.sock".into(),
             boot_log: "/c/boot.log".into(),
+            qmp_socket: "/run/x/qmp.sock".into(),
             tsc_khz: Some(2_596_120),
             nics: vec![],
         }
@@ -373,7 +389,8 @@ mod tests {
             "-M microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem \
              -object memory-backend-memfd,id=mem,size=256M,share=on -m 256 -smp 2 \
              -accel tcg -cpu max -nodefaults -no-user-config -display none -no-reboot \
-             -serial file:/c/boot.log -kernel /k/vmlinux -initrd /k/initrd.img"
+             -serial file:/c/boot.log -qmp unix:/run/x/qmp.sock,server=on,wait=off \
+             -kernel /k/vmlinux -initrd /k/initrd.img"
         ));
         assert!(a.contains(
             &"id=root,file=/c/a,,b/overlay.qcow2,format=qcow2,if=none,discard=unmap,werror=report,rerror=report".to_string()

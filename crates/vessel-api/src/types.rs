@@ -109,14 +109,30 @@ pub enum Status {
     Created,
     Starting,
     Running,
+    /// The whole VM is stopped (`vessel pause`).
+    Paused,
     Stopping,
     Exited,
 }
 
 impl Status {
     pub fn is_active(self) -> bool {
-        matches!(self, Status::Starting | Status::Running | Status::Stopping)
+        matches!(
+            self,
+            Status::Starting | Status::Running | Status::Paused | Status::Stopping
+        )
     }
+}
+
+/// One container's resource usage at one moment (`vessel stats`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ContainerStats {
+    /// What the guest sees: CPU time, its memory and limit, processes, I/O.
+    pub guest: agent_protocol::StatsSnapshot,
+    /// The VM's memory on the host: the VMM's resident set, in bytes.
+    pub vmm_rss_bytes: u64,
+    /// Host wall time when read, in ms since the epoch.
+    pub read_ms: u64,
 }
 
 /// A container's changing state (`containers/<id>/state.json`), written by

@@ -1,0 +1,442 @@
+//! The control socket's streaming operations (see [`crate::control`]): a
+//! client attached to the container's main process, an exec'd process, a
+//! copy in or out, and statistics. Each is a relay between the client's
+//! control connection and a connection to the guest.
+//!
+//! After the answer line `{"ok":true}` both directions of a streaming
+//! connection carry `vessel.agent.v1` frames: the client sends `Stdin`
+//! frames, `Data` frames (a copy in) and the control messages `CloseStdin`,
+//! `Resize` and `Signal`; it receives what the guest sends about its process
+//! (`Started`, `StartFailed`, `Stdout`/`Stderr`, `Exited`, `Data`,
+//! `CopyDone`). For exec and copies the runtime opens a connection of their
+//! own to the guest, so each has its own flow control, and closing the
+//! client's connection closes it (the process gets SIGHUP or EOF).
+
+use crate::vsock;
+use agent_protocol::{
+    decode_message, read_frame, write_frame, write_message, ExecRequest, Frame, FrameKind,
+    GuestMessage, HostMessage, StatsSnapshot, AGENT_PORT, VERSION,
+};
+use std::io::{BufReader, Write};
+use std::net::Shutdown;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use vessel_api::types::Stream;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Frames buffered for one attached client before it counts as stuck and
+/// is dropped (the container's output never waits for a client).
+const ATTACH_BACKLOG: usize = 1024;
+
+/// Opens more connections to the guest's agent.
+#[derive(Debug, Clone)]
+pub struct GuestDialer {
+    pub uds: PathBuf,
+    pub timeout: Duration,
+}
+
+impl GuestDialer {
+    /// A new connection, past the `Hello` exchange; the guest's features.
+    pub fn open(&self) -> Result<(UnixStream, Vec<String>), String> {
+        let mut s = vsock::hybrid_connect(&self.uds, AGENT_PORT, self.timeout)
+            .map_err(|e| format!("connecting to the guest: {}", crate::chain(&e)))?;
+        s.set_read_timeout(Some(self.timeout))
+            .map_err(|e| e.to_string())?;
+        write_message(&mut s, &HostMessage::Hello { version: VERSION })
+            .map_err(|e| format!("talking to the guest: {e}"))?;
+        let frame = read_frame(&mut s)
+            .map_err(|e| format!("talking to the guest: {e}"))?
+            .ok_or("the guest closed the connection")?;
+        match decode_message::<GuestMessage>(&frame) {
+            Ok(GuestMessage::Hello {
+                version, features, ..
+            }) if version == VERSION => {
+                s.set_read_timeout(None).map_err(|e| e.to_string())?;
+                Ok((s, features))
+            }
+            Ok(other) => Err(format!("the guest answered {other:?}")),
+            Err(e) => Err(format!("the guest's answer: {e}")),
+        }
+    }
+
+    /// A connection to a guest that implements `feature`.
+    fn open_with(&self, feature: &str) -> Result<UnixStream, String> {
+        let (s, features) = self.open()?;
+        if !features.iter().any(|f| f == feature) {
+            return Err(format!(
+                "the guest's vminitd cannot do `{feature}`: its initramfs is older than this \
+                 vessel-runtime; install the guest assets built with it (scripts/setup.sh)"
+            ));
+        }
+        Ok(s)
+    }
+}
+
+/// The answer line of a streaming operation.
+pub fn answer_line(result: &Result<(), String>) -> String {
+    let v = match result {
+        Ok(()) => serde_json::json!({"ok": true}),
+        Err(e) => serde_json::json!({"ok": false, "error": e}),
+    };
+    format!("{v}\n")
+}
+
+/// One `ReadStats` on a connection of its own.
+pub fn read_stats(d: &GuestDialer) -> Result<StatsSnapshot, String> {
+    let mut s = d.open_with(agent_protocol::FEATURE_STATS)?;
+    s.set_read_timeout(Some(d.timeout))
+        .map_err(|e| e.to_string())?;
+    write_message(&mut s, &HostMessage::ReadStats).map_err(|e| e.to_string())?;
+    let frame = read_frame(&mut s)
+        .map_err(|e| format!("reading statistics: {e}"))?
+        .ok_or("the guest closed the connection")?;
+    match decode_message::<GuestMessage>(&frame) {
+        Ok(GuestMessage::Stats(st)) => Ok(st),
+        Ok(other) => Err(format!("the guest answered {other:?}")),
+        Err(e) => Err(format!("the guest's statistics: {e}")),
+    }
+}
+
+/// What a client may send on a stream: stdin, data, and these messages.
+fn allowed_from_client(frame: &Frame) -> Result<(), String> {
+    match frame.kind {
+        FrameKind::Stdin | FrameKind::Data => Ok(()),
+        FrameKind::Control => match decode_message::<HostMessage>(frame) {
+            Ok(HostMessage::CloseStdin)
+            | Ok(HostMessage::Resize { .. })
+            | Ok(HostMessage::Signal { .. }) => Ok(()),
+            Ok(other) => Err(format!("a client may not send {other:?}")),
+            Err(e) => Err(format!("bad control message from the client: {e}")),
+        },
+        kind => Err(format!("a client may not send {kind:?} frames")),
+    }
+}
+
+/// Relay frames from `client` to `guest` until the client goes away (then
+/// the guest connection is closed both ways) or breaks the rules.
+fn client_to_guest(client: &UnixStream, guest: &UnixStream) {
+    let mut r = BufReader::new(client);
+    let mut w = guest;
+    loop {
+        match read_frame(&mut r) {
+            Ok(Some(f)) => {
+                if let Err(e) = allowed_from_client(&f) {
+                    crate::log(&format!("stream: {e}"));
+                    break;
+                }
+                if write_frame(&mut w, f.kind, &f.payload).is_err() {
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = guest.shutdown(Shutdown::Both);
+}
+
+/// Relay frames from `guest` to `client` until the guest closes; returns the
+/// `Exited` status or the `CopyDone` error seen on the way.
+fn guest_to_client(guest: &UnixStream, client: &UnixStream) -> Seen {
+    let mut seen = Seen::default();
+    let mut r = BufReader::new(guest);
+    let mut w = client;
+    loop {
+        match read_frame(&mut r) {
+            Ok(Some(f)) => {
+                if f.kind == FrameKind::Control {
+                    match decode_message::<GuestMessage>(&f) {
+                        Ok(GuestMessage::Exited { exit_code, signal }) => {
+                            seen.exit = Some((exit_code, signal))
+                        }
+                        Ok(GuestMessage::StartFailed { exit_code, .. }) => {
+                            seen.exit = Some((exit_code, None))
+                        }
+                        Ok(GuestMessage::CopyDone { error }) => {
+                            seen.copy_done = Some(error);
+                        }
+                        _ => {}
+                    }
+                }
+                if write_frame(&mut w, f.kind, &f.payload).is_err() {
+                    break;
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    seen
+}
+
+/// What a relay saw the guest say.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub exit: Option<(i32, Option<i32>)>,
+    pub copy_done: Option<Option<String>>,
+}
+
+/// Relay both ways between `client` (the answer line already written) and
+/// `guest`, until both are done.
+fn relay(client: UnixStream, guest: UnixStream) -> Seen {
+    let (c2, g2) = match (client.try_clone(), guest.try_clone()) {
+        (Ok(c), Ok(g)) => (c, g),
+        _ => {
+            let _ = client.shutdown(Shutdown::Both);
+            return Seen::default();
+        }
+    };
+    let up = std::thread::spawn(move || client_to_guest(&c2, &g2));
+    let seen = guest_to_client(&guest, &client);
+    let _ = guest.shutdown(Shutdown::Both);
+    let _ = up.join();
+    seen
+}
+
+/// Open a guest connection for `first` (after checking `feature`), answer
+/// the client, and relay.
+fn stream(
+    d: &GuestDialer,
+    feature: &str,
+    first: &HostMessage,
+    mut client: UnixStream,
+) -> Result<Seen, String> {
+    let opened = d.open_with(feature).and_then(|mut g| {
+        write_message(&mut g, first)
+            .map(|()| g)
+            .map_err(|e| format!("talking to the guest: {e}"))
+    });
+    let _ = client
+        .write_all(answer_line(&opened.as_ref().map(|_| ()).map_err(Clone::clone)).as_bytes());
+    let guest = opened?;
+    Ok(relay(client, guest))
+}
+
+/// `exec`: one more process; its exit status when it ended.
+pub fn exec(d: &GuestDialer, req: ExecRequest, client: UnixStream) -> Result<Seen, String> {
+    stream(
+        d,
+        agent_protocol::FEATURE_EXEC,
+        &HostMessage::Exec(req),
+        client,
+    )
+}
+
+/// `copy_out`: a tar stream of `path`.
+pub fn copy_out(d: &GuestDialer, path: String, client: UnixStream) -> Result<Seen, String> {
+    stream(
+        d,
+        agent_protocol::FEATURE_COPY,
+        &HostMessage::CopyOut { path },
+        client,
+    )
+}
+
+/// `copy_in`: a tar stream into the directory `path`.
+pub fn copy_in(d: &GuestDialer, path: String, client: UnixStream) -> Result<Seen, String> {
+    stream(
+        d,
+        agent_protocol::FEATURE_COPY,
+        &HostMessage::CopyIn { path },
+        client,
+    )
+}
+
+/// The clients attached to the container's main process.
+#[derive(Debug, Default)]
+pub struct Attachers {
+    clients: Mutex<Vec<SyncSender<Frame>>>,
+}
+
+impl Attachers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Record output with `record` (the log) and pass it to every client,
+    /// under one lock, so a client attaching with the log replayed sees
+    /// every byte exactly once.
+    pub fn output(&self, stream: Stream, data: &[u8], record: impl FnOnce()) {
+        let mut clients = lock(&self.clients);
+        record();
+        let kind = match stream {
+            Stream::Stdout => FrameKind::Stdout,
+            Stream::Stderr => FrameKind::Stderr,
+        };
+        clients.retain(|c| {
+            match c.try_send(Frame {
+                kind,
+                payload: data.to_vec(),
+            }) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    crate::log("an attached client does not keep up; detaching it");
+                    false
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            }
+        });
+    }
+
+    /// Attach `client`: first the output so far (`replay`, read under the
+    /// lock), then everything live, until [`Attachers::close`].
+    pub fn attach(&self, client: UnixStream, replay: impl FnOnce() -> Vec<(Stream, Vec<u8>)>) {
+        let (tx, rx) = sync_channel::<Frame>(ATTACH_BACKLOG);
+        {
+            let mut clients = lock(&self.clients);
+            for (stream, data) in replay() {
+                let kind = match stream {
+                    Stream::Stdout => FrameKind::Stdout,
+                    Stream::Stderr => FrameKind::Stderr,
+                };
+                // The backlog bounds what a replay may queue; the writer
+                // thread below drains it.
+                if tx
+                    .try_send(Frame {
+                        kind,
+                        payload: data,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            clients.push(tx);
+        }
+        std::thread::spawn(move || {
+            let mut w = &client;
+            for f in rx {
+                if write_frame(&mut w, f.kind, &f.payload).is_err() {
+                    break;
+                }
+            }
+            let _ = client.shutdown(Shutdown::Both);
+        });
+    }
+
+    /// The main process ended: tell every client and let them go.
+    pub fn close(&self, exit_code: i32, signal: Option<i32>) {
+        let mut clients = lock(&self.clients);
+        let payload =
+            serde_json::to_vec(&GuestMessage::Exited { exit_code, signal }).unwrap_or_default();
+        for c in clients.drain(..) {
+            let _ = c.try_send(Frame {
+                kind: FrameKind::Control,
+                payload: payload.clone(),
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_may_send_only_stdin_data_and_a_few_messages() {
+        let frame = |m: &HostMessage| Frame {
+            kind: FrameKind::Control,
+            payload: serde_json::to_vec(m).unwrap(),
+        };
+        assert!(allowed_from_client(&Frame {
+            kind: FrameKind::Stdin,
+            payload: b"x".to_vec()
+        })
+        .is_ok());
+        assert!(allowed_from_client(&frame(&HostMessage::CloseStdin)).is_ok());
+        assert!(allowed_from_client(&frame(&HostMessage::Resize { rows: 1, cols: 2 })).is_ok());
+        assert!(allowed_from_client(&frame(&HostMessage::Shutdown)).is_err());
+        assert!(allowed_from_client(&frame(&HostMessage::Hello { version: 1 })).is_err());
+        assert!(allowed_from_client(&Frame {
+            kind: FrameKind::Stdout,
+            payload: vec![]
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn a_relay_passes_both_ways_and_reports_the_exit() {
+        let (client_side, client) = UnixStream::pair().unwrap();
+        let (guest, guest_side) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || relay(client_side, guest));
+        // The client types, the guest echoes and exits.
+        let mut c = &client;
+        write_frame(&mut c, FrameKind::Stdin, b"hi").unwrap();
+        let mut g = BufReader::new(&guest_side);
+        let f = read_frame(&mut g).unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Stdin, &b"hi"[..])
+        );
+        let mut gw = &guest_side;
+        write_frame(&mut gw, FrameKind::Stdout, b"hi").unwrap();
+        write_message(
+            &mut gw,
+            &GuestMessage::Exited {
+                exit_code: 7,
+                signal: None,
+            },
+        )
+        .unwrap();
+        drop(g);
+        guest_side.shutdown(Shutdown::Both).unwrap();
+        let mut cr = BufReader::new(&client);
+        let f = read_frame(&mut cr).unwrap().unwrap();
+        assert_eq!(f.payload, b"hi");
+        let f = read_frame(&mut cr).unwrap().unwrap();
+        assert_eq!(f.kind, FrameKind::Control);
+        assert!(
+            read_frame(&mut cr).unwrap().is_none(),
+            "closed after the guest"
+        );
+        assert_eq!(h.join().unwrap().exit, Some((7, None)));
+    }
+
+    #[test]
+    fn a_client_that_goes_away_closes_the_guest_connection() {
+        let (client_side, client) = UnixStream::pair().unwrap();
+        let (guest, guest_side) = UnixStream::pair().unwrap();
+        let h = std::thread::spawn(move || relay(client_side, guest));
+        drop(client);
+        let mut g = BufReader::new(&guest_side);
+        assert!(read_frame(&mut g).unwrap().is_none());
+        drop(guest_side);
+        assert_eq!(h.join().unwrap(), Seen::default());
+    }
+
+    #[test]
+    fn attached_clients_get_the_replay_then_live_output_then_the_exit() {
+        let a = Attachers::new();
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        a.attach(mine, || vec![(Stream::Stdout, b"old".to_vec())]);
+        let mut logged = Vec::new();
+        a.output(Stream::Stderr, b"new", || logged.push("new"));
+        a.close(3, None);
+        let mut r = BufReader::new(&theirs);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Stdout, &b"old"[..])
+        );
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Stderr, &b"new"[..])
+        );
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(
+            decode_message::<GuestMessage>(&f).unwrap(),
+            GuestMessage::Exited {
+                exit_code: 3,
+                signal: None
+            }
+        );
+        assert!(read_frame(&mut r).unwrap().is_none());
+        assert_eq!(logged, vec!["new"]);
+    }
+}
