@@ -123,18 +123,13 @@ fn allowed_from_client(frame: &Frame) -> Result<(), String> {
 fn client_to_guest(client: &UnixStream, guest: &UnixStream) {
     let mut r = BufReader::new(client);
     let mut w = guest;
-    loop {
-        match read_frame(&mut r) {
-            Ok(Some(f)) => {
-                if let Err(e) = allowed_from_client(&f) {
-                    crate::log(&format!("stream: {e}"));
-                    break;
-                }
-                if write_frame(&mut w, f.kind, &f.payload).is_err() {
-                    break;
-                }
-            }
-            Ok(None) | Err(_) => break,
+    while let Ok(Some(f)) = read_frame(&mut r) {
+        if let Err(e) = allowed_from_client(&f) {
+            crate::log(&format!("stream: {e}"));
+            break;
+        }
+        if write_frame(&mut w, f.kind, &f.payload).is_err() {
+            break;
         }
     }
     let _ = guest.shutdown(Shutdown::Both);
@@ -146,28 +141,21 @@ fn guest_to_client(guest: &UnixStream, client: &UnixStream) -> Seen {
     let mut seen = Seen::default();
     let mut r = BufReader::new(guest);
     let mut w = client;
-    loop {
-        match read_frame(&mut r) {
-            Ok(Some(f)) => {
-                if f.kind == FrameKind::Control {
-                    match decode_message::<GuestMessage>(&f) {
-                        Ok(GuestMessage::Exited { exit_code, signal }) => {
-                            seen.exit = Some((exit_code, signal))
-                        }
-                        Ok(GuestMessage::StartFailed { exit_code, .. }) => {
-                            seen.exit = Some((exit_code, None))
-                        }
-                        Ok(GuestMessage::CopyDone { error }) => {
-                            seen.copy_done = Some(error);
-                        }
-                        _ => {}
-                    }
+    while let Ok(Some(f)) = read_frame(&mut r) {
+        if f.kind == FrameKind::Control {
+            match decode_message::<GuestMessage>(&f) {
+                Ok(GuestMessage::Exited { exit_code, signal }) => {
+                    seen.exit = Some((exit_code, signal))
                 }
-                if write_frame(&mut w, f.kind, &f.payload).is_err() {
-                    break;
+                Ok(GuestMessage::StartFailed { exit_code, .. }) => {
+                    seen.exit = Some((exit_code, None))
                 }
+                Ok(GuestMessage::CopyDone { error }) => seen.copy_done = Some(error),
+                _ => {}
             }
-            Ok(None) | Err(_) => break,
+        }
+        if write_frame(&mut w, f.kind, &f.payload).is_err() {
+            break;
         }
     }
     let _ = client.shutdown(Shutdown::Both);
