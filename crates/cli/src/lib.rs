@@ -8,3 +8,5 @@ pub mod commands;
 pub mod exit;
 pub mod format;
 pub mod progress;
+pub mod session;
+pub mod terminal;
