@@ -30,6 +30,7 @@
 //! | `CopyOut { path }` | a tar stream of `path` inside the container, guest → host (feature [`FEATURE_COPY`]) |
 //! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
 //! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
+//! | `ReadProcesses` | the container's processes (feature [`FEATURE_TOP`]), then more on request |
 //!
 //! A process's streams belong to its connection, so each process has its own
 //! flow control (vsock credits per connection), and closing the connection
@@ -376,10 +377,16 @@ pub enum HostMessage {
     Shutdown,
     /// Answer with [`GuestMessage::Stats`] (needs [`FEATURE_STATS`]).
     ReadStats,
-    /// Send a tar stream of `path` (needs [`FEATURE_COPY`]).
+    /// Send a tar stream of `path` (needs [`FEATURE_COPY`]). With
+    /// `one_file_system`, what other filesystems mount inside it is left
+    /// out (their mount points kept): `vessel export` of `/`.
     CopyOut {
         path: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        one_file_system: bool,
     },
+    /// Answer with [`GuestMessage::Processes`] (needs [`FEATURE_TOP`]).
+    ReadProcesses,
     /// Unpack the tar stream that follows into the directory `path` (needs
     /// [`FEATURE_COPY`]).
     CopyIn {
@@ -414,6 +421,24 @@ pub const FEATURE_EXEC: &str = "exec";
 pub const FEATURE_STATS: &str = "stats";
 /// The guest serves `CopyOut` and `CopyIn`.
 pub const FEATURE_COPY: &str = "copy";
+/// The guest answers `ReadProcesses`.
+pub const FEATURE_TOP: &str = "top";
+
+/// One process in the guest, for `vessel top`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub ppid: i32,
+    pub uid: u32,
+    /// CPU time used (user + system), in milliseconds.
+    pub cpu_ms: u64,
+    /// Resident memory, in bytes.
+    pub rss_bytes: u64,
+    /// Started this long after boot, in milliseconds.
+    pub start_ms: u64,
+    /// The command line (or `[name]` when it has none).
+    pub command: String,
+}
 
 /// Messages the guest sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -449,6 +474,11 @@ pub enum GuestMessage {
     },
     /// The answer to [`HostMessage::ReadStats`].
     Stats(StatsSnapshot),
+    /// The answer to [`HostMessage::ReadProcesses`]: the container's
+    /// processes (vminitd and its helpers left out).
+    Processes {
+        processes: Vec<ProcessInfo>,
+    },
     /// The end of a `CopyOut` or `CopyIn`; `error` says what failed.
     CopyDone {
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -13,6 +13,7 @@
 //! | `{"op":"pause"}`, `{"op":"unpause"}`       | `{"ok":true}` once the VM is (un)paused  |
 //! | `{"op":"resize","rows":R,"cols":C}`        | `{"ok":true}`: the main process's terminal |
 //! | `{"op":"exec_state","exec_id":ID}`         | `{"running":B,"exit_code":N?}`           |
+//! | `{"op":"top"}`                             | `{"processes":[ProcessInfo...]}`         |
 //!
 //! Streaming requests answer `{"ok":true}` and then carry
 //! `vessel.agent.v1` frames both ways (see [`crate::streams`]):
@@ -21,7 +22,7 @@
 //! |---|---|
 //! | `{"op":"attach","stdin":B,"logs":B}` | the main process's output (with `logs`, what it wrote so far first), `Exited` at its end; `Stdin`/`CloseStdin`/`Resize` to it when `stdin` |
 //! | `{"op":"exec","exec_id":..,"process":..,"tty_size":..}` | one more process (`Started`, output, `Exited`) |
-//! | `{"op":"copy_out","path":P}` | `Data` frames of a tar of `P`, then `CopyDone` |
+//! | `{"op":"copy_out","path":P[,"one_file_system":true]}` | `Data` frames of a tar of `P`, then `CopyDone` |
 //! | `{"op":"copy_in","path":D}` | the client's `Data` frames and `CloseStdin`, then `CopyDone` |
 //!
 //! Failures answer `{"ok":false,"error":"..."}`. `stop` sends SIGTERM, then
@@ -75,6 +76,7 @@ pub enum ControlRequest {
     ExecState {
         exec_id: String,
     },
+    Top,
     Attach {
         #[serde(default)]
         stdin: bool,
@@ -84,6 +86,8 @@ pub enum ControlRequest {
     Exec(ExecRequest),
     CopyOut {
         path: String,
+        #[serde(default)]
+        one_file_system: bool,
     },
     CopyIn {
         path: String,
@@ -133,6 +137,8 @@ pub trait ControlHandler: Send + Sync {
     fn resize(&self, size: WinSize) -> Result<(), String>;
     /// What became of an exec'd process.
     fn exec_state(&self, exec_id: &str) -> Option<ExecState>;
+    /// The container's processes.
+    fn top(&self) -> Result<Vec<agent_protocol::ProcessInfo>, String>;
     /// A streaming request: write the answer line to `conn`, then serve the
     /// stream until it ends.
     fn stream(&self, request: ControlRequest, conn: UnixStream);
@@ -164,6 +170,11 @@ pub fn answer(
         Ok(ControlRequest::Pause) => done(handler.pause(true)),
         Ok(ControlRequest::Unpause) => done(handler.pause(false)),
         Ok(ControlRequest::Resize { rows, cols }) => done(handler.resize(WinSize { rows, cols })),
+        Ok(ControlRequest::Top) => json(
+            handler
+                .top()
+                .map(|processes| serde_json::json!({ "processes": processes })),
+        ),
         Ok(ControlRequest::ExecState { exec_id }) => match handler.exec_state(&exec_id) {
             Some(s) => json(serde_json::to_value(s).map_err(|e| e.to_string())),
             None => serde_json::json!({"ok": false, "error": format!("no such exec: {exec_id}")}),
@@ -344,6 +355,12 @@ mod tests {
                 .push(format!("resize {}x{}", size.rows, size.cols));
             Ok(())
         }
+        fn top(&self) -> Result<Vec<agent_protocol::ProcessInfo>, String> {
+            Ok(vec![agent_protocol::ProcessInfo {
+                pid: 9,
+                ..Default::default()
+            }])
+        }
         fn exec_state(&self, exec_id: &str) -> Option<ExecState> {
             (exec_id == "e1").then_some(ExecState {
                 running: false,
@@ -385,6 +402,7 @@ mod tests {
         assert_eq!(ask("{\"op\":\"stop\",\"timeout\":1}\n")["ok"], true);
         assert_eq!(ask("{\"op\":\"state\"}\n")["status"], "created");
         assert_eq!(ask("{\"op\":\"stats\"}\n")["vmm_rss_bytes"], 7);
+        assert_eq!(ask("{\"op\":\"top\"}\n")["processes"][0]["pid"], 9);
         assert_eq!(ask("{\"op\":\"pause\"}\n")["ok"], true);
         assert_eq!(
             ask("{\"op\":\"resize\",\"rows\":5,\"cols\":6}\n")["ok"],
@@ -415,7 +433,7 @@ mod tests {
                 "stop 1s",
                 "pause true",
                 "resize 5x6",
-                "stream CopyOut { path: \"/etc\" }"
+                "stream CopyOut { path: \"/etc\", one_file_system: false }"
             ]
         );
     }

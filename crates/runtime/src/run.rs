@@ -508,6 +508,10 @@ impl ControlHandler for Shared {
         lock(&self.execs).get(exec_id).cloned()
     }
 
+    fn top(&self) -> Result<Vec<agent_protocol::ProcessInfo>, String> {
+        crate::streams::read_processes(&self.running_dialer()?)
+    }
+
     fn stream(&self, request: ControlRequest, conn: UnixStream) {
         let refuse = |conn: &UnixStream, e: String| {
             let mut w = conn;
@@ -540,9 +544,12 @@ impl ControlHandler for Shared {
                     },
                 );
             }
-            ControlRequest::CopyOut { path } => match self.running_dialer() {
+            ControlRequest::CopyOut {
+                path,
+                one_file_system,
+            } => match self.running_dialer() {
                 Ok(d) => {
-                    let _ = crate::streams::copy_out(&d, path, conn);
+                    let _ = crate::streams::copy_out(&d, path, one_file_system, conn);
                 }
                 Err(e) => refuse(&conn, e),
             },

@@ -103,6 +103,22 @@ pub fn read_stats(d: &GuestDialer) -> Result<StatsSnapshot, String> {
     }
 }
 
+/// One `ReadProcesses` on a connection of its own.
+pub fn read_processes(d: &GuestDialer) -> Result<Vec<agent_protocol::ProcessInfo>, String> {
+    let mut s = d.open_with(agent_protocol::FEATURE_TOP)?;
+    s.set_read_timeout(Some(d.timeout))
+        .map_err(|e| e.to_string())?;
+    write_message(&mut s, &HostMessage::ReadProcesses).map_err(|e| e.to_string())?;
+    let frame = read_frame(&mut s)
+        .map_err(|e| format!("reading the processes: {e}"))?
+        .ok_or("the guest closed the connection")?;
+    match decode_message::<GuestMessage>(&frame) {
+        Ok(GuestMessage::Processes { processes }) => Ok(processes),
+        Ok(other) => Err(format!("the guest answered {other:?}")),
+        Err(e) => Err(format!("the guest's process list: {e}")),
+    }
+}
+
 /// What a client may send on a stream: stdin, data, and these messages.
 fn allowed_from_client(frame: &Frame) -> Result<(), String> {
     match frame.kind {
@@ -216,13 +232,17 @@ pub fn exec(d: &GuestDialer, req: ExecRequest, client: UnixStream) -> Result<See
 }
 
 /// `copy_out`: a tar stream of `path`.
-pub fn copy_out(d: &GuestDialer, path: String, client: UnixStream) -> Result<Seen, String> {
-    stream(
-        d,
-        agent_protocol::FEATURE_COPY,
-        &HostMessage::CopyOut { path },
-        client,
-    )
+pub fn copy_out(
+    d: &GuestDialer,
+    path: String,
+    one_file_system: bool,
+    client: UnixStream,
+) -> Result<Seen, String> {
+    let first = HostMessage::CopyOut {
+        path,
+        one_file_system,
+    };
+    stream(d, agent_protocol::FEATURE_COPY, &first, client)
 }
 
 /// `copy_in`: a tar stream into the directory `path`.

@@ -17,6 +17,7 @@ use std::process::{Command, Stdio};
 
 /// The helper's flags.
 pub const COPY_OUT_FLAG: &str = "--copy-out";
+pub const EXPORT_FLAG: &str = "--export";
 pub const COPY_IN_FLAG: &str = "--copy-in";
 
 fn helper(flag: &str, path: &str) -> Command {
@@ -61,8 +62,18 @@ fn finish(
 }
 
 /// Serve `CopyOut { path }` on `conn`.
-pub fn copy_out(conn: &mut Conn, reaper: &Reaper, path: &str) -> Result<(), String> {
-    let mut cmd = helper(COPY_OUT_FLAG, path);
+pub fn copy_out(
+    conn: &mut Conn,
+    reaper: &Reaper,
+    path: &str,
+    one_file_system: bool,
+) -> Result<(), String> {
+    let flag = if one_file_system {
+        EXPORT_FLAG
+    } else {
+        COPY_OUT_FLAG
+    };
+    let mut cmd = helper(flag, path);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -129,9 +140,39 @@ fn enter_root() -> Result<(), String> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
+/// Add `path` (and, for a directory, everything under it) to `b` as
+/// `name`, symbolic links as links; with `dev`, nothing on another
+/// filesystem (its mount point is kept, empty).
+fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+    dev: Option<u64>,
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    b.append_path_with_name(path, name)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if !meta.is_dir() || dev.is_some_and(|d| d != meta.dev()) {
+        return Ok(());
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    entries.sort();
+    for child in entries {
+        append_tree(b, &path.join(&child), &name.join(&child), dev)?;
+    }
+    Ok(())
+}
+
 /// The helper's side of `CopyOut`: a tar of `path` (in the container) on
-/// stdout, its entries named after `path`'s last component.
-pub fn helper_out(path: &str) -> Result<(), String> {
+/// stdout, its entries named after `path`'s last component (`.` for `/`);
+/// with `one_file_system`, only the filesystem `path` is on.
+pub fn helper_out(path: &str, one_file_system: bool) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     enter_root()?;
     let p = Path::new(path);
     let meta = std::fs::symlink_metadata(p).map_err(|e| format!("{path}: {e}"))?;
@@ -143,13 +184,7 @@ pub fn helper_out(path: &str) -> Result<(), String> {
     let mut b = tar::Builder::new(std::io::BufWriter::new(stdout));
     b.mode(tar::HeaderMode::Complete);
     b.follow_symlinks(false);
-    if meta.is_dir() {
-        b.append_dir_all(&name, p)
-            .map_err(|e| format!("{path}: {e}"))?;
-    } else {
-        b.append_path_with_name(p, &name)
-            .map_err(|e| format!("{path}: {e}"))?;
-    }
+    append_tree(&mut b, p, &name, one_file_system.then_some(meta.dev()))?;
     b.into_inner()
         .and_then(|mut w| w.flush())
         .map_err(|e| format!("writing the archive: {e}"))

@@ -111,11 +111,12 @@ fn accept_conn(listener: &OwnedFd) -> Result<Conn, String> {
 fn main() {
     // The copy helpers are vminitd started again (see `copy`).
     let args: Vec<String> = std::env::args().collect();
-    if args.len() == 3 && (args[1] == copy::COPY_OUT_FLAG || args[1] == copy::COPY_IN_FLAG) {
-        let r = if args[1] == copy::COPY_OUT_FLAG {
-            copy::helper_out(&args[2])
-        } else {
-            copy::helper_in(&args[2])
+    if args.len() == 3
+        && [copy::COPY_OUT_FLAG, copy::EXPORT_FLAG, copy::COPY_IN_FLAG].contains(&args[1].as_str())
+    {
+        let r = match args[1].as_str() {
+            copy::COPY_IN_FLAG => copy::helper_in(&args[2]),
+            flag => copy::helper_out(&args[2], flag == copy::EXPORT_FLAG),
         };
         if let Err(e) = r {
             eprintln!("{e}");

@@ -80,6 +80,7 @@ pub fn features() -> Vec<String> {
         agent_protocol::FEATURE_EXEC,
         agent_protocol::FEATURE_STATS,
         agent_protocol::FEATURE_COPY,
+        agent_protocol::FEATURE_TOP,
     ]
     .map(String::from)
     .to_vec()
@@ -139,8 +140,11 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
                 return main_session(conn, guest, req);
             }
             HostMessage::Exec(req) => return exec_session(conn, guest, req),
-            HostMessage::CopyOut { path } => {
-                copy::copy_out(conn, &guest.reaper, &path)?;
+            HostMessage::CopyOut {
+                path,
+                one_file_system,
+            } => {
+                copy::copy_out(conn, &guest.reaper, &path, one_file_system)?;
                 return Ok(Outcome::Closed);
             }
             HostMessage::CopyIn { path } => {
@@ -176,6 +180,9 @@ fn common_request(conn: &mut Conn, msg: &HostMessage) -> Result<bool, String> {
             }
         }
         HostMessage::ReadStats => conn.send(&GuestMessage::Stats(stats::snapshot()))?,
+        HostMessage::ReadProcesses => conn.send(&GuestMessage::Processes {
+            processes: stats::processes(),
+        })?,
         _ => return Ok(false),
     }
     Ok(true)

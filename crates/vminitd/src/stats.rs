@@ -1,7 +1,7 @@
 //! `ReadStats`: the guest's resource usage at one moment, from /proc and
 //! /sys (the parsers are pure functions over the files' text).
 
-use agent_protocol::StatsSnapshot;
+use agent_protocol::{ProcessInfo, StatsSnapshot};
 
 /// Jiffies (USER_HZ) per second, as /proc/stat counts.
 const USER_HZ: u64 = 100;
@@ -125,6 +125,71 @@ pub fn snapshot() -> StatsSnapshot {
     }
 }
 
+/// Parse /proc/PID/stat: (ppid, cpu ms, start ms after boot, rss pages).
+pub fn parse_pid_stat(stat: &str) -> Option<(i32, u64, u64, u64)> {
+    // The command name may hold spaces and parentheses: fields start
+    // after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state).
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let ppid = f.get(1)?.parse::<i32>().ok()?;
+    let ticks = num(11)? + num(12)?;
+    let to_ms = |t: u64| t.saturating_mul(1000 / USER_HZ);
+    Some((ppid, to_ms(ticks), to_ms(num(19)?), num(21)?))
+}
+
+/// The container's processes: every user process but vminitd (pid 1) and
+/// its copy helpers.
+pub fn processes() -> Vec<ProcessInfo> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let mut out: Vec<ProcessInfo> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid > 1)
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let (ppid, cpu_ms, start_ms, rss) = parse_pid_stat(&stat)?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            if cmdline.is_empty() {
+                return None; // a kernel thread
+            }
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if args.first().map(String::as_str) == Some("/proc/self/exe") {
+                return None; // vminitd's copy helper
+            }
+            let uid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .ok()
+                .and_then(|st| {
+                    st.lines()
+                        .find(|l| l.starts_with("Uid:"))
+                        .and_then(|l| l.split_whitespace().nth(1))
+                        .and_then(|v| v.parse().ok())
+                })
+                .unwrap_or(0);
+            Some(ProcessInfo {
+                pid,
+                ppid,
+                uid,
+                cpu_ms,
+                rss_bytes: rss.saturating_mul(page),
+                start_ms,
+                command: args.join(" "),
+            })
+        })
+        .collect();
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +210,16 @@ mod tests {
             (16 * 512, 8 * 512)
         );
         assert_eq!(parse_block(""), (0, 0));
+    }
+
+    #[test]
+    fn pid_stat_with_a_hostile_name() {
+        let stat = "42 (a b) c)) S 7 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 1 0 1234 999 55 18446744073709551615";
+        assert_eq!(parse_pid_stat(stat), Some((7, 3000, 12340, 55)));
+        assert_eq!(parse_pid_stat("garbage"), None);
+        assert!(processes()
+            .iter()
+            .any(|p| p.pid == std::process::id() as i32));
     }
 
     #[test]
