@@ -26,7 +26,10 @@ struct FakeRuntime {
 
 impl FakeRuntime {
     fn install(v: &Instance, name: &str, status: &str) -> Self {
-        let id = format!("{:0<64}", name.bytes().map(|b| format!("{b:02x}")).collect::<String>());
+        let id = format!(
+            "{:0<64}",
+            name.bytes().map(|b| format!("{b:02x}")).collect::<String>()
+        );
         let helper = Command::new("sleep").arg("600").spawn().unwrap();
         let pid = helper.id() as i32;
         let dir = v.path().join("containers").join(&id);
@@ -106,7 +109,8 @@ fn attach_upgrades_the_connection_and_splices_it_with_the_runtime() {
     // ends (a half-close), says bye, then waits for the connection's end.
     let runtime = fake.serve_one(|line, s| {
         let mut w = s.try_clone().unwrap();
-        w.write_all(b"{\"ok\":true}\nhello from the runtime\n").unwrap();
+        w.write_all(b"{\"ok\":true}\nhello from the runtime\n")
+            .unwrap();
         let mut r = BufReader::new(s.try_clone().unwrap());
         let mut l = String::new();
         while r.read_line(&mut l).unwrap() > 0 {
@@ -162,7 +166,9 @@ fn attach_upgrades_the_connection_and_splices_it_with_the_runtime() {
     thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     drop(up);
-    let n = rx.recv_timeout(Duration::from_secs(5)).expect("runtime freed");
+    let n = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("runtime freed");
     assert_eq!(n, Ok(0));
     assert!(t.elapsed() < Duration::from_secs(3));
 
@@ -193,8 +199,10 @@ fn attach_upgrades_the_connection_and_splices_it_with_the_runtime() {
     assert!(e.message.contains("no terminal here"), "{}", e.message);
     // Today's runtime knows no `attach`: said so.
     let _runtime = fake.serve_one(|_, s| {
-        (&s).write_all(b"{\"ok\":false,\"error\":\"Invalid control request: unknown variant `attach`\"}\n")
-            .unwrap();
+        (&s).write_all(
+            b"{\"ok\":false,\"error\":\"Invalid control request: unknown variant `attach`\"}\n",
+        )
+        .unwrap();
     });
     let e = c
         .upgrade("POST", "/v1/containers/fake/attach", None)
@@ -202,10 +210,16 @@ fn attach_upgrades_the_connection_and_splices_it_with_the_runtime() {
         .err()
         .expect("refused");
     assert_eq!(e.kind, ErrorKind::Conflict);
-    assert!(e.message.contains("does not support attach"), "{}", e.message);
+    assert!(
+        e.message.contains("does not support attach"),
+        "{}",
+        e.message
+    );
 
     // Without an upgrade request; a missing container; one not running.
-    let resp = c.request("POST", "/v1/containers/fake/attach", None).unwrap();
+    let resp = c
+        .request("POST", "/v1/containers/fake/attach", None)
+        .unwrap();
     let e = resp.json::<serde_json::Value>().unwrap().unwrap_err();
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
     assert!(e.message.contains("Upgrade: tcp"), "{}", e.message);
@@ -258,14 +272,18 @@ fn keep_alive_chunked_streams_and_bad_input() {
     let s = UnixStream::connect(&sock).unwrap();
     let mut r = BufReader::new(s.try_clone().unwrap());
     for _ in 0..3 {
-        (&s).write_all(b"GET /v1/system/info HTTP/1.1\r\nHost: vessel\r\n\r\n").unwrap();
+        (&s).write_all(b"GET /v1/system/info HTTP/1.1\r\nHost: vessel\r\n\r\n")
+            .unwrap();
         let (status, _, body) = read_response(&mut r);
         assert_eq!(status, 200);
         let info: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert!(info["apiserver_pid"].as_i64().unwrap() > 0);
     }
     // A stream is chunked, and the connection stays usable after it.
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     write!(
         &s,
         "GET /v1/events?since=0&until={now} HTTP/1.1\r\nHost: vessel\r\n\r\n"
@@ -295,15 +313,20 @@ fn keep_alive_chunked_streams_and_bad_input() {
             break;
         }
     }
-    (&s).write_all(b"GET /v1/containers?all=true HTTP/1.1\r\nHost: vessel\r\n\r\n").unwrap();
+    (&s).write_all(b"GET /v1/containers?all=true HTTP/1.1\r\nHost: vessel\r\n\r\n")
+        .unwrap();
     let (status, _, body) = read_response(&mut r);
     assert_eq!(status, 200, "{}", text(&body));
 
     // Unknown method on a known path: 405, with the methods it takes.
-    (&s).write_all(b"PUT /v1/containers HTTP/1.1\r\nHost: vessel\r\nContent-Length: 0\r\n\r\n").unwrap();
+    (&s).write_all(b"PUT /v1/containers HTTP/1.1\r\nHost: vessel\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
     let (status, headers, body) = read_response(&mut r);
     assert_eq!(status, 405, "{}", text(&body));
-    assert!(headers.contains(&("allow".into(), "GET, POST".into())), "{headers:?}");
+    assert!(
+        headers.contains(&("allow".into(), "GET, POST".into())),
+        "{headers:?}"
+    );
     let e: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(e["kind"], "method_not_allowed");
 
@@ -329,7 +352,11 @@ fn keep_alive_chunked_streams_and_bad_input() {
     ] {
         let e = error(method, path, None);
         assert_eq!(e.kind, ErrorKind::InvalidArgument, "{path}: {e:?}");
-        assert!(e.message.contains("expected true or false"), "{}", e.message);
+        assert!(
+            e.message.contains("expected true or false"),
+            "{}",
+            e.message
+        );
     }
     assert_eq!(v.images().len(), 1, "the bad prune deleted nothing");
     // More memory than the host has: refused at create, naming the limit.
@@ -339,12 +366,25 @@ fn keep_alive_chunked_streams_and_bad_input() {
         Some(serde_json::json!({"image": IMAGE, "memory_mib": 1u64 << 40, "network": "none"})),
     );
     assert_eq!(e.kind, ErrorKind::InvalidArgument);
-    assert!(e.message.contains("more than this host has"), "{}", e.message);
+    assert!(
+        e.message.contains("more than this host has"),
+        "{}",
+        e.message
+    );
     let out = v.vessel(&["create", "--network", "none", "-m", "100t", IMAGE, "true"]);
     assert_eq!(out.status.code(), Some(125));
-    assert!(text(&out.stderr).contains("more than this host has"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("more than this host has"),
+        "{}",
+        text(&out.stderr)
+    );
     // Bad times and filters of the event stream.
-    for q in ["since=yesterday", "until=-1", "filters=%7Bx", "filters=%7B%22event%22%3A%5B%22explode%22%5D%7D"] {
+    for q in [
+        "since=yesterday",
+        "until=-1",
+        "filters=%7Bx",
+        "filters=%7B%22event%22%3A%5B%22explode%22%5D%7D",
+    ] {
         let e = error("GET", &format!("/v1/events?{q}"), None);
         assert_eq!(e.kind, ErrorKind::InvalidArgument, "{q}");
     }
@@ -354,7 +394,11 @@ fn keep_alive_chunked_streams_and_bad_input() {
 fn apiserver_load(v: &Instance) -> (usize, usize) {
     let pid = std::fs::read_to_string(v.path().join("apiserver.pid")).unwrap();
     let pid = pid.trim();
-    let count = |d: &str| std::fs::read_dir(format!("/proc/{pid}/{d}")).unwrap().count();
+    let count = |d: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{d}"))
+            .unwrap()
+            .count()
+    };
     (count("fd"), count("task"))
 }
 
@@ -363,14 +407,32 @@ fn a_client_that_goes_away_frees_what_it_held() {
     let v = Instance::started();
     // Follow a container that was never started: the answer comes at once
     // (Docker's rule: only a running container is followed).
-    let out = v.vessel(&["create", "--name", "never", "--network", "none", IMAGE, "true"]);
+    let out = v.vessel(&[
+        "create",
+        "--name",
+        "never",
+        "--network",
+        "none",
+        IMAGE,
+        "true",
+    ]);
     assert_ok(&out, "create");
     let t = Instant::now();
     let out = v.vessel(&["logs", "-f", "never"]);
     assert_ok(&out, "logs -f of a created container");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
-    let out = v.vessel(&["run", "-d", "--name", "quiet", "--network", "none", IMAGE, "sleep", "600"]);
+    let out = v.vessel(&[
+        "run",
+        "-d",
+        "--name",
+        "quiet",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
     assert_ok(&out, "run -d");
     // Settle: the first requests start the runtime's threads.
     let _ = v.vessel(&["ls"]);
@@ -393,7 +455,8 @@ fn a_client_that_goes_away_frees_what_it_held() {
     }
     // They are all waiting, each holding its connection.
     assert!(
-        eventually(Duration::from_secs(20), || apiserver_load(&v).0 >= fds0 + 24),
+        eventually(Duration::from_secs(20), || apiserver_load(&v).0
+            >= fds0 + 24),
         "24 clients connected: {:?} (before {fds0})",
         apiserver_load(&v)
     );
@@ -409,7 +472,8 @@ fn a_client_that_goes_away_frees_what_it_held() {
     );
     // Threads: the blocking threads that served them end once idle (10 s).
     assert!(
-        eventually(Duration::from_secs(20), || apiserver_load(&v).1 <= threads0 + 2),
+        eventually(Duration::from_secs(20), || apiserver_load(&v).1
+            <= threads0 + 2),
         "threads after the clients left: {:?}, before: {threads0}",
         apiserver_load(&v)
     );
@@ -455,10 +519,31 @@ fn events_show_each_run_as_it_happens_and_replay_with_since() {
     });
     thread::sleep(Duration::from_millis(300));
 
-    let out = v.vessel(&["run", "--rm", "--name", "once", "--network", "none", IMAGE, "sh", "-c", "exit 3"]);
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "--name",
+        "once",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_ok(
-        &v.vessel(&["run", "-d", "--name", "long", "--network", "none", IMAGE, "sleep", "600"]),
+        &v.vessel(&[
+            "run",
+            "-d",
+            "--name",
+            "long",
+            "--network",
+            "none",
+            IMAGE,
+            "sleep",
+            "600",
+        ]),
         "run -d",
     );
     // SIGWINCH: ignored by `sleep`, so it keeps running.
@@ -477,7 +562,10 @@ fn events_show_each_run_as_it_happens_and_replay_with_since() {
     let _ = follower.kill();
     let _ = follower.wait();
     let seen = parse_events(&lines.join("\n"));
-    let names: Vec<(String, String)> = seen.iter().map(|(a, n, _)| (a.clone(), n.clone())).collect();
+    let names: Vec<(String, String)> = seen
+        .iter()
+        .map(|(a, n, _)| (a.clone(), n.clone()))
+        .collect();
     let want: Vec<(String, String)> = [
         ("create", "once"),
         ("start", "once"),
@@ -500,7 +588,9 @@ fn events_show_each_run_as_it_happens_and_replay_with_since() {
 
     // Replayed from the log, filtered, up to `until`.
     let until = now_secs();
-    let out = v.vessel(&["events", "--since", &t0, "--until", &until, "--format", "json"]);
+    let out = v.vessel(&[
+        "events", "--since", &t0, "--until", &until, "--format", "json",
+    ]);
     assert_ok(&out, "events --since --until");
     let replay: Vec<(String, String)> = parse_events(&text(&out.stdout))
         .into_iter()
@@ -508,16 +598,45 @@ fn events_show_each_run_as_it_happens_and_replay_with_since() {
         .collect();
     assert_eq!(replay, want);
     let out = v.vessel(&[
-        "events", "--since", &t0, "--until", &until, "--filter", "event=die", "--filter", "container=long",
+        "events",
+        "--since",
+        &t0,
+        "--until",
+        &until,
+        "--filter",
+        "event=die",
+        "--filter",
+        "container=long",
     ]);
     assert_ok(&out, "events --filter");
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains(" container die ") && lines[0].contains("name=long"), "{}", lines[0]);
-    let out = v.vessel(&["events", "--since", "1m", "--until", &until, "--filter", "type=container,event=destroy"]);
+    assert!(
+        lines[0].contains(" container die ") && lines[0].contains("name=long"),
+        "{}",
+        lines[0]
+    );
+    let out = v.vessel(&[
+        "events",
+        "--since",
+        "1m",
+        "--until",
+        &until,
+        "--filter",
+        "type=container,event=destroy",
+    ]);
     assert_ok(&out, "events --since 1m");
-    assert_eq!(text(&out.stdout).lines().count(), 2, "{}", text(&out.stdout));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
     let out = v.vessel(&["events", "--filter", "colour=red", "--until", &until]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("invalid filter"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid filter"),
+        "{}",
+        text(&out.stderr)
+    );
 }

@@ -177,6 +177,7 @@ pub struct Containers {
     /// Per container, the start time (ms) of the run whose end has been
     /// recorded (`die` sent, network given back), so it is done once.
     ended: Mutex<HashMap<String, u64>>,
+    reap_lock: Mutex<()>,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -290,6 +291,7 @@ impl Containers {
             changes: Changes::new(),
             watcher: OnceLock::new(),
             ended: Mutex::new(HashMap::new()),
+            reap_lock: Mutex::new(()),
         })
     }
 
@@ -1196,6 +1198,14 @@ impl Containers {
     /// holds them): its end is watched and brings it back here.
     fn reap_auto_remove_one(&self, info: &ContainerInfo, limit: Duration) {
         let id = &info.config.id;
+        // One removal at a time: the bookkeeper and an attached client's
+        // end may both get here; only the first finds the container.
+        let Ok(_one) = self.reap_lock.lock() else {
+            return;
+        };
+        if !self.home.container_dir(id).join("config.json").exists() {
+            return;
+        }
         let attached = self
             .attached
             .lock()
@@ -1213,6 +1223,14 @@ impl Containers {
         match self.remove_files(id) {
             Ok(()) => self.events.emit(EventAction::Destroy, &info.config, &[]),
             Err(e) => eprintln!("vessel-apiserver: removing {id}: {e}"),
+        }
+    }
+
+    /// Remove an ended `--rm` container now (no client attached), waiting
+    /// for its runtime helper to end.
+    pub fn reap_auto_remove_now(&self, info: &ContainerInfo) {
+        if info.config.auto_remove && info.state.status == Status::Exited {
+            self.reap_auto_remove_one(info, RUNTIME_EXIT_LIMIT);
         }
     }
 

@@ -25,6 +25,7 @@ pub fn stream(
     id: &str,
     out: &mut StreamWriter,
     follow: bool,
+    before_exit: impl FnOnce(&vessel_api::types::ContainerInfo),
 ) -> io::Result<()> {
     let path = containers.home().container_dir(id).join("stdio.log");
     let mut reader: Option<BufReader<File>> = None;
@@ -63,6 +64,7 @@ pub fn stream(
             // The exit is reported once the network is given back, so a
             // client that runs again at once finds its ports free.
             containers.note_exit(&info);
+            before_exit(&info);
             let ev = StreamEvent::Exit {
                 exit_code: info.state.exit_code.unwrap_or(255),
                 error: info.state.error,

@@ -55,10 +55,16 @@ pub fn start(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     let id = containers.find(c.param("id"))?.config.id;
     if attach {
         // Held until the stream ends: a `--rm` container stays until then.
-        let _guard = containers.attach(&id);
+        let guard = containers.attach(&id);
         containers.start(&id)?;
         let mut out = c.respond_stream(200, "application/x-ndjson")?;
-        crate::logs::stream(containers, &id, &mut out, true)?;
+        // As Docker's `run --rm`: a `--rm` container is gone when its exit
+        // is told (unless another client still follows it).
+        let mut guard = Some(guard);
+        crate::logs::stream(containers, &id, &mut out, true, |info| {
+            drop(guard.take());
+            containers.reap_auto_remove_now(info);
+        })?;
     } else {
         let info = containers.start(&id)?;
         c.respond_json(200, &info)?;
@@ -76,7 +82,7 @@ pub fn logs(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     // never started, or has ended, has no more to say.
     let follow = follow && info.state.status.is_active();
     let mut out = c.respond_stream(200, "application/x-ndjson")?;
-    crate::logs::stream(containers, &id, &mut out, follow)?;
+    crate::logs::stream(containers, &id, &mut out, follow, |_| {})?;
     Ok(())
 }
 

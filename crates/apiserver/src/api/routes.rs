@@ -92,14 +92,22 @@ mod tests {
             let responses = op["responses"].as_mapping().unwrap();
             let has = |s: &str| responses.contains_key(serde_yaml::Value::from(s));
             if r.path.contains("{id}") {
-                assert!(has("404") && has("400"), "{} {}: 400 and 404 for the container", r.method, r.path);
+                assert!(
+                    has("404") && has("400"),
+                    "{} {}: 400 and 404 for the container",
+                    r.method,
+                    r.path
+                );
             }
             let params = op["parameters"].as_sequence().cloned().unwrap_or_default();
-            let takes_query = params
-                .iter()
-                .any(|p| p["in"].as_str() == Some("query"));
+            let takes_query = params.iter().any(|p| p["in"].as_str() == Some("query"));
             if takes_query || op.get("requestBody").is_some() {
-                assert!(has("400"), "{} {}: takes input, lists no 400", r.method, r.path);
+                assert!(
+                    has("400"),
+                    "{} {}: takes input, lists no 400",
+                    r.method,
+                    r.path
+                );
             }
         }
     }
@@ -108,7 +116,8 @@ mod tests {
     #[test]
     fn event_actions_are_described() {
         let doc = openapi();
-        let listed: Vec<String> = doc["components"]["schemas"]["Event"]["properties"]["action"]["enum"]
+        let listed: Vec<String> = doc["components"]["schemas"]["Event"]["properties"]["action"]
+            ["enum"]
             .as_sequence()
             .unwrap()
             .iter()
