@@ -7,6 +7,8 @@
 //! runs, and its control socket served here), which is exactly the peer
 //! the apiserver talks to.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::{Child, Command, Stdio};
@@ -299,7 +301,7 @@ fn keep_alive_chunked_streams_and_bad_input() {
         if line == "\r\n" {
             break;
         }
-        chunked |= line.to_ascii_lowercase() == "transfer-encoding: chunked\r\n";
+        chunked |= line.eq_ignore_ascii_case("transfer-encoding: chunked\r\n");
     }
     assert!(chunked, "events is a chunked stream");
     // Chunks until the last one (size 0).

@@ -17,6 +17,8 @@
 //! schemathesis speaks TCP; a forwarder on 127.0.0.1 carries each of its
 //! connections to the API's Unix socket.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;

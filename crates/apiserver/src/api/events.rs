@@ -39,7 +39,7 @@ pub fn stream(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     }
     let (past, mut rx) = s.containers().events().subscribe(since);
     let mut out = c.respond_stream(200, "application/x-ndjson")?;
-    let within = |ev: &Event| until.map_or(true, |u| ev.time_ns <= u);
+    let within = |ev: &Event| until.is_none_or(|u| ev.time_ns <= u);
     for ev in past.iter().filter(|e| within(e) && filter.matches(e)) {
         out.write_all(&line(ev)?)?;
     }

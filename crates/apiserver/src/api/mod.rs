@@ -91,7 +91,7 @@ pub fn find(table: &'static [Route], method: &str, path: &str) -> Found {
         }
         if best
             .as_ref()
-            .map_or(true, |(b, _)| literals(r.path) > literals(b.path))
+            .is_none_or(|(b, _)| literals(r.path) > literals(b.path))
         {
             best = Some((r, params));
         }
