@@ -1430,4 +1430,51 @@ mod tests {
             None
         );
     }
+
+    #[test]
+    fn memory_is_checked_against_the_host() {
+        assert!(check_memory(512, Some(24_000)).is_ok());
+        assert!(check_memory(24_000, Some(24_000)).is_ok());
+        let e = check_memory(100_000, Some(24_000)).unwrap_err();
+        assert!(
+            e.contains("100000 MiB is more than this host has (24000 MiB)"),
+            "{e}"
+        );
+        assert!(check_memory(32, Some(24_000))
+            .unwrap_err()
+            .contains("at least 64 MiB"));
+        // Unknown host memory: only the guest's minimum.
+        assert!(check_memory(1 << 40, None).is_ok());
+        assert!(host_memory_mib().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn a_start_failure_before_the_guest_ran_names_the_vmm_s_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot.log");
+        let error = format!(
+            "the VM exited before its agent answered; see {}",
+            boot.display()
+        );
+        // No vmm.log: nothing better to say.
+        assert_eq!(explain_start_failure(dir.path(), &error), None);
+        std::fs::write(
+            dir.path().join("vmm.log"),
+            "starting\nqemu-system-x86_64: cannot set up guest memory 'mem': Cannot allocate memory\n\n",
+        )
+        .unwrap();
+        let better = explain_start_failure(dir.path(), &error).unwrap();
+        assert!(
+            better.starts_with("the VM exited before its agent answered; the VMM said: "),
+            "{better}"
+        );
+        assert!(better.contains("Cannot allocate memory"), "{better}");
+        assert!(better.contains("vmm.log"), "{better}");
+        assert!(!better.contains("boot.log"), "{better}");
+        // A console that has something: the error stands.
+        std::fs::write(&boot, "Linux version 6.1\n").unwrap();
+        assert_eq!(explain_start_failure(dir.path(), &error), None);
+        // Other errors are left alone.
+        assert_eq!(explain_start_failure(dir.path(), "exit 3"), None);
+    }
 }
