@@ -65,6 +65,9 @@ TOOLS=(
     "flock|util-linux|--version"
     "cargo-fuzz|cargo:cargo-fuzz|--version"
 )
+# The API fuzzer (schemathesis, from PyPI, pinned) lives in a venv under
+# build/ of this checkout; `python3 -m venv` needs Debian's python3-venv.
+SCHEMATHESIS_VERSION=4.32.5
 # Files the kernel build reads: path|package
 FILES=(
     "/usr/src/linux-source-6.1.tar.xz|linux-source-6.1"
@@ -192,4 +195,24 @@ if ((failed)); then
     log "error: the tools marked MISSING above still do not run; install their packages and run this again"
     exit 1
 fi
+
+# The API fuzzer: a venv of its own, reused while it has the pinned version.
+repo=$(cd "$(dirname "$0")/.." && pwd)
+venv=$repo/build/venv
+if [[ $("$venv/bin/schemathesis" --version 2>/dev/null) != *"$SCHEMATHESIS_VERSION"* ]]; then
+    if ! python3 -c 'import ensurepip' 2>/dev/null; then
+        if [[ $(id -u) -ne 0 ]]; then
+            log "missing python3-venv (for the API fuzzer); run this script as root (or: sudo apt-get install python3-venv)"
+            exit 1
+        fi
+        apt_install python3-venv || true
+    fi
+    log "installing schemathesis $SCHEMATHESIS_VERSION into $venv (the API fuzzer)"
+    rm -rf "$venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install --quiet "schemathesis==$SCHEMATHESIS_VERSION" >&2 || {
+        log "error: could not install schemathesis $SCHEMATHESIS_VERSION into $venv (from PyPI): the API fuzz test needs it"
+        exit 1
+    }
+fi
+printf '  %-22s %s\n' "schemathesis" "$("$venv/bin/schemathesis" --version)" >&2
 log "dependencies present"

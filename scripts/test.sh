@@ -30,7 +30,7 @@ log "Offline default image"
 VESSEL_TEST_IMAGE=$(realpath "$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)")
 
 export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE
-log "Tests (kernel $VESSEL_KERNEL)"
+log "Tests (kernel $VESSEL_KERNEL; the API fuzzer, schemathesis from build/venv, is tests/tests/api_fuzz.rs)"
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"
 

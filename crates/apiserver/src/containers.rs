@@ -2,18 +2,24 @@
 //! them, and state reconciled from the files each runtime helper writes.
 
 use crate::accel::Accel;
+use crate::api::call::Gone;
 use crate::error::{helper_answer, helper_failed, ApiError, ApiResult};
+use crate::events::Events;
 use crate::helpers::Helper;
+use crate::watch::{Changes, Watcher, SAFETY_NET};
 use anyhow::Context;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use vessel_api::control::{ControlAnswer, ControlRequest};
 use vessel_api::error::ErrorKind;
 use vessel_api::fsutil::{pid_alive, pid_start_time, random_hex, read_json, write_json_atomic};
 use vessel_api::http::{percent_encode, Client};
@@ -24,7 +30,7 @@ use vessel_api::network::{
 use vessel_api::paths::{sibling_binary, Home};
 use vessel_api::types::{
     now_ms, valid_container_name, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
-    ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
+    EventAction, ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
 };
 use vessel_api::ProcessSpec;
 
@@ -59,14 +65,73 @@ fn end_runtime(state: &ContainerState, limit: Duration) -> Option<i32> {
     let pid = live_runtime(state)?;
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = Instant::now() + limit;
-    loop {
-        live_runtime(state)?;
-        if Instant::now() >= deadline {
-            return Some(pid);
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if crate::watch::wait_exit(pid, state.runtime_start_time, limit) {
+        return None;
     }
+    live_runtime(state)
+}
+
+/// What tells one run of a container from another: when it started.
+fn run_key(state: &ContainerState) -> u64 {
+    state.started_ms.or(state.finished_ms).unwrap_or(0)
+}
+
+/// This host's memory in MiB (`MemTotal`), if it can be read.
+pub fn host_memory_mib() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// Check `--memory` against the smallest guest and this host's memory.
+pub fn check_memory(memory_mib: u64, host_mib: Option<u64>) -> Result<(), String> {
+    if memory_mib < MIN_MEMORY_MIB {
+        return Err(format!(
+            "invalid --memory: a container VM needs at least {MIN_MEMORY_MIB} MiB"
+        ));
+    }
+    if let Some(host) = host_mib {
+        if memory_mib > host {
+            return Err(format!(
+                "invalid --memory: {memory_mib} MiB is more than this host has ({host} MiB); give at most {host} MiB"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A start failure that points at a console log the VM never wrote (the
+/// VMM failed before the guest ran, e.g. QEMU's "Cannot allocate memory"):
+/// the error with the VMM's own last words from `vmm.log` instead.
+fn explain_start_failure(dir: &std::path::Path, error: &str) -> Option<String> {
+    let boot = dir.join("boot.log");
+    if !error.contains(&*boot.to_string_lossy()) {
+        return None;
+    }
+    if fs::metadata(&boot).is_ok_and(|m| m.len() > 0) {
+        return None;
+    }
+    let vmm = dir.join("vmm.log");
+    let text = fs::read_to_string(&vmm).ok()?;
+    let last: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .rev()
+        .take(3)
+        .map(|l| l.chars().take(300).collect())
+        .collect();
+    if last.is_empty() {
+        return None;
+    }
+    let said: Vec<String> = last.into_iter().rev().collect();
+    let head = error.split_once("; see ").map(|(h, _)| h).unwrap_or(error);
+    Some(format!(
+        "{head}; the VMM said: {} (see {})",
+        said.join(" / "),
+        vmm.display()
+    ))
 }
 
 /// Can `s` be a host name or a DNS alias (RFC 1123 labels)?
@@ -104,6 +169,15 @@ pub struct Containers {
     /// Not root: no vessel-network; each VM gets a passt network
     /// ([`crate::rootless`]).
     rootless: bool,
+    /// Where waits happen (from blocking threads).
+    rt: Handle,
+    events: Arc<Events>,
+    changes: Arc<Changes>,
+    watcher: OnceLock<Arc<Watcher>>,
+    /// Per container, the start time (ms) of the run whose end has been
+    /// recorded (`die` sent, network given back), so it is done once.
+    ended: Mutex<HashMap<String, u64>>,
+    reap_lock: Mutex<()>,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -114,13 +188,19 @@ pub struct AttachGuard {
 
 impl Drop for AttachGuard {
     fn drop(&mut self) {
+        let mut last = false;
         if let Ok(mut m) = self.containers.attached.lock() {
             if let Some(n) = m.get_mut(&self.id) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
                     m.remove(&self.id);
+                    last = true;
                 }
             }
+        }
+        // A `--rm` container held back by this client goes now.
+        if last {
+            self.containers.recheck(&self.id);
         }
     }
 }
@@ -199,7 +279,8 @@ pub fn build_process(
 }
 
 impl Containers {
-    pub fn new(home: Home, network: Arc<Helper>) -> Arc<Self> {
+    pub fn new(home: Home, network: Arc<Helper>, rt: Handle) -> Arc<Self> {
+        let events = Arc::new(Events::new(&home.root().join("events.log")));
         Arc::new(Self {
             home,
             create_lock: Mutex::new(()),
@@ -207,6 +288,130 @@ impl Containers {
             network,
             net_lock: RwLock::new(()),
             rootless: crate::rootless::is_rootless(),
+            rt,
+            events,
+            changes: Changes::new(),
+            watcher: OnceLock::new(),
+            ended: Mutex::new(HashMap::new()),
+            reap_lock: Mutex::new(()),
+        })
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    /// The change counters.
+    pub fn changes(&self) -> &Arc<Changes> {
+        &self.changes
+    }
+
+    /// The runtime waits run on.
+    pub fn rt(&self) -> &Handle {
+        &self.rt
+    }
+
+    /// Start the bookkeeping: a watcher of `containers/` and of the
+    /// runtime helpers, and the thread that acts on what it sees. The runs
+    /// that ended before are taken as recorded (no `die` for them now).
+    pub fn start_bookkeeping(self: &Arc<Self>) -> anyhow::Result<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let watcher = Watcher::start(
+            &self.home.containers_dir(),
+            self.changes.clone(),
+            tx,
+            self.rt.clone(),
+        )
+        .context("watching the containers directory")?;
+        let _ = self.watcher.set(watcher);
+        let list = self.list();
+        if let Ok(mut ended) = self.ended.lock() {
+            for info in &list {
+                if info.state.status == Status::Exited {
+                    ended.insert(info.config.id.clone(), run_key(&info.state));
+                }
+            }
+        }
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("bookkeeper".into())
+            .spawn(move || {
+                for info in me.list() {
+                    me.check(&info.config.id);
+                }
+                while let Ok(id) = rx.recv() {
+                    me.check(&id);
+                }
+            })?;
+        Ok(())
+    }
+
+    /// Act on what container `id` is now: watch its runtime helper while it
+    /// runs; once it has ended, record that once (`die`, its network given
+    /// back) and remove it if it was `--rm` and nobody is attached.
+    pub fn check(&self, id: &str) {
+        let Ok(info) = self.load(id) else {
+            return;
+        };
+        if let (Some(pid), Some(w)) = (live_runtime(&info.state), self.watcher.get()) {
+            w.watch_pid(id, pid, info.state.runtime_start_time);
+        }
+        if info.state.status.is_active() {
+            return;
+        }
+        if info.state.status == Status::Exited {
+            self.note_exit(&info);
+            if info.config.auto_remove {
+                self.reap_auto_remove_one(&info, Duration::ZERO);
+            }
+        }
+    }
+
+    /// Record the end of a run once: `die` and the network given back.
+    pub fn note_exit(&self, info: &ContainerInfo) {
+        let key = run_key(&info.state);
+        let first = self
+            .ended
+            .lock()
+            .map(|mut e| e.insert(info.config.id.clone(), key) != Some(key))
+            .unwrap_or(false);
+        if first {
+            let code = info.state.exit_code.unwrap_or(255);
+            self.events.emit(
+                EventAction::Die,
+                &info.config,
+                &[("exit_code", code.to_string())],
+            );
+        }
+        if !info.networks.is_empty() {
+            self.release_network(&info.config.id, true);
+        }
+    }
+
+    /// Wait until the state counter moves past what `rx` has seen, the
+    /// client goes, or `deadline`; false if the client has gone.
+    fn wait_change(
+        &self,
+        rx: &mut watch::Receiver<u64>,
+        gone: Option<&Gone>,
+        deadline: Instant,
+    ) -> bool {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .min(SAFETY_NET);
+        self.rt.block_on(async {
+            let change = tokio::time::timeout(left, rx.changed());
+            match gone {
+                Some(g) => tokio::select! {
+                    _ = g.wait() => false,
+                    _ = change => true,
+                },
+                None => {
+                    let _ = change.await;
+                    true
+                }
+            }
         })
     }
 
@@ -344,9 +549,8 @@ impl Containers {
         let Ok(Some(state)) = read_json::<ContainerState>(&self.state_path(id)) else {
             return;
         };
-        let deadline = Instant::now() + limit;
-        while live_runtime(&state).is_some() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(pid) = live_runtime(&state) {
+            crate::watch::wait_exit(pid, state.runtime_start_time, limit);
         }
     }
 
@@ -433,6 +637,15 @@ impl Containers {
                 }
             }
         }
+        if state.status == Status::Exited {
+            if let Some(e) = state
+                .error
+                .as_deref()
+                .and_then(|e| explain_start_failure(&dir, e))
+            {
+                state.error = Some(e);
+            }
+        }
         let networks = ContainerNetworks::read(&dir)
             .ok()
             .flatten()
@@ -495,11 +708,7 @@ impl Containers {
         accel: &Accel,
     ) -> ApiResult<ContainerConfig> {
         let memory_mib = req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
-        if memory_mib < MIN_MEMORY_MIB {
-            return Err(ApiError::invalid(format!(
-                "invalid --memory: a container VM needs at least {MIN_MEMORY_MIB} MiB"
-            )));
-        }
+        check_memory(memory_mib, host_memory_mib()).map_err(ApiError::invalid)?;
         let cpus = req.cpus.unwrap_or(DEFAULT_CPUS);
         if cpus == 0 || cpus > 64 {
             return Err(ApiError::invalid(
@@ -624,6 +833,7 @@ impl Containers {
         fs::create_dir_all(&dir).context("creating the container directory")?;
         write_json_atomic(&dir.join("state.json"), &ContainerState::created())?;
         write_json_atomic(&dir.join("config.json"), &config)?;
+        self.events.emit(EventAction::Create, &config, &[]);
         Ok(config)
     }
 
@@ -646,18 +856,37 @@ impl Containers {
             self.release_network(id, true);
         }
         let mut child = spawned?;
+        let helper_pid = child.id() as i32;
+        // Reap the helper whenever it ends (it outlives us if we restart);
+        // its end is a change waiters hear of.
+        let reaped: Arc<Mutex<Option<std::process::ExitStatus>>> = Arc::default();
+        {
+            let reaped = reaped.clone();
+            let changes = self.changes.clone();
+            std::thread::spawn(move || {
+                if let Ok(status) = child.wait() {
+                    if let Ok(mut r) = reaped.lock() {
+                        *r = Some(status);
+                    }
+                }
+                changes.bump_state();
+            });
+        }
         let deadline = Instant::now() + Duration::from_secs(180);
-        let result = loop {
+        let mut changes = self.changes.states();
+        loop {
+            changes.borrow_and_update();
             let state: Option<ContainerState> = read_json(&self.state_path(id)).unwrap_or(None);
             if let Some(s) = &state {
                 if matches!(
                     s.status,
                     Status::Running | Status::Paused | Status::Exited | Status::Stopping
                 ) {
-                    break Ok(());
+                    break;
                 }
             }
-            if let Ok(Some(status)) = child.try_wait() {
+            let ended = reaped.lock().ok().and_then(|r| *r);
+            if let Some(status) = ended {
                 let mut s = state.unwrap_or_else(ContainerState::created);
                 if s.status != Status::Exited {
                     s.status = Status::Exited;
@@ -669,23 +898,26 @@ impl Containers {
                     ));
                     write_json_atomic(&self.state_path(id), &s)?;
                 }
-                break Ok(());
+                break;
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                break Err(ApiError::Internal(anyhow::anyhow!(
-                    "the container did not start within 180 s; see {}",
+                // SAFETY: kill has no memory-safety preconditions; the
+                // helper is our child, not reaped until its reaper has it.
+                unsafe { libc::kill(helper_pid, libc::SIGKILL) };
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the container did not start within 180 s; see {} and {}",
+                    dir.join("runtime.log").display(),
                     dir.join("boot.log").display()
                 )));
             }
-            std::thread::sleep(Duration::from_millis(15));
-        };
-        // Reap the helper whenever it ends; it outlives us if we restart.
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        result?;
-        self.load(id)
+            self.wait_change(&mut changes, None, deadline);
+        }
+        let info = self.load(id)?;
+        self.events.emit(EventAction::Start, &info.config, &[]);
+        if info.state.status == Status::Exited {
+            self.note_exit(&info);
+        }
+        Ok(info)
     }
 
     /// Spawn the container's runtime helper in its own session.
@@ -716,32 +948,95 @@ impl Containers {
             .with_context(|| format!("starting {}", bin.display()))?)
     }
 
+    fn control_socket(&self, id: &str) -> PathBuf {
+        self.home.run_dir(id).join("control.sock")
+    }
+
+    /// One request to the runtime helper's control socket; its answer.
     fn control(
         &self,
         id: &str,
-        request: &serde_json::Value,
+        request: &ControlRequest,
         timeout: Duration,
     ) -> anyhow::Result<serde_json::Value> {
-        let sock = self.home.run_dir(id).join("control.sock");
+        let sock = self.control_socket(id);
         let mut s = UnixStream::connect(&sock)
             .with_context(|| format!("connecting to {}", sock.display()))?;
         s.set_read_timeout(Some(timeout))?;
-        let mut line = serde_json::to_vec(request)?;
-        line.push(b'\n');
-        s.write_all(&line)?;
+        s.write_all(&request.line()?)?;
         let mut resp = String::new();
         BufReader::new(s).read_line(&mut resp)?;
         let v: serde_json::Value =
             serde_json::from_str(&resp).context("reading the runtime helper's answer")?;
-        if v.get("ok").and_then(|o| o.as_bool()) == Some(false) {
-            anyhow::bail!(
-                "{}",
-                v.get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("the runtime helper refused")
-            );
+        if let Some(e) = ControlAnswer::refusal(&v) {
+            anyhow::bail!("{}", e.message);
         }
         Ok(v)
+    }
+
+    /// Open a stream to the runtime helper of a running container: send
+    /// `request` (one JSON line) to its control socket and read its answer
+    /// line; on `{"ok":true}` the connection then carries the stream, and
+    /// is returned with the bytes that came after the answer.
+    pub fn control_stream(
+        &self,
+        key: &str,
+        request: &ControlRequest,
+    ) -> ApiResult<(ContainerInfo, UnixStream, Vec<u8>)> {
+        let info = self.find(key)?;
+        if !info.state.status.is_active() {
+            return Err(ApiError::conflict(format!(
+                "container {} is not running; start it with `vessel start {}`",
+                info.config.name, info.config.name
+            )));
+        }
+        let sock = self.control_socket(&info.config.id);
+        let mut s = UnixStream::connect(&sock).map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context(format!(
+                "connecting to the runtime helper of container {} ({})",
+                info.config.name,
+                sock.display()
+            )))
+        })?;
+        s.write_all(&request.line().map_err(|e| anyhow::anyhow!(e))?)?;
+        // The answer, byte by byte up to its newline: what follows it is
+        // the stream's, and stays in the socket for the splice.
+        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while byte[0] != b'\n' {
+            if line.len() > 64 * 1024 {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "the runtime helper of container {} answered a line too long",
+                    info.config.name
+                )));
+            }
+            match s.read(&mut byte) {
+                Ok(0) => {
+                    return Err(ApiError::Internal(anyhow::anyhow!(
+                        "the runtime helper of container {} closed the connection without an answer; see {}",
+                        info.config.name,
+                        self.home.container_dir(&info.config.id).join("runtime.log").display()
+                    )))
+                }
+                Ok(_) => line.push(byte[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(ApiError::Internal(anyhow::Error::new(e).context(format!(
+                        "waiting for the answer of the runtime helper of container {}",
+                        info.config.name
+                    ))))
+                }
+            }
+        }
+        s.set_read_timeout(None)?;
+        let v: serde_json::Value = serde_json::from_slice(&line).map_err(|e| {
+            ApiError::Internal(anyhow::Error::new(e).context("reading the runtime helper's answer"))
+        })?;
+        if let Some(refusal) = ControlAnswer::refusal(&v) {
+            return Err(ApiError::Answer(refusal));
+        }
+        Ok((info, s, Vec::new()))
     }
 
     /// Send a signal to the container's process.
@@ -755,14 +1050,19 @@ impl Containers {
         }
         self.control(
             &info.config.id,
-            &serde_json::json!({"op": "signal", "signal": signal}),
+            &ControlRequest::Signal { signal },
             Duration::from_secs(10),
         )?;
+        self.events.emit(
+            EventAction::Kill,
+            &info.config,
+            &[("signal", signal.to_string())],
+        );
         Ok(info)
     }
 
     /// Stop: SIGTERM, then SIGKILL after `timeout` seconds. Returns when the
-    /// container has ended.
+    /// container has ended (its `die`, then `stop`).
     pub fn stop(&self, key: &str, timeout: u64) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         let id = info.config.id.clone();
@@ -773,43 +1073,62 @@ impl Containers {
             }
             return Ok(info);
         }
-        let req = serde_json::json!({"op": "stop", "timeout": timeout});
+        let req = ControlRequest::Stop { timeout };
         if let Err(e) = self.control(&id, &req, Duration::from_secs(timeout + 30)) {
             // No control socket: ask the helper itself to stop.
             eprintln!("vessel-apiserver: stop {id}: {e:#}; signalling the runtime helper");
-            if let Some(pid) = info.state.runtime_pid {
+            if let Some(pid) = live_runtime(&info.state) {
                 // SAFETY: kill has no memory-safety preconditions.
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
-        let ended = self.wait_until_ended(&id, Duration::from_secs(timeout + 30))?;
-        if !ended.state.status.is_active() {
-            // Docker's habit: once `stop` returns, the ports are free again.
-            self.release_network(&id, true);
+        let ended = self.wait_until_ended(&id, Duration::from_secs(timeout + 30), None)?;
+        if let Some(ended) = &ended {
+            if !ended.state.status.is_active() {
+                // Docker's habit: once `stop` returns, the ports are free
+                // again; `die` comes before `stop`.
+                self.note_exit(ended);
+                self.events.emit(EventAction::Stop, &ended.config, &[]);
+            }
         }
         self.load(&id)
     }
 
-    fn wait_until_ended(&self, id: &str, limit: Duration) -> ApiResult<ContainerInfo> {
-        let deadline = Instant::now() + limit;
+    /// The container once it has ended, or as it is after `limit`; `None`
+    /// if the client has gone meanwhile.
+    fn wait_until_ended(
+        &self,
+        id: &str,
+        limit: Duration,
+        gone: Option<&Gone>,
+    ) -> ApiResult<Option<ContainerInfo>> {
+        let deadline = Instant::now()
+            .checked_add(limit)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(100 * 365 * 86400));
+        let mut changes = self.changes.states();
         loop {
+            changes.borrow_and_update();
             let info = self.load(id)?;
             if !info.state.status.is_active() || Instant::now() > deadline {
-                return Ok(info);
+                return Ok(Some(info));
             }
-            std::thread::sleep(Duration::from_millis(50));
+            if !self.wait_change(&mut changes, gone, deadline) {
+                return Ok(None);
+            }
         }
     }
 
-    /// Block until the container ends; its exit code.
-    pub fn wait(&self, key: &str) -> ApiResult<WaitResponse> {
+    /// Block until the container ends, or the client goes; its exit code.
+    pub fn wait(&self, key: &str, gone: &Gone) -> ApiResult<Option<WaitResponse>> {
         let id = self.find(key)?.config.id;
-        let info = self.wait_until_ended(&id, Duration::from_secs(u64::MAX / 4))?;
-        self.release_network(&id, true);
-        Ok(WaitResponse {
+        let Some(info) = self.wait_until_ended(&id, Duration::MAX, Some(gone))? else {
+            return Ok(None);
+        };
+        self.note_exit(&info);
+        Ok(Some(WaitResponse {
             exit_code: info.state.exit_code.unwrap_or(0),
             error: info.state.error,
-        })
+        }))
     }
 
     /// Remove a container's files; `force` kills it first if it runs.
@@ -825,8 +1144,8 @@ impl Containers {
             }
             self.stop(&id, 0)?;
         }
-        let state = self.load(&id)?.state;
-        if let Some(pid) = end_runtime(&state, RUNTIME_EXIT_LIMIT) {
+        let now = self.load(&id)?;
+        if let Some(pid) = end_runtime(&now.state, RUNTIME_EXIT_LIMIT) {
             return Err(ApiError::conflict(format!(
                 "container {} has ended, but its runtime helper (pid {pid}) did not exit within {} s and still holds the container's files; see {}, then run `vessel rm` again",
                 info.config.name,
@@ -834,7 +1153,11 @@ impl Containers {
                 self.home.container_dir(&id).join("runtime.log").display()
             )));
         }
+        if now.state.status == Status::Exited {
+            self.note_exit(&now);
+        }
         self.remove_files(&id)?;
+        self.events.emit(EventAction::Destroy, &info.config, &[]);
         Ok(info)
     }
 
@@ -843,10 +1166,14 @@ impl Containers {
         // removed container held.
         self.release_network(id, true);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
-        match fs::remove_dir_all(self.home.container_dir(id)) {
+        let res = match fs::remove_dir_all(self.home.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
+        };
+        if let Ok(mut e) = self.ended.lock() {
+            e.remove(id);
         }
+        res
     }
 
     /// Register an attached client (holds `--rm` removal back).
@@ -860,28 +1187,61 @@ impl Containers {
         }
     }
 
-    /// Remove ended `--rm` containers that no client is attached to. One
-    /// whose runtime helper is still there is told to end, and removed at a
-    /// later call once it has (its files go only when nothing holds them).
-    pub fn reap_auto_remove(&self) {
-        self.reap_auto_remove_within(Duration::ZERO);
+    /// Look at container `id` again soon (the bookkeeper's turn).
+    fn recheck(&self, id: &str) {
+        if let Some(w) = self.watcher.get() {
+            w.notify(id);
+        }
     }
 
-    /// [`Containers::reap_auto_remove`], waiting up to `limit` for each
-    /// runtime helper to end.
+    /// Remove an ended `--rm` container that no client is attached to. One
+    /// whose runtime helper is still there is told to end (waiting up to
+    /// `limit`), and removed when it has (its files go only when nothing
+    /// holds them): its end is watched and brings it back here.
+    fn reap_auto_remove_one(&self, info: &ContainerInfo, limit: Duration) {
+        let id = &info.config.id;
+        // One removal at a time: the bookkeeper and an attached client's
+        // end may both get here; only the first finds the container.
+        let Ok(_one) = self.reap_lock.lock() else {
+            return;
+        };
+        if !self.home.container_dir(id).join("config.json").exists() {
+            return;
+        }
+        let attached = self
+            .attached
+            .lock()
+            .map(|m| m.contains_key(id))
+            .unwrap_or(true);
+        if attached {
+            return;
+        }
+        if let Some(pid) = end_runtime(&info.state, limit) {
+            if let Some(w) = self.watcher.get() {
+                w.watch_pid(id, pid, info.state.runtime_start_time);
+            }
+            return;
+        }
+        match self.remove_files(id) {
+            Ok(()) => self.events.emit(EventAction::Destroy, &info.config, &[]),
+            Err(e) => eprintln!("vessel-apiserver: removing {id}: {e}"),
+        }
+    }
+
+    /// Remove an ended `--rm` container now (no client attached), waiting
+    /// for its runtime helper to end.
+    pub fn reap_auto_remove_now(&self, info: &ContainerInfo) {
+        if info.config.auto_remove && info.state.status == Status::Exited {
+            self.reap_auto_remove_one(info, RUNTIME_EXIT_LIMIT);
+        }
+    }
+
+    /// Remove every ended `--rm` container no client is attached to,
+    /// waiting up to `limit` for each runtime helper to end.
     fn reap_auto_remove_within(&self, limit: Duration) {
         for info in self.list() {
             if info.config.auto_remove && info.state.status == Status::Exited {
-                let attached = self
-                    .attached
-                    .lock()
-                    .map(|m| m.contains_key(&info.config.id))
-                    .unwrap_or(true);
-                if !attached && end_runtime(&info.state, limit).is_none() {
-                    if let Err(e) = self.remove_files(&info.config.id) {
-                        eprintln!("vessel-apiserver: removing {}: {e}", info.config.id);
-                    }
-                }
+                self.reap_auto_remove_one(&info, limit);
             }
         }
     }
@@ -1071,5 +1431,52 @@ mod tests {
             end_runtime(&ContainerState::created(), Duration::from_secs(5)),
             None
         );
+    }
+
+    #[test]
+    fn memory_is_checked_against_the_host() {
+        assert!(check_memory(512, Some(24_000)).is_ok());
+        assert!(check_memory(24_000, Some(24_000)).is_ok());
+        let e = check_memory(100_000, Some(24_000)).unwrap_err();
+        assert!(
+            e.contains("100000 MiB is more than this host has (24000 MiB)"),
+            "{e}"
+        );
+        assert!(check_memory(32, Some(24_000))
+            .unwrap_err()
+            .contains("at least 64 MiB"));
+        // Unknown host memory: only the guest's minimum.
+        assert!(check_memory(1 << 40, None).is_ok());
+        assert!(host_memory_mib().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn a_start_failure_before_the_guest_ran_names_the_vmm_s_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let boot = dir.path().join("boot.log");
+        let error = format!(
+            "the VM exited before its agent answered; see {}",
+            boot.display()
+        );
+        // No vmm.log: nothing better to say.
+        assert_eq!(explain_start_failure(dir.path(), &error), None);
+        std::fs::write(
+            dir.path().join("vmm.log"),
+            "starting\nqemu-system-x86_64: cannot set up guest memory 'mem': Cannot allocate memory\n\n",
+        )
+        .unwrap();
+        let better = explain_start_failure(dir.path(), &error).unwrap();
+        assert!(
+            better.starts_with("the VM exited before its agent answered; the VMM said: "),
+            "{better}"
+        );
+        assert!(better.contains("Cannot allocate memory"), "{better}");
+        assert!(better.contains("vmm.log"), "{better}");
+        assert!(!better.contains("boot.log"), "{better}");
+        // A console that has something: the error stands.
+        std::fs::write(&boot, "Linux version 6.1\n").unwrap();
+        assert_eq!(explain_start_failure(dir.path(), &error), None);
+        // Other errors are left alone.
+        assert_eq!(explain_start_failure(dir.path(), "exit 3"), None);
     }
 }

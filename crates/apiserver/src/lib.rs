@@ -8,12 +8,15 @@
 //! `vessel-runtime` process, which outlives the apiserver.
 
 pub mod accel;
+pub mod api;
 pub mod assets;
 pub mod containers;
 pub mod error;
+pub mod events;
 pub mod helpers;
 pub mod logs;
 pub mod names;
 pub mod rootless;
 pub mod server;
 pub mod supervisor;
+pub mod watch;

@@ -1,6 +1,9 @@
-//! The API server: routes of `docs/api/openapi.yaml` over a Unix socket.
+//! The API server: its state, the socket it serves, and what its route
+//! handlers ([`crate::api`]) share: the helpers' clients, uploads, system
+//! information, shutdown.
 
 use crate::accel::Accel;
+use crate::api::call::Call;
 use crate::containers::Containers;
 use crate::error::{helper_answer, helper_failed, ApiError, ApiResult};
 use crate::helpers::{Helper, ImagesHelper};
@@ -9,20 +12,14 @@ use std::fs::{self, File};
 use std::io;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
 use vessel_api::error::{ErrorBody, ErrorKind};
 use vessel_api::fsutil::random_hex;
-use vessel_api::http::{
-    percent_encode, respond_error, respond_json, respond_stream_head, Request, Response,
-};
-use vessel_api::network::NetworkCreateRequest;
+use vessel_api::http::{percent_encode, Response};
 use vessel_api::paths::Home;
-use vessel_api::types::{
-    parse_signal, ContainerSummary, CreateRequest, CreateResponse, HelperInfo, ImageSummary,
-    LoadResponse, RegistryRequest, ResolvedImage, SystemInfo,
-};
+use vessel_api::types::{HelperInfo, RegistryRequest, ResolvedImage, SystemInfo};
 
 /// Options of `vessel-apiserver serve`.
 #[derive(Debug, Clone, Default)]
@@ -41,6 +38,7 @@ pub struct Server {
     images: Arc<ImagesHelper>,
     network: Arc<Helper>,
     options: Options,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Server {
@@ -64,10 +62,16 @@ impl Server {
             }
         }
         let accel = crate::accel::detect();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("api")
+            .build()
+            .context("starting the API's runtime")?;
         let images = Helper::images(home.clone());
         let network = Helper::network(home.clone());
-        let containers = Containers::new(home.clone(), network.clone());
-        // Each time vessel-network (re)starts, before it takes requests.
+        let containers = Containers::new(home.clone(), network.clone(), rt.handle().clone());
+        // Each time vessel-network (re)starts, before it takes requests:
+        // what ended while it was away gives its network back there.
         let c = containers.clone();
         network.set_on_ready(Box::new(move |client| c.reconcile_network(client)));
         // Rootless: vessel-network could not change the host's network;
@@ -82,7 +86,25 @@ impl Server {
             images,
             network,
             options,
+            rt,
         }))
+    }
+
+    pub fn home(&self) -> &Home {
+        &self.home
+    }
+
+    pub fn containers(&self) -> &Arc<Containers> {
+        &self.containers
+    }
+
+    pub fn accel(&self) -> &Accel {
+        &self.accel
+    }
+
+    /// Rootless mode (no vessel-network)?
+    pub fn rootless(&self) -> bool {
+        self.containers.rootless()
     }
 
     /// Bind the API socket and serve forever.
@@ -102,16 +124,7 @@ impl Server {
             &self.home.apiserver_pid(),
             std::process::id().to_string().as_bytes(),
         )?;
-        let me = self.clone();
-        std::thread::Builder::new()
-            .name("monitor".into())
-            .spawn(move || loop {
-                // Containers that ended by themselves, were killed, or were
-                // found dead give their network back here.
-                me.containers.release_ended_networks(&me.containers.list());
-                me.containers.reap_auto_remove();
-                std::thread::sleep(Duration::from_millis(200));
-            })?;
+        self.containers.start_bookkeeping()?;
         eprintln!(
             "vessel-apiserver: listening on {} (pid {}, accel {}: {})",
             sock.display(),
@@ -119,263 +132,26 @@ impl Server {
             self.accel.name,
             self.accel.reason
         );
-        for conn in listener.incoming() {
-            match conn {
-                Ok(stream) => {
-                    let me = self.clone();
-                    std::thread::spawn(move || me.handle(stream));
-                }
-                Err(e) => eprintln!("vessel-apiserver: accept: {e}"),
-            }
-        }
-        Ok(())
-    }
-
-    fn handle(self: &Arc<Self>, stream: UnixStream) {
-        let mut req = match Request::read(stream) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("vessel-apiserver: bad request: {e}");
-                return;
-            }
-        };
-        if let Err(e) = self.route(&mut req) {
-            let body = e.body();
-            if body.kind == ErrorKind::Internal {
-                eprintln!(
-                    "vessel-apiserver: {} {}: {}",
-                    req.method, req.path, body.message
-                );
-            }
-            let _ = respond_error(req.stream(), &body);
-        }
-    }
-
-    fn route(self: &Arc<Self>, req: &mut Request) -> ApiResult<()> {
-        let path = req.path.trim_end_matches('/').to_string();
-        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-        let method = req.method.clone();
-        match (method.as_str(), parts.as_slice()) {
-            ("GET", ["v1", "system", "info"]) => {
-                let info = self.system_info();
-                respond_json(req.stream(), 200, &info)?;
-            }
-            ("POST", ["v1", "system", "shutdown"]) => {
-                // Shut down even if the client has hung up already.
-                let _ = respond_json(req.stream(), 200, &serde_json::json!({"ok": true}));
-                self.shutdown();
-            }
-            ("GET", ["v1", "containers"]) => {
-                let all = req.flag("all");
-                let list: Vec<ContainerSummary> = self
-                    .containers
-                    .list()
-                    .iter()
-                    .filter(|i| all || i.state.status.is_active())
-                    .map(ContainerSummary::from_info)
-                    .collect();
-                respond_json(req.stream(), 200, &list)?;
-            }
-            ("POST", ["v1", "containers"]) => {
-                let create: CreateRequest = req.json().map_err(ApiError::invalid_body)?;
-                // `image_not_found` from create is always about this image,
-                // named as the request gave it: the CLI pulls on that alone.
-                let image = self
-                    .resolve_image(&create.image)
-                    .map_err(|e| e.naming(ErrorKind::ImageNotFound, &create.image))?;
-                let config = self.containers.create(&create, &image, &self.accel)?;
-                respond_json(
-                    req.stream(),
-                    201,
-                    &CreateResponse {
-                        id: config.id,
-                        name: config.name,
-                    },
-                )?;
-            }
-            ("GET", ["v1", "containers", key]) => {
-                let info = self.containers.find(key)?;
-                respond_json(req.stream(), 200, &info)?;
-            }
-            ("DELETE", ["v1", "containers", key]) => {
-                let info = self.containers.remove(key, req.flag("force"))?;
-                respond_json(req.stream(), 200, &ContainerSummary::from_info(&info))?;
-            }
-            ("POST", ["v1", "containers", key, "start"]) => {
-                let id = self.containers.find(key)?.config.id;
-                if req.flag("attach") {
-                    let _guard = self.containers.attach(&id);
-                    self.containers.start(&id)?;
-                    respond_stream_head(req.stream(), 200, "application/x-ndjson")?;
-                    crate::logs::stream(&self.containers, &id, req.stream(), true)?;
-                } else {
-                    let info = self.containers.start(&id)?;
-                    respond_json(req.stream(), 200, &info)?;
-                }
-            }
-            ("GET", ["v1", "containers", key, "logs"]) => {
-                let id = self.containers.find(key)?.config.id;
-                let _guard = self.containers.attach(&id);
-                respond_stream_head(req.stream(), 200, "application/x-ndjson")?;
-                let follow = req.flag("follow");
-                crate::logs::stream(&self.containers, &id, req.stream(), follow)?;
-            }
-            ("POST", ["v1", "containers", key, "stop"]) => {
-                let t = match req.query("t") {
-                    Some(t) => t
-                        .parse::<u64>()
-                        .map_err(|_| ApiError::invalid(format!("invalid timeout {t:?}")))?,
-                    None => 10,
-                };
-                let info = self.containers.stop(key, t)?;
-                respond_json(req.stream(), 200, &info)?;
-            }
-            ("POST", ["v1", "containers", key, "kill"]) => {
-                let sig = parse_signal(req.query("signal").unwrap_or("KILL"))
-                    .map_err(ApiError::invalid)?;
-                let info = self.containers.kill(key, sig)?;
-                respond_json(req.stream(), 200, &info)?;
-            }
-            ("POST", ["v1", "containers", key, "wait"]) => {
-                let w = self.containers.wait(key)?;
-                respond_json(req.stream(), 200, &w)?;
-            }
-            ("GET", ["v1", "networks"]) if self.containers.rootless() => {
-                // No networks to list; the others answer why.
-                respond_json(req.stream(), 200, &serde_json::json!([]))?;
-            }
-            ("GET", ["v1", "networks"]) => {
-                let resp = self.network_send("GET", "/networks", None)?;
-                relay_json(req, resp)?;
-            }
-            ("POST", ["v1", "networks"]) => {
-                let create: NetworkCreateRequest = req.json().map_err(ApiError::invalid_body)?;
-                let body = serde_json::to_vec(&create).map_err(|e| anyhow::anyhow!(e))?;
-                let resp = self.network_send("POST", "/networks", Some(&body))?;
-                relay_json(req, resp)?;
-            }
-            ("POST", ["v1", "networks", "prune"]) => {
-                let resp = self.network_send("POST", "/networks/prune", None)?;
-                relay_json(req, resp)?;
-            }
-            ("GET", ["v1", "networks", name]) => {
-                let path = format!("/networks/{}", percent_encode(name));
-                let resp = self.network_send("GET", &path, None)?;
-                relay_json(req, resp)?;
-            }
-            ("DELETE", ["v1", "networks", name]) => {
-                let path = format!("/networks/{}", percent_encode(name));
-                let resp = self.network_send("DELETE", &path, None)?;
-                relay_json(req, resp)?;
-            }
-            ("GET", ["v1", "images"]) => {
-                let list: Vec<ImageSummary> = self.images_call("GET", "/images")?;
-                respond_json(req.stream(), 200, &list)?;
-            }
-            ("POST", ["v1", "images", "load"]) => {
-                let upload = self.receive_upload(req)?;
-                let path = percent_encode(&upload.path.to_string_lossy());
-                let res: ApiResult<LoadResponse> =
-                    self.images_call("POST", &format!("/images/load?path={path}"));
-                respond_json(req.stream(), 200, &res?)?;
-            }
-            ("POST", ["v1", "images", "import"]) => {
-                let reference = req
-                    .query("ref")
-                    .ok_or_else(|| ApiError::invalid("missing the image reference"))?
-                    .to_string();
-                let upload = self.receive_upload(req)?;
-                let path = percent_encode(&upload.path.to_string_lossy());
-                let res: ApiResult<LoadResponse> = self.images_call(
-                    "POST",
-                    &format!(
-                        "/images/import?path={path}&ref={}",
-                        percent_encode(&reference)
-                    ),
-                );
-                respond_json(req.stream(), 200, &res?)?;
-            }
-            ("POST", ["v1", "images", "pull"]) => {
-                let q = self.forward_query(req, &["ref", "platform", "tls_verify"], &["ref"])?;
-                let body = registry_body(req)?;
-                let resp = self.images_send("POST", &format!("/images/pull?{q}"), Some(&body))?;
-                relay(req, resp, "application/x-ndjson")?;
-            }
-            ("POST", ["v1", "images", "push"]) => {
-                let q = self.forward_query(req, &["ref", "tls_verify"], &["ref"])?;
-                let body = registry_body(req)?;
-                let resp = self.images_send("POST", &format!("/images/push?{q}"), Some(&body))?;
-                relay(req, resp, "application/x-ndjson")?;
-            }
-            ("POST", ["v1", "registry", "login"]) => {
-                let q = self.forward_query(req, &["server", "tls_verify"], &["server"])?;
-                let body = registry_body(req)?;
-                let resp =
-                    self.images_send("POST", &format!("/registry/login?{q}"), Some(&body))?;
-                relay_json(req, resp)?;
-            }
-            ("GET", ["v1", "images", "inspect"]) => {
-                let q = self.forward_query(req, &["ref"], &["ref"])?;
-                let resp = self.images_send("GET", &format!("/images/inspect?{q}"), None)?;
-                relay_json(req, resp)?;
-            }
-            ("POST", ["v1", "images", "tag"]) => {
-                let q = self.forward_query(req, &["source", "target"], &["source", "target"])?;
-                let resp = self.images_send("POST", &format!("/images/tag?{q}"), None)?;
-                relay_json(req, resp)?;
-            }
-            ("POST", ["v1", "images", "prune"]) => {
-                let all = req.flag("all");
-                let body = self.keep_body()?;
-                let resp =
-                    self.images_send("POST", &format!("/images/prune?all={all}"), Some(&body))?;
-                relay_json(req, resp)?;
-            }
-            ("GET", ["v1", "images", "save"]) => {
-                let q = self.forward_query(req, &["refs"], &["refs"])?;
-                let resp = self.images_send("GET", &format!("/images/save?{q}"), None)?;
-                relay(req, resp, "application/x-tar")?;
-            }
-            ("DELETE", ["v1", "images"]) => {
-                let reference = req
-                    .query("ref")
-                    .ok_or_else(|| ApiError::invalid("missing the image reference"))?
-                    .to_string();
-                if !req.flag("force") {
-                    let image = self.resolve_image_id(&reference)?;
-                    if let Some(c) = self
-                        .containers
-                        .list()
-                        .iter()
-                        .find(|c| c.config.image_id == image)
-                    {
-                        return Err(ApiError::new(ErrorKind::InUse, format!(
-                            "image {reference} is used by container {} ({}); remove the container first or use `vessel image rm -f`",
-                            c.config.name,
-                            &c.config.id[..12]
-                        )));
+        listener.set_nonblocking(true)?;
+        let me = self.clone();
+        self.rt.block_on(async move {
+            let listener = tokio::net::UnixListener::from_std(listener)?;
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(crate::api::serve_connection(me.clone(), stream));
+                    }
+                    Err(e) => {
+                        eprintln!("vessel-apiserver: accept: {e}");
+                        // Out of descriptors, say: let some close first.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-                // The helper keeps whatever a container still needs, even with force.
-                let body = self.keep_body()?;
-                let resp = self.images_send(
-                    "DELETE",
-                    &format!("/images?ref={}", percent_encode(&reference)),
-                    Some(&body),
-                )?;
-                relay_json(req, resp)?;
             }
-            _ => {
-                return Err(ApiError::new(
-                    ErrorKind::NotFound,
-                    format!("no route for {} {}", req.method, req.path),
-                ));
-            }
-        }
-        Ok(())
+        })
     }
 
-    fn images_call<T: serde::de::DeserializeOwned>(
+    pub fn images_call<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
@@ -385,7 +161,12 @@ impl Server {
     }
 
     /// Send a request to the image helper; the raw response, whatever its status.
-    fn images_send(&self, method: &str, path: &str, body: Option<&[u8]>) -> ApiResult<Response> {
+    pub fn images_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> ApiResult<Response> {
         let client = self
             .images
             .client()
@@ -396,7 +177,12 @@ impl Server {
     }
 
     /// Send a request to the network helper; the raw response.
-    fn network_send(&self, method: &str, path: &str, body: Option<&[u8]>) -> ApiResult<Response> {
+    pub fn network_send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> ApiResult<Response> {
         let client = self.containers.network_client().map_err(|e| match e {
             ApiError::Answer(mut b) if b.kind == ErrorKind::Unavailable => {
                 // Not about running a container here: drop that advice.
@@ -414,9 +200,9 @@ impl Server {
 
     /// The query string for the helper: the `allowed` parameters of the
     /// client's request, re-encoded; the `required` ones must be there.
-    fn forward_query(
+    pub fn forward_query(
         &self,
-        req: &Request,
+        req: &Call,
         allowed: &[&str],
         required: &[&str],
     ) -> ApiResult<String> {
@@ -438,7 +224,7 @@ impl Server {
     }
 
     /// `{"keep": [image IDs of every container]}`: what the helper must not delete.
-    fn keep_body(&self) -> ApiResult<Vec<u8>> {
+    pub fn keep_body(&self) -> ApiResult<Vec<u8>> {
         let mut keep: Vec<String> = self
             .containers
             .list()
@@ -452,14 +238,14 @@ impl Server {
             .map_err(|e| anyhow::anyhow!(e))?)
     }
 
-    fn resolve_image(&self, reference: &str) -> ApiResult<ResolvedImage> {
+    pub fn resolve_image(&self, reference: &str) -> ApiResult<ResolvedImage> {
         self.images_call(
             "POST",
             &format!("/images/resolve?ref={}", percent_encode(reference)),
         )
     }
 
-    fn resolve_image_id(&self, reference: &str) -> ApiResult<String> {
+    pub fn resolve_image_id(&self, reference: &str) -> ApiResult<String> {
         let v: serde_json::Value = self.images_call(
             "GET",
             &format!("/images/inspect?ref={}", percent_encode(reference)),
@@ -470,25 +256,27 @@ impl Server {
             .to_string())
     }
 
-    fn receive_upload(&self, req: &mut Request) -> ApiResult<Upload> {
+    /// Store the request body in `tmp/` (removed when the upload is dropped).
+    pub fn receive_upload(&self, req: &mut Call) -> ApiResult<Upload> {
         let path = self
             .home
             .tmp_dir()
             .join(format!("upload-{}", random_hex(8)));
         let upload = Upload { path };
         let mut f = File::create(&upload.path)?;
-        let expected = req.content_length;
-        let n = io::copy(&mut req.body(), &mut f)?;
-        if n != expected {
-            return Err(ApiError::invalid(format!(
-                "the upload ended after {n} of {expected} bytes"
-            )));
+        let n = io::copy(&mut req.body(), &mut f).map_err(|e| {
+            ApiError::invalid(format!("the upload was cut short: {e}; send it again"))
+        })?;
+        if n == 0 {
+            return Err(ApiError::invalid(
+                "the upload is empty: send the archive as the request body",
+            ));
         }
         f.sync_all()?;
         Ok(upload)
     }
 
-    fn system_info(&self) -> SystemInfo {
+    pub fn system_info(&self) -> SystemInfo {
         let list = self.containers.list();
         SystemInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -539,7 +327,7 @@ impl Server {
     }
 
     /// `system stop`: stop every container, then end the supervisor and ourselves.
-    fn shutdown(&self) {
+    pub fn shutdown(&self) {
         eprintln!("vessel-apiserver: shutting down: stopping containers");
         self.containers.stop_all(5);
         // Then the network helper (its DNS servers and port proxies), and
@@ -570,11 +358,14 @@ impl Server {
 
 /// The client's `RegistryRequest` (an empty body is one without credentials),
 /// re-serialized for the helper.
-fn registry_body(req: &mut Request) -> ApiResult<Vec<u8>> {
-    let body: RegistryRequest = if req.content_length == 0 {
+pub fn registry_body(req: &mut Call) -> ApiResult<Vec<u8>> {
+    let data = req.body_bytes()?;
+    let body: RegistryRequest = if data.is_empty() {
         RegistryRequest::default()
     } else {
-        req.json().map_err(ApiError::invalid_body)?
+        serde_json::from_slice(&data).map_err(|e| {
+            ApiError::invalid(format!("invalid request body: Invalid JSON body: {e}"))
+        })?
     };
     Ok(serde_json::to_vec(&body).map_err(|e| anyhow::anyhow!(e))?)
 }
@@ -587,20 +378,18 @@ fn helper_ok(resp: Response) -> ApiResult<Response> {
 }
 
 /// Pass a JSON answer of the helper on to the client.
-fn relay_json(req: &mut Request, resp: Response) -> ApiResult<()> {
+pub fn relay_json(req: &mut Call, resp: Response) -> ApiResult<()> {
     let resp = helper_ok(resp)?;
     let status = resp.status;
     let v: serde_json::Value = helper_answer("a helper", resp)?;
-    respond_json(req.stream(), status, &v)?;
-    Ok(())
+    req.respond_json(status, &v)
 }
 
 /// Pass a streamed answer of the helper on to the client as it arrives.
-fn relay(req: &mut Request, resp: Response, content_type: &str) -> ApiResult<()> {
+pub fn relay(req: &mut Call, resp: Response, content_type: &str) -> ApiResult<()> {
     let resp = helper_ok(resp)?;
-    respond_stream_head(req.stream(), 200, content_type)?;
+    let mut to = req.respond_stream(200, content_type)?;
     let mut from = resp.reader;
-    let to = req.stream();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         // Each chunk is written as soon as it is read: no buffering of events.
@@ -610,13 +399,14 @@ fn relay(req: &mut Request, resp: Response, content_type: &str) -> ApiResult<()>
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e.into()),
         };
+        // A client that has gone ends the relay (and the helper's stream).
         to.write_all(&buf[..n])?;
     }
 }
 
 /// An uploaded file in `tmp/`, removed when dropped.
-struct Upload {
-    path: std::path::PathBuf,
+pub struct Upload {
+    pub path: std::path::PathBuf,
 }
 
 impl Drop for Upload {

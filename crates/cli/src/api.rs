@@ -3,14 +3,21 @@
 use anyhow::{anyhow, Context, Result};
 use serde::de::DeserializeOwned;
 use std::io::Read;
+use vessel_api::client::{Client, Response, Upgraded};
 pub use vessel_api::error::{ErrorBody, ErrorKind};
-use vessel_api::http::{Client, HttpError, Response};
+use vessel_api::http::HttpError;
 use vessel_api::paths::Home;
 
 /// A client for this instance's apiserver.
 pub struct Api {
     pub home: Home,
     client: Client,
+}
+
+impl Clone for Api {
+    fn clone(&self) -> Self {
+        Api::new(self.home.clone())
+    }
 }
 
 /// The error the apiserver answered with (its kind, message and the name
@@ -26,7 +33,14 @@ pub fn error_kind(e: &anyhow::Error) -> Option<ErrorKind> {
 
 impl Api {
     pub fn new(home: Home) -> Self {
-        let client = Client::new(home.api_socket());
+        // Only an exhausted process fails to make its small runtime.
+        let client = match Client::new(home.api_socket()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("vessel: error: cannot start the API client: {e}");
+                std::process::exit(crate::exit::VESSEL_ERROR);
+            }
+        };
         Self { home, client }
     }
 
@@ -73,6 +87,16 @@ impl Api {
         self.client
             .request_reader("POST", path, body, len)
             .map_err(|e| self.not_running(e))
+    }
+
+    /// Ask for an upgraded connection (attach, exec): a byte stream both
+    /// ways, or the server's error.
+    pub fn upgrade(&self, method: &str, path: &str) -> Result<Upgraded> {
+        let res = self
+            .client
+            .upgrade(method, path, None)
+            .map_err(|e| self.not_running(e))?;
+        Ok(res?)
     }
 
     /// Send a request and decode a JSON answer, turning error statuses into errors.

@@ -38,6 +38,8 @@ pub enum Command {
     Inspect(TargetsArgs),
     /// Wait for containers to end and print their exit codes
     Wait(TargetsArgs),
+    /// Show what happens to containers, as it happens
+    Events(EventsArgs),
     /// Manage images
     #[command(subcommand)]
     Image(ImageCommand),
@@ -182,6 +184,22 @@ pub struct RmArgs {
     pub force: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// Show events from this time on: Unix seconds, RFC 3339 (2024-05-01T12:00:00Z) or a duration ago (10m, 1h30m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Stop at this time (same forms); without it, follow events until interrupted
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only events matching KEY=VALUE (type, event, container, image); several are ANDed, the same key ORed
+    #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE[,KEY=VALUE]")]
+    pub filter: Vec<String>,
+    /// Output format: `text` (default) or `json` (one object per line)
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -27,6 +27,8 @@ pub enum ErrorKind {
     Denied,
     /// No such endpoint, or a thing that has no kind of its own (404).
     NotFound,
+    /// The endpoint exists, but not with this method (405).
+    MethodNotAllowed,
     /// The image is not in the store or, for a pull, in the registry (404).
     ImageNotFound,
     /// No container has this ID, name or ID prefix (404).
@@ -57,11 +59,12 @@ pub enum ErrorKind {
 
 impl ErrorKind {
     /// Every kind this build knows, in the order of the API description.
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::InvalidArgument,
         ErrorKind::Unauthorized,
         ErrorKind::Denied,
         ErrorKind::NotFound,
+        ErrorKind::MethodNotAllowed,
         ErrorKind::ImageNotFound,
         ErrorKind::ContainerNotFound,
         ErrorKind::NetworkNotFound,
@@ -86,6 +89,7 @@ impl ErrorKind {
             | ErrorKind::ContainerNotFound
             | ErrorKind::NetworkNotFound
             | ErrorKind::VolumeNotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
             ErrorKind::Conflict | ErrorKind::InUse => 409,
             ErrorKind::TooManyRequests => 429,
             ErrorKind::Internal | ErrorKind::Unknown => 500,
@@ -102,6 +106,7 @@ impl ErrorKind {
             401 => ErrorKind::Unauthorized,
             403 => ErrorKind::Denied,
             404 => ErrorKind::NotFound,
+            405 => ErrorKind::MethodNotAllowed,
             409 => ErrorKind::Conflict,
             429 => ErrorKind::TooManyRequests,
             502 => ErrorKind::RegistryError,
@@ -122,6 +127,7 @@ impl ErrorKind {
             ErrorKind::Unauthorized => "unauthorized",
             ErrorKind::Denied => "denied",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::ImageNotFound => "image_not_found",
             ErrorKind::ContainerNotFound => "container_not_found",
             ErrorKind::NetworkNotFound => "network_not_found",
@@ -271,6 +277,7 @@ mod tests {
             (Unauthorized, 401),
             (Denied, 403),
             (NotFound, 404),
+            (MethodNotAllowed, 405),
             (ImageNotFound, 404),
             (ContainerNotFound, 404),
             (NetworkNotFound, 404),
@@ -290,7 +297,7 @@ mod tests {
         }
         // A status without a kind maps to the general kind of that status,
         // which maps back to the same status.
-        for s in [400, 401, 403, 404, 409, 429, 500, 502, 503] {
+        for s in [400, 401, 403, 404, 405, 409, 429, 500, 502, 503] {
             assert_eq!(ErrorKind::from_status(s).status(), s);
         }
         assert_eq!(ErrorKind::from_status(404), NotFound);

@@ -153,7 +153,8 @@ fn read_head<R: BufRead>(r: &mut R) -> Result<Vec<u8>, HttpError> {
     }
 }
 
-fn parse_query(q: &str) -> Vec<(String, String)> {
+/// The `name=value` pairs of a query string, percent-decoded.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| match kv.split_once('=') {
@@ -219,6 +220,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
+        405 => "Method Not Allowed",
         404 => "Not Found",
         409 => "Conflict",
         429 => "Too Many Requests",

@@ -4,6 +4,9 @@
 //! HTTP/1.1-over-Unix-socket layer they travel on ([`http`]), and atomic
 //! state files ([`fsutil`]).
 
+#[cfg(feature = "client")]
+pub mod client;
+pub mod control;
 pub mod error;
 pub mod fsutil;
 pub mod http;

@@ -623,3 +623,91 @@ pub enum TransferEvent {
         message: String,
     },
 }
+
+/// The actions of [`Event`]s, each with its name on the wire. Adding a kind
+/// of event is one line here (and its name in the `Event` schema of
+/// `docs/api/openapi.yaml`, which a test keeps in step).
+macro_rules! event_actions {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// What happened to the thing an [`Event`] is about.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum EventAction {
+            $($(#[$doc])* #[serde(rename = $name)] $variant,)*
+        }
+
+        impl EventAction {
+            /// Every action, in the order of the API description.
+            pub const ALL: &'static [EventAction] = &[$(EventAction::$variant,)*];
+
+            /// The name on the wire.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventAction::$variant => $name,)*
+                }
+            }
+
+            /// The action named `name`.
+            pub fn parse(name: &str) -> Option<Self> {
+                match name {
+                    $($name => Some(EventAction::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+event_actions! {
+    /// Created (not started).
+    Create = "create",
+    /// Its process runs.
+    Start = "start",
+    /// Its process ended (`exit_code` attribute), by itself or not.
+    Die = "die",
+    /// Stopped by a `stop` request (after its `die`).
+    Stop = "stop",
+    /// A signal was sent to it (`signal` attribute).
+    Kill = "kill",
+    /// Removed.
+    Destroy = "destroy",
+}
+
+/// What an [`Event`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    Container,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Container => "container",
+        }
+    }
+}
+
+/// One line of `GET /v1/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// When, in nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub action: EventAction,
+    /// The container's full ID.
+    pub id: String,
+    /// The container's name.
+    pub name: String,
+    /// `image`, and per action: `exit_code` (die), `signal` (kill).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// Nanoseconds since the Unix epoch, now.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}

@@ -1,6 +1,7 @@
 //! One module per command, named after it.
 
 pub mod container;
+pub mod events;
 pub mod image;
 pub mod network;
 pub mod registry;
@@ -25,6 +26,7 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
         Command::Rm(a) => container::rm(api, a),
         Command::Inspect(a) => container::inspect(api, a),
         Command::Wait(a) => container::wait(api, a),
+        Command::Events(a) => events::events(api, a),
         Command::Image(c) => image::dispatch(api, c),
         Command::Pull(a) => image::dispatch(api, ImageCommand::Pull(a)),
         Command::Push(a) => image::dispatch(api, ImageCommand::Push(a)),

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use std::io::{BufRead, Write};
-use vessel_api::http::Response;
+use vessel_api::client::Response;
 use vessel_api::types::{Stream, StreamEvent};
 
 /// How a stream ended.

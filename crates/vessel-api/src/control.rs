@@ -1,0 +1,135 @@
+//! Requests the apiserver sends to a runtime helper's control socket
+//! (`RUN/control.sock`, served by `crates/runtime/src/control.rs`), and how
+//! it reads the answers.
+//!
+//! Every connection starts with one JSON request line and one JSON answer
+//! line. A refusal is `{"ok":false,"error":"...","kind":"..."}` (`kind`, an
+//! [`ErrorKind`], is optional: `conflict` when absent). For the one-shot
+//! ops (`signal`, `stop`, `state`) the connection then ends. For a
+//! streaming op (`attach`, and the ones to come: `exec`, `copy_out`,
+//! `copy_in`, `stats`) the answer is `{"ok":true}` and the connection then
+//! carries that op's bytes both ways until either side closes: the
+//! apiserver splices it with the client's upgraded HTTP connection
+//! (docs/ARCHITECTURE.md, "Streams").
+
+use crate::error::{ErrorBody, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Deliver a signal to the container's process.
+    Signal { signal: i32 },
+    /// SIGTERM, then SIGKILL after `timeout` seconds; answered once ended.
+    Stop { timeout: u64 },
+    /// The current `ContainerState`.
+    State,
+    /// Stream: the container's stdio (streams as the runtime frames them).
+    Attach(AttachRequest),
+}
+
+/// What an attach asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdout: bool,
+    #[serde(default)]
+    pub stderr: bool,
+}
+
+impl ControlRequest {
+    /// The request as its line on the socket.
+    pub fn line(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let mut v = serde_json::to_vec(self)?;
+        v.push(b'\n');
+        Ok(v)
+    }
+}
+
+/// Reading answer lines.
+pub struct ControlAnswer;
+
+impl ControlAnswer {
+    /// The refusal an answer carries (`"ok": false`), as an error of the
+    /// request it answers; `None` for any other answer.
+    pub fn refusal(answer: &serde_json::Value) -> Option<ErrorBody> {
+        if answer.get("ok").and_then(|o| o.as_bool()) != Some(false) {
+            return None;
+        }
+        let message = answer
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("the runtime helper refused, without saying why")
+            .to_string();
+        let kind = answer
+            .get("kind")
+            .cloned()
+            .and_then(|k| serde_json::from_value::<ErrorKind>(k).ok())
+            .filter(|k| *k != ErrorKind::Unknown)
+            .unwrap_or(ErrorKind::Conflict);
+        Some(ErrorBody::new(kind, message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_the_runtime_s() {
+        assert_eq!(
+            ControlRequest::Signal { signal: 9 }.line().unwrap(),
+            b"{\"op\":\"signal\",\"signal\":9}\n"
+        );
+        assert_eq!(
+            ControlRequest::Stop { timeout: 3 }.line().unwrap(),
+            b"{\"op\":\"stop\",\"timeout\":3}\n"
+        );
+        assert_eq!(
+            ControlRequest::State.line().unwrap(),
+            b"{\"op\":\"state\"}\n"
+        );
+        let a = ControlRequest::Attach(AttachRequest {
+            stdin: true,
+            stdout: true,
+            stderr: false,
+        });
+        assert_eq!(
+            a.line().unwrap(),
+            b"{\"op\":\"attach\",\"stdin\":true,\"stdout\":true,\"stderr\":false}\n"
+        );
+        let back: ControlRequest = serde_json::from_slice(&a.line().unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn refusals() {
+        let v = serde_json::json!({"ok": false, "error": "not running", "kind": "conflict"});
+        let e = ControlAnswer::refusal(&v).unwrap();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::Conflict, "not running")
+        );
+        let v = serde_json::json!({"ok": false, "error": "no such process", "kind": "not_found"});
+        assert_eq!(
+            ControlAnswer::refusal(&v).unwrap().kind,
+            ErrorKind::NotFound
+        );
+        // An older runtime: no kind; a newer one: a kind we do not know.
+        let v = serde_json::json!({"ok": false, "error": "Invalid control request"});
+        assert_eq!(
+            ControlAnswer::refusal(&v).unwrap().kind,
+            ErrorKind::Conflict
+        );
+        let v = serde_json::json!({"ok": false, "error": "x", "kind": "brand_new"});
+        assert_eq!(
+            ControlAnswer::refusal(&v).unwrap().kind,
+            ErrorKind::Conflict
+        );
+        assert!(ControlAnswer::refusal(&serde_json::json!({"ok": true})).is_none());
+        assert!(ControlAnswer::refusal(&serde_json::json!({"status": "running"})).is_none());
+    }
+}
