@@ -1050,7 +1050,10 @@ impl Containers {
         }
         self.control(
             &info.config.id,
-            &ControlRequest::Signal { signal },
+            &ControlRequest::Signal {
+                signal,
+                group: false,
+            },
             Duration::from_secs(10),
         )?;
         self.events.emit(

@@ -20,7 +20,7 @@
 //!
 //! | request | the stream |
 //! |---|---|
-//! | `{"op":"attach","stdin":B,"logs":B}` | the main process's output (with `logs`, what it wrote so far first), `Exited` at its end; `Stdin`/`CloseStdin`/`Resize` to it when `stdin` |
+//! | `{"op":"attach","stdin":B,"stdout":B,"stderr":B,"logs":B}` | the main process's output (only the streams asked for, both when neither is; with `logs`, what it wrote so far first), `Exited` at its end; `Stdin`/`CloseStdin`/`Resize` to it when `stdin` |
 //! | `{"op":"exec","exec_id":..,"process":..,"tty_size":..}` | one more process (`Started`, output, `Exited`) |
 //! | `{"op":"copy_out","path":P[,"one_file_system":true]}` | `Data` frames of a tar of `P`, then `CopyDone` |
 //! | `{"op":"copy_in","path":D}` | the client's `Data` frames and `CloseStdin`, then `CopyDone` |
@@ -30,8 +30,7 @@
 //! the container has exited, it kills the VM at once rather than wait for
 //! its power-off. SIGTERM to the runtime helper is a `stop` with `T` 10.
 
-use agent_protocol::{ExecRequest, WinSize};
-use serde::Deserialize;
+use agent_protocol::WinSize;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -52,61 +51,7 @@ pub enum ControlError {
     BadRequest(#[source] serde_json::Error),
 }
 
-/// One control request.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ControlRequest {
-    Signal {
-        signal: i32,
-        #[serde(default)]
-        group: bool,
-    },
-    Stop {
-        #[serde(default = "default_stop_timeout")]
-        timeout: u64,
-    },
-    State,
-    Stats,
-    Pause,
-    Unpause,
-    Resize {
-        rows: u16,
-        cols: u16,
-    },
-    ExecState {
-        exec_id: String,
-    },
-    Top,
-    Attach {
-        #[serde(default)]
-        stdin: bool,
-        #[serde(default)]
-        logs: bool,
-    },
-    Exec(ExecRequest),
-    CopyOut {
-        path: String,
-        #[serde(default)]
-        one_file_system: bool,
-    },
-    CopyIn {
-        path: String,
-    },
-}
-
-impl ControlRequest {
-    /// Does the connection go on as a stream after the answer?
-    pub fn is_stream(&self) -> bool {
-        matches!(
-            self,
-            Self::Attach { .. } | Self::Exec(_) | Self::CopyOut { .. } | Self::CopyIn { .. }
-        )
-    }
-}
-
-fn default_stop_timeout() -> u64 {
-    10
-}
+pub use vessel_api::control::{AttachRequest, ControlRequest};
 
 /// Parse one request line.
 pub fn parse_request(line: &str) -> Result<ControlRequest, ControlError> {
@@ -286,10 +231,10 @@ mod tests {
         );
         assert_eq!(
             parse_request("{\"op\":\"attach\",\"stdin\":true}").unwrap(),
-            ControlRequest::Attach {
+            ControlRequest::Attach(AttachRequest {
                 stdin: true,
-                logs: false
-            }
+                ..Default::default()
+            })
         );
         let exec = parse_request(
             r#"{"op":"exec","exec_id":"e1","process":{"args":["ls"],"env":[],"cwd":"/","user":"","terminal":true}}"#,

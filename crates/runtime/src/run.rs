@@ -16,7 +16,7 @@
 
 use crate::agent::{self, AgentSender, Incoming};
 use crate::clock::{self, ClockSync, HostClockWatch};
-use crate::control::{self, ControlHandler, ControlRequest, ExecState};
+use crate::control::{self, AttachRequest, ControlHandler, ControlRequest, ExecState};
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
 use crate::streams::{Attachers, GuestDialer};
@@ -225,13 +225,20 @@ impl Shared {
 
     /// Serve an attached client: output (and the log so far with `logs`)
     /// to it, its stdin to the main process when `stdin`.
-    fn attach(&self, conn: UnixStream, stdin: bool, logs: bool) {
+    fn attach(&self, conn: UnixStream, req: AttachRequest) {
+        // Neither stream asked for: both (Docker's `attach` without `-a`).
+        let both = !req.stdout && !req.stderr;
+        let wanted = (req.stdout || both, req.stderr || both);
+        let (stdin, logs) = (req.stdin, req.logs);
         let status = self.wait_started(Duration::from_secs(120));
         let mut w = &conn;
         if status == Status::Exited {
             let _ = w.write_all(crate::streams::answer_line(&Ok(())).as_bytes());
             if logs {
                 for (stream, data) in self.logged_output() {
+                    if !crate::streams::wants(wanted, stream) {
+                        continue;
+                    }
                     let kind = match stream {
                         vessel_api::types::Stream::Stdout => FrameKind::Stdout,
                         vessel_api::types::Stream::Stderr => FrameKind::Stderr,
@@ -257,7 +264,7 @@ impl Shared {
             return;
         }
         let Ok(out) = conn.try_clone() else { return };
-        self.attachers.attach(out, || {
+        self.attachers.attach(out, wanted, || {
             if logs {
                 self.logged_output()
             } else {
@@ -518,7 +525,7 @@ impl ControlHandler for Shared {
             let _ = w.write_all(crate::streams::answer_line(&Err(e)).as_bytes());
         };
         match request {
-            ControlRequest::Attach { stdin, logs } => self.attach(conn, stdin, logs),
+            ControlRequest::Attach(a) => self.attach(conn, a),
             ControlRequest::Exec(req) => {
                 let dialer = match self.running_dialer() {
                     Ok(d) => d,

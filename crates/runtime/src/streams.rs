@@ -255,10 +255,25 @@ pub fn copy_in(d: &GuestDialer, path: String, client: UnixStream) -> Result<Seen
     )
 }
 
+/// Does a client that asked for `(stdout, stderr)` get `stream`?
+pub fn wants(wanted: (bool, bool), stream: Stream) -> bool {
+    match stream {
+        Stream::Stdout => wanted.0,
+        Stream::Stderr => wanted.1,
+    }
+}
+
+/// One attached client: where its frames go, and which streams it wants.
+#[derive(Debug)]
+struct Client {
+    tx: SyncSender<Frame>,
+    wanted: (bool, bool),
+}
+
 /// The clients attached to the container's main process.
 #[derive(Debug, Default)]
 pub struct Attachers {
-    clients: Mutex<Vec<SyncSender<Frame>>>,
+    clients: Mutex<Vec<Client>>,
 }
 
 impl Attachers {
@@ -277,7 +292,10 @@ impl Attachers {
             Stream::Stderr => FrameKind::Stderr,
         };
         clients.retain(|c| {
-            match c.try_send(Frame {
+            if !wants(c.wanted, stream) {
+                return true;
+            }
+            match c.tx.try_send(Frame {
                 kind,
                 payload: data.to_vec(),
             }) {
@@ -293,11 +311,19 @@ impl Attachers {
 
     /// Attach `client`: first the output so far (`replay`, read under the
     /// lock), then everything live, until [`Attachers::close`].
-    pub fn attach(&self, client: UnixStream, replay: impl FnOnce() -> Vec<(Stream, Vec<u8>)>) {
+    pub fn attach(
+        &self,
+        client: UnixStream,
+        wanted: (bool, bool),
+        replay: impl FnOnce() -> Vec<(Stream, Vec<u8>)>,
+    ) {
         let (tx, rx) = sync_channel::<Frame>(ATTACH_BACKLOG);
         {
             let mut clients = lock(&self.clients);
             for (stream, data) in replay() {
+                if !wants(wanted, stream) {
+                    continue;
+                }
                 let kind = match stream {
                     Stream::Stdout => FrameKind::Stdout,
                     Stream::Stderr => FrameKind::Stderr,
@@ -314,7 +340,7 @@ impl Attachers {
                     break;
                 }
             }
-            clients.push(tx);
+            clients.push(Client { tx, wanted });
         }
         std::thread::spawn(move || {
             let mut w = &client;
@@ -333,7 +359,7 @@ impl Attachers {
         let payload =
             serde_json::to_vec(&GuestMessage::Exited { exit_code, signal }).unwrap_or_default();
         for c in clients.drain(..) {
-            let _ = c.try_send(Frame {
+            let _ = c.tx.try_send(Frame {
                 kind: FrameKind::Control,
                 payload: payload.clone(),
             });
@@ -421,7 +447,12 @@ mod tests {
     fn attached_clients_get_the_replay_then_live_output_then_the_exit() {
         let a = Attachers::new();
         let (mine, theirs) = UnixStream::pair().unwrap();
-        a.attach(mine, || vec![(Stream::Stdout, b"old".to_vec())]);
+        a.attach(mine, (true, true), || {
+            vec![(Stream::Stdout, b"old".to_vec())]
+        });
+        // Another client wants stdout only.
+        let (mine2, theirs2) = UnixStream::pair().unwrap();
+        a.attach(mine2, (true, false), Vec::new);
         let mut logged = Vec::new();
         a.output(Stream::Stderr, b"new", || logged.push("new"));
         a.close(3, None);
@@ -446,5 +477,12 @@ mod tests {
         );
         assert!(read_frame(&mut r).unwrap().is_none());
         assert_eq!(logged, vec!["new"]);
+        let mut r2 = BufReader::new(&theirs2);
+        let f = read_frame(&mut r2).unwrap().unwrap();
+        assert_eq!(
+            f.kind,
+            FrameKind::Control,
+            "no stderr for a stdout-only client"
+        );
     }
 }

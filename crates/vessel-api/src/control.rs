@@ -5,42 +5,95 @@
 //! Every connection starts with one JSON request line and one JSON answer
 //! line. A refusal is `{"ok":false,"error":"...","kind":"..."}` (`kind`, an
 //! [`ErrorKind`], is optional: `conflict` when absent). For the one-shot
-//! ops (`signal`, `stop`, `state`) the connection then ends. For a
-//! streaming op (`attach`, and the ones to come: `exec`, `copy_out`,
-//! `copy_in`, `stats`) the answer is `{"ok":true}` and the connection then
-//! carries that op's bytes both ways until either side closes: the
-//! apiserver splices it with the client's upgraded HTTP connection
-//! (docs/ARCHITECTURE.md, "Streams").
+//! ops (`signal`, `stop`, `state`, `stats`, ...) the connection then ends.
+//! For a streaming op (`attach`, `exec`, `copy_out`, `copy_in`) the answer
+//! is `{"ok":true}` and the connection then carries `vessel.agent.v1`
+//! frames both ways until either side closes: the apiserver splices it
+//! with the client's upgraded HTTP connection (docs/ARCHITECTURE.md,
+//! "Streams"). The table of requests and answers is in
+//! `crates/runtime/src/control.rs`, which serves them.
 
 use crate::error::{ErrorBody, ErrorKind};
 use serde::{Deserialize, Serialize};
 
-/// One request line.
+/// One request line (the runtime's parser refuses unknown fields).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ControlRequest {
-    /// Deliver a signal to the container's process.
-    Signal { signal: i32 },
+    /// Deliver a signal to the container's process (or its group).
+    Signal {
+        signal: i32,
+        #[serde(default, skip_serializing_if = "is_false")]
+        group: bool,
+    },
     /// SIGTERM, then SIGKILL after `timeout` seconds; answered once ended.
-    Stop { timeout: u64 },
+    Stop {
+        #[serde(default = "default_stop_timeout")]
+        timeout: u64,
+    },
     /// The current `ContainerState`.
     State,
-    /// Stream: the container's stdio (streams as the runtime frames them).
+    /// A `ContainerStats`.
+    Stats,
+    /// Stop the whole VM.
+    Pause,
+    /// Resume it.
+    Unpause,
+    /// The main process's terminal changed size.
+    Resize { rows: u16, cols: u16 },
+    /// What became of an exec'd process: `{"running":B,"exit_code":N?}`.
+    ExecState { exec_id: String },
+    /// The container's processes: `{"processes":[ProcessInfo...]}`.
+    Top,
+    /// Stream: the main process's output, and stdin to it.
     Attach(AttachRequest),
+    /// Stream: one more process in the container.
+    Exec(agent_protocol::ExecRequest),
+    /// Stream: a tar of `path` in the container.
+    CopyOut {
+        path: String,
+        #[serde(default, skip_serializing_if = "is_false")]
+        one_file_system: bool,
+    },
+    /// Stream: a tar unpacked into the directory `path`.
+    CopyIn { path: String },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn default_stop_timeout() -> u64 {
+    10
 }
 
 /// What an attach asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AttachRequest {
+    /// Send the client's stdin to the process.
     #[serde(default)]
     pub stdin: bool,
+    /// Pass the process's stdout (and stderr) on; when neither is asked
+    /// for, both are (Docker's `attach` without `-a`).
     #[serde(default)]
     pub stdout: bool,
     #[serde(default)]
     pub stderr: bool,
+    /// First what the process wrote so far (from its log).
+    #[serde(default)]
+    pub logs: bool,
 }
 
 impl ControlRequest {
+    /// Does the connection go on as a stream after the answer?
+    pub fn is_stream(&self) -> bool {
+        matches!(
+            self,
+            Self::Attach(_) | Self::Exec(_) | Self::CopyOut { .. } | Self::CopyIn { .. }
+        )
+    }
+
     /// The request as its line on the socket.
     pub fn line(&self) -> Result<Vec<u8>, serde_json::Error> {
         let mut v = serde_json::to_vec(self)?;
@@ -81,7 +134,12 @@ mod tests {
     #[test]
     fn lines_are_the_runtime_s() {
         assert_eq!(
-            ControlRequest::Signal { signal: 9 }.line().unwrap(),
+            ControlRequest::Signal {
+                signal: 9,
+                group: false
+            }
+            .line()
+            .unwrap(),
             b"{\"op\":\"signal\",\"signal\":9}\n"
         );
         assert_eq!(
@@ -96,10 +154,11 @@ mod tests {
             stdin: true,
             stdout: true,
             stderr: false,
+            logs: false,
         });
         assert_eq!(
             a.line().unwrap(),
-            b"{\"op\":\"attach\",\"stdin\":true,\"stdout\":true,\"stderr\":false}\n"
+            b"{\"op\":\"attach\",\"stdin\":true,\"stdout\":true,\"stderr\":false,\"logs\":false}\n"
         );
         let back: ControlRequest = serde_json::from_slice(&a.line().unwrap()).unwrap();
         assert_eq!(back, a);

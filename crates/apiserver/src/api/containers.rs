@@ -125,6 +125,7 @@ pub fn attach(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
         stdin: c.flag("stdin")?,
         stdout: c.flag_or("stdout", true)?,
         stderr: c.flag_or("stderr", true)?,
+        logs: c.flag("logs")?,
     };
     proxy_stream(s, c, ControlRequest::Attach(req), "attach")
 }
