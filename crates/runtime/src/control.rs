@@ -14,6 +14,7 @@
 //! | `{"op":"resize","rows":R,"cols":C}`        | `{"ok":true}`: the main process's terminal |
 //! | `{"op":"exec_state","exec_id":ID}`         | `{"running":B,"exit_code":N?}`           |
 //! | `{"op":"top"}`                             | `{"processes":[ProcessInfo...]}`         |
+//! | `{"op":"exec_detached",...exec...}`        | `{"ok":true,"pid":N}` once it started    |
 //!
 //! Streaming requests answer `{"ok":true}` and then carry
 //! `vessel.agent.v1` frames both ways (see [`crate::streams`]):
@@ -84,6 +85,8 @@ pub trait ControlHandler: Send + Sync {
     fn exec_state(&self, exec_id: &str) -> Option<ExecState>;
     /// The container's processes.
     fn top(&self) -> Result<Vec<agent_protocol::ProcessInfo>, String>;
+    /// Start a process that runs on its own; its pid in the guest.
+    fn exec_detached(&self, request: agent_protocol::ExecRequest) -> Result<i32, String>;
     /// A streaming request: write the answer line to `conn`, then serve the
     /// stream until it ends.
     fn stream(&self, request: ControlRequest, conn: UnixStream);
@@ -120,6 +123,10 @@ pub fn answer(
                 .top()
                 .map(|processes| serde_json::json!({ "processes": processes })),
         ),
+        Ok(ControlRequest::ExecDetached(req)) => match handler.exec_detached(req) {
+            Ok(pid) => serde_json::json!({"ok": true, "pid": pid}),
+            Err(e) => serde_json::json!({"ok": false, "error": e}),
+        },
         Ok(ControlRequest::ExecState { exec_id }) => match handler.exec_state(&exec_id) {
             Some(s) => json(serde_json::to_value(s).map_err(|e| e.to_string())),
             None => serde_json::json!({"ok": false, "error": format!("no such exec: {exec_id}")}),
@@ -305,6 +312,9 @@ mod tests {
                 pid: 9,
                 ..Default::default()
             }])
+        }
+        fn exec_detached(&self, _: agent_protocol::ExecRequest) -> Result<i32, String> {
+            Ok(77)
         }
         fn exec_state(&self, exec_id: &str) -> Option<ExecState> {
             (exec_id == "e1").then_some(ExecState {

@@ -147,7 +147,7 @@ pub struct Shared {
     /// The main process's output log, replayed to clients that attach.
     stdio_path: Mutex<Option<PathBuf>>,
     /// Exec'd processes by id.
-    execs: Mutex<HashMap<String, ExecState>>,
+    execs: Arc<Mutex<HashMap<String, ExecState>>>,
     /// Set to have the clock thread set the guest's clock again at once
     /// (after the VM was paused).
     clock_resync: Arc<AtomicBool>,
@@ -166,7 +166,7 @@ impl Shared {
             dialer: Mutex::new(None),
             attachers: Attachers::new(),
             stdio_path: Mutex::new(None),
-            execs: Mutex::new(HashMap::new()),
+            execs: Arc::new(Mutex::new(HashMap::new())),
             clock_resync: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -517,6 +517,29 @@ impl ControlHandler for Shared {
 
     fn top(&self) -> Result<Vec<agent_protocol::ProcessInfo>, String> {
         crate::streams::read_processes(&self.running_dialer()?)
+    }
+
+    fn exec_detached(&self, req: agent_protocol::ExecRequest) -> Result<i32, String> {
+        let dialer = self.running_dialer()?;
+        let id = req.exec_id.clone();
+        log(&format!("exec {id} (detached): {:?}", req.process.args));
+        let execs = Arc::clone(&self.execs);
+        let done_id = id.clone();
+        let pid = crate::streams::exec_detached(&dialer, req, move |exit_code| {
+            log(&format!("exec {done_id} ended: {exit_code:?}"));
+            lock(&execs).insert(
+                done_id,
+                ExecState {
+                    running: false,
+                    exit_code,
+                },
+            );
+        })?;
+        lock(&self.execs).entry(id).or_insert(ExecState {
+            running: true,
+            exit_code: None,
+        });
+        Ok(pid)
     }
 
     fn stream(&self, request: ControlRequest, conn: UnixStream) {

@@ -231,6 +231,50 @@ pub fn exec(d: &GuestDialer, req: ExecRequest, client: UnixStream) -> Result<See
     )
 }
 
+/// `exec -d`: start the process, return its pid, and drain its
+/// connection on a thread until it ends; `done` gets its exit code.
+pub fn exec_detached(
+    d: &GuestDialer,
+    req: ExecRequest,
+    done: impl FnOnce(Option<i32>) + Send + 'static,
+) -> Result<i32, String> {
+    let mut g = d.open_with(agent_protocol::FEATURE_EXEC)?;
+    write_message(&mut g, &HostMessage::Exec(req)).map_err(|e| e.to_string())?;
+    g.set_read_timeout(Some(d.timeout))
+        .map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(g.try_clone().map_err(|e| e.to_string())?);
+    let pid = loop {
+        let f = read_frame(&mut r)
+            .map_err(|e| format!("starting the process: {e}"))?
+            .ok_or("the guest closed the connection")?;
+        if f.kind != FrameKind::Control {
+            continue;
+        }
+        match decode_message::<GuestMessage>(&f) {
+            Ok(GuestMessage::Started { pid, .. }) => break pid,
+            Ok(GuestMessage::StartFailed { message, .. }) => return Err(message),
+            Ok(GuestMessage::Error { message }) => return Err(message),
+            _ => {}
+        }
+    };
+    g.set_read_timeout(None).map_err(|e| e.to_string())?;
+    std::thread::spawn(move || {
+        let mut code = None;
+        while let Ok(Some(f)) = read_frame(&mut r) {
+            if f.kind == FrameKind::Control {
+                if let Ok(GuestMessage::Exited { exit_code, .. }) =
+                    decode_message::<GuestMessage>(&f)
+                {
+                    code = Some(exit_code);
+                }
+            }
+        }
+        drop(g);
+        done(code);
+    });
+    Ok(pid)
+}
+
 /// `copy_out`: a tar stream of `path`.
 pub fn copy_out(
     d: &GuestDialer,

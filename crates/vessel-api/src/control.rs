@@ -49,6 +49,10 @@ pub enum ControlRequest {
     Attach(AttachRequest),
     /// Stream: one more process in the container.
     Exec(agent_protocol::ExecRequest),
+    /// One more process that runs on its own (`exec -d`): answered
+    /// `{"ok":true,"pid":N}` once started; its output is dropped, its end
+    /// recorded (`exec_state`).
+    ExecDetached(agent_protocol::ExecRequest),
     /// Stream: a tar of `path` in the container.
     CopyOut {
         path: String,
