@@ -29,7 +29,7 @@ use vessel_api::network::{
 };
 use vessel_api::paths::{sibling_binary, Home};
 use vessel_api::types::{
-    now_ms, valid_container_name, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
+    now_ms, valid_container_name, AttachStreams, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
     EventAction, ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
 };
 use vessel_api::ProcessSpec;
@@ -156,6 +156,11 @@ pub fn network_name(requested: Option<&str>) -> String {
     }
 }
 
+mod execs;
+mod lifecycle;
+
+pub use execs::Execs;
+
 /// All containers of one instance.
 pub struct Containers {
     home: Home,
@@ -178,6 +183,8 @@ pub struct Containers {
     /// recorded (`die` sent, network given back), so it is done once.
     ended: Mutex<HashMap<String, u64>>,
     reap_lock: Mutex<()>,
+    /// The exec'd processes this apiserver started.
+    execs: Execs,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -273,8 +280,8 @@ pub fn build_process(
         cwd,
         user,
         rlimits,
-        terminal: false,
-        stdin: false,
+        terminal: req.tty,
+        stdin: req.stdin,
     })
 }
 
@@ -294,6 +301,7 @@ impl Containers {
             watcher: OnceLock::new(),
             ended: Mutex::new(HashMap::new()),
             reap_lock: Mutex::new(()),
+            execs: Execs::default(),
         })
     }
 
@@ -828,6 +836,9 @@ impl Containers {
             network,
             ports: req.ports.clone(),
             aliases: req.aliases.clone(),
+            attach: req
+                .attach
+                .unwrap_or_else(|| AttachStreams::default_for(req.stdin)),
         };
         let dir = self.home.container_dir(&id);
         fs::create_dir_all(&dir).context("creating the container directory")?;
@@ -839,13 +850,28 @@ impl Containers {
 
     /// Start a created container: spawn its runtime helper and wait until the
     /// process runs (or has already ended, or failed to start).
+    /// A container that has ended boots a fresh VM on the same disk (its
+    /// writable layer kept), as Docker starts a stopped container again.
     pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
         let info = self.load(id)?;
-        if info.state.status != Status::Created {
-            return Err(ApiError::conflict(format!(
-                "container {} has already been started ({:?})",
-                info.config.name, info.state.status
-            )));
+        match info.state.status {
+            Status::Created => {}
+            // Its removal is on its way (a restart holds it back).
+            Status::Exited if info.config.auto_remove && !self.is_attached(id) => {
+                return Err(ApiError::conflict(format!(
+                    "container {} was run with --rm and has ended: it is being removed",
+                    info.config.name
+                )))
+            }
+            Status::Exited => self.prepare_new_boot(&info)?,
+            other => {
+                return Err(ApiError::conflict(format!(
+                    "container {} is already running ({}); stop it first, or use `vessel restart {}`",
+                    info.config.name,
+                    format!("{other:?}").to_lowercase(),
+                    info.config.name
+                )))
+            }
         }
         let dir = self.home.container_dir(id);
         if info.config.network != NO_NETWORK {
@@ -1176,6 +1202,7 @@ impl Containers {
         if let Ok(mut e) = self.ended.lock() {
             e.remove(id);
         }
+        self.execs.forget_container(id);
         res
     }
 
@@ -1188,6 +1215,14 @@ impl Containers {
             containers: self.clone(),
             id: id.to_string(),
         }
+    }
+
+    /// Is a client attached to `id` (holding a `--rm` removal back)?
+    fn is_attached(&self, id: &str) -> bool {
+        self.attached
+            .lock()
+            .map(|m| m.contains_key(id))
+            .unwrap_or(true)
     }
 
     /// Look at container `id` again soon (the bookkeeper's turn).

@@ -278,6 +278,7 @@ impl Server {
 
     pub fn system_info(&self) -> SystemInfo {
         let list = self.containers.list();
+        let kernel = crate::assets::kernel();
         SystemInfo {
             version: env!("CARGO_PKG_VERSION").to_string(),
             home: self.home.root().to_path_buf(),
@@ -285,7 +286,8 @@ impl Server {
             supervisor: self.options.supervisor.clone(),
             accel: self.accel.name.clone(),
             accel_reason: self.accel.reason.clone(),
-            kernel: crate::assets::kernel(),
+            kernel_version: crate::assets::kernel_version(&kernel),
+            kernel,
             initrd: crate::assets::initrd(),
             agent_protocol: agent_protocol::PACKAGE.to_string(),
             helpers: vec![

@@ -91,10 +91,16 @@ impl Api {
 
     /// Ask for an upgraded connection (attach, exec): a byte stream both
     /// ways, or the server's error.
-    pub fn upgrade(&self, method: &str, path: &str) -> Result<Upgraded> {
+    pub fn upgrade(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Upgraded> {
+        let data = body.map(serde_json::to_vec).transpose()?;
         let res = self
             .client
-            .upgrade(method, path, None)
+            .upgrade(method, path, data.as_deref())
             .map_err(|e| self.not_running(e))?;
         Ok(res?)
     }

@@ -21,8 +21,33 @@ pub enum Command {
     Run(RunArgs),
     /// Create a container without starting it (prints its ID)
     Create(RunArgs),
-    /// Start created containers
+    /// Start created or stopped containers (a stopped one boots a fresh VM on its disk)
     Start(StartArgs),
+    /// Stop and start containers again (a fresh VM, the same disk)
+    Restart(RestartArgs),
+    /// Attach to a running container's input and output
+    Attach(AttachArgs),
+    /// Run a command in a running container
+    Exec(ExecArgs),
+    /// Copy files between a container and the host (`-` for a tar stream on stdin/stdout)
+    Cp(CpArgs),
+    /// Write a container's filesystem as a tar archive
+    Export(ExportArgs),
+    /// Show containers' resource usage (CPU, memory, network and block I/O, processes)
+    Stats(StatsArgs),
+    /// Show the processes running in a container
+    Top(TopArgs),
+    /// Pause every process of containers (their whole VMs)
+    Pause(TargetsArgs),
+    /// Resume paused containers
+    Unpause(TargetsArgs),
+    /// Rename a container
+    Rename(RenameArgs),
+    /// List a container's published ports, or the host address of one
+    Port(PortArgs),
+    /// Manage containers
+    #[command(subcommand)]
+    Container(ContainerCommand),
     /// List containers
     #[command(visible_alias = "ps")]
     Ls(LsArgs),
@@ -60,6 +85,12 @@ pub enum Command {
     /// Manage the vessel services
     #[command(subcommand)]
     System(SystemCommand),
+    /// Show the versions of the client, the apiserver, the agent protocol and the guest kernel
+    Version(VersionArgs),
+    /// Print a shell completion script (bash, zsh or fish)
+    Completion(CompletionArgs),
+    /// Write man pages for vessel and each of its commands into a directory
+    Man(ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +137,21 @@ pub struct RunArgs {
     /// Resource limit of the container's process: NAME=SOFT[:HARD] (e.g. nofile=1024:4096)
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     pub ulimit: Vec<String>,
+    /// Keep the container's stdin open and send ours to it
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container's process a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// The keys that detach from the container, leaving it running (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    pub detach_keys: Option<String>,
+    /// Attach to STDIN, STDOUT or STDERR (repeatable; default: STDOUT and STDERR, and STDIN with -i)
+    #[arg(short = 'a', long = "attach", value_name = "STREAM", value_parser = parse_stream)]
+    pub attach: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines; KEY alone takes our value; # comments)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
     /// Pull the image before creating: `missing` (default), `always`, `never`
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pub pull: String,
@@ -126,13 +172,163 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `-a STDIN|STDOUT|STDERR`, in any case: its lower-case name.
+fn parse_stream(s: &str) -> Result<String, String> {
+    let l = s.to_ascii_lowercase();
+    match l.as_str() {
+        "stdin" | "stdout" | "stderr" => Ok(l),
+        _ => Err(format!("invalid stream {s:?}: use STDIN, STDOUT or STDERR")),
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct StartArgs {
     /// Attach to the container's output and exit with its exit code (one container)
     #[arg(short = 'a', long)]
     pub attach: bool,
+    /// Attach our stdin to the container's (one container; it must have been created with -i)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// The keys that detach from the container, leaving it running (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    pub detach_keys: Option<String>,
     #[arg(required = true)]
     pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RestartArgs {
+    /// Seconds to wait for it to stop before killing it
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Do not attach our stdin
+    #[arg(long)]
+    pub no_stdin: bool,
+    /// The keys that detach from the container, leaving it running (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    pub detach_keys: Option<String>,
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Start the command and return at once; it runs on its own
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep the command's stdin open and send ours to it
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set environment variables (KEY=VALUE, or KEY to pass the current value)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Read environment variables from a file
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
+    /// Working directory inside the container (default: the container's)
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User name or UID, optionally with group (default: the container's user)
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The keys that detach from the command (default ctrl-p,ctrl-q)
+    #[arg(long, value_name = "KEYS")]
+    pub detach_keys: Option<String>,
+    pub container: String,
+    /// The command and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(after_help = "Forms:\n  vessel cp [OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n  vessel cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH\n\nPaths in the container are taken from its root (/). A source ending in /. copies a directory's contents. `-` is a tar stream on stdin or stdout. Into the container files belong to root unless -a; out of it, to the user running vessel unless -a.")]
+pub struct CpArgs {
+    /// Archive mode: keep the owners (UID/GID) of the source
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Follow a symbolic link given as the source (on the host)
+    #[arg(short = 'L', long)]
+    pub follow_link: bool,
+    pub src: String,
+    pub dest: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The file to write (default: stdout, when it is not a terminal)
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct StatsArgs {
+    /// Show all containers (default shows just running)
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Print one sample (taken over a second) and exit
+    #[arg(long)]
+    pub no_stream: bool,
+    /// Output format: `table` (default) or `json` (one object per container and sample)
+    #[arg(long)]
+    pub format: Option<String>,
+    pub containers: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    pub container: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RenameArgs {
+    pub container: String,
+    pub new_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct PortArgs {
+    pub container: String,
+    /// A container port, PORT[/tcp|udp]
+    pub private_port: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContainerCommand {
+    /// Remove every container that does not run
+    Prune {
+        /// Do not ask for confirmation
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// Output format: `text` (default) or `json`
+    #[arg(long)]
+    pub format: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_parser = ["bash", "zsh", "fish"])]
+    pub shell: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// The directory to write the pages to (created if missing)
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +352,15 @@ pub struct LogsArgs {
     /// Follow log output until the container ends
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only the last N lines (or `all`)
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<String>,
+    /// Only output since this time: Unix seconds, RFC 3339 or a duration ago (10m, 1h30m)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Show when each line was written (RFC 3339, nanoseconds)
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
     pub container: String,
 }
 

@@ -5,7 +5,8 @@
 //! the apiserver, a VM that did not boot) as 125, so a script can tell
 //! them from the container's codes; 126 and 127 are the container's
 //! command that could not be executed or was not found. `create` fails
-//! with 125 like `run`. The other commands exit 1 on an error, and every
+//! with 125 like `run`, and `exec` like `run` too (its code is the exec'd
+//! command's). The other commands exit 1 on an error, and every
 //! command exits 125 on a usage error (an unknown flag, a bad or missing
 //! argument); `--help` and `--version` exit 0.
 
@@ -34,8 +35,8 @@ pub fn usage(e: &clap::Error) -> i32 {
 /// The exit code of `command` when it fails with an error of vessel's own.
 pub fn failure(command: &Command) -> i32 {
     match command {
-        Command::Run(_) | Command::Create(_) => VESSEL_ERROR,
-        Command::Start(a) if a.attach => VESSEL_ERROR,
+        Command::Run(_) | Command::Create(_) | Command::Exec(_) => VESSEL_ERROR,
+        Command::Start(a) if a.attach || a.interactive => VESSEL_ERROR,
         _ => FAILURE,
     }
 }
@@ -74,6 +75,8 @@ mod tests {
         assert_eq!(code_of(&["run", "img"]), 125);
         assert_eq!(code_of(&["create", "img"]), 125);
         assert_eq!(code_of(&["start", "-a", "c"]), 125);
+        assert_eq!(code_of(&["exec", "c", "true"]), 125);
+        assert_eq!(code_of(&["exec"]), 125, "no command: a usage error");
         for other in [
             &["start", "c"][..],
             &["stop", "c"],
@@ -87,6 +90,11 @@ mod tests {
             &["pull", "x"],
             &["network", "rm", "n"],
             &["system", "status"],
+            &["attach", "c"],
+            &["cp", "c:/x", "."],
+            &["stats", "--no-stream"],
+            &["pause", "c"],
+            &["restart", "c"],
         ] {
             assert_eq!(code_of(other), 1, "{other:?}");
         }

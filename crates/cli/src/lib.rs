@@ -2,9 +2,11 @@
 //! command to the apiserver over its Unix socket.
 
 pub mod api;
+pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod commands;
+pub mod env;
 pub mod exit;
 pub mod format;
 pub mod progress;

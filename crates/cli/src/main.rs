@@ -14,7 +14,11 @@ fn main() {
     };
     let failure = exit::failure(&cli.command);
     let api = Api::new(Home::from_env());
-    match vessel_cli::commands::dispatch(cli, &api) {
+    let result = vessel_cli::commands::dispatch(cli, &api);
+    // `exit` runs no destructors: the terminal goes back to how it was
+    // here, whatever way the command ended.
+    vessel_cli::terminal::restore();
+    match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             // The whole chain, once, at the top.

@@ -21,8 +21,12 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
+/// Tells the process's terminal our size (rows, columns) some other way
+/// than in the stream (a stream that carries no stdin: the `resize` route).
+pub type ResizeFn = Arc<dyn Fn(u16, u16) + Send + Sync>;
+
 /// How a session is run.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Options {
     /// Send our stdin to the process.
     pub stdin: bool,
@@ -30,6 +34,19 @@ pub struct Options {
     pub tty: bool,
     /// The detach sequence (empty: none).
     pub detach_keys: Vec<u8>,
+    /// Resizes go here instead of into the stream.
+    pub resize: Option<ResizeFn>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("stdin", &self.stdin)
+            .field("tty", &self.tty)
+            .field("detach_keys", &self.detach_keys)
+            .field("resize", &self.resize.is_some())
+            .finish()
+    }
 }
 
 /// How a session ended.
@@ -74,11 +91,21 @@ extern "C" fn on_winch(_: libc::c_int) {
     }
 }
 
-/// Send our size now and whenever the terminal is resized.
-fn watch_resizes(w: Writer, done: Arc<AtomicBool>) {
+/// Send our size now and whenever the terminal is resized: in the stream,
+/// or through `out_of_band`.
+fn watch_resizes(w: Writer, done: Arc<AtomicBool>, out_of_band: Option<ResizeFn>) {
     let tty_fd = libc::STDOUT_FILENO;
+    let send = move |m: HostMessage| -> bool {
+        match (&out_of_band, &m) {
+            (Some(f), HostMessage::Resize { rows, cols }) => {
+                f(*rows, *cols);
+                true
+            }
+            _ => send_message(&w, &m),
+        }
+    };
     if let Some(m) = resize_message(tty_fd).or_else(|| resize_message(libc::STDIN_FILENO)) {
-        send_message(&w, &m);
+        send(m);
     }
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
@@ -102,7 +129,7 @@ fn watch_resizes(w: Writer, done: Arc<AtomicBool>) {
                 break;
             }
             if let Some(m) = resize_message(tty_fd).or_else(|| resize_message(libc::STDIN_FILENO)) {
-                if !send_message(&w, &m) {
+                if !send(m) {
                     break;
                 }
             }
@@ -173,7 +200,7 @@ pub fn run(
     let detached = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
     if opts.tty {
-        watch_resizes(Arc::clone(&w), Arc::clone(&done));
+        watch_resizes(Arc::clone(&w), Arc::clone(&done), opts.resize.clone());
     }
     if opts.stdin {
         pump_stdin(input, Arc::clone(&w), opts, Arc::clone(&detached), shutdown);
@@ -335,6 +362,7 @@ mod tests {
             stdin: true,
             tty: true,
             detach_keys: crate::terminal::DEFAULT_DETACH_KEYS.to_vec(),
+            resize: None,
         };
         let end = run(
             &a,

@@ -144,8 +144,10 @@ pub struct Shared {
     dialer: Mutex<Option<GuestDialer>>,
     /// Clients attached to the main process.
     attachers: Attachers,
-    /// The main process's output log, replayed to clients that attach.
-    stdio_path: Mutex<Option<PathBuf>>,
+    /// The main process's output log, replayed to clients that attach,
+    /// and where this run's output begins in it (a container started
+    /// again appends to the log of its earlier runs).
+    stdio_path: Mutex<Option<(PathBuf, u64)>>,
     /// Exec'd processes by id.
     execs: Arc<Mutex<HashMap<String, ExecState>>>,
     /// Set to have the clock thread set the guest's clock again at once
@@ -176,9 +178,11 @@ impl Shared {
         *lock(&self.dialer) = Some(d);
     }
 
-    /// Where the main process's output is logged.
+    /// Where the main process's output is logged (this run's from its
+    /// current end on).
     pub fn set_stdio_path(&self, p: PathBuf) {
-        *lock(&self.stdio_path) = Some(p);
+        let start = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+        *lock(&self.stdio_path) = Some((p, start));
     }
 
     /// Wait until the container runs (or ended), up to `limit`.
@@ -211,12 +215,18 @@ impl Shared {
             .ok_or_else(|| "the container is not running".to_string())
     }
 
-    /// The output logged so far, for a client attaching with `logs`.
+    /// What this run logged so far, for a client attaching with `logs`.
     fn logged_output(&self) -> Vec<(vessel_api::types::Stream, Vec<u8>)> {
-        let Some(path) = lock(&self.stdio_path).clone() else {
+        use std::io::{Read, Seek};
+        let Some((path, start)) = lock(&self.stdio_path).clone() else {
             return Vec::new();
         };
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            if f.seek(std::io::SeekFrom::Start(start)).is_ok() {
+                let _ = f.read_to_string(&mut text);
+            }
+        }
         text.lines()
             .filter_map(|l| serde_json::from_str::<vessel_api::types::LogRecord>(l).ok())
             .map(|r| (r.stream, r.data()))
@@ -1822,6 +1832,27 @@ mod tests {
         );
         let s = h.shared.snapshot();
         assert_eq!((s.exit_code, s.error), (Some(3), None), "the exit stays");
+    }
+
+    #[test]
+    fn an_attach_replays_this_run_s_output_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdio.log");
+        // An earlier run of the container wrote to the same log.
+        let mut earlier = StdioLog::open(&path).unwrap();
+        earlier.append(Stream::Stdout, b"first boot\n").unwrap();
+        let shared = Shared::new(
+            dir.path().join("state.json"),
+            ContainerState::created(),
+            Duration::from_secs(1),
+        );
+        shared.set_stdio_path(path.clone());
+        let mut now = StdioLog::open(&path).unwrap();
+        now.append(Stream::Stderr, b"second boot\n").unwrap();
+        assert_eq!(
+            shared.logged_output(),
+            vec![(Stream::Stderr, b"second boot\n".to_vec())]
+        );
     }
 
     #[test]

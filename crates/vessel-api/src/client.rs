@@ -164,12 +164,23 @@ pub struct Upgraded {
     stream: UnixStream,
     /// Bytes the server sent right after its answer, already read.
     pending: Bytes,
+    /// The headers of the 101 answer.
+    headers: hyper::HeaderMap,
 }
 
 impl Upgraded {
     /// The stream and the bytes that came with the 101 answer.
     pub fn new(stream: UnixStream, pending: Bytes) -> Self {
-        Self { stream, pending }
+        Self {
+            stream,
+            pending,
+            headers: hyper::HeaderMap::new(),
+        }
+    }
+
+    /// A header of the 101 answer (e.g. the ID of an exec).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// A reading half and a writing half, for two threads.
@@ -232,6 +243,18 @@ impl UpgradedWriter {
     /// still answer.
     pub fn close_write(&self) -> io::Result<()> {
         self.stream.shutdown(std::net::Shutdown::Write)
+    }
+
+    /// End the connection both ways (the reading half sees its end too).
+    pub fn close(&self) -> io::Result<()> {
+        self.stream.shutdown(std::net::Shutdown::Both)
+    }
+
+    /// Another handle on the same connection.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            stream: self.stream.try_clone()?,
+        })
     }
 }
 
@@ -433,13 +456,16 @@ impl Client {
             if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
                 return Ok(Err((s, resp)));
             }
+            let headers = resp.headers().clone();
             let upgraded = hyper::upgrade::on(resp).await.map_err(hyper_io)?;
             let parts = upgraded
                 .downcast::<TokioIo<tokio::net::UnixStream>>()
                 .map_err(|_| HttpError::Malformed("the upgraded connection is not ours".into()))?;
             let stream = parts.io.into_inner().into_std()?;
             stream.set_nonblocking(false)?;
-            Ok::<_, HttpError>(Ok(Upgraded::new(stream, parts.read_buf)))
+            let mut u = Upgraded::new(stream, parts.read_buf);
+            u.headers = headers;
+            Ok::<_, HttpError>(Ok(u))
         })?;
         match out {
             Ok(u) => Ok(Ok(u)),

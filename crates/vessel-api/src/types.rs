@@ -56,6 +56,42 @@ pub struct CreateRequest {
     /// (see [`crate::ulimit`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ulimits: Vec<agent_protocol::Rlimit>,
+    /// `-t`: the process gets a terminal.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tty: bool,
+    /// `-i`: the process's stdin stays open for clients that attach.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdin: bool,
+    /// `-a`: the streams `start -a` attaches to; absent: stdout and
+    /// stderr, and stdin with `-i` (Docker's defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach: Option<AttachStreams>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Which of a container's streams a client attaches to (Docker's `-a`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachStreams {
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdout: bool,
+    #[serde(default)]
+    pub stderr: bool,
+}
+
+impl AttachStreams {
+    /// Docker's default: stdout and stderr, stdin when it is kept open.
+    pub fn default_for(stdin: bool) -> Self {
+        Self {
+            stdin,
+            stdout: true,
+            stderr: true,
+        }
+    }
 }
 
 /// `POST /v1/containers` answer.
@@ -96,6 +132,14 @@ pub struct ContainerConfig {
     /// `--network-alias` names.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The streams `start -a` attaches to (`-a`); `process.terminal` and
+    /// `process.stdin` hold `-t` and `-i`.
+    #[serde(default = "default_attach")]
+    pub attach: AttachStreams,
+}
+
+fn default_attach() -> AttachStreams {
+    AttachStreams::default_for(false)
 }
 
 fn no_network() -> String {
@@ -238,6 +282,79 @@ pub struct WaitResponse {
     pub error: Option<String>,
 }
 
+/// `POST /v1/containers/{id}/exec`: one more process in a running
+/// container (`vessel exec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecCreate {
+    /// The command and its arguments (not empty).
+    pub cmd: Vec<String>,
+    /// `-e KEY=VALUE`, over the container's environment (Docker's rule).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `-w`; absent: the container's working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `-u`; absent: the container's user.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `-t`: a terminal.
+    #[serde(default)]
+    pub tty: bool,
+    /// `-i`: stdin from the client.
+    #[serde(default)]
+    pub stdin: bool,
+    /// The terminal's first size (with `tty`).
+    #[serde(default)]
+    pub tty_size: Option<agent_protocol::WinSize>,
+    /// `-d`: start it and answer at once; it runs on its own.
+    #[serde(default)]
+    pub detach: bool,
+}
+
+/// The answer of a detached exec (`exec -d`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecStarted {
+    pub id: String,
+    /// Its pid in the guest.
+    pub pid: i32,
+}
+
+/// `GET /v1/containers/{id}/exec/{exec_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecInfo {
+    pub id: String,
+    pub container_id: String,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub detach: bool,
+    pub created_ms: u64,
+    pub running: bool,
+    /// Its exit code once it has ended (and it was known).
+    pub exit_code: Option<i32>,
+    /// Its pid in the guest, when it is known (`exec -d`).
+    #[serde(default)]
+    pub pid: Option<i32>,
+}
+
+/// `GET /v1/containers/{id}/top`: the container's processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopResponse {
+    pub processes: Vec<agent_protocol::ProcessInfo>,
+    /// When the guest booted, in ms since the epoch (a process's start
+    /// time is this plus its `start_ms`).
+    #[serde(default)]
+    pub boot_time_ms: Option<u64>,
+}
+
+/// `POST /v1/containers/prune` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneResponse {
+    /// The IDs of the containers removed.
+    pub removed: Vec<String>,
+}
+
 /// Which stream a log record or attach event belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -260,16 +377,30 @@ pub struct LogRecord {
 
 impl LogRecord {
     pub fn new(stream: Stream, data: &[u8]) -> Self {
+        Self::at(now_ms(), stream, data)
+    }
+
+    /// A record of `data` written at `time_ms`.
+    pub fn at(time_ms: u64, stream: Stream, data: &[u8]) -> Self {
         let (log, b64) = match std::str::from_utf8(data) {
             Ok(s) => (Some(s.to_string()), None),
             Err(_) => (None, Some(b64_encode(data))),
         };
         Self {
-            time_ms: now_ms(),
+            time_ms,
             stream,
             log,
             b64,
         }
+    }
+
+    /// The record cut into lines (each with its `\n`, the last one maybe
+    /// without), each with the record's time and stream.
+    pub fn lines(&self) -> Vec<LogRecord> {
+        let data = self.data();
+        data.split_inclusive(|b| *b == b'\n')
+            .map(|l| Self::at(self.time_ms, self.stream, l))
+            .collect()
     }
 
     /// The record's bytes.
@@ -361,6 +492,9 @@ pub struct SystemInfo {
     pub accel: String,
     pub accel_reason: String,
     pub kernel: PathBuf,
+    /// The guest kernel's release (`6.1.x`), read from its image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
     pub initrd: PathBuf,
     pub agent_protocol: String,
     pub helpers: Vec<HelperInfo>,
@@ -670,6 +804,20 @@ event_actions! {
     Kill = "kill",
     /// Removed.
     Destroy = "destroy",
+    /// Its whole VM was paused.
+    Pause = "pause",
+    /// Its VM runs again.
+    Unpause = "unpause",
+    /// Restarted (`restart`: after its `die`/`stop` and its new `start`).
+    Restart = "restart",
+    /// Renamed (`old_name` attribute).
+    Rename = "rename",
+    /// An exec'd process was asked for (`exec_id`, `command` attributes).
+    ExecCreate = "exec_create",
+    /// It started (`exec_id`).
+    ExecStart = "exec_start",
+    /// It ended (`exec_id`, `exit_code` when known).
+    ExecDie = "exec_die",
 }
 
 /// What an [`Event`] is about.

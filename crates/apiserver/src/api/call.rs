@@ -437,14 +437,27 @@ impl Call {
 
     /// Answer `101 Switching Protocols` and take the raw connection.
     pub fn upgrade(&mut self, protocol: &str) -> ApiResult<Upgraded> {
+        self.upgrade_with(protocol, &[])
+    }
+
+    /// [`Call::upgrade`], with more headers in the 101 answer.
+    pub fn upgrade_with(
+        &mut self,
+        protocol: &str,
+        headers: &[(&str, String)],
+    ) -> ApiResult<Upgraded> {
         let on_upgrade = self
             .on_upgrade
             .take()
             .ok_or_else(|| anyhow::anyhow!("the connection cannot be upgraded"))?;
-        let resp = hyper::Response::builder()
+        let mut resp = hyper::Response::builder()
             .status(hyper::StatusCode::SWITCHING_PROTOCOLS)
             .header(hyper::header::CONNECTION, "Upgrade")
-            .header(hyper::header::UPGRADE, protocol)
+            .header(hyper::header::UPGRADE, protocol);
+        for (name, value) in headers {
+            resp = resp.header(*name, value.as_str());
+        }
+        let resp = resp
             .body(ResponseBody::Full(None))
             .map_err(|e| anyhow::anyhow!(e))?;
         self.send(resp)?;

@@ -1,13 +1,17 @@
-//! `vessel ls`, `logs`, `stop`, `kill`, `rm`, `inspect`, `wait`.
+//! `vessel ls`, `logs`, `stop`, `kill`, `rm`, `inspect`, `wait`, `restart`,
+//! `pause`, `unpause`, `rename`, `port`, `container prune`.
 
-use super::stream::{print_stream, StreamEnd};
+use super::stream::{print_stream, Printing, StreamEnd};
 use crate::api::{check, Api};
-use crate::cli::{KillArgs, LogsArgs, LsArgs, RmArgs, StopArgs, TargetsArgs};
+use crate::cli::{
+    KillArgs, LogsArgs, LsArgs, PortArgs, RenameArgs, RestartArgs, RmArgs, StopArgs, TargetsArgs,
+};
+use std::io::IsTerminal;
 use crate::exit::FAILURE;
 use crate::format::{human_duration, since, status_text, table, truncate};
 use anyhow::{bail, Result};
 use vessel_api::http::percent_encode;
-use vessel_api::types::{ContainerInfo, ContainerSummary, WaitResponse};
+use vessel_api::types::{ContainerInfo, ContainerSummary, PruneResponse, Status, WaitResponse};
 
 fn path(key: &str, rest: &str) -> String {
     format!("/v1/containers/{}{rest}", percent_encode(key))
@@ -73,14 +77,121 @@ pub fn ls(api: &Api, a: LsArgs) -> Result<i32> {
 }
 
 pub fn logs(api: &Api, a: LogsArgs) -> Result<i32> {
-    let resp = check(api.send(
-        "GET",
-        &path(&a.container, &format!("/logs?follow={}", a.follow)),
-        None,
-    )?)?;
-    match print_stream(resp)? {
+    let mut query = format!("follow={}", a.follow);
+    if let Some(t) = &a.tail {
+        if t != "all" && t.parse::<usize>().is_err() {
+            bail!("invalid --tail {t:?}: give a number of lines, or `all`");
+        }
+        query.push_str(&format!("&tail={}", percent_encode(t)));
+    }
+    if let Some(since) = &a.since {
+        let t = super::events::api_time("since", since, std::time::SystemTime::now())?;
+        query.push_str(&format!("&since={t}"));
+    }
+    let resp = check(api.send("GET", &path(&a.container, &format!("/logs?{query}")), None)?)?;
+    let printing = Printing {
+        timestamps: a.timestamps,
+        ..Default::default()
+    };
+    match print_stream(resp, printing)? {
         StreamEnd::Exit(..) | StreamEnd::Eof => Ok(0),
     }
+}
+
+pub fn restart(api: &Api, a: RestartArgs) -> Result<i32> {
+    each(&a.containers, |c| {
+        let info: ContainerInfo =
+            api.call("POST", &path(c, &format!("/restart?t={}", a.time)), None)?;
+        match (info.state.status, &info.state.error) {
+            (Status::Exited, Some(err)) => bail!("container {c} did not start again: {err}"),
+            _ => Ok(()),
+        }
+    })
+}
+
+pub fn pause(api: &Api, a: TargetsArgs) -> Result<i32> {
+    each(&a.containers, |c| {
+        api.call::<ContainerInfo>("POST", &path(c, "/pause"), None)
+            .map(drop)
+    })
+}
+
+pub fn unpause(api: &Api, a: TargetsArgs) -> Result<i32> {
+    each(&a.containers, |c| {
+        api.call::<ContainerInfo>("POST", &path(c, "/unpause"), None)
+            .map(drop)
+    })
+}
+
+pub fn rename(api: &Api, a: RenameArgs) -> Result<i32> {
+    let q = format!("/rename?name={}", percent_encode(&a.new_name));
+    api.call::<ContainerInfo>("POST", &path(&a.container, &q), None)?;
+    Ok(0)
+}
+
+/// `port`: `80/tcp -> 0.0.0.0:8080` for each published port (or the host
+/// addresses of the one asked for, as Docker prints them).
+pub fn port(api: &Api, a: PortArgs) -> Result<i32> {
+    let info: ContainerInfo = api.call("GET", &path(&a.container, ""), None)?;
+    let wanted = match &a.private_port {
+        None => None,
+        Some(p) => {
+            let (port, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+            let port: u16 = port.parse().map_err(|_| {
+                anyhow::anyhow!("invalid port {p:?}: give PORT or PORT/tcp or PORT/udp")
+            })?;
+            Some((port, proto.to_ascii_lowercase()))
+        }
+    };
+    let mut found = false;
+    for att in &info.networks {
+        for m in &att.ports {
+            let proto = m.protocol.to_string();
+            if let Some((port, want_proto)) = &wanted {
+                if m.container_port != *port || proto != *want_proto {
+                    continue;
+                }
+            }
+            found = true;
+            let ip = if m.host_ip.is_empty() {
+                "0.0.0.0"
+            } else {
+                &m.host_ip
+            };
+            match &wanted {
+                Some(_) => println!("{ip}:{}", m.host_port),
+                None => println!("{}/{proto} -> {ip}:{}", m.container_port, m.host_port),
+            }
+        }
+    }
+    if let (Some(p), false) = (&a.private_port, found) {
+        bail!(
+            "no public port {p} published for container {}",
+            info.config.name
+        );
+    }
+    Ok(0)
+}
+
+/// `container prune`: remove every container that does not run.
+pub fn prune(api: &Api, force: bool) -> Result<i32> {
+    if !force && std::io::stdin().is_terminal() {
+        eprint!("WARNING! This will remove all stopped containers.\nAre you sure you want to continue? [y/N] ");
+        let mut answer = String::new();
+        std::io::stdin().read_line(&mut answer)?;
+        if !answer.trim().eq_ignore_ascii_case("y") {
+            return Ok(0);
+        }
+    }
+    let r: PruneResponse = api.call("POST", "/v1/containers/prune", None)?;
+    if !r.removed.is_empty() {
+        println!("Deleted Containers:");
+        for id in &r.removed {
+            println!("{id}");
+        }
+    }
+    println!("Total reclaimed: {} containers", r.removed.len());
+    Ok(0)
 }
 
 /// Apply `f` to each target, printing the target on success and the error

@@ -2,15 +2,18 @@
 //! container, start its VM, and (in the foreground) stream its output and
 //! exit with its exit code.
 
-use super::stream::{print_stream, StreamEnd};
+use super::interactive::{self, Interrupt, Spec};
+use super::stream::{print_stream, Printing, StreamEnd};
+use crate::session::End;
 use crate::api::{check, decode, server_error, Api, ErrorKind};
 use crate::cli::{RunArgs, StartArgs};
 use crate::exit::VESSEL_ERROR;
 use anyhow::{anyhow, bail, Result};
-use std::sync::atomic::{AtomicU32, Ordering};
 use vessel_api::http::percent_encode;
 use vessel_api::network::parse_port_spec;
-use vessel_api::types::{parse_memory, ContainerInfo, CreateRequest, CreateResponse, Status};
+use vessel_api::types::{
+    parse_memory, AttachStreams, ContainerInfo, CreateRequest, CreateResponse, Status,
+};
 
 /// Build the create request from the flags (validated here, before any work).
 pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
@@ -34,15 +37,19 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         }
         None => None,
     };
-    let mut env = Vec::new();
-    for e in &a.env {
-        if e.contains('=') {
-            env.push(e.clone());
-        } else if let Ok(v) = std::env::var(e) {
-            // `-e KEY` passes the client's value, as Docker does.
-            env.push(format!("{e}={v}"));
-        }
+    // `-e KEY` passes the client's value, as Docker does.
+    let env = crate::env::environment(&a.env, &a.env_file)?;
+    if a.detach && !a.attach.is_empty() {
+        bail!("conflicting options: -a and -d");
     }
+    if let Some(k) = &a.detach_keys {
+        crate::terminal::parse_detach_keys(k)?;
+    }
+    let attach = (!a.attach.is_empty()).then(|| AttachStreams {
+        stdin: a.attach.iter().any(|s| s == "stdin"),
+        stdout: a.attach.iter().any(|s| s == "stdout"),
+        stderr: a.attach.iter().any(|s| s == "stderr"),
+    });
     let mut ports = Vec::new();
     for p in &a.publish {
         ports.extend(parse_port_spec(p).map_err(|e| anyhow!("{e}"))?);
@@ -67,6 +74,9 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
             .iter()
             .map(|u| vessel_api::ulimit::parse_ulimit(u).map_err(|e| anyhow!("{e}")))
             .collect::<Result<_>>()?,
+        tty: a.tty,
+        stdin: a.interactive,
+        attach,
     })
 }
 
@@ -148,19 +158,40 @@ pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    start_attached(api, &id, true)
+    let info: ContainerInfo = api.call("GET", &container_path(&id, ""), None)?;
+    let how = Attached {
+        streams: info.config.attach,
+        tty: a.tty,
+        detach_keys: interactive::detach_keys(a.detach_keys.as_deref())?,
+        discard_failed: true,
+        auto_remove: a.rm,
+    };
+    start_attached(api, &id, &how)
 }
 
 /// `vessel start`: start created containers, printing each name as given;
-/// exit code 1 if any failed. With `-a`, start one and attach to it as
-/// `run` does: its output, and its exit code.
+/// exit code 1 if any failed. With `-a` (or `-i`), start one and attach to
+/// it as `run` does: its output (its input with `-i`), and its exit code.
 pub fn start(api: &Api, a: StartArgs) -> Result<i32> {
-    if a.attach {
+    if a.attach || a.interactive {
         let [key] = &a.containers[..] else {
             bail!("you cannot start and attach more than one container at once");
         };
         let info: ContainerInfo = api.call("GET", &container_path(key, ""), None)?;
-        return start_attached(api, &info.config.id, false);
+        let c = &info.config;
+        let how = Attached {
+            streams: AttachStreams {
+                // Docker: stdin only with -i, and only if it was kept open.
+                stdin: a.interactive && c.process.stdin,
+                stdout: c.attach.stdout || !c.attach.stderr,
+                stderr: c.attach.stderr || !c.attach.stdout,
+            },
+            tty: c.process.terminal,
+            detach_keys: interactive::detach_keys(a.detach_keys.as_deref())?,
+            discard_failed: false,
+            auto_remove: c.auto_remove,
+        };
+        return start_attached(api, &c.id, &how);
     }
     super::container::each(&a.containers, |c| {
         let info: ContainerInfo = api.call("POST", &container_path(c, "/start"), None)?;
@@ -175,79 +206,115 @@ fn container_path(key: &str, rest: &str) -> String {
     format!("/v1/containers/{}{rest}", percent_encode(key))
 }
 
-/// Start container `id` and follow its output to its end; its exit code.
-/// `discard`: remove the container if it cannot be started (`run` made it).
-fn start_attached(api: &Api, id: &str, discard_failed: bool) -> Result<i32> {
-    forward_interrupts(api, id);
+/// How `run` (in the foreground) and `start -a` follow the container.
+pub struct Attached {
+    /// The streams to attach to.
+    pub streams: AttachStreams,
+    /// It has a terminal.
+    pub tty: bool,
+    pub detach_keys: Vec<u8>,
+    /// Remove the container if it cannot be started (`run` made it).
+    pub discard_failed: bool,
+    /// It is a `--rm` container: gone when we return.
+    pub auto_remove: bool,
+}
+
+/// Start container `id` and follow it to its end; its exit code.
+fn start_attached(api: &Api, id: &str, how: &Attached) -> Result<i32> {
+    if how.tty || how.streams.stdin {
+        return start_interactive(api, id, how);
+    }
+    interactive::handle_interrupts(api, Interrupt::StopContainer(id.to_string()), None);
     let resp = check(api.send("POST", &format!("/v1/containers/{id}/start?attach=1"), None)?)
         .map_err(|e| {
-            if discard_failed {
+            if how.discard_failed {
                 discard(api, id, e)
             } else {
                 e
             }
         })?;
-    match print_stream(resp)? {
+    let printing = Printing {
+        stdout: how.streams.stdout,
+        stderr: how.streams.stderr,
+        timestamps: false,
+    };
+    match print_stream(resp, printing)? {
         StreamEnd::Exit(code, error) => {
             if let Some(err) = error {
                 eprintln!("vessel: error: {err}");
             }
             Ok(code)
         }
-        StreamEnd::Eof => {
-            // The apiserver went away; the container lives on in its VM.
-            let state: Result<ContainerInfo> =
-                decode(api.send("GET", &format!("/v1/containers/{id}"), None)?);
-            match state {
-                Ok(info) if info.state.status == Status::Exited => {
-                    Ok(info.state.exit_code.unwrap_or(0))
-                }
-                _ => {
-                    eprintln!(
-                        "vessel: lost the connection to the apiserver; the container may still run: `vessel logs -f {}`",
-                        &id[..12.min(id.len())]
-                    );
-                    Ok(VESSEL_ERROR)
-                }
-            }
+        StreamEnd::Eof => lost(api, id),
+    }
+}
+
+/// The stream ended without the container's end: the apiserver went
+/// away. The container lives on in its VM, unless it has ended.
+fn lost(api: &Api, id: &str) -> Result<i32> {
+    let state: Result<ContainerInfo> =
+        decode(api.send("GET", &format!("/v1/containers/{id}"), None)?);
+    match state {
+        Ok(info) if info.state.status == Status::Exited => Ok(info.state.exit_code.unwrap_or(0)),
+        _ => {
+            eprintln!(
+                "vessel: lost the connection to the apiserver; the container may still run: `vessel logs -f {}`",
+                &id[..12.min(id.len())]
+            );
+            Ok(VESSEL_ERROR)
         }
     }
 }
 
-static INTERRUPTS: AtomicU32 = AtomicU32::new(0);
-
-/// Ctrl-C (or SIGTERM) stops the container: SIGTERM, then SIGKILL after 10
-/// s; a second Ctrl-C kills it at once. The stream then ends with its exit.
-fn forward_interrupts(api: &Api, id: &str) {
-    // SAFETY: the mask is a valid local; blocking signals in this thread is
-    // inherited by threads spawned later, so only the waiter below sees them.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: set is a valid sigset_t.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-    let api = Api::new(api.home.clone());
-    let id = id.to_string();
-    std::thread::spawn(move || loop {
-        let mut sig: libc::c_int = 0;
-        // SAFETY: set and sig are valid for the call.
-        if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
-            return;
-        }
-        let n = INTERRUPTS.fetch_add(1, Ordering::SeqCst);
-        let path = if n == 0 {
-            format!("/v1/containers/{id}/stop?t=10")
+/// `run -i/-t`, `start -a` of such a container: start and attach over an
+/// upgraded connection (`vessel.agent.v1` frames both ways).
+fn start_interactive(api: &Api, id: &str, how: &Attached) -> Result<i32> {
+    let s = &how.streams;
+    let path = format!(
+        "/v1/containers/{id}/start?attach=1&stdin={}&stdout={}&stderr={}",
+        s.stdin, s.stdout, s.stderr
+    );
+    let conn = api.upgrade("POST", &path, None).map_err(|e| {
+        if how.discard_failed {
+            discard(api, id, e)
         } else {
-            format!("/v1/containers/{id}/kill?signal={}", percent_encode("KILL"))
-        };
-        let api2 = Api::new(api.home.clone());
-        std::thread::spawn(move || {
-            let _ = api2.send("POST", &path, None);
-        });
-    });
+            e
+        }
+    })?;
+    let spec = Spec {
+        stdin: s.stdin,
+        tty: how.tty,
+        detach_keys: how.detach_keys.clone(),
+        // The attach stream carries resizes only with stdin.
+        resize: (!s.stdin).then(|| interactive::resize_by_api(api, id)),
+        interrupt: Interrupt::StopContainer(id.to_string()),
+    };
+    let end = interactive::run(api, conn, spec)?;
+    let code = match end {
+        End::Exited(code) => {
+            // Why the VM or vessel failed, when it says.
+            if matches!(code, VESSEL_ERROR | 255) {
+                if let Ok(info) = api.call::<ContainerInfo>("GET", &container_path(id, ""), None) {
+                    if let Some(err) = info.state.error {
+                        eprintln!("vessel: error: {err}");
+                    }
+                }
+            }
+            code
+        }
+        End::Failed(code, message) => {
+            eprintln!("vessel: error: {message}");
+            code
+        }
+        End::Detached => return Ok(0),
+        End::Lost => return lost(api, id),
+    };
+    if how.auto_remove {
+        // As `run --rm` without -i: gone when we return.
+        let _ = api.send("POST", &format!("/v1/containers/{id}/wait"), None);
+        let _ = api.send("DELETE", &format!("/v1/containers/{id}?force=true"), None);
+    }
+    Ok(code)
 }
 
 #[cfg(test)]
