@@ -336,9 +336,23 @@ impl Vmm for Qemu {
         Ok(())
     }
 
+    /// The VMM process is stopped (SIGSTOP) and continued (SIGCONT), as a
+    /// cgroup freezer stops a container's processes: its vCPUs stand
+    /// still, the devices keep their state. QMP's `stop`/`cont` stops the
+    /// vhost-user vsock device as well, and `vhost-device-vsock` 0.3.0 does
+    /// not take it up again after `cont`: every later vsock connection
+    /// failed (`EAGAIN`) and the guest's output stopped for good.
     fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
-        let command = if paused { "stop" } else { "cont" };
-        crate::qmp::execute(&self.spec.qmp_socket, command)?;
+        if self.try_wait()?.is_some() {
+            return Err(VmmError::Io(std::io::Error::other("the VMM has exited")));
+        }
+        let pid = self.pid().ok_or(VmmError::NotStarted)?;
+        let sig = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill has no memory-safety preconditions; `pid` is our
+        // child, not reaped yet (checked just above), so not reused.
+        if unsafe { libc::kill(pid, sig) } != 0 {
+            return Err(VmmError::Io(std::io::Error::last_os_error()));
+        }
         Ok(())
     }
 }

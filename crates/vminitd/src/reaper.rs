@@ -115,7 +115,14 @@ impl Reaper {
     }
 
     /// Reap every child that ended; deliver the statuses someone waits for.
+    ///
+    /// Under the lock [`Reaper::spawn`] holds: a spawn whose `exec` fails
+    /// reaps its own child inside std's `Command::spawn`, and a `waitpid`
+    /// of ours in between took that child from it (std then panics: "wait()
+    /// should either return Ok or panic"), so `exec` of a missing command
+    /// in a busy container lost its 127.
     fn reap(&self) {
+        let mut waiting = lock(&self.waiting);
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
@@ -124,7 +131,7 @@ impl Reaper {
                     else {
                         continue;
                     };
-                    if let Some(slot) = lock(&self.waiting).remove(&pid.as_raw()) {
+                    if let Some(slot) = waiting.remove(&pid.as_raw()) {
                         slot.set(status);
                     }
                 }

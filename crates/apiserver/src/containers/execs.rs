@@ -187,7 +187,18 @@ impl Containers {
     /// The exec's stream has ended: its exit code from the runtime helper
     /// (when it knows it), and `exec_die`.
     pub fn exec_ended(&self, info: &ContainerInfo, exec_id: &str) {
-        let code = self.exec_state(info, exec_id).and_then(|(_, code)| code);
+        // The helper records the end just after it closes the stream.
+        let mut code = None;
+        for _ in 0..40 {
+            match self.exec_state(info, exec_id) {
+                Some((true, _)) => std::thread::sleep(Duration::from_millis(25)),
+                Some((false, c)) => {
+                    code = c;
+                    break;
+                }
+                None => break,
+            }
+        }
         self.exec_died(info, exec_id, code);
     }
 

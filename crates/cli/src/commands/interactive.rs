@@ -197,6 +197,11 @@ pub fn run(api: &Api, conn: Upgraded, spec: Spec) -> Result<End> {
             let _ = closer.close();
         }),
     );
+    // The prompt of the process's terminal has no line end: what we say
+    // next starts on a line of its own.
+    if raw.is_some() && matches!(end, Ok(End::Lost | End::Detached)) {
+        eprintln!();
+    }
     drop(raw);
     end
 }

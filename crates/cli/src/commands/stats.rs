@@ -93,36 +93,44 @@ fn idle_row(c: &ContainerSummary) -> Row {
     }
 }
 
-/// Binary units, as Docker shows memory: `1.5MiB`.
-pub fn binary(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n}B")
+/// Four significant digits, trailing zeros dropped (Go's `%.4g`, which
+/// Docker's sizes use).
+fn four_digits(v: f64) -> String {
+    let decimals = if v >= 1000.0 {
+        0
+    } else if v >= 100.0 {
+        1
+    } else if v >= 10.0 {
+        2
     } else {
-        format!("{v:.4}").trim_end_matches('0').trim_end_matches('.').to_string() + UNITS[u]
+        3
+    };
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
     }
 }
 
-/// Decimal units, as Docker shows I/O: `1.2kB`.
-pub fn decimal(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+fn scaled(n: u64, base: f64, units: &[&str]) -> String {
     let mut v = n as f64;
     let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
+    while v >= base && u < units.len() - 1 {
+        v /= base;
         u += 1;
     }
-    if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_string() + UNITS[u]
-    }
+    format!("{}{}", four_digits(v), units[u])
+}
+
+/// Binary units, as Docker shows memory: `1.5MiB`.
+pub fn binary(n: u64) -> String {
+    scaled(n, 1024.0, &["B", "KiB", "MiB", "GiB", "TiB", "PiB"])
+}
+
+/// Decimal units, as Docker shows I/O: `1.23kB`.
+pub fn decimal(n: u64) -> String {
+    scaled(n, 1000.0, &["B", "kB", "MB", "GB", "TB", "PB"])
 }
 
 fn table_of(rows: &[Row]) -> String {
@@ -356,6 +364,9 @@ mod tests {
         assert_eq!(binary(1536 << 10), "1.5MiB");
         assert_eq!(binary(512 << 20), "512MiB");
         assert_eq!(decimal(1234), "1.234kB");
+        assert_eq!(binary(21_557_248), "20.56MiB");
+        assert_eq!(binary(515_870_720), "492MiB");
+        assert_eq!(decimal(1_852_416), "1.852MB");
         assert_eq!(decimal(0), "0B");
         assert_eq!(cpu_time(3_723_000), "01:02:03");
     }
