@@ -63,6 +63,7 @@ TOOLS=(
     "curl|curl|--version"
     "runuser|util-linux|--version"
     "flock|util-linux|--version"
+    "tmux|tmux|-V"
     "cargo-fuzz|cargo:cargo-fuzz|--version"
 )
 # The API fuzzer (schemathesis, from PyPI, pinned) lives in a venv under

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod registry;
+pub mod tmux;
 pub mod token;
 
 use std::ffi::OsString;
@@ -132,6 +133,34 @@ impl Instance {
             c.env(k, v);
         }
         c
+    }
+
+    /// The environment a `vessel` command of this instance runs with, for
+    /// a shell that runs it (a terminal test), `vessel` first in `PATH`.
+    pub fn shell_env(&self) -> Vec<(String, String)> {
+        let s = |p: &Path| p.to_string_lossy().into_owned();
+        let mut env = vec![
+            ("VESSEL_HOME".to_string(), s(self.home.path())),
+            ("VESSEL_KERNEL".into(), s(&required_env("VESSEL_KERNEL"))),
+            ("VESSEL_INITRD".into(), s(&required_env("VESSEL_INITRD"))),
+            ("VESSEL_CONFIG".into(), s(&self.vessel_config_dir())),
+            ("DOCKER_CONFIG".into(), s(&self.docker_config_dir())),
+            (
+                "PATH".into(),
+                format!(
+                    "{}:{}",
+                    s(&bin_dir()),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            ),
+        ];
+        for (k, v) in &self.extra_env {
+            env.push((
+                k.to_string_lossy().into_owned(),
+                v.to_string_lossy().into_owned(),
+            ));
+        }
+        env
     }
 
     /// Set an environment variable for every later `vessel` command of this
