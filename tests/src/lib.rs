@@ -190,9 +190,15 @@ impl Instance {
             .spawn()
             .expect("running vessel");
         let mut stdin = child.stdin.take().expect("stdin");
-        let _ = stdin.write_all(input);
-        drop(stdin);
-        child.wait_with_output().expect("vessel output")
+        // Fed from a thread while the output is read: a large input would
+        // otherwise wait for an output nobody reads.
+        let input = input.to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().expect("vessel output");
+        let _ = feeder.join();
+        out
     }
 
     /// `vessel image ls --format json`, parsed.
