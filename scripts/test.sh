@@ -29,7 +29,10 @@ VESSEL_INITRD=$(scripts/build-guest.sh build/guest/initramfs.img)
 log "Offline default image"
 VESSEL_TEST_IMAGE=$(realpath "$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)")
 
-export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE
+log "Kernel feature probe (static)"
+VESSEL_PROBE=$(scripts/build-probe.sh)
+
+export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE VESSEL_PROBE
 log "Tests (kernel $VESSEL_KERNEL)"
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"

@@ -105,9 +105,19 @@ def source_version():
     return r.stdout.strip() or "unknown"
 
 
+def kconfig_rank(path):
+    """Which definition names a symbol defined in several Kconfig files:
+    x86's own first, then generic code, then other architectures."""
+    if path.startswith("arch/x86/") or path == "arch/Kconfig":
+        return 0
+    if not path.startswith("arch/"):
+        return 1
+    return 2
+
+
 def kconfig_map():
     """{SYMBOL: Kconfig path} from the kernel source, cached per version."""
-    cached = os.path.join(CACHE, "kernel", f"kconfig-map-{source_version()}.tsv")
+    cached = os.path.join(CACHE, "kernel", f"kconfig-map-v2-{source_version()}.tsv")
     if os.path.exists(cached):
         with open(cached) as f:
             return dict(line.rstrip("\n").split("\t", 1) for line in f if "\t" in line)
@@ -122,7 +132,9 @@ def kconfig_map():
                 continue
             text = tar.extractfile(member).read().decode(errors="replace")
             for m in re.finditer(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)", text, re.M):
-                defs.setdefault(m.group(1), name)
+                sym = m.group(1)
+                if sym not in defs or kconfig_rank(name) < kconfig_rank(defs[sym]):
+                    defs[sym] = name
     os.makedirs(os.path.dirname(cached), exist_ok=True)
     with open(cached + ".tmp", "w") as f:
         for sym, path in sorted(defs.items()):

@@ -3,7 +3,6 @@
 //! a scratch tmpfs), the new mount API, and extended attributes and POSIX
 //! ACLs on the root filesystem and on tmpfs.
 
-use super::process::mount_private_root;
 use super::sys::{self, Outcome};
 use std::time::Duration;
 use vessel_probe::Report;
@@ -31,45 +30,16 @@ const MOUNTS: &[(&str, &str)] = &[
     ("pstore", ""),
 ];
 
-fn mount(src: &str, target: &str, fstype: &str, data: &str) -> Result<(), i32> {
-    let (s, t, f, d) = (
-        sys::cstr(src),
-        sys::cstr(target),
-        sys::cstr(fstype),
-        sys::cstr(data),
-    );
-    // SAFETY: NUL-terminated strings; targets are directories on the
-    // probe's own tmpfs in a private mount namespace.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            f.as_ptr(),
-            0,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                d.as_ptr() as *const libc::c_void
-            },
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(sys::errno())
-    }
-}
-
 /// In a child: a private mount namespace with a tmpfs on `dir`, then `f`.
 fn with_scratch_tmpfs(dir: &str, f: impl FnOnce(&str) -> i32) -> Outcome {
     sys::in_child(CHILD, || {
         if let Err(e) = sys::unshare(libc::CLONE_NEWNS) {
             return e;
         }
-        if let Err(e) = mount_private_root() {
+        if let Err(e) = sys::mount_private_root() {
             return e;
         }
-        if let Err(e) = mount("tmpfs", dir, "tmpfs", "mode=0755") {
+        if let Err(e) = sys::mount("tmpfs", dir, "tmpfs", "mode=0755") {
             return e;
         }
         f(dir)
@@ -83,7 +53,7 @@ fn probe_mounts(r: &mut Report, tmp: &str) {
             if std::fs::create_dir(&target).is_err() {
                 return 110;
             }
-            match mount(fstype, &target, fstype, opts) {
+            match sys::mount(fstype, &target, fstype, opts) {
                 Ok(()) => 0,
                 Err(e) => e,
             }
@@ -98,7 +68,7 @@ fn probe_mounts(r: &mut Report, tmp: &str) {
             }
         }
         let opts = format!("lowerdir={d}/lower,upperdir={d}/upper,workdir={d}/work");
-        match mount("overlay", &format!("{d}/merged"), "overlay", &opts) {
+        match sys::mount("overlay", &format!("{d}/merged"), "overlay", &opts) {
             Ok(()) => 0,
             Err(e) => e,
         }

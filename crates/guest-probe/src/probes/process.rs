@@ -78,18 +78,26 @@ fn probe_cgroups(r: &mut Report) {
             }
         }
     }
-    // Named v1 hierarchies (old systemd in containers mounts name=systemd).
-    let o = sys::in_child(CHILD, || {
-        let Some(d) = sys::ScratchDir::new("/tmp", ".vessel-probe-cg1") else {
-            return libc::EIO;
-        };
-        if sys::unshare(libc::CLONE_NEWNS).is_err() {
-            return libc::EPERM;
+    // Named v1 hierarchies (old systemd in containers mounts name=systemd),
+    // in a private mount namespace.
+    match sys::ScratchDir::new("/tmp", ".vessel-probe-cg1") {
+        Some(d) => {
+            let o = sys::in_child(CHILD, || {
+                if let Err(e) = sys::unshare(libc::CLONE_NEWNS) {
+                    return e;
+                }
+                if let Err(e) = sys::mount_private_root() {
+                    return e;
+                }
+                match sys::mount("none", &d.path, "cgroup", "none,name=vessel-probe") {
+                    Ok(()) => 0,
+                    Err(e) => e,
+                }
+            });
+            outcome_to(r, "mount:cgroup1.named", o);
         }
-        let _ = mount_private_root();
-        mount("none", &d.path, "cgroup", "none,name=vessel-probe")
-    });
-    outcome_to(r, "mount:cgroup1.named", o);
+        None => r.no("mount:cgroup1.named", "cannot create a directory in /tmp"),
+    }
 
     let root = "/sys/fs/cgroup";
     if sys::fs_type(root) != "cgroup2" {
@@ -141,55 +149,6 @@ fn probe_cgroups(r: &mut Report) {
     }
     for c in enabled.iter().rev() {
         let _ = write(&subtree, &format!("-{c}"));
-    }
-}
-
-fn mount(src: &str, target: &str, fstype: &str, data: &str) -> i32 {
-    let (s, t, f, d) = (
-        sys::cstr(src),
-        sys::cstr(target),
-        sys::cstr(fstype),
-        sys::cstr(data),
-    );
-    // SAFETY: NUL-terminated strings; the target is our scratch directory
-    // in a private mount namespace.
-    let rc = unsafe {
-        libc::mount(
-            s.as_ptr(),
-            t.as_ptr(),
-            f.as_ptr(),
-            0,
-            if data.is_empty() {
-                std::ptr::null()
-            } else {
-                d.as_ptr() as *const libc::c_void
-            },
-        )
-    };
-    if rc == 0 {
-        0
-    } else {
-        sys::errno()
-    }
-}
-
-/// Make every mount private so nothing the probe mounts propagates out.
-pub fn mount_private_root() -> Result<(), i32> {
-    let root = sys::cstr("/");
-    // SAFETY: changes propagation of the (private) mount namespace only.
-    let rc = unsafe {
-        libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(sys::errno())
     }
 }
 

@@ -245,6 +245,52 @@ pub fn socket(domain: i32, ty: i32, proto: i32) -> Result<OwnedFd, i32> {
     check(fd as i64).map(owned)
 }
 
+/// `mount(2)` with no flags; `data` may be empty.
+pub fn mount(src: &str, target: &str, fstype: &str, data: &str) -> Result<(), i32> {
+    let (s, t, f, d) = (cstr(src), cstr(target), cstr(fstype), cstr(data));
+    // SAFETY: NUL-terminated strings; callers mount only on their own
+    // scratch directories, in a private mount namespace of a child.
+    let rc = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            0,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr() as *const libc::c_void
+            },
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
+/// Make every mount of this (new, private) mount namespace private, so
+/// nothing mounted in it propagates out.
+pub fn mount_private_root() -> Result<(), i32> {
+    let root = cstr("/");
+    // SAFETY: changes the propagation of the caller's mount namespace only.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(errno())
+    }
+}
+
 /// `unshare(flags)`.
 pub fn unshare(flags: i32) -> Result<(), i32> {
     // SAFETY: unshare takes no pointers.
