@@ -389,3 +389,42 @@ pub fn fs_type(path: &str) -> String {
         other => format!("0x{other:x}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Children here only return or signal: no allocation after fork, since
+    // the test harness has other threads.
+
+    #[test]
+    fn child_exit_code_signal_and_time_limit() {
+        block_sigchld();
+        assert_eq!(in_child(Duration::from_secs(5), || 7), Outcome::Exited(7));
+        let o = in_child(Duration::from_secs(5), || {
+            // SAFETY: raising a signal in the child itself.
+            unsafe { libc::raise(libc::SIGTERM) };
+            0
+        });
+        assert_eq!(o, Outcome::Signaled(libc::SIGTERM));
+        let start = std::time::Instant::now();
+        let o = in_child(Duration::from_millis(200), || {
+            // SAFETY: pause only waits for a signal.
+            unsafe { libc::pause() };
+            0
+        });
+        assert_eq!(o, Outcome::TimedOut);
+        assert!(start.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn outcomes_read_as_errno_names() {
+        assert_eq!(Outcome::Exited(0).describe(), "ok");
+        assert_eq!(Outcome::Exited(libc::ENOSYS).describe(), "ENOSYS");
+        assert_eq!(Outcome::Exited(255).describe(), "exit255");
+        assert_eq!(Outcome::Signaled(11).describe(), "signal11");
+        assert_eq!(Outcome::TimedOut.describe(), "blocked");
+        assert_eq!(errno_name(libc::EAFNOSUPPORT), "EAFNOSUPPORT");
+        assert_eq!(errno_name(4000), "errno4000");
+    }
+}
