@@ -19,6 +19,17 @@ fi
 log "Guest kernel"
 VESSEL_KERNEL=$(guest/kernel/build.sh)
 
+log "Guest kernel configuration against Debian's (guest/kernel/config-omitted.list)"
+rc=0
+mkdir -p build
+guest/kernel/compare-config.py >build/compare-config.txt || rc=$?
+if ((rc == 1)); then
+    cat build/compare-config.txt >&2
+    exit 1
+elif ((rc != 0)); then
+    echo "warning: could not compare with Debian's kernel configuration (see above); skipped" >&2
+fi
+
 log "Formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
