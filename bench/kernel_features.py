@@ -6,9 +6,9 @@ run (interleaved rounds), as ratios after / before.
   `vessel run --rm --network none IMAGE true`, each kernel in its own
   vessel instance;
 - guest uptime when the container's process starts;
-- size: the vmlinux file, its loaded sections (text, data, bss) and what the
-  booted kernel reports (`Memory:` line of dmesg, MemTotal, MemAvailable in
-  a 512 MiB guest);
+- size: the vmlinux file, the sizes of its symbols (code, data, bss, the
+  KALLSYMS table) and what the booted kernel reports (`Memory:` line of
+  dmesg, MemTotal, MemAvailable in a 512 MiB guest);
 - an idle container's host CPU (`sleep`, 10 s measured after 3 s).
 
 usage: bench/kernel_features.py --before VMLINUX --after VMLINUX [--runs N]
@@ -31,14 +31,29 @@ sys.path.insert(0, HERE)
 from boot_overhead import IMAGE, ROOT, baseline_cmd, env_path, timed  # noqa: E402
 
 
-def section_sizes(vmlinux):
-    out = subprocess.run(["size", "-A", vmlinux], check=True, stdout=subprocess.PIPE, text=True).stdout
-    sizes = {}
+def symbol_sizes(vmlinux):
+    """KiB of the kernel's own symbols by kind, from `nm -S` (section sizes
+    include the 2 MiB alignment padding that the kernel frees at boot)."""
+    out = subprocess.run(["nm", "-S", vmlinux], check=True, stdout=subprocess.PIPE, text=True).stdout
+    kinds = {"code": 0, "data": 0, "bss": 0}
+    kallsyms = []
     for line in out.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].isdigit():
-            sizes[parts[0]] = int(parts[1])
-    return sizes
+        if len(parts) == 3 and parts[2].startswith("kallsyms_"):
+            kallsyms.append(int(parts[0], 16))
+        if len(parts) != 4:
+            continue
+        size, kind = int(parts[1], 16), parts[2].lower()
+        if kind == "t":
+            kinds["code"] += size
+        elif kind in "dr":
+            kinds["data"] += size
+        elif kind == "b":
+            kinds["bss"] += size
+    # The symbol table KALLSYMS embeds (kallsyms_* have no sizes; the last
+    # one, kallsyms_token_index, is 256 u16).
+    kinds["kallsyms"] = (max(kallsyms) + 512 - min(kallsyms)) if kallsyms else 0
+    return {k: v // 1024 for k, v in kinds.items()}
 
 
 def cpu_ticks(pid):
@@ -168,13 +183,13 @@ def main():
     print("|---|---|---|---|")
     fb, fa = os.path.getsize(args.before), os.path.getsize(args.after)
     print(f"| vmlinux file (KiB) | {fb // 1024} | {fa // 1024} | {fa / fb:.2f} |")
-    sb, sa = section_sizes(args.before), section_sizes(args.after)
-    for sec in (".text", ".rodata", ".data", ".bss"):
-        if sec in sb and sec in sa:
-            print(f"| `{sec}` section (KiB) | {sb[sec] // 1024} | {sa[sec] // 1024} | {sa[sec] / sb[sec]:.2f} |")
-    labels = [("code", "kernel code"), ("rwdata", "rwdata"), ("rodata", "rodata"), ("init", "init (freed)"),
-              ("bss", "bss"), ("reserved", "reserved at boot"), ("MemTotal", "MemTotal"),
-              ("MemAvailable", "MemAvailable after boot")]
+    sb, sa = symbol_sizes(args.before), symbol_sizes(args.after)
+    for key, label in (("code", "code (text symbols)"), ("data", "data and read-only data symbols"),
+                       ("bss", "bss symbols"), ("kallsyms", "KALLSYMS symbol table")):
+        ratio = f"{sa[key] / sb[key]:.2f}" if sb[key] else "new"
+        print(f"| {label} (KiB) | {sb[key]} | {sa[key]} | {ratio} |")
+    labels = [("rodata", "rodata"), ("init", "init (freed after boot)"), ("reserved", "reserved at boot"),
+              ("MemTotal", "MemTotal"), ("MemAvailable", "MemAvailable after boot")]
     for key, label in labels:
         vb, va = mem[b].get(key), mem[a].get(key)
         if vb and va:
