@@ -70,7 +70,7 @@ def main():
                  if yes and not k.startswith("info:") and k not in have
                  and not any(fnmatch.fnmatchcase(k, p) for p, _ in omitted))
     stale = sorted(k for k, yes in report.items()
-                   if yes and any(fnmatch.fnmatchcase(k, p) for p, _ in omitted))
+                   if yes and any(fnmatch.fnmatchcase(k, p) for p, s in omitted if s.startswith("[omitted]")))
     missing = sorted(k for k in offered if not report.get(k, False))
 
     keys = sorted(have | set(new))

@@ -14,6 +14,9 @@
 //!
 //! Keys under `[offered]` are exact. Keys under an `[omitted] REASON`
 //! section may use `*`, which matches any run of characters (`/` too).
+//! A `[varies] REASON` section (patterns too) names keys that depend on
+//! the machine rather than the kernel's configuration (a hardware PMU
+//! under KVM but not under TCG): no check looks at them.
 //!
 //! The checks (all pure, over two [`Report`]s):
 //! - [`check_guest`]: every offered key is offered by the guest; every key
@@ -39,6 +42,7 @@ pub struct Omission {
 pub struct Expectations {
     offered: BTreeSet<String>,
     omitted: Vec<Omission>,
+    varies: Vec<Omission>,
 }
 
 /// A line of the expectation list that does not parse.
@@ -91,6 +95,7 @@ impl Expectations {
             None,
             Offered,
             Omitted(String),
+            Varies(String),
         }
         let mut section = Section::None;
         let mut exp = Expectations::default();
@@ -116,9 +121,20 @@ impl Expectations {
                 section = Section::Omitted(reason.to_string());
                 continue;
             }
+            if let Some(rest) = line.strip_prefix("[varies]") {
+                let reason = rest.trim();
+                if reason.is_empty() {
+                    return Err(err(
+                        "a [varies] section needs its reason on the same line: [varies] REASON"
+                            .into(),
+                    ));
+                }
+                section = Section::Varies(reason.to_string());
+                continue;
+            }
             if line.starts_with('[') {
                 return Err(err(format!(
-                    "unknown section {line:?}: use [offered] or [omitted] REASON"
+                    "unknown section {line:?}: use [offered], [omitted] REASON or [varies] REASON"
                 )));
             }
             if line.contains(char::is_whitespace) || !line.contains(':') {
@@ -129,7 +145,7 @@ impl Expectations {
             match &section {
                 Section::None => {
                     return Err(err(format!(
-                        "key {line:?} before any [offered] or [omitted] section"
+                        "key {line:?} before any [offered], [omitted] or [varies] section"
                     )))
                 }
                 Section::Offered => {
@@ -147,6 +163,11 @@ impl Expectations {
                     reason: reason.clone(),
                     line: n,
                 }),
+                Section::Varies(reason) => exp.varies.push(Omission {
+                    pattern: line.to_string(),
+                    reason: reason.clone(),
+                    line: n,
+                }),
             }
         }
         for key in &exp.offered {
@@ -154,6 +175,12 @@ impl Expectations {
                 return Err(ParseError {
                     line: o.line,
                     message: format!("{key:?} is listed both as offered and as omitted"),
+                });
+            }
+            if let Some(o) = exp.variation(key) {
+                return Err(ParseError {
+                    line: o.line,
+                    message: format!("{key:?} is listed both as offered and as varying"),
                 });
             }
         }
@@ -175,6 +202,11 @@ impl Expectations {
     /// The first omitted entry matching `key`.
     pub fn omission(&self, key: &str) -> Option<&Omission> {
         self.omitted.iter().find(|o| glob_match(&o.pattern, key))
+    }
+
+    /// The first `[varies]` entry matching `key`.
+    pub fn variation(&self, key: &str) -> Option<&Omission> {
+        self.varies.iter().find(|o| glob_match(&o.pattern, key))
     }
 }
 
@@ -244,7 +276,7 @@ pub fn check_guest(exp: &Expectations, guest: &Report) -> Vec<Finding> {
         }
     }
     for (key, e) in guest.iter() {
-        if !e.offered || is_info(key) {
+        if !e.offered || is_info(key) || exp.variation(key).is_some() {
             continue;
         }
         if let Some(o) = exp.omission(key) {
@@ -267,7 +299,12 @@ pub fn check_guest(exp: &Expectations, guest: &Report) -> Vec<Finding> {
 pub fn check_host(exp: &Expectations, guest: &Report, host: &Report) -> Vec<Finding> {
     let mut out = Vec::new();
     for (key, e) in host.iter() {
-        if !e.offered || is_info(key) || guest.offers(key) || exp.omission(key).is_some() {
+        if !e.offered
+            || is_info(key)
+            || guest.offers(key)
+            || exp.omission(key).is_some()
+            || exp.variation(key).is_some()
+        {
             continue;
         }
         out.push(Finding::Undecided {
@@ -293,6 +330,8 @@ fcntl:F_NOTIFY
 syscall:cachestat
 [omitted] no netfilter logging
 path:/proc/sys/net/netfilter/nf_log*
+[varies] needs a hardware PMU
+perf:hardware.*
 ";
 
     fn report(lines: &str) -> Report {
@@ -342,6 +381,8 @@ path:/proc/sys/net/netfilter/nf_log*
                 4,
                 "both",
             ),
+            ("[varies]\nperf:x\n", 1, "reason"),
+            ("[offered]\nperf:x\n[varies] pmu\nperf:*\n", 4, "varying"),
         ] {
             let e = Expectations::parse(text).unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");
@@ -352,7 +393,7 @@ path:/proc/sys/net/netfilter/nf_log*
     #[test]
     fn guest_regressions_and_gaps_in_the_list() {
         let e = Expectations::parse(LIST).unwrap();
-        let ok = report("syscall:read yes EBADF\nfcntl:F_NOTIFY yes\nsyscall:cachestat no ENOSYS\ninfo:release yes 6.1\n");
+        let ok = report("syscall:read yes EBADF\nfcntl:F_NOTIFY yes\nsyscall:cachestat no ENOSYS\ninfo:release yes 6.1\nperf:hardware.cycles yes\n");
         assert_eq!(check_guest(&e, &ok), vec![]);
 
         let bad = report("syscall:read yes\nfcntl:F_NOTIFY no EINVAL\nsyscall:cachestat yes\nsocket:AF_ALG yes\n");
@@ -392,7 +433,7 @@ path:/proc/sys/net/netfilter/nf_log*
         let guest = report("syscall:read yes\nfcntl:F_NOTIFY yes\nsyscall:cachestat no ENOSYS\n");
         let host = report(
             "syscall:read yes\nsyscall:cachestat yes EBADF\npath:/proc/sys/net/netfilter/nf_log/2 yes\n\
-             syscall:bpf yes EINVAL\nsocket:AF_ALG no EAFNOSUPPORT\ninfo:release yes 6.18\n",
+             syscall:bpf yes EINVAL\nsocket:AF_ALG no EAFNOSUPPORT\ninfo:release yes 6.18\nperf:hardware.cycles yes\n",
         );
         let f = check_host(&e, &guest, &host);
         assert_eq!(
