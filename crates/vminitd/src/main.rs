@@ -377,14 +377,15 @@ fn start(req: &StartRequest) -> Result<std::process::Child, StartError> {
             log!("sethostname: {}", e.desc());
         }
     }
-    let root = std::path::Path::new(mounts::ROOTFS);
     if let Some(cfg) = &req.network {
         let configured =
             net::configure(cfg).map_err(|e| StartError::new(125, format!("network: {e}")))?;
         log!("network: {}", configured.join(", "));
-        net::write_files(root, cfg, &req.hostname)
+        net::write_files(mounts::root(), cfg, &req.hostname)
             .map_err(|e| StartError::new(125, format!("network: {e}")))?;
     }
+    mounts::switch_root().map_err(|e| StartError::new(125, e))?;
+    let root = mounts::root();
     let user = user::resolve_in_root(root, &p.user).map_err(|m| StartError::new(125, m))?;
     let env = process::build_env(&p.env, &user.home, &req.hostname);
     let rlimits = p
