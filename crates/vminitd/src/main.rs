@@ -383,6 +383,9 @@ fn start(req: &StartRequest) -> Result<std::process::Child, StartError> {
         log!("network: {}", configured.join(", "));
         net::write_files(mounts::root(), cfg, &req.hostname)
             .map_err(|e| StartError::new(125, format!("network: {e}")))?;
+    } else {
+        net::configure_none(mounts::root(), &req.hostname)
+            .map_err(|e| StartError::new(125, format!("network: {e}")))?;
     }
     mounts::switch_root().map_err(|e| StartError::new(125, e))?;
     let root = mounts::root();
