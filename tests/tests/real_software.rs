@@ -427,7 +427,7 @@ fn python_regression_tests_pass_as_under_podman() {
         &[],
         "/tmp",
         &args,
-        Duration::from_secs(1200),
+        Duration::from_secs(600),
     );
     let theirs = cases(&peer.stdout);
     let mine = cases(&ours.stdout);
