@@ -43,7 +43,10 @@ VESSEL_TEST_IMAGE=$(realpath "$(images/busybox/build.sh build/images/busybox.oci
 log "Kernel feature probe (static)"
 VESSEL_PROBE=$(scripts/build-probe.sh)
 
-export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE VESSEL_PROBE
+log "Debian image for the real-software tests (debootstrap, a few minutes once, then cached)"
+VESSEL_DEBIAN_IMAGE=$(tests/fixtures/debian-image.sh)
+
+export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE VESSEL_PROBE VESSEL_DEBIAN_IMAGE
 log "Tests (kernel $VESSEL_KERNEL)"
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"

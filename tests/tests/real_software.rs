@@ -408,6 +408,17 @@ fn cases(out: &str) -> BTreeMap<String, (String, String)> {
         .collect()
 }
 
+/// The module the runner started last, from its progress lines
+/// (`0:01:02 load avg: 0.33 [11/14/5] test_asyncio.test_subprocess`).
+fn last_module(progress: &str) -> Option<&str> {
+    progress.lines().rev().find_map(|l| {
+        let (_, rest) = l.split_once("] ")?;
+        l.contains(" load avg: ")
+            .then(|| rest.split_whitespace().next())
+            .flatten()
+    })
+}
+
 #[test]
 fn python_regression_tests_pass_as_under_podman() {
     let v = vessel();
@@ -517,17 +528,20 @@ fn python_regression_tests_pass_as_under_podman() {
         .filter(|(id, _)| !KNOWN_BUGS.iter().any(|(_, p)| matches(p, id)))
         .map(|(id, why)| format!("{id}: {why}"))
         .collect();
+    // A run killed at its limit left no report: name the module it hung in.
     assert!(
-        unexplained.is_empty() && !ours.timed_out,
-        "{} of {} cases that pass under podman + runc do not pass in vessel{}:\n{}",
+        !ours.timed_out,
+        "vessel: the test runner was killed at its time limit ({:.0} s) in {}: \
+         a test there never ended (a signal never delivered, a child never \
+         reaped?); its progress is above",
+        ours.elapsed.as_secs_f64(),
+        last_module(&ours.stderr).unwrap_or("its first module")
+    );
+    assert!(
+        unexplained.is_empty(),
+        "{} of {} cases that pass under podman + runc do not pass in vessel:\n{}",
         unexplained.len(),
         count(&theirs, "ok"),
-        if ours.timed_out {
-            " (the run was killed at its time limit: the last module the runner \
-             started, above, hung)"
-        } else {
-            ""
-        },
         unexplained.join("\n")
     );
     assert!(
@@ -536,4 +550,47 @@ fn python_regression_tests_pass_as_under_podman() {
          KNOWN_BUGS in tests/tests/real_software.rs so that the fix stays tested:\n{}",
         fixed.join("\n")
     );
+}
+
+/// Loopback with `--network none`: a server and a client on 127.0.0.1 and
+/// ::1, found through the name `localhost`.
+const LOOPBACK: &str = r#"
+import socket
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    try:
+        with socket.socket(family) as server:
+            server.bind((host, 0))
+            server.listen()
+            with socket.create_connection(server.getsockname()[:2], timeout=10) as c:
+                peer, _ = server.accept()
+                c.sendall(b"ping")
+                print(host, peer.recv(4).decode())
+                peer.close()
+    except OSError as e:
+        print(host, "error:", e.strerror)
+try:
+    addresses = {a[4][0] for a in socket.getaddrinfo("localhost", 80)}
+    print("localhost is 127.0.0.1:", "127.0.0.1" in addresses)
+except OSError as e:
+    print("localhost error:", e.strerror)
+"#;
+
+#[test]
+#[ignore = "known bug: vminitd leaves lo down and writes no /etc/hosts with --network none \
+            (KNOWN_BUGS above); run with --ignored once fixed, then remove this line"]
+fn network_none_has_loopback_and_localhost_as_under_podman() {
+    let v = vessel();
+    let want = "127.0.0.1 ping\n::1 ping\nlocalhost is 127.0.0.1: True\n";
+    for rt in [Runtime::Podman, Runtime::Vessel(&v)] {
+        let r = debian::run(
+            rt,
+            &[],
+            "/",
+            &["python3", "-c", LOOPBACK],
+            Duration::from_secs(120),
+        );
+        report(rt, &r);
+        r.assert_ok(rt.name());
+        assert_eq!(r.stdout, want, "{}", rt.name());
+    }
 }
