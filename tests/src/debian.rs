@@ -172,10 +172,10 @@ pub fn run(
         stdout: text(&out.stdout),
         stderr: text(&out.stderr),
         code: out.status.and_then(|s| s.code()),
-        // podman's --timeout kills the container: 137, as SIGKILL.
+        // podman's --timeout kills the container (podman then exits 255).
         timed_out: out.status.is_none()
             || (matches!(rt, Runtime::Podman)
-                && out.status.and_then(|s| s.code()) == Some(137)
+                && !out.status.is_some_and(|s| s.success())
                 && elapsed >= limit),
         elapsed,
     }
