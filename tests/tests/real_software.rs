@@ -382,16 +382,6 @@ const KNOWN_BUGS: &[(&str, &[&str])] = &[
          tmpfs has no user.* extended attributes before Linux 6.6",
         &["test.test_os.ExtendedAttributeTests.*"],
     ),
-    (
-        "the guest kernel lacks madvise, posix_fadvise and dnotify (F_NOTIFY): \
-         the kernel branch of issue 8 adds them",
-        &[
-            "test.test_mmap.MmapTests.test_madvise",
-            "test.test_posix.PosixTester.test_posix_fadvise",
-            "test.test_posix.PosixTester.test_posix_fadvise_errno",
-            "test.test_fcntl.TestFcntl.test_fcntl_64_bit",
-        ],
-    ),
 ];
 
 /// Whether `id` is one of `patterns` (exact, or a prefix ending in `*`).
