@@ -367,24 +367,11 @@ const EXCEPTIONS: &[(&str, &str)] = &[];
 /// Each entry must still explain at least one failure: when none of its
 /// cases fails any more, the test fails and asks to remove the entry, so
 /// that a fix, once in, is guarded like the rest.
-const KNOWN_BUGS: &[(&str, &[&str])] = &[
-    (
-        "--network none leaves the loopback interface down and writes no \
-         /etc/hosts (vminitd configures lo and the hosts file only when the \
-         container has a network); podman and Docker give lo up and \
-         localhost in /etc/hosts",
-        &[
-            "test.test_epoll.TestEPoll.*",
-            "test.test_os.TestSendfile.*",
-            "test.test_ssl.ThreadedTests.*",
-        ],
-    ),
-    (
-        "vminitd mounts a tmpfs on /tmp (Docker keeps the image's /tmp), and \
+const KNOWN_BUGS: &[(&str, &[&str])] = &[(
+    "vminitd mounts a tmpfs on /tmp (Docker keeps the image's /tmp), and \
          tmpfs has no user.* extended attributes before Linux 6.6",
-        &["test.test_os.ExtendedAttributeTests.*"],
-    ),
-];
+    &["test.test_os.ExtendedAttributeTests.*"],
+)];
 
 /// Whether `id` is one of `patterns` (exact, or a prefix ending in `*`).
 fn matches(patterns: &[&str], id: &str) -> bool {
@@ -574,8 +561,6 @@ except OSError as e:
 "#;
 
 #[test]
-#[ignore = "known bug: vminitd leaves lo down and writes no /etc/hosts with --network none \
-            (KNOWN_BUGS above); run with --ignored once fixed, then remove this line"]
 fn network_none_has_loopback_and_localhost_as_under_podman() {
     let v = vessel();
     let want = "127.0.0.1 ping\n::1 ping\nlocalhost is 127.0.0.1: True\n";
