@@ -367,11 +367,7 @@ const EXCEPTIONS: &[(&str, &str)] = &[];
 /// Each entry must still explain at least one failure: when none of its
 /// cases fails any more, the test fails and asks to remove the entry, so
 /// that a fix, once in, is guarded like the rest.
-const KNOWN_BUGS: &[(&str, &[&str])] = &[(
-    "vminitd mounts a tmpfs on /tmp (Docker keeps the image's /tmp), and \
-         tmpfs has no user.* extended attributes before Linux 6.6",
-    &["test.test_os.ExtendedAttributeTests.*"],
-)];
+const KNOWN_BUGS: &[(&str, &[&str])] = &[];
 
 /// Whether `id` is one of `patterns` (exact, or a prefix ending in `*`).
 fn matches(patterns: &[&str], id: &str) -> bool {

@@ -111,7 +111,9 @@ pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     let nosuid = MsFlags::MS_NOSUID;
     let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    let list: [(&str, &str, &str, MsFlags, Option<&str>); 8] = [
+    // No tmpfs on /tmp: Docker keeps the image's /tmp (its files, extended
+    // attributes, and the root filesystem's size).
+    let list: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "proc", "proc", nse, None),
         ("sysfs", "sys", "sysfs", nse, None),
         ("devtmpfs", "dev", "devtmpfs", nosuid, None),
@@ -125,13 +127,6 @@ pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
         (
             "shm",
             "dev/shm",
-            "tmpfs",
-            nosuid | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        ),
-        (
-            "tmpfs",
-            "tmp",
             "tmpfs",
             nosuid | MsFlags::MS_NODEV,
             Some("mode=1777"),
