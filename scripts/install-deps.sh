@@ -58,6 +58,7 @@ TOOLS=(
     "docker-registry|docker-registry|--version"
     "podman|podman|--version"
     "runc|runc|--version"
+    "debootstrap|debootstrap|--version"
     "htpasswd|apache2-utils|-nb probe probe"
     "openssl|openssl|version"
     "curl|curl|--version"

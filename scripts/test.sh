@@ -19,6 +19,17 @@ fi
 log "Guest kernel"
 VESSEL_KERNEL=$(guest/kernel/build.sh)
 
+log "Guest kernel configuration against Debian's (guest/kernel/config-omitted.list)"
+rc=0
+mkdir -p build
+guest/kernel/compare-config.py >build/compare-config.txt || rc=$?
+if ((rc == 1)); then
+    cat build/compare-config.txt >&2
+    exit 1
+elif ((rc != 0)); then
+    echo "warning: could not compare with Debian's kernel configuration (see above); skipped" >&2
+fi
+
 log "Formatting and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -29,7 +40,13 @@ VESSEL_INITRD=$(scripts/build-guest.sh build/guest/initramfs.img)
 log "Offline default image"
 VESSEL_TEST_IMAGE=$(realpath "$(images/busybox/build.sh build/images/busybox.oci.tar | tail -n1)")
 
-export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE
+log "Kernel feature probe (static)"
+VESSEL_PROBE=$(scripts/build-probe.sh)
+
+log "Debian image for the real-software tests (debootstrap, a few minutes once, then cached)"
+VESSEL_DEBIAN_IMAGE=$(tests/fixtures/debian-image.sh)
+
+export VESSEL_KERNEL VESSEL_INITRD VESSEL_TEST_IMAGE VESSEL_PROBE VESSEL_DEBIAN_IMAGE
 log "Tests (kernel $VESSEL_KERNEL; the API fuzzer, schemathesis from build/venv, is tests/tests/api_fuzz.rs)"
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"

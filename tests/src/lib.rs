@@ -6,11 +6,16 @@
 //! Inputs, set by `scripts/test.sh`:
 //! - `VESSEL_KERNEL`, `VESSEL_INITRD`: the guest kernel and initramfs;
 //! - `VESSEL_TEST_IMAGE`: the offline default image (OCI archive);
+//! - `VESSEL_PROBE`: the static `vessel-probe` (scripts/build-probe.sh), for
+//!   tests/kernel_features.rs;
+//! - `VESSEL_DEBIAN_IMAGE` (optional): the Debian root filesystem of the
+//!   real-software tests ([`debian`]); made on first use when not set;
 //! - `VESSEL_BIN_DIR` (optional): where the vessel binaries are; default the
 //!   target directory these tests were built into.
 
 #![allow(clippy::unwrap_used)]
 
+pub mod debian;
 pub mod registry;
 pub mod tmux;
 pub mod token;

@@ -414,7 +414,8 @@ fn containers_reach_each_other_by_name_and_the_host_reaches_their_ip() {
     assert_eq!(text(&out.stdout), page.repeat(3));
 
     // --network none: loopback only (sit0 is the guest kernel's IPv6-in-IPv4
-    // tunnel, not a NIC); --hostname applies.
+    // tunnel, not a NIC), and up, with localhost and the host name in
+    // /etc/hosts, as Docker gives; --hostname applies.
     let out = v.vessel(&[
         "run",
         "--rm",
@@ -425,10 +426,17 @@ fn containers_reach_each_other_by_name_and_the_host_reaches_their_ip() {
         IMAGE,
         "sh",
         "-c",
-        "ls /sys/class/net | grep -v sit0; hostname",
+        "ls /sys/class/net | grep -v sit0; hostname; cat /sys/class/net/lo/operstate; \
+         grep -c localhost /etc/hosts; grep -w solo /etc/hosts | cut -f2; \
+         (httpd -f -p 127.0.0.1:8081 -h /etc &) ; sleep 0.5; wget -qO- http://localhost:8081/hostname",
     ]);
     assert_ok(&out, "run --network none");
-    assert_eq!(text(&out.stdout), "lo\nsolo\n");
+    assert_eq!(
+        text(&out.stdout),
+        "lo\nsolo\nunknown\n2\nsolo\nsolo\n",
+        "{}",
+        text(&out.stderr)
+    );
     let out = v.vessel(&[
         "run",
         "--rm",

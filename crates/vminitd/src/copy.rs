@@ -7,7 +7,7 @@
 //! session only moves bytes between the helper and the host.
 
 use crate::conn::{decode_host, Conn};
-use crate::mounts::ROOTFS;
+use crate::mounts;
 use crate::process::StartError;
 use crate::reaper::Reaper;
 use agent_protocol::{FrameKind, GuestMessage, HostMessage, MAX_STDIO_CHUNK};
@@ -19,10 +19,14 @@ use std::process::{Command, Stdio};
 pub const COPY_OUT_FLAG: &str = "--copy-out";
 pub const EXPORT_FLAG: &str = "--export";
 pub const COPY_IN_FLAG: &str = "--copy-in";
+/// Where the helper finds the container's root (see [`helper`]).
+const ROOT_ENV: &str = "VMINITD_ROOT";
 
 fn helper(flag: &str, path: &str) -> Command {
     let mut c = Command::new("/proc/self/exe");
-    c.arg(flag).arg(path);
+    // The helper inherits vminitd's root: the initramfs before the
+    // container's root is moved over it, the container's root after.
+    c.arg(flag).arg(path).env(ROOT_ENV, mounts::root());
     c
 }
 
@@ -136,7 +140,9 @@ pub fn copy_in(conn: &mut Conn, reaper: &Reaper, path: &str) -> Result<(), Strin
 }
 
 fn enter_root() -> Result<(), String> {
-    std::os::unix::fs::chroot(ROOTFS).map_err(|e| format!("chroot {ROOTFS}: {e}"))?;
+    let root = std::env::var_os(ROOT_ENV).unwrap_or_else(|| mounts::ROOTFS.into());
+    std::os::unix::fs::chroot(&root)
+        .map_err(|e| format!("chroot {}: {e}", Path::new(&root).display()))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
 }
 

@@ -3,19 +3,58 @@
 use nix::errno::Errno;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Where the container's root filesystem is mounted.
+/// Where the container's root filesystem is mounted (before
+/// [`switch_root`]).
 pub const ROOTFS: &str = "/run/rootfs";
 
-/// Container mounts, in mount order (unmounted in reverse at power-off).
+/// Set once vminitd lives in the container's root ([`switch_root`]).
+static SWITCHED: AtomicBool = AtomicBool::new(false);
+
+/// Container mounts relative to the container's root, in mount order
+/// (unmounted in reverse at power-off); `""` is the root itself.
 static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 fn record(p: &Path) {
+    let rel = p.strip_prefix(ROOTFS).unwrap_or(p).to_path_buf();
     if let Ok(mut m) = MOUNTED.lock() {
-        m.push(p.to_path_buf());
+        m.push(rel);
     }
+}
+
+/// The container's root as vminitd sees it now: [`ROOTFS`], or `/` after
+/// [`switch_root`].
+pub fn root() -> &'static Path {
+    if SWITCHED.load(Ordering::SeqCst) {
+        Path::new("/")
+    } else {
+        Path::new(ROOTFS)
+    }
+}
+
+/// Make the container's root filesystem the root of the VM: move it over
+/// the initramfs (`mount --move`) and change root into it, as
+/// `switch_root` does. vminitd (and every process it starts) then lives in
+/// the container's root. A plain `chroot` into a directory would leave
+/// every container process "chrooted", and the kernel refuses
+/// `unshare(CLONE_NEWUSER)` to a chrooted process: no user namespaces for
+/// rootless Podman, bubblewrap or Chromium's sandbox. (`pivot_root` is not
+/// an option: the initramfs is the namespace's root mount and cannot be
+/// pivoted away.)
+pub fn switch_root() -> Result<(), String> {
+    if SWITCHED.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    std::env::set_current_dir(ROOTFS).map_err(|e| format!("chdir {ROOTFS}: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("moving the container's root onto /: {}", e.desc()))?;
+    std::os::unix::fs::chroot(".").map_err(|e| format!("chroot into the container's root: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    SWITCHED.store(true, Ordering::SeqCst);
+    Ok(())
 }
 
 fn do_mount(
@@ -72,6 +111,8 @@ pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     let nosuid = MsFlags::MS_NOSUID;
     let nse = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    // No tmpfs on /tmp: Docker keeps the image's /tmp (its files, extended
+    // attributes, and the root filesystem's size).
     let list: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "proc", "proc", nse, None),
         ("sysfs", "sys", "sysfs", nse, None),
@@ -90,14 +131,8 @@ pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
             nosuid | MsFlags::MS_NODEV,
             Some("mode=1777"),
         ),
-        (
-            "tmpfs",
-            "tmp",
-            "tmpfs",
-            nosuid | MsFlags::MS_NODEV,
-            Some("mode=1777"),
-        ),
         ("cgroup2", "sys/fs/cgroup", "cgroup2", nse, None),
+        ("mqueue", "dev/mqueue", "mqueue", nse, None),
     ];
     for (src, rel, fstype, flags, data) in list {
         let target = root.join(rel);
@@ -126,15 +161,28 @@ pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
 }
 
 /// Unmount the container mounts, innermost first. Errors are ignored; a busy
-/// mount is detached.
+/// mount is detached. The root, once vminitd lives in it, is made
+/// read-only instead (which writes everything out).
 pub fn unmount_all() {
     let list = match MOUNTED.lock() {
         Ok(mut m) => std::mem::take(&mut *m),
         Err(_) => return,
     };
-    for p in list.iter().rev() {
-        if umount2(p, MntFlags::empty()).is_err() {
-            let _ = umount2(p, MntFlags::MNT_DETACH);
+    let root = root();
+    for rel in list.iter().rev() {
+        let p = root.join(rel);
+        if rel.as_os_str().is_empty() && SWITCHED.load(Ordering::SeqCst) {
+            let _ = mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            );
+            continue;
+        }
+        if umount2(&p, MntFlags::empty()).is_err() {
+            let _ = umount2(&p, MntFlags::MNT_DETACH);
         }
     }
 }

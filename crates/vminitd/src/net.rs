@@ -256,6 +256,20 @@ pub fn write_files(root: &Path, cfg: &NetworkConfig, hostname: &str) -> Result<(
     Ok(())
 }
 
+/// A container without a network (`--network none`) still has what Docker
+/// gives it: the loopback interface up, and `/etc/hosts` with localhost
+/// and its own name (`/etc/hostname` too).
+pub fn configure_none(root: &Path, hostname: &str) -> Result<(), String> {
+    let fd = socket()?;
+    set_up(&fd, "lo")?;
+    let none = NetworkConfig::default();
+    write_etc(root, "hosts", &hosts(&none, hostname))?;
+    if !hostname.is_empty() {
+        write_etc(root, "hostname", &format!("{hostname}\n"))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

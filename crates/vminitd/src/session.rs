@@ -14,7 +14,6 @@ use nix::errno::Errno;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -258,14 +257,17 @@ fn start_container(req: &StartRequest, reaper: &Reaper) -> Result<Proc, StartErr
             log!("sethostname: {}", e.desc());
         }
     }
-    let root = Path::new(mounts::ROOTFS);
     if let Some(cfg) = &req.network {
         let configured =
             net::configure(cfg).map_err(|e| StartError::new(125, format!("network: {e}")))?;
         log!("network: {}", configured.join(", "));
-        net::write_files(root, cfg, &req.hostname)
+        net::write_files(mounts::root(), cfg, &req.hostname)
+            .map_err(|e| StartError::new(125, format!("network: {e}")))?;
+    } else {
+        net::configure_none(mounts::root(), &req.hostname)
             .map_err(|e| StartError::new(125, format!("network: {e}")))?;
     }
+    mounts::switch_root().map_err(|e| StartError::new(125, e))?;
     let rlimits = p
         .rlimits
         .clone()
@@ -351,7 +353,7 @@ fn start_process(
     tty_size: Option<WinSize>,
     reaper: &Reaper,
 ) -> Result<Proc, StartError> {
-    let root = Path::new(mounts::ROOTFS);
+    let root = mounts::root();
     let user = user::resolve_in_root(root, &p.user).map_err(|m| StartError::new(125, m))?;
     let env = process::build_env(&p.env, &user.home, hostname, p.terminal);
     let mut master = None;
