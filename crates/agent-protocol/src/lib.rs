@@ -31,6 +31,7 @@
 //! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
 //! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
 //! | `ReadProcesses` | the container's processes (feature [`FEATURE_TOP`]), then more on request |
+//! | `MountRoot { .. }` | a maintenance boot of a stopped container: its root filesystem mounted, no process; copies on other connections; power-off at `Shutdown` or when this connection ends (feature [`FEATURE_MAINTENANCE`]). Once per VM, instead of `Start`. |
 //!
 //! A process's streams belong to its connection, so each process has its own
 //! flow control (vsock credits per connection), and closing the connection
@@ -68,6 +69,17 @@
 //! `CloseStdin`; the guest unpacks it into the directory `path` and answers
 //! `CopyDone { error }`. Both resolve paths inside the container's root (in
 //! a process chrooted there), so `..` and symbolic links cannot lead out.
+//!
+//! ## A maintenance boot
+//! `vessel cp` and `vessel export` of a container that is not running boot
+//! its VM on its disk without starting anything: host → `MountRoot {
+//! root_device, root_fstype }` (after `Hello` and the clock); the guest
+//! mounts the root filesystem alone (no `/proc`, `/dev`... in it, no
+//! network) and answers `RootMounted`, or `Error` and closes. Copies then
+//! come on connections of their own, as in a running container; `Exec` is
+//! refused. At `Shutdown`, or when the `MountRoot` connection ends, the
+//! guest ends the copies' helpers, unmounts the root (so the disk is
+//! consistent) and powers off.
 //!
 //! ## The guest's clock
 //! A guest that lists [`FEATURE_CLOCK`] in its `Hello` answers
@@ -396,6 +408,15 @@ pub enum HostMessage {
     ReadClock {
         id: u64,
     },
+    /// Mount the container's root filesystem and start nothing: a
+    /// maintenance boot for copies (needs [`FEATURE_MAINTENANCE`]; see "A
+    /// maintenance boot").
+    MountRoot {
+        /// Block device holding it, e.g. `/dev/vda`.
+        root_device: String,
+        /// Its filesystem type, e.g. `ext4`.
+        root_fstype: String,
+    },
     /// Correct `CLOCK_REALTIME` by `offset_ns` (added to it), and record
     /// `max_error_ns` as the kernel's estimated error (needs
     /// [`FEATURE_CLOCK`]).
@@ -423,6 +444,8 @@ pub const FEATURE_STATS: &str = "stats";
 pub const FEATURE_COPY: &str = "copy";
 /// The guest answers `ReadProcesses`.
 pub const FEATURE_TOP: &str = "top";
+/// The guest serves `MountRoot` (a maintenance boot).
+pub const FEATURE_MAINTENANCE: &str = "maintenance";
 
 /// One process in the guest, for `vessel top`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -484,6 +507,9 @@ pub enum GuestMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The answer to [`HostMessage::MountRoot`]: the root filesystem is
+    /// mounted, copies may come.
+    RootMounted,
     /// The answer to [`HostMessage::ReadClock`].
     Clock {
         id: u64,
@@ -742,6 +768,32 @@ mod tests {
             payload: b"{\"type\":\"nope\"}".to_vec(),
         };
         assert!(decode_message::<GuestMessage>(&f).is_err());
+    }
+
+    #[test]
+    fn maintenance_messages_round_trip() {
+        let m = HostMessage::MountRoot {
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+        };
+        let mut buf = Vec::new();
+        write_message(&mut buf, &m).unwrap();
+        write_message(&mut buf, &GuestMessage::RootMounted).unwrap();
+        let mut r = &buf[..];
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(decode_message::<HostMessage>(&f).unwrap(), m);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(f.payload, br#"{"type":"root_mounted"}"#);
+        assert_eq!(
+            decode_message::<GuestMessage>(&f).unwrap(),
+            GuestMessage::RootMounted
+        );
+        // Without its device it is an error, not a guess.
+        let f = Frame {
+            kind: FrameKind::Control,
+            payload: br#"{"type":"mount_root"}"#.to_vec(),
+        };
+        assert!(decode_message::<HostMessage>(&f).is_err());
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub enum RunError {
     /// One boot attempt ran out of time; the VM is booted again.
     #[error("{0}")]
     BootAttempt(String),
+    /// A maintenance boot could not go on (see [`crate::maintenance`]).
+    #[error("{0}")]
+    Maintenance(String),
 }
 
 /// How long things may take.
@@ -969,7 +972,7 @@ fn send_start(tx: &AgentSender, request: &mut Option<StartRequest>) -> Result<()
 }
 
 /// Create `overlay` as a qcow2 backed by the read-only `base`, unless it exists.
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
+pub(crate) fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
     if overlay.exists() {
         return Ok(());
     }
@@ -999,7 +1002,7 @@ fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
         .map_err(|e| RunError::QemuImg(overlay.to_path_buf(), e.to_string()))
 }
 
-fn make_run_dir(dir: &Path) -> Result<(), RunError> {
+pub(crate) fn make_run_dir(dir: &Path) -> Result<(), RunError> {
     let err = |e| RunError::RunDir(dir.to_path_buf(), e);
     // A stale directory from a crashed runtime holds only dead sockets.
     let _ = std::fs::remove_dir_all(dir);

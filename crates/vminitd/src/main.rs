@@ -10,6 +10,7 @@
 mod clock;
 mod conn;
 mod copy;
+mod maintenance;
 mod mounts;
 mod net;
 mod process;

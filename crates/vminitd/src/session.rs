@@ -80,6 +80,7 @@ pub fn features() -> Vec<String> {
         agent_protocol::FEATURE_STATS,
         agent_protocol::FEATURE_COPY,
         agent_protocol::FEATURE_TOP,
+        agent_protocol::FEATURE_MAINTENANCE,
     ]
     .map(String::from)
     .to_vec()
@@ -139,6 +140,13 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
                 return main_session(conn, guest, req);
             }
             HostMessage::Exec(req) => return exec_session(conn, guest, req),
+            HostMessage::MountRoot {
+                root_device,
+                root_fstype,
+            } => {
+                *main = true;
+                return crate::maintenance::serve(conn, &root_device, &root_fstype);
+            }
             HostMessage::CopyOut {
                 path,
                 one_file_system,
@@ -163,7 +171,7 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
 
 /// Requests any connection may make at any time: the clock and
 /// statistics. Returns false for anything else.
-fn common_request(conn: &mut Conn, msg: &HostMessage) -> Result<bool, String> {
+pub(crate) fn common_request(conn: &mut Conn, msg: &HostMessage) -> Result<bool, String> {
     match *msg {
         HostMessage::ReadClock { id } => conn.send(&GuestMessage::Clock {
             id,
