@@ -371,10 +371,11 @@ pub fn attach(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
 }
 
 /// A streaming route: check the upgrade request, send `request` to the
-/// container's runtime helper, and on its `{"ok":true}` switch protocols
-/// and splice the client's connection with the runtime's until either
-/// side goes. A refusal (container not running, an op the runtime does
-/// not know) is an ordinary error answer, before any upgrade.
+/// container's runtime helper (for a copy of a container that is not
+/// running: to a maintenance boot's), and on its `{"ok":true}` switch
+/// protocols and splice the client's connection with the runtime's until
+/// either side goes. A refusal (container not running, an op the runtime
+/// does not know) is an ordinary error answer, before any upgrade.
 fn proxy_stream(
     s: &Arc<Server>,
     c: &mut Call,
@@ -387,8 +388,18 @@ fn proxy_stream(
         )));
     }
     let containers = s.containers();
-    let (info, runtime, runtime_first) = containers
-        .control_stream(c.param("id"), &request)
+    // A copy of a container that is not running goes through a
+    // maintenance boot of its VM; the gate it holds keeps a start or a
+    // removal waiting until the copy ends.
+    let opened = match &request {
+        ControlRequest::CopyOut { .. } | ControlRequest::CopyIn { .. } => containers
+            .copy_stream(c.param("id"), &request)
+            .map(|o| (o.info, o.runtime, o.first, o.gate)),
+        _ => containers
+            .control_stream(c.param("id"), &request)
+            .map(|(info, runtime, first)| (info, runtime, first, None)),
+    };
+    let (info, runtime, runtime_first, _gate) = opened
         .map_err(|e| match e {
             ApiError::Answer(mut b) if b.message.starts_with("Invalid control request") => {
                 b.message = format!(
