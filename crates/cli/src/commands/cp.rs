@@ -1,7 +1,9 @@
 //! `vessel cp` and `vessel export`: tar streams between the host and a
-//! running container, carried as `vessel.agent.v1` frames over an upgraded
+//! container, carried as `vessel.agent.v1` frames over an upgraded
 //! connection (`Data` frames, the end of a copy in as `CloseStdin`, its
-//! result as `CopyDone`).
+//! result as `CopyDone`). A container that is not running is copied by a
+//! maintenance boot of its VM, which the apiserver starts (the first answer
+//! then takes a boot's time); the requests of one `cp` share that boot.
 //!
 //! Where a copy lands follows Docker's rules (`docker cp --help`):
 //! - a file to an existing directory goes into it under its own name; to
