@@ -467,7 +467,11 @@ fn boot_once(
         "maintenance VM started (pid {})",
         qemu.pid().unwrap_or(-1)
     ));
-    let see = format!("see {}", files.boot_log().display());
+    let see = format!(
+        "see {} and {}",
+        files.boot_log().display(),
+        files.dir.join("maintenance.vmm.log").display()
+    );
     let fail = |qemu: &mut Qemu, e: RunError| {
         let _ = qemu.kill();
         Err(e)

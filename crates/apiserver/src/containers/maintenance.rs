@@ -122,8 +122,8 @@ impl Gates {
     }
 
     /// Enter as a copy of container `id`: waits (up to `limit`) while a
-    /// start or a removal goes on or waits. `Err` on the limit.
-    pub fn copy(self: &Arc<Self>, id: &str, limit: Duration) -> Result<GateGuard, ()> {
+    /// start or a removal goes on or waits. `None` on the limit.
+    pub fn copy(self: &Arc<Self>, id: &str, limit: Duration) -> Option<GateGuard> {
         let deadline = Instant::now() + limit;
         let g = lock(&self.gates);
         let (_g, entered) = self.wait_until(g, deadline, |g| {
@@ -134,10 +134,7 @@ impl Gates {
             gate.copies += 1;
             true
         });
-        if !entered {
-            return Err(());
-        }
-        Ok(GateGuard {
+        entered.then(|| GateGuard {
             gates: Arc::clone(self),
             id: id.to_string(),
             copy: true,
@@ -213,7 +210,7 @@ impl Containers {
                 info.config.name
             )));
         }
-        let gate = self.gates.copy(&id, LIFECYCLE_WAIT_LIMIT).map_err(|()| {
+        let gate = self.gates.copy(&id, LIFECYCLE_WAIT_LIMIT).ok_or_else(|| {
             ApiError::conflict(format!(
                 "container {} is being started or removed, for over {} s; try again",
                 info.config.name,
@@ -412,7 +409,7 @@ mod tests {
         };
         std::thread::sleep(Duration::from_millis(100));
         // While it waits, new copies wait too (no starvation).
-        assert!(gates.copy("c", Duration::from_millis(50)).is_err());
+        assert!(gates.copy("c", Duration::from_millis(50)).is_none());
         drop(a);
         std::thread::sleep(Duration::from_millis(50));
         drop(b);
@@ -430,7 +427,7 @@ mod tests {
         assert!(gates.lifecycle("c", Duration::from_millis(30)).is_err());
         let copier = {
             let gates = Arc::clone(&gates);
-            std::thread::spawn(move || gates.copy("c", Duration::from_secs(5)).is_ok())
+            std::thread::spawn(move || gates.copy("c", Duration::from_secs(5)).is_some())
         };
         std::thread::sleep(Duration::from_millis(100));
         drop(start);
