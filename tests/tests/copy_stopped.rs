@@ -100,6 +100,14 @@ fn state(v: &Instance, c: &str) -> serde_json::Value {
     j[0]["state"].clone()
 }
 
+/// The full ID of container `c`.
+fn container_id(v: &Instance, c: &str) -> String {
+    let out = v.vessel(&["inspect", c]);
+    assert_ok(&out, "inspect");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    j[0]["config"]["id"].as_str().unwrap().to_string()
+}
+
 /// `vessel ARGS`, asserted to succeed; how long it took.
 fn timed_ok(v: &Instance, args: &[&str]) -> Duration {
     let t = Instant::now();
@@ -182,7 +190,7 @@ fn cp_and_export_of_containers_that_do_not_run() {
         &v,
         &["cp", "fresh:/tmp/up/etc/marker", back.to_str().unwrap()],
     );
-    eprintln!("cp of a file out of a created container: {took:.2?}");
+    eprintln!("cp of a file out of a created container (its VM still up): {took:.2?}");
     assert_eq!(std::fs::read(&back).unwrap(), b"inside\n");
     assert_no_vm_left(&v, "the copies into a created container");
 
@@ -296,6 +304,38 @@ fn cp_and_export_of_containers_that_do_not_run() {
         "not unpacked at the container's root either"
     );
     assert_no_vm_left(&v, "the copies of an exited container");
+
+    // Copies at once share one maintenance boot.
+    let id = container_id(&v, "done");
+    let log = v.path().join("containers").join(id).join("runtime.log");
+    let boots = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("maintenance boot of container") && l.ends_with("(done)"))
+            .count()
+    };
+    let boots_before = boots();
+    let t0 = Instant::now();
+    let copies: Vec<_> = (0..3)
+        .map(|i| {
+            let dest = h.join(format!("at-once-{i}"));
+            let child = v
+                .cmd(&["cp", "done:/data/d/f", dest.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            (Running(Some(child)), dest)
+        })
+        .collect();
+    for (c, dest) in copies {
+        assert_ok(&c.output(), "a copy at once with others");
+        assert_eq!(std::fs::read(dest).unwrap(), b"data\n");
+    }
+    eprintln!("3 copies out at once: {:.2?}", t0.elapsed());
+    assert_eq!(boots() - boots_before, 1, "one boot for the copies at once");
+    assert_no_vm_left(&v, "copies at once");
     assert_eq!(
         state(&v, "done"),
         before,
@@ -353,9 +393,7 @@ fn slow_copy_in(v: &Instance, c: &str, size: usize) -> (Running, Vec<u8>) {
 /// Wait until the maintenance VM of `c` is up and a copy had a moment to
 /// begin on it.
 fn wait_maintenance_ready(v: &Instance, c: &str) {
-    let out = v.vessel(&["inspect", c]);
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = j[0]["config"]["id"].as_str().unwrap().to_string();
+    let id = container_id(v, c);
     let log = v.path().join("containers").join(id).join("runtime.log");
     let ready = v.wait_for(BOOT, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("maintenance VM ready"))
