@@ -13,7 +13,9 @@ pub struct Tmux {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("running tmux (install it: scripts/install-deps.sh)");
+    let out = cmd
+        .output()
+        .expect("running tmux (install it: scripts/install-deps.sh)");
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -46,7 +48,10 @@ impl Tmux {
         let me = Self { socket, _dir: dir };
         // The pane's size stays what the test sets, whatever clients do.
         me.tmux(&["set-option", "-g", "window-size", "manual"]);
-        assert!(me.wait_for("$ ", Duration::from_secs(10)), "no shell prompt");
+        assert!(
+            me.wait_for("$ ", Duration::from_secs(10)),
+            "no shell prompt"
+        );
         me
     }
 
