@@ -50,7 +50,8 @@ impl Tmux {
         me.tmux(&["set-option", "-g", "window-size", "manual"]);
         assert!(
             me.wait_for("$ ", Duration::from_secs(10)),
-            "no shell prompt"
+            "no shell prompt; the pane shows:\n{}",
+            me.screen()
         );
         me
     }
@@ -74,7 +75,8 @@ impl Tmux {
 
     /// What the pane shows now (with its scrollback).
     pub fn screen(&self) -> String {
-        let out = self.tmux(&["capture-pane", "-t", "t", "-p", "-S", "-2000"]);
+        // -N: keep trailing spaces (a prompt is "$ " with the cursor after it).
+        let out = self.tmux(&["capture-pane", "-t", "t", "-p", "-N", "-S", "-2000"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

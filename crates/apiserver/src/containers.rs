@@ -864,12 +864,14 @@ impl Containers {
                 )))
             }
             Status::Exited => self.prepare_new_boot(&info)?,
-            other => return Err(ApiError::conflict(format!(
+            other => {
+                return Err(ApiError::conflict(format!(
                 "container {} is already running ({}); stop it first, or use `vessel restart {}`",
                 info.config.name,
                 format!("{other:?}").to_lowercase(),
                 info.config.name
-            ))),
+            )))
+            }
         }
         let dir = self.home.container_dir(id);
         if info.config.network != NO_NETWORK {
