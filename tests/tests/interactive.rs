@@ -529,10 +529,11 @@ fn create_start_restart_and_logs() {
         "the first boot's line is kept: {}",
         lines()
     );
-    assert_eq!(
-        names(&actions(&v, &since, "svc")),
-        ["die", "stop", "start", "restart"]
-    );
+    let lifecycle: Vec<String> = names(&actions(&v, &since, "svc"))
+        .into_iter()
+        .filter(|n| !n.starts_with("exec_"))
+        .collect();
+    assert_eq!(lifecycle, ["die", "stop", "start", "restart"]);
     // Starting it while it runs is a conflict.
     let out = v.vessel(&["start", "svc"]);
     assert_eq!(out.status.code(), Some(1));
@@ -569,7 +570,7 @@ fn create_start_restart_and_logs() {
             IMAGE,
             "sh",
             "-c",
-            "for i in 1 2 3 4 5; do echo line$i; done; sleep 2; echo late",
+            "for i in 1 2 3 4 5; do echo line$i; done; sleep 4; echo late",
         ]),
         "run lg",
     );
@@ -577,8 +578,9 @@ fn create_start_restart_and_logs() {
     assert_eq!(text(&out.stdout), "line5\nlate\n");
     let out = v.vessel(&["logs", "--tail", "0", "lg"]);
     assert_eq!(text(&out.stdout), "");
-    let out = v.vessel(&["logs", "--since", "1s", "lg"]);
-    assert_eq!(text(&out.stdout), "", "nothing in the last second");
+    // `late` came 4 s after the others, right before the end.
+    let out = v.vessel(&["logs", "--since", "2s", "lg"]);
+    assert_eq!(text(&out.stdout), "late\n", "the last 2 seconds");
     let out = v.vessel(&["logs", "-t", "lg"]);
     let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
     assert_eq!(lines.len(), 6, "{lines:?}");
@@ -819,7 +821,8 @@ fn stats_top_and_pause() {
             IMAGE,
             "sh",
             "-c",
-            "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done",
+            // Written aside and renamed: a reader never sees it empty.
+            "i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/counter; sleep 0.1; done",
         ]),
         "run -d",
     );
@@ -835,6 +838,7 @@ fn stats_top_and_pause() {
         &v.vessel(&["exec", "-d", "load", "sh", "-c", "while :; do :; done"]),
         "burn",
     );
+    assert_ok(&v.vessel(&["exec", "-d", "load", "sleep", "1000"]), "sleep");
     exec_ok(
         &v,
         "load",
@@ -851,10 +855,9 @@ fn stats_top_and_pause() {
     let grew =
         busy["memory_used_bytes"].as_u64().unwrap() - idle["memory_used_bytes"].as_u64().unwrap();
     assert!(grew > 100 << 20, "{idle}\n{busy}");
-    assert!(
-        busy["pids"].as_u64().unwrap() > idle["pids"].as_u64().unwrap(),
-        "{busy}"
-    );
+    // The main shell, the burner and `sleep 1000` at least (the main
+    // shell's own `sleep 0.1` and `mv` come and go).
+    assert!(busy["pids"].as_u64().unwrap() >= 3, "{busy}");
     // The table form.
     let out = v.vessel(&["stats", "--no-stream"]);
     assert_ok(&out, "stats table");
@@ -906,15 +909,21 @@ fn stats_top_and_pause() {
             .count(),
         2
     );
-    // While paused, the counter does not move.
+    // While paused, the counter does not move. Reading it takes an exec
+    // (the VM runs meanwhile), so compare with a window of the same length
+    // while it runs: paused, it counts less than half as much.
+    let window = Duration::from_secs(5);
+    let before = count();
+    std::thread::sleep(window);
+    let running = count() - before;
     let before = count();
     assert_ok(&v.vessel(&["pause", "load"]), "pause again");
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(window);
     assert_ok(&v.vessel(&["unpause", "load"]), "unpause again");
-    let after = count();
+    let paused = count() - before;
     assert!(
-        after <= before + 3,
-        "it counted while paused: {before} then {after}"
+        paused * 2 < running,
+        "it counted while paused: {paused} against {running} while running"
     );
     let out = v.vessel(&["unpause", "load"]);
     assert_eq!(out.status.code(), Some(1), "not paused");

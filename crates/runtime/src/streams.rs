@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vessel_api::types::Stream;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,9 +107,13 @@ pub fn send_stdin(
         .all(|chunk| window.acquire(chunk.len()) && send(chunk))
 }
 
-/// Frames buffered for one attached client before it counts as stuck and
-/// is dropped (the container's output never waits for a client).
-const ATTACH_BACKLOG: usize = 1024;
+/// Frames buffered for one attached client (at most 64 KiB each).
+const ATTACH_BACKLOG: usize = 64;
+/// How long the container's output waits for an attached client whose
+/// backlog is full before that client counts as stuck and is let go. Until
+/// then the output waits (as Docker's attach does), so a client that reads
+/// slowly slows the container instead of losing output.
+const ATTACH_STALL: Duration = Duration::from_secs(10);
 
 /// Opens more connections to the guest's agent.
 #[derive(Debug, Clone)]
@@ -431,17 +435,13 @@ impl Attachers {
             if !wants(c.wanted, stream) {
                 return true;
             }
-            match c.tx.try_send(Frame {
-                kind,
-                payload: data.to_vec(),
-            }) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    crate::log("an attached client does not keep up; detaching it");
-                    false
-                }
-                Err(TrySendError::Disconnected(_)) => false,
-            }
+            send_waiting(
+                &c.tx,
+                Frame {
+                    kind,
+                    payload: data.to_vec(),
+                },
+            )
         });
     }
 
@@ -454,6 +454,9 @@ impl Attachers {
         replay: impl FnOnce() -> Vec<(Stream, Vec<u8>)>,
     ) {
         let (tx, rx) = sync_channel::<Frame>(ATTACH_BACKLOG);
+        // The replay is read under the lock (so no byte is told twice or
+        // missed) and written first by the writer thread, whatever its size.
+        let mut first = Vec::new();
         {
             let mut clients = lock(&self.clients);
             for (stream, data) in replay() {
@@ -464,24 +467,21 @@ impl Attachers {
                     Stream::Stdout => FrameKind::Stdout,
                     Stream::Stderr => FrameKind::Stderr,
                 };
-                // The backlog bounds what a replay may queue; the writer
-                // thread below drains it.
-                if tx
-                    .try_send(Frame {
-                        kind,
-                        payload: data,
-                    })
-                    .is_err()
-                {
-                    break;
-                }
+                first.push(Frame {
+                    kind,
+                    payload: data,
+                });
             }
             clients.push(Client { tx, wanted });
         }
         std::thread::spawn(move || {
             let mut w = &client;
-            for f in rx {
-                if write_frame(&mut w, f.kind, &f.payload).is_err() {
+            for f in first.into_iter().chain(rx) {
+                let sent = f
+                    .payload
+                    .chunks(MAX_STDIO_CHUNK)
+                    .all(|chunk| write_frame(&mut w, f.kind, chunk).is_ok());
+                if !sent {
                     break;
                 }
             }
@@ -495,10 +495,38 @@ impl Attachers {
         let payload =
             serde_json::to_vec(&GuestMessage::Exited { exit_code, signal }).unwrap_or_default();
         for c in clients.drain(..) {
-            let _ = c.tx.try_send(Frame {
-                kind: FrameKind::Control,
-                payload: payload.clone(),
-            });
+            send_waiting(
+                &c.tx,
+                Frame {
+                    kind: FrameKind::Control,
+                    payload: payload.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Queue `frame` for a client, waiting up to [`ATTACH_STALL`] while its
+/// backlog is full; false when the client is gone or stuck.
+fn send_waiting(tx: &SyncSender<Frame>, mut frame: Frame) -> bool {
+    let deadline = Instant::now() + ATTACH_STALL;
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(f)) if Instant::now() < deadline => {
+                frame = f;
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(20));
+            }
+            Err(TrySendError::Full(_)) => {
+                crate::log(&format!(
+                    "an attached client read nothing for {} s; detaching it",
+                    ATTACH_STALL.as_secs()
+                ));
+                return false;
+            }
         }
     }
 }
@@ -612,6 +640,42 @@ mod tests {
         );
         assert!(read_frame(&mut cr).unwrap().is_none(), "the credit stays");
         h.join().unwrap();
+    }
+
+    #[test]
+    fn a_slow_client_slows_the_output_and_loses_none_of_it() {
+        let a = Arc::new(Attachers::new());
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let replay: Vec<(Stream, Vec<u8>)> = (0..3 * ATTACH_BACKLOG)
+            .map(|_| (Stream::Stdout, b"r".to_vec()))
+            .collect();
+        a.attach(mine, (true, true), move || replay);
+        let n = 4 * ATTACH_BACKLOG;
+        let a2 = Arc::clone(&a);
+        let producer = std::thread::spawn(move || {
+            for i in 0..n {
+                a2.output(Stream::Stdout, format!("{i};").as_bytes(), || {});
+            }
+            a2.close(0, None);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let mut r = BufReader::new(&theirs);
+        let (mut replayed, mut live, mut exited) = (0, String::new(), false);
+        while let Some(f) = read_frame(&mut r).unwrap() {
+            match f.kind {
+                FrameKind::Stdout if f.payload == b"r" => replayed += 1,
+                FrameKind::Stdout => live.push_str(std::str::from_utf8(&f.payload).unwrap()),
+                _ => {
+                    exited = true;
+                    break;
+                }
+            }
+        }
+        producer.join().unwrap();
+        assert!(exited, "the exit is told too");
+        assert_eq!(replayed, 3 * ATTACH_BACKLOG);
+        let want: String = (0..n).map(|i| format!("{i};")).collect();
+        assert_eq!(live, want);
     }
 
     #[test]
