@@ -1020,3 +1020,114 @@ fn rename_port_prune_version_and_generated_docs() {
     assert!(page.contains(".TH") && page.contains("detach"), "{page}");
     assert!(man.path().join("vessel-image-pull.1").is_file());
 }
+
+/// Open descriptors and threads of process `pid`.
+fn load_of(pid: &str) -> (usize, usize) {
+    let count = |d: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{d}"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    (count("fd"), count("task"))
+}
+
+#[test]
+fn clients_that_go_away_mid_stream_leave_the_container_running_and_nothing_held() {
+    let v = Instance::started();
+    assert_ok(
+        &v.vessel(&[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "none",
+            IMAGE,
+            "sleep",
+            "600",
+        ]),
+        "run -d",
+    );
+    let apiserver = std::fs::read_to_string(v.path().join("apiserver.pid")).unwrap();
+    let apiserver = apiserver.trim().to_string();
+    let info = v.vessel(&["inspect", "web"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let runtime = info[0]["state"]["runtime_pid"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    // Settle: the first exec starts what later ones reuse.
+    exec_ok(&v, "web", &["true"]);
+    let (api0, rt0) = (load_of(&apiserver), load_of(&runtime));
+
+    let spawn = |args: &[&str]| {
+        v.cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Without a terminal: its stdin ends (EOF), as under Docker.
+    let mut eof = spawn(&[
+        "exec",
+        "-i",
+        "web",
+        "sh",
+        "-c",
+        "cat >/dev/null; echo gone > /tmp/eof",
+    ]);
+    // With a terminal: the terminal hangs up (SIGHUP).
+    let mut hup = spawn(&[
+        "exec",
+        "-t",
+        "web",
+        "sh",
+        "-c",
+        "trap 'echo hup > /tmp/hup; exit 0' HUP; while :; do sleep 1; done",
+    ]);
+    // An attached client.
+    let mut attached = spawn(&["attach", "web"]);
+    // Each is running (its process is in the container) before it goes.
+    assert!(
+        v.wait_for(BOOT, || {
+            let ps = exec_ok(&v, "web", &["ps", "-o", "args"]);
+            ps.contains("cat") && ps.contains("trap")
+        }),
+        "the exec'd processes did not start"
+    );
+    for c in [&mut eof, &mut hup, &mut attached] {
+        c.kill().unwrap();
+        let _ = c.wait();
+    }
+    assert!(
+        v.wait_for(Duration::from_secs(30), || {
+            v.vessel(&["exec", "web", "test", "-f", "/tmp/eof"])
+                .status
+                .success()
+        }),
+        "the exec'd process without a terminal did not see the end of its stdin"
+    );
+    assert!(
+        v.wait_for(Duration::from_secs(30), || {
+            v.vessel(&["exec", "web", "test", "-f", "/tmp/hup"])
+                .status
+                .success()
+        }),
+        "the exec'd process with a terminal did not get SIGHUP"
+    );
+    assert_eq!(status(&v, "web"), "running", "the container goes on");
+    // Everything the clients held is given back.
+    assert!(
+        v.wait_for(Duration::from_secs(20), || {
+            let (a, r) = (load_of(&apiserver), load_of(&runtime));
+            a.0 <= api0.0 && r.0 <= rt0.0 && r.1 <= rt0.1
+        }),
+        "apiserver (fds, threads) {:?} then {:?}; runtime {:?} then {:?}",
+        api0,
+        load_of(&apiserver),
+        rt0,
+        load_of(&runtime)
+    );
+    assert_ok(&v.vessel(&["rm", "-f", "web"]), "rm -f");
+}
