@@ -57,6 +57,17 @@
 //!    connection drops after `Exited` powers off by itself. On an exec
 //!    connection the guest closes the connection after `Exited`.
 //!
+//! ## Stdin flow control
+//! A guest that lists [`FEATURE_STDIN_CREDIT`] answers `Stdin` payload with
+//! `StdinCredit { bytes }` once it has passed those bytes to the process (or
+//! dropped them: stdin closed). The host keeps at most [`STDIN_WINDOW`]
+//! bytes of stdin sent and not yet credited, in frames of at most
+//! [`MAX_STDIO_CHUNK`]. So the guest never has to stop reading its
+//! connection while the process is slow to read stdin, and its vsock
+//! receive buffer never fills: with `vhost-device-vsock`, a connection whose
+//! guest-bound credit ran out while the guest was also sending stalled both
+//! ways for good (`run -i cat` of a few MiB hung).
+//!
 //! `Start` may carry a [`NetworkConfig`] (optional field: hosts without
 //! networking omit it). A peer ignores nothing silently: unknown control
 //! messages are errors.
@@ -114,6 +125,10 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest stdio payload a writer puts in one frame.
 pub const MAX_STDIO_CHUNK: usize = 64 * 1024;
+/// Most stdin bytes a host has sent and the guest has not yet credited
+/// (see "Stdin flow control"); well under a guest socket's default vsock
+/// buffer (256 KiB).
+pub const STDIN_WINDOW: usize = 128 * 1024;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -446,6 +461,9 @@ pub const FEATURE_COPY: &str = "copy";
 pub const FEATURE_TOP: &str = "top";
 /// The guest serves `MountRoot` (a maintenance boot).
 pub const FEATURE_MAINTENANCE: &str = "maintenance";
+/// The guest credits `Stdin` payload with `StdinCredit` (see "Stdin flow
+/// control").
+pub const FEATURE_STDIN_CREDIT: &str = "stdin_credit";
 
 /// One process in the guest, for `vessel top`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -515,6 +533,11 @@ pub enum GuestMessage {
         id: u64,
         /// The guest's `CLOCK_REALTIME` in nanoseconds since the epoch.
         realtime_ns: i64,
+    },
+    /// `bytes` more of the `Stdin` payload have been passed to the process
+    /// or dropped (feature [`FEATURE_STDIN_CREDIT`]).
+    StdinCredit {
+        bytes: u64,
     },
 }
 

@@ -29,8 +29,8 @@ use vessel_api::network::{
 };
 use vessel_api::paths::{sibling_binary, Home};
 use vessel_api::types::{
-    now_ms, valid_container_name, AttachStreams, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
-    EventAction, ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
+    now_ms, valid_container_name, AttachStreams, ContainerConfig, ContainerInfo, ContainerState,
+    CreateRequest, EventAction, ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
 };
 use vessel_api::ProcessSpec;
 
@@ -883,11 +883,11 @@ impl Containers {
             Status::Exited => self.prepare_new_boot(&info)?,
             other => {
                 return Err(ApiError::conflict(format!(
-                    "container {} is already running ({}); stop it first, or use `vessel restart {}`",
-                    info.config.name,
-                    format!("{other:?}").to_lowercase(),
-                    info.config.name
-                )))
+                "container {} is already running ({}); stop it first, or use `vessel restart {}`",
+                info.config.name,
+                format!("{other:?}").to_lowercase(),
+                info.config.name
+            )))
             }
         }
         let dir = self.home.container_dir(id);

@@ -25,7 +25,8 @@ use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
-    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK, FEATURE_RLIMITS, VERSION,
+    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK, FEATURE_RLIMITS,
+    FEATURE_STDIN_CREDIT, VERSION,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -147,6 +148,8 @@ pub struct Shared {
     dialer: Mutex<Option<GuestDialer>>,
     /// Clients attached to the main process.
     attachers: Attachers,
+    /// Stdin sent to the main process and not yet credited by the guest.
+    stdin_window: crate::streams::StdinWindow,
     /// The main process's output log, replayed to clients that attach,
     /// and where this run's output begins in it (a container started
     /// again appends to the log of its earlier runs).
@@ -170,6 +173,7 @@ impl Shared {
             kill_grace,
             dialer: Mutex::new(None),
             attachers: Attachers::new(),
+            stdin_window: crate::streams::StdinWindow::default(),
             stdio_path: Mutex::new(None),
             execs: Arc::new(Mutex::new(HashMap::new())),
             clock_resync: Arc::new(AtomicBool::new(false)),
@@ -294,7 +298,16 @@ impl Shared {
                 break;
             };
             let sent = match frame.kind {
-                FrameKind::Stdin => agent.send_frame(FrameKind::Stdin, &frame.payload),
+                FrameKind::Stdin => {
+                    let sent =
+                        crate::streams::send_stdin(&self.stdin_window, &frame.payload, |chunk| {
+                            agent.send_frame(FrameKind::Stdin, chunk).is_ok()
+                        });
+                    if !sent {
+                        break;
+                    }
+                    Ok(())
+                }
                 FrameKind::Control => match decode_message::<HostMessage>(&frame) {
                     Ok(m @ (HostMessage::CloseStdin | HostMessage::Resize { .. })) => {
                         agent.send(&m)
@@ -796,6 +809,9 @@ pub fn supervise(
                         );
                     }
                     log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
+                    if features.iter().any(|f| f == FEATURE_STDIN_CREDIT) {
+                        shared.stdin_window.enable();
+                    }
                     clock_feature = features.iter().any(|f| f == FEATURE_CLOCK);
                     let first_probe = if clock_feature {
                         lock(&clock).begin_round()
@@ -887,6 +903,9 @@ pub fn supervise(
                     ));
                     break End::Exited(exit_code);
                 }
+                (Phase::Starting | Phase::Running, GuestMessage::StdinCredit { bytes }) => {
+                    shared.stdin_window.release(bytes);
+                }
                 (Phase::Running, GuestMessage::Error { message }) => {
                     log(&format!("guest agent error: {message}"));
                 }
@@ -900,6 +919,7 @@ pub fn supervise(
         },
     };
     *lock(&shared.agent) = None;
+    shared.stdin_window.close();
     // Attached clients hear how it ended.
     match &end {
         End::Exited(code) | End::StartFailed(code, _) => shared.attachers.close(*code, None),

@@ -3,14 +3,16 @@
 use super::call::Call;
 use super::splice::splice;
 use crate::error::{ApiError, ApiResult};
+use crate::logs::Selection;
 use crate::server::Server;
+use agent_protocol::GuestMessage;
+use std::io::Write;
 use std::sync::Arc;
 use vessel_api::control::{AttachRequest, ControlRequest};
 use vessel_api::error::ErrorKind;
-use crate::logs::Selection;
-use agent_protocol::GuestMessage;
-use std::io::Write;
-use vessel_api::types::{parse_signal, ContainerSummary, CreateRequest, CreateResponse, ExecCreate};
+use vessel_api::types::{
+    parse_signal, ContainerSummary, CreateRequest, CreateResponse, ExecCreate,
+};
 
 pub fn list(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     let all = c.flag("all")?;
@@ -62,6 +64,11 @@ pub fn start(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     if attach {
         // Held until the stream ends: a `--rm` container stays until then.
         let guard = containers.attach(&id);
+        // This boot's output only: an earlier run's is in the same log.
+        let boot_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         containers.start(&id)?;
         let mut out = c.respond_stream(200, "application/x-ndjson")?;
         // As Docker's `run --rm`: a `--rm` container is gone when its exit
@@ -69,6 +76,7 @@ pub fn start(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
         let mut guard = Some(guard);
         let sel = Selection {
             follow: true,
+            since_ms: Some(boot_ms),
             ..Default::default()
         };
         crate::logs::stream(containers, &id, &mut out, sel, |info| {
@@ -105,7 +113,10 @@ fn start_and_attach(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
             Ok(s) => Some(s),
             // It ended in between: told from its log below.
             Err(e) if !containers.load(&id)?.state.status.is_active() => {
-                eprintln!("vessel-apiserver: attach {}: {e}; telling its end from the log", short(&id));
+                eprintln!(
+                    "vessel-apiserver: attach {}: {e}; telling its end from the log",
+                    short(&id)
+                );
                 None
             }
             Err(e) => return Err(e),
