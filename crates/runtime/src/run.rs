@@ -281,23 +281,33 @@ impl Shared {
             return;
         }
         let Ok(out) = conn.try_clone() else { return };
-        self.attachers.attach(out, wanted, || {
+        let client = self.attachers.attach(out, wanted, || {
             if logs {
                 self.logged_output()
             } else {
                 Vec::new()
             }
         });
-        if !stdin {
-            return;
-        }
-        // The client's stdin, resizes and signals to the main process.
+        // The client's stdin (when it asked) and resizes to the main
+        // process; then, after the end of its input, wait for it to hang up
+        // and let it go (a client that only reads would otherwise be held
+        // until the container next writes something).
         let mut r = std::io::BufReader::new(&conn);
         while let Ok(Some(frame)) = read_frame(&mut r) {
             let Some(agent) = lock(&self.agent).clone() else {
                 break;
             };
             let sent = match frame.kind {
+                FrameKind::Stdin if !stdin => Ok(()),
+                FrameKind::Control
+                    if !stdin
+                        && matches!(
+                            decode_message::<HostMessage>(&frame),
+                            Ok(HostMessage::CloseStdin)
+                        ) =>
+                {
+                    Ok(())
+                }
                 FrameKind::Stdin => {
                     let sent =
                         crate::streams::send_stdin(&self.stdin_window, &frame.payload, |chunk| {
@@ -320,6 +330,8 @@ impl Shared {
                 break;
             }
         }
+        crate::streams::wait_hangup(&conn);
+        self.attachers.detach(client);
     }
 
     /// Change the state and write `state.json`.

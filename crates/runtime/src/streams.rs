@@ -406,14 +406,32 @@ pub fn wants(wanted: (bool, bool), stream: Stream) -> bool {
 /// One attached client: where its frames go, and which streams it wants.
 #[derive(Debug)]
 struct Client {
+    id: u64,
     tx: SyncSender<Frame>,
     wanted: (bool, bool),
+}
+
+/// Block until the peer of `s` has closed it both ways (or `s` is shut
+/// down here), as opposed to a half-close: the end of its input.
+pub fn wait_hangup(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        // Nothing asked: only POLLHUP and POLLERR wake it.
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
 }
 
 /// The clients attached to the container's main process.
 #[derive(Debug, Default)]
 pub struct Attachers {
     clients: Mutex<Vec<Client>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Attachers {
@@ -452,7 +470,10 @@ impl Attachers {
         client: UnixStream,
         wanted: (bool, bool),
         replay: impl FnOnce() -> Vec<(Stream, Vec<u8>)>,
-    ) {
+    ) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = sync_channel::<Frame>(ATTACH_BACKLOG);
         // The replay is read under the lock (so no byte is told twice or
         // missed) and written first by the writer thread, whatever its size.
@@ -472,7 +493,7 @@ impl Attachers {
                     payload: data,
                 });
             }
-            clients.push(Client { tx, wanted });
+            clients.push(Client { id, tx, wanted });
         }
         std::thread::spawn(move || {
             let mut w = &client;
@@ -487,6 +508,12 @@ impl Attachers {
             }
             let _ = client.shutdown(Shutdown::Both);
         });
+        id
+    }
+
+    /// Let client `id` go (it hung up): its writer ends and closes it.
+    pub fn detach(&self, id: u64) {
+        lock(&self.clients).retain(|c| c.id != id);
     }
 
     /// The main process ended: tell every client and let them go.
