@@ -9,8 +9,8 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use vessel_tests::{assert_ok, text, Instance, IMAGE};
+use std::time::{Duration, Instant};
+use vessel_tests::{assert_ok, event_names, now_secs, text, Instance, IMAGE};
 
 /// A maintenance VM powers off a second after its last copy; under
 /// software emulation on a loaded host, give it ample time.
@@ -63,33 +63,9 @@ fn assert_no_vm_left(v: &Instance, after: &str) -> Duration {
     t.elapsed()
 }
 
-fn now_secs() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
 /// The event actions of container `c` from `since` until now.
 fn actions(v: &Instance, since: &str, c: &str) -> Vec<String> {
-    let filter = format!("container={c}");
-    let out = v.vessel(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &now_secs(),
-        "--filter",
-        &filter,
-        "--format",
-        "json",
-    ]);
-    assert_ok(&out, "events");
-    text(&out.stdout)
-        .lines()
-        .map(|l| {
-            let e: serde_json::Value = serde_json::from_str(l).unwrap();
-            e["action"].as_str().unwrap().to_string()
-        })
-        .collect()
+    event_names(&v.events_of(since, c))
 }
 
 /// `vessel inspect`'s state of `c`.

@@ -6,44 +6,20 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use vessel_tests::tmux::Tmux;
-use vessel_tests::{assert_ok, text, Instance, IMAGE};
+use vessel_tests::{assert_ok, event_names, now_secs, text, Instance, IMAGE};
 
 /// Generous: VMs boot under software emulation on a shared 2-core host.
 const BOOT: Duration = Duration::from_secs(90);
 
-fn now_secs() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
-/// The actions of the container's events between `since` and now.
+/// The events of the container between `since` and now.
 fn actions(v: &Instance, since: &str, container: &str) -> Vec<serde_json::Value> {
-    let filter = format!("container={container}");
-    let out = v.vessel(&[
-        "events",
-        "--since",
-        since,
-        "--until",
-        &now_secs(),
-        "--filter",
-        &filter,
-        "--format",
-        "json",
-    ]);
-    assert_ok(&out, "events");
-    text(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    v.events_of(since, container)
 }
 
 fn names(events: &[serde_json::Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["action"].as_str().unwrap().to_string())
-        .collect()
+    event_names(events)
 }
 
 /// `vessel inspect`'s state status of `c`.
