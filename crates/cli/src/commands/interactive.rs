@@ -131,19 +131,23 @@ pub fn handle_interrupts(api: &Api, what: Interrupt, writer: Option<SharedWriter
                 });
             }
             Interrupt::SignalProcess => {
-                let sent = n == 0
-                    && writer.as_ref().is_some_and(|w| {
-                        let mut w = w.0.clone();
-                        agent_protocol::write_message(
-                            &mut w,
-                            &HostMessage::Signal {
-                                signal: sig,
-                                group: false,
-                            },
-                        )
-                        .is_ok()
+                // The first is passed on, from a thread of its own: the
+                // stream may be blocked behind stdin the process does not
+                // read, and this thread must stay free for the second,
+                // which leaves.
+                if let (0, Some(w)) = (n, writer.as_ref()) {
+                    let mut w = w.0.clone();
+                    std::thread::spawn(move || {
+                        let msg = HostMessage::Signal {
+                            signal: sig,
+                            group: false,
+                        };
+                        if agent_protocol::write_message(&mut w, &msg).is_err() {
+                            crate::terminal::restore();
+                            std::process::exit(128 + sig);
+                        }
                     });
-                if !sent {
+                } else {
                     crate::terminal::restore();
                     std::process::exit(128 + sig);
                 }
