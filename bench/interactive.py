@@ -117,8 +117,7 @@ class Vessel:
         self.run("run", "-d", "--name", name, "--network", "none", IMAGE, "sleep", "100000")
 
     def rm(self, name):
-        subprocess.run(self.argv("rm", "-f", name), env=self.env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        remove(self.argv("rm", "-f", name), self.env)
 
     def run_i(self, name):
         return self.argv("run", "--rm", "-i", "--name", name, "--network", "none", IMAGE, "cat")
@@ -176,8 +175,7 @@ class Podman:
         self.run("run", "-d", "--name", name, "--network", "none", *PODMAN_LIMITS, IMAGE, "sleep", "100000")
 
     def rm(self, name):
-        subprocess.run(self.argv("rm", "-f", "-t", "0", name), stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+        remove(self.argv("rm", "-f", "-t", "0", name), self.env)
 
     def run_i(self, name):
         return self.argv("run", "--rm", "-i", "--name", name, "--network", "none", *PODMAN_LIMITS, IMAGE, "cat")
@@ -196,6 +194,21 @@ class Podman:
         for p in sorted(points, key=len, reverse=True):
             if p.startswith((self.root + "/", self.runroot + "/")) or p in (self.root, self.runroot):
                 subprocess.run(["umount", "-l", p], stderr=subprocess.DEVNULL)
+
+
+def remove(argv, env, limit=60):
+    """`rm -f` of a container; a removal that hangs is reported, and the
+    teardown kills what is left."""
+    t = time.perf_counter()
+    try:
+        subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=limit)
+    except subprocess.TimeoutExpired:
+        print(f"`{' '.join(argv[-3:])}` did not return within {limit} s; left to the teardown", file=sys.stderr)
+        return
+    dt = time.perf_counter() - t
+    if dt > 10:
+        print(f"`{' '.join(argv[-3:])}` took {dt:.0f} s", file=sys.stderr)
 
 
 def kill_matching(needles):
@@ -289,6 +302,12 @@ class TtySession:
         # The prompt is set by a command whose echo does not contain it.
         self.write(b"PS1='RD''Y> '\r")
         self.read_until(PROMPT, timeout)
+        # The CLI must have put our terminal in raw mode: with our own line
+        # discipline still echoing, a key would "come back" without ever
+        # reaching the container.
+        if termios.tcgetattr(self.master)[3] & termios.ECHO:
+            raise RuntimeError(f"{self.proc.args[0]} left its terminal echoing (not raw): the round trip "
+                               "would be measured on this host alone")
 
     def key(self, timeout=30):
         self.drain()
@@ -380,17 +399,21 @@ def stream_through(argv, env, data_path, size, digest, stall):
     for t in threads:
         t.start()
     stalled = False
-    while threads[1].is_alive():
-        threads[1].join(1)
-        if threads[1].is_alive() and time.perf_counter() - state["progress"] > stall:
-            stalled = True
-            p.kill()  # a stalled CLI does not leave on SIGTERM (see docs/PERFORMANCE.md)
-            break
     try:
-        p.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+        while threads[1].is_alive():
+            threads[1].join(1)
+            if threads[1].is_alive() and time.perf_counter() - state["progress"] > stall:
+                stalled = True
+                p.kill()  # a stalled CLI does not leave on SIGTERM (see docs/PERFORMANCE.md)
+                break
+        try:
+            p.wait(timeout=60)  # the output ended: the command should too
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        if p.poll() is None:  # timed out, interrupted
+            p.kill()
+            p.wait()
     wall = time.perf_counter() - t0
     for t in threads:
         t.join(5)
@@ -563,4 +586,4 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt as e:
-        sys.exit(f"interrupted ({e or 'Ctrl-C'}); everything this run started was removed")
+        sys.exit(f"interrupted ({str(e) or 'Ctrl-C'}); everything this run started was removed")
