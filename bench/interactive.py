@@ -299,15 +299,22 @@ class TtySession:
         os.write(self.master, b)
 
     def prompt(self, timeout=60):
-        # The prompt is set by a command whose echo does not contain it.
-        self.write(b"PS1='RD''Y> '\r")
-        self.read_until(PROMPT, timeout)
+        # The shell's own first prompt (root's `# `) first: what is typed
+        # before the CLI has put our terminal in raw mode can be flushed
+        # by that switch.
+        self.read_until(b"# ", timeout)
         # The CLI must have put our terminal in raw mode: with our own line
         # discipline still echoing, a key would "come back" without ever
         # reaching the container.
-        if termios.tcgetattr(self.master)[3] & termios.ECHO:
-            raise RuntimeError(f"{self.proc.args[0]} left its terminal echoing (not raw): the round trip "
-                               "would be measured on this host alone")
+        deadline = time.perf_counter() + 10
+        while termios.tcgetattr(self.master)[3] & termios.ECHO:
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{' '.join(self.proc.args[:2])} left its terminal echoing (not raw): a "
+                                   "round trip would be measured on this host alone")
+            time.sleep(0.01)
+        # A prompt of ours, set by a command whose echo does not contain it.
+        self.write(b"PS1='RD''Y> '\r")
+        self.read_until(PROMPT, timeout)
 
     def key(self, timeout=30):
         self.drain()
