@@ -4,7 +4,8 @@ side by side in one run, interleaved, with ratios vessel / podman.
 
 1. `exec NAME true` latency: one running container on each side (`sleep`),
    --runs execs per side, alternating one by one: p50, p90, p99 and the
-   ratio (goal of issue 9: <= 1.0x podman).
+   ratio (goal of issue 9: <= 1.0x podman). A third row, `runc exec` of
+   podman's container straight, shows what podman's own layers cost.
 2. Keystroke round trip under -t: `exec -it NAME sh` on each side in a
    pseudo-terminal this script opens (it is the CLI's controlling
    terminal, 1000 columns wide so the line never wraps). After the prompt,
@@ -61,6 +62,8 @@ IMAGE = "localhost/busybox:latest"
 # podman + runc on this host: the default rlimits of the containers are
 # above what runc may set here (see docs/PERFORMANCE.md, boot baseline).
 PODMAN_LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+# Where runc keeps container state when podman runs it as root.
+RUNC_ROOT = "/run/runc"
 PROMPT = b"RDY> "
 KEY = b"x"
 
@@ -172,7 +175,15 @@ class Podman:
         self.run("load", "-i", self.image)
 
     def start_container(self, name):
-        self.run("run", "-d", "--name", name, "--network", "none", *PODMAN_LIMITS, IMAGE, "sleep", "100000")
+        out = self.run("run", "-d", "--name", name, "--network", "none", *PODMAN_LIMITS, IMAGE, "sleep", "100000")
+        self.container_id = out.stdout.decode().strip()
+
+    def runc_exec(self, *args):
+        """`runc exec` of the running container straight (podman's own
+        layers left out), if runc keeps its state where we can see it."""
+        if os.path.isdir(os.path.join(RUNC_ROOT, self.container_id)):
+            return ["/usr/sbin/runc", "--root", RUNC_ROOT, "exec", self.container_id, *args]
+        return None
 
     def rm(self, name):
         remove(self.argv("rm", "-f", "-t", "0", name), self.env)
@@ -232,20 +243,31 @@ def kill_matching(needles):
 
 # ---------------------------------------------------------------- exec latency
 
-def exec_latency(sides, names, runs):
-    times = {s.name: [] for s in sides}
-    for s in sides:  # warm up: first exec, page cache
+def exec_latency(sides, names, runs, podman):
+    """`exec NAME true` on each side, and `runc exec` of podman's container
+    as a third, lower bound (what podman's exec runs in the end)."""
+    cmds = [(s.name, s.argv("exec", names[s.name], "true"), s.env) for s in sides]
+    runc = podman.runc_exec("true")
+    if runc:
+        cmds.append(("runc (podman's container)", runc, podman.env))
+    else:
+        print(f"no runc state of podman's container under {RUNC_ROOT}: the runc row is left out", file=sys.stderr)
+    times = {name: [] for name, _, _ in cmds}
+
+    def one(name, argv, env):
+        t = time.perf_counter()
+        r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, timeout=60)
+        dt = time.perf_counter() - t
+        must(r, f"{name}: {' '.join(argv)}")
+        return dt
+
+    for c in cmds:  # warm up: first exec, page cache
         for _ in range(3):
-            s.run("exec", names[s.name], "true")
+            one(*c)
     for i in range(runs):
-        for s in (sides if i % 2 == 0 else sides[::-1]):
-            argv = s.argv("exec", names[s.name], "true")
-            t = time.perf_counter()
-            r = subprocess.run(argv, env=s.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, timeout=60)
-            dt = time.perf_counter() - t
-            must(r, f"{s.name} exec true")
-            times[s.name].append(dt)
+        for c in (cmds if i % 2 == 0 else cmds[::-1]):
+            times[c[0]].append(one(*c))
     return times
 
 
@@ -476,8 +498,10 @@ def latency_table(title, times, out):
     out.append("|---|---|---|---|---|---|")
     for k, v in times.items():
         out.append(f"| {k} | {ms(pct(v, 50))} | {ms(pct(v, 90))} | {ms(pct(v, 99))} | {ms(min(v))} | {ms(max(v))} |")
-    v, p = times["vessel"], times["podman"]
-    out.append(f"ratio vessel / podman: p50 {pct(v, 50) / pct(p, 50):.2f}, p99 {pct(v, 99) / pct(p, 99):.2f}")
+    v = times["vessel"]
+    for k, p in times.items():
+        if k != "vessel":
+            out.append(f"ratio vessel / {k}: p50 {pct(v, 50) / pct(p, 50):.2f}, p99 {pct(v, 99) / pct(p, 99):.2f}")
     out.append("")
 
 
@@ -548,7 +572,7 @@ def main():
             s.setup()
             s.start_container(names[s.name])
         if "exec" in only:
-            result["exec_true"] = exec_latency(sides, names, a.runs)
+            result["exec_true"] = exec_latency(sides, names, a.runs, podman)
         if "tty" in only:
             result["keystroke"], result["tty_prompt"] = keystrokes(sides, names, a.keys)
         if "stream" in only:
