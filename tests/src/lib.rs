@@ -331,3 +331,44 @@ pub fn assert_ok(out: &Output, what: &str) {
         text(&out.stderr)
     );
 }
+
+/// Now, as `vessel events --since/--until` take it: Unix seconds with
+/// nanoseconds.
+pub fn now_secs() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// The `action` of each event.
+pub fn event_names(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+impl Instance {
+    /// The events of container `c` from `since` until now (`vessel events
+    /// --format json`, parsed).
+    pub fn events_of(&self, since: &str, c: &str) -> Vec<serde_json::Value> {
+        let filter = format!("container={c}");
+        let out = self.vessel(&[
+            "events",
+            "--since",
+            since,
+            "--until",
+            &now_secs(),
+            "--filter",
+            &filter,
+            "--format",
+            "json",
+        ]);
+        assert_ok(&out, "events");
+        text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("an event as JSON"))
+            .collect()
+    }
+}

@@ -13,7 +13,9 @@ pub struct Tmux {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("running tmux (install it: scripts/install-deps.sh)");
+    let out = cmd
+        .output()
+        .expect("running tmux (install it: scripts/install-deps.sh)");
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}",
@@ -46,7 +48,11 @@ impl Tmux {
         let me = Self { socket, _dir: dir };
         // The pane's size stays what the test sets, whatever clients do.
         me.tmux(&["set-option", "-g", "window-size", "manual"]);
-        assert!(me.wait_for("$ ", Duration::from_secs(10)), "no shell prompt");
+        assert!(
+            me.wait_for("$ ", Duration::from_secs(10)),
+            "no shell prompt; the pane shows:\n{}",
+            me.screen()
+        );
         me
     }
 
@@ -69,7 +75,8 @@ impl Tmux {
 
     /// What the pane shows now (with its scrollback).
     pub fn screen(&self) -> String {
-        let out = self.tmux(&["capture-pane", "-t", "t", "-p", "-S", "-2000"]);
+        // -N: keep trailing spaces (a prompt is "$ " with the cursor after it).
+        let out = self.tmux(&["capture-pane", "-t", "t", "-p", "-N", "-S", "-2000"]);
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 

@@ -143,7 +143,7 @@ fn attach_upgrades_the_connection_and_splices_it_with_the_runtime() {
     let request: serde_json::Value = serde_json::from_str(&request).unwrap();
     assert_eq!(
         request,
-        serde_json::json!({"op": "attach", "stdin": true, "stdout": true, "stderr": true})
+        serde_json::json!({"op": "attach", "stdin": true, "stdout": true, "stderr": true, "logs": false})
     );
     let want = format!(
         "hello from the runtime\nFIRST LINE\n{}\nbye\n",

@@ -361,10 +361,12 @@ fn create_then_start_attached_returns_the_container_s_code() {
     let out = v.vessel(&["start", "-a", "later"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "hi\n");
-    // Once ended it cannot be started again (yet): a conflict, exit 1.
-    fails_with(&v, &["start", "later"], 1, &["already been started"]);
-    let e = api_error(&v, "POST", "/v1/containers/later/start", None);
-    assert_eq!(e.kind, ErrorKind::Conflict);
+    // Once ended, `start` boots it again (as Docker): a fresh VM on its disk.
+    let out = v.vessel(&["start", "later"]);
+    assert_ok(&out, "start of an ended container");
+    assert_eq!(text(&out.stdout).trim(), "later");
+    let out = v.vessel(&["wait", "later"]);
+    assert_eq!(text(&out.stdout).trim(), "4", "its code again");
     assert_ok(&v.vessel(&["rm", "later"]), "rm");
 
     // Without -a: started in the background, its name printed.

@@ -31,6 +31,7 @@
 //! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
 //! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
 //! | `ReadProcesses` | the container's processes (feature [`FEATURE_TOP`]), then more on request |
+//! | `MountRoot { .. }` | a maintenance boot of a stopped container: its root filesystem mounted, no process; copies on other connections; power-off at `Shutdown` or when this connection ends (feature [`FEATURE_MAINTENANCE`]). Once per VM, instead of `Start`. |
 //!
 //! A process's streams belong to its connection, so each process has its own
 //! flow control (vsock credits per connection), and closing the connection
@@ -56,6 +57,17 @@
 //!    connection drops after `Exited` powers off by itself. On an exec
 //!    connection the guest closes the connection after `Exited`.
 //!
+//! ## Stdin flow control
+//! A guest that lists [`FEATURE_STDIN_CREDIT`] answers `Stdin` payload with
+//! `StdinCredit { bytes }` once it has passed those bytes to the process (or
+//! dropped them: stdin closed). The host keeps at most [`STDIN_WINDOW`]
+//! bytes of stdin sent and not yet credited, in frames of at most
+//! [`MAX_STDIO_CHUNK`]. So the guest never has to stop reading its
+//! connection while the process is slow to read stdin, and its vsock
+//! receive buffer never fills: with `vhost-device-vsock`, a connection whose
+//! guest-bound credit ran out while the guest was also sending stalled both
+//! ways for good (`run -i cat` of a few MiB hung).
+//!
 //! `Start` may carry a [`NetworkConfig`] (optional field: hosts without
 //! networking omit it). A peer ignores nothing silently: unknown control
 //! messages are errors.
@@ -68,6 +80,17 @@
 //! `CloseStdin`; the guest unpacks it into the directory `path` and answers
 //! `CopyDone { error }`. Both resolve paths inside the container's root (in
 //! a process chrooted there), so `..` and symbolic links cannot lead out.
+//!
+//! ## A maintenance boot
+//! `vessel cp` and `vessel export` of a container that is not running boot
+//! its VM on its disk without starting anything: host → `MountRoot {
+//! root_device, root_fstype }` (after `Hello` and the clock); the guest
+//! mounts the root filesystem alone (no `/proc`, `/dev`... in it, no
+//! network) and answers `RootMounted`, or `Error` and closes. Copies then
+//! come on connections of their own, as in a running container; `Exec` is
+//! refused. At `Shutdown`, or when the `MountRoot` connection ends, the
+//! guest ends the copies' helpers, unmounts the root (so the disk is
+//! consistent) and powers off.
 //!
 //! ## The guest's clock
 //! A guest that lists [`FEATURE_CLOCK`] in its `Hello` answers
@@ -102,6 +125,10 @@ pub const READY_PORT: u32 = 1025;
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest stdio payload a writer puts in one frame.
 pub const MAX_STDIO_CHUNK: usize = 64 * 1024;
+/// Most stdin bytes a host has sent and the guest has not yet credited
+/// (see "Stdin flow control"); well under a guest socket's default vsock
+/// buffer (256 KiB).
+pub const STDIN_WINDOW: usize = 128 * 1024;
 
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,6 +423,15 @@ pub enum HostMessage {
     ReadClock {
         id: u64,
     },
+    /// Mount the container's root filesystem and start nothing: a
+    /// maintenance boot for copies (needs [`FEATURE_MAINTENANCE`]; see "A
+    /// maintenance boot").
+    MountRoot {
+        /// Block device holding it, e.g. `/dev/vda`.
+        root_device: String,
+        /// Its filesystem type, e.g. `ext4`.
+        root_fstype: String,
+    },
     /// Correct `CLOCK_REALTIME` by `offset_ns` (added to it), and record
     /// `max_error_ns` as the kernel's estimated error (needs
     /// [`FEATURE_CLOCK`]).
@@ -423,6 +459,11 @@ pub const FEATURE_STATS: &str = "stats";
 pub const FEATURE_COPY: &str = "copy";
 /// The guest answers `ReadProcesses`.
 pub const FEATURE_TOP: &str = "top";
+/// The guest serves `MountRoot` (a maintenance boot).
+pub const FEATURE_MAINTENANCE: &str = "maintenance";
+/// The guest credits `Stdin` payload with `StdinCredit` (see "Stdin flow
+/// control").
+pub const FEATURE_STDIN_CREDIT: &str = "stdin_credit";
 
 /// One process in the guest, for `vessel top`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -484,11 +525,19 @@ pub enum GuestMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// The answer to [`HostMessage::MountRoot`]: the root filesystem is
+    /// mounted, copies may come.
+    RootMounted,
     /// The answer to [`HostMessage::ReadClock`].
     Clock {
         id: u64,
         /// The guest's `CLOCK_REALTIME` in nanoseconds since the epoch.
         realtime_ns: i64,
+    },
+    /// `bytes` more of the `Stdin` payload have been passed to the process
+    /// or dropped (feature [`FEATURE_STDIN_CREDIT`]).
+    StdinCredit {
+        bytes: u64,
     },
 }
 
@@ -742,6 +791,32 @@ mod tests {
             payload: b"{\"type\":\"nope\"}".to_vec(),
         };
         assert!(decode_message::<GuestMessage>(&f).is_err());
+    }
+
+    #[test]
+    fn maintenance_messages_round_trip() {
+        let m = HostMessage::MountRoot {
+            root_device: "/dev/vda".into(),
+            root_fstype: "ext4".into(),
+        };
+        let mut buf = Vec::new();
+        write_message(&mut buf, &m).unwrap();
+        write_message(&mut buf, &GuestMessage::RootMounted).unwrap();
+        let mut r = &buf[..];
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(decode_message::<HostMessage>(&f).unwrap(), m);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(f.payload, br#"{"type":"root_mounted"}"#);
+        assert_eq!(
+            decode_message::<GuestMessage>(&f).unwrap(),
+            GuestMessage::RootMounted
+        );
+        // Without its device it is an error, not a guess.
+        let f = Frame {
+            kind: FrameKind::Control,
+            payload: br#"{"type":"mount_root"}"#.to_vec(),
+        };
+        assert!(decode_message::<HostMessage>(&f).is_err());
     }
 
     #[test]

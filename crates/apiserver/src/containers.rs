@@ -29,8 +29,8 @@ use vessel_api::network::{
 };
 use vessel_api::paths::{sibling_binary, Home};
 use vessel_api::types::{
-    now_ms, valid_container_name, AttachStreams, ContainerConfig, ContainerInfo, ContainerState, CreateRequest,
-    EventAction, ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
+    now_ms, valid_container_name, AttachStreams, ContainerConfig, ContainerInfo, ContainerState,
+    CreateRequest, EventAction, ImageRuntimeConfig, ResolvedImage, Status, WaitResponse,
 };
 use vessel_api::ProcessSpec;
 
@@ -158,8 +158,10 @@ pub fn network_name(requested: Option<&str>) -> String {
 
 mod execs;
 mod lifecycle;
+mod maintenance;
 
 pub use execs::Execs;
+pub use maintenance::{CopyStream, Gates};
 
 /// All containers of one instance.
 pub struct Containers {
@@ -185,6 +187,11 @@ pub struct Containers {
     reap_lock: Mutex<()>,
     /// The exec'd processes this apiserver started.
     execs: Execs,
+    /// Copies of stopped containers against starts and removals
+    /// ([`maintenance`]).
+    gates: Arc<Gates>,
+    /// Held while a maintenance helper is looked for or started.
+    maintenance_spawn: Mutex<()>,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -302,6 +309,8 @@ impl Containers {
             ended: Mutex::new(HashMap::new()),
             reap_lock: Mutex::new(()),
             execs: Execs::default(),
+            gates: Arc::default(),
+            maintenance_spawn: Mutex::new(()),
         })
     }
 
@@ -854,6 +863,14 @@ impl Containers {
     /// writable layer kept), as Docker starts a stopped container again.
     pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
         let info = self.load(id)?;
+        // Copies of it while it does not run (a maintenance boot on its
+        // disk) end first; new ones wait until it runs.
+        let _gate = if info.state.status.is_active() {
+            None
+        } else {
+            Some(self.end_maintenance(&info, false)?)
+        };
+        let info = self.load(id)?;
         match info.state.status {
             Status::Created => {}
             // Its removal is on its way (a restart holds it back).
@@ -866,11 +883,11 @@ impl Containers {
             Status::Exited => self.prepare_new_boot(&info)?,
             other => {
                 return Err(ApiError::conflict(format!(
-                    "container {} is already running ({}); stop it first, or use `vessel restart {}`",
-                    info.config.name,
-                    format!("{other:?}").to_lowercase(),
-                    info.config.name
-                )))
+                "container {} is already running ({}); stop it first, or use `vessel restart {}`",
+                info.config.name,
+                format!("{other:?}").to_lowercase(),
+                info.config.name
+            )))
             }
         }
         let dir = self.home.container_dir(id);
@@ -1017,7 +1034,23 @@ impl Containers {
             )));
         }
         let sock = self.control_socket(&info.config.id);
-        let mut s = UnixStream::connect(&sock).map_err(|e| {
+        let (s, first) =
+            self.open_control_stream(&info, &sock, request, Duration::from_secs(30))?;
+        Ok((info, s, first))
+    }
+
+    /// Send `request` to the control socket `sock` of a runtime helper of
+    /// `info` and read its answer line (waiting up to `limit`); on
+    /// `{"ok":true}` the connection then carries the stream, and is
+    /// returned with the bytes that came after the answer.
+    fn open_control_stream(
+        &self,
+        info: &ContainerInfo,
+        sock: &std::path::Path,
+        request: &ControlRequest,
+        limit: Duration,
+    ) -> ApiResult<(UnixStream, Vec<u8>)> {
+        let mut s = UnixStream::connect(sock).map_err(|e| {
             ApiError::Internal(anyhow::Error::new(e).context(format!(
                 "connecting to the runtime helper of container {} ({})",
                 info.config.name,
@@ -1027,7 +1060,7 @@ impl Containers {
         s.write_all(&request.line().map_err(|e| anyhow::anyhow!(e))?)?;
         // The answer, byte by byte up to its newline: what follows it is
         // the stream's, and stays in the socket for the splice.
-        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+        s.set_read_timeout(Some(limit))?;
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
         while byte[0] != b'\n' {
@@ -1062,7 +1095,7 @@ impl Containers {
         if let Some(refusal) = ControlAnswer::refusal(&v) {
             return Err(ApiError::Answer(refusal));
         }
-        Ok((info, s, Vec::new()))
+        Ok((s, Vec::new()))
     }
 
     /// Send a signal to the container's process.
@@ -1173,6 +1206,9 @@ impl Containers {
             }
             self.stop(&id, 0)?;
         }
+        // Copies of it while it does not run end first (with `force`: at
+        // once); no new one begins.
+        let _gate = self.end_maintenance(&info, force)?;
         let now = self.load(&id)?;
         if let Some(pid) = end_runtime(&now.state, RUNTIME_EXIT_LIMIT) {
             return Err(ApiError::conflict(format!(
@@ -1195,6 +1231,7 @@ impl Containers {
         // removed container held.
         self.release_network(id, true);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
+        let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
         let res = match fs::remove_dir_all(self.home.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -1284,16 +1321,20 @@ impl Containers {
         }
     }
 
-    /// Stop every running container (system shutdown), in parallel.
+    /// Stop every running container and maintenance boot (system
+    /// shutdown), in parallel.
     pub fn stop_all(self: &Arc<Self>, timeout: u64) {
         let handles: Vec<_> = self
             .list()
             .into_iter()
-            .filter(|i| i.state.status.is_active())
             .map(|i| {
                 let me = self.clone();
                 std::thread::spawn(move || {
-                    let _ = me.stop(&i.config.id, timeout);
+                    if i.state.status.is_active() {
+                        let _ = me.stop(&i.config.id, timeout);
+                    } else {
+                        let _ = me.stop_maintenance(&i);
+                    }
                 })
             })
             .collect();

@@ -12,9 +12,9 @@
 use crate::api::call::StreamWriter;
 use crate::containers::Containers;
 use crate::watch::SAFETY_NET;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::collections::VecDeque;
 use vessel_api::types::{LogRecord, StreamEvent};
 
 /// What part of a log to send.

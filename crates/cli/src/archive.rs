@@ -121,10 +121,9 @@ pub fn rewrite<R: Read, W: Write>(
             root_owned(&mut h);
         }
         if kind.is_hard_link() || kind.is_symlink() {
-            let target = e
-                .link_name()?
-                .map(|t| t.into_owned())
-                .ok_or_else(|| io::Error::other(format!("{}: a link without a target", path.display())))?;
+            let target = e.link_name()?.map(|t| t.into_owned()).ok_or_else(|| {
+                io::Error::other(format!("{}: a link without a target", path.display()))
+            })?;
             let target = if kind.is_hard_link() {
                 match rename(&target, tar::EntryType::Regular)? {
                     Some(t) => t,
@@ -246,11 +245,27 @@ mod tests {
     fn packing_names_the_tree_and_resets_owners() {
         let d = tree();
         let mut b = tar::Builder::new(Vec::new());
-        pack(&mut b, &d.path().join("t"), Path::new("copy"), false, Owners::Reset).unwrap();
+        pack(
+            &mut b,
+            &d.path().join("t"),
+            Path::new("copy"),
+            false,
+            Owners::Reset,
+        )
+        .unwrap();
         let tar = b.into_inner().unwrap();
         let got = names(&tar);
         let paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(paths, ["copy", "copy/a.txt", "copy/link", "copy/sub", "copy/sub/run.sh"]);
+        assert_eq!(
+            paths,
+            [
+                "copy",
+                "copy/a.txt",
+                "copy/link",
+                "copy/sub",
+                "copy/sub/run.sh"
+            ]
+        );
         assert!(got.iter().all(|(_, uid)| *uid == 0));
         // Unpacked again: contents, modes and the link survive.
         let out = tempfile::tempdir().unwrap();
@@ -259,14 +274,24 @@ mod tests {
         assert_eq!(std::fs::read(c.join("a.txt")).unwrap(), b"alpha");
         let mode = std::fs::metadata(c.join("sub/run.sh")).unwrap().mode();
         assert_eq!(mode & 0o777, 0o750);
-        assert_eq!(std::fs::read_link(c.join("link")).unwrap(), Path::new("a.txt"));
+        assert_eq!(
+            std::fs::read_link(c.join("link")).unwrap(),
+            Path::new("a.txt")
+        );
     }
 
     #[test]
     fn rewriting_renames_and_leaves_out() {
         let d = tree();
         let mut b = tar::Builder::new(Vec::new());
-        pack(&mut b, &d.path().join("t"), Path::new("t"), false, Owners::Keep).unwrap();
+        pack(
+            &mut b,
+            &d.path().join("t"),
+            Path::new("t"),
+            false,
+            Owners::Keep,
+        )
+        .unwrap();
         let tar = b.into_inner().unwrap();
         let out = rewrite(
             &tar[..],
@@ -311,15 +336,27 @@ mod tests {
         std::fs::write(&victim, b"precious").unwrap();
         add("../escape", tar::EntryType::Regular, None, b"x");
         add("/abs", tar::EntryType::Regular, None, b"x");
-        add("out", tar::EntryType::Symlink, Some(outside.path().to_str().unwrap()), b"");
+        add(
+            "out",
+            tar::EntryType::Symlink,
+            Some(outside.path().to_str().unwrap()),
+            b"",
+        );
         add("out/victim", tar::EntryType::Regular, None, b"owned");
-        add("hard", tar::EntryType::Link, Some(victim.to_str().unwrap()), b"");
+        add(
+            "hard",
+            tar::EntryType::Link,
+            Some(victim.to_str().unwrap()),
+            b"",
+        );
         let tar = b.into_inner().unwrap();
         let dest = tempfile::tempdir().unwrap();
         let _ = unpack(&tar[..], dest.path(), Owners::Reset);
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
         assert!(!dest.path().parent().unwrap().join("escape").exists());
-        assert!(!dest.path().join("hard").exists() || std::fs::read(&victim).unwrap() == b"precious");
+        assert!(
+            !dest.path().join("hard").exists() || std::fs::read(&victim).unwrap() == b"precious"
+        );
     }
 
     #[test]

@@ -249,7 +249,9 @@ pub struct ExecArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "Forms:\n  vessel cp [OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n  vessel cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH\n\nPaths in the container are taken from its root (/). A source ending in /. copies a directory's contents. `-` is a tar stream on stdin or stdout. Into the container files belong to root unless -a; out of it, to the user running vessel unless -a.")]
+#[command(
+    after_help = "Forms:\n  vessel cp [OPTIONS] CONTAINER:SRC_PATH DEST_PATH|-\n  vessel cp [OPTIONS] SRC_PATH|- CONTAINER:DEST_PATH\n\nPaths in the container are taken from its root (/). A source ending in /. copies a directory's contents. `-` is a tar stream on stdin or stdout. Into the container files belong to root unless -a; out of it, to the user running vessel unless -a."
+)]
 pub struct CpArgs {
     /// Archive mode: keep the owners (UID/GID) of the source
     #[arg(short = 'a', long)]

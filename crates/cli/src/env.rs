@@ -81,7 +81,8 @@ mod tests {
 
     #[test]
     fn env_files_as_docker_reads_them() {
-        let text = "# a comment\n\n  A=1\nB=value with spaces \nC=\"quoted\"\nHOME_ISH\nUNSET\nD=x=y\n";
+        let text =
+            "# a comment\n\n  A=1\nB=value with spaces \nC=\"quoted\"\nHOME_ISH\nUNSET\nD=x=y\n";
         assert_eq!(
             parse_env_file(text, ours).unwrap(),
             vec![

@@ -2,12 +2,15 @@
 //! life — the QEMU microVM ([`vmm`]), its vsock backend ([`vsock`]), its
 //! rootless network ([`passt`]), the
 //! conversation with vminitd ([`agent`]), the output log ([`logs`]), the
-//! control socket ([`control`]) and the lifecycle that ties them ([`run`]).
+//! control socket ([`control`]) and the lifecycle that ties them ([`run`]);
+//! or, for copies of a container that is not running, a maintenance boot
+//! of its VM ([`maintenance`]).
 
 pub mod agent;
 pub mod clock;
 pub mod control;
 pub mod logs;
+pub mod maintenance;
 pub mod passt;
 mod proc;
 pub mod qmp;

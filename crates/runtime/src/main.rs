@@ -1,4 +1,6 @@
 //! `vessel-runtime --home HOME --id ID`: run one container's VM to its end.
+//! With `--maintenance`: boot it for copies only (see
+//! `vessel_runtime::maintenance`).
 
 use anyhow::Context;
 use clap::Parser;
@@ -16,14 +18,24 @@ struct Args {
     /// The container's id.
     #[arg(long)]
     id: String,
+    /// Boot the VM of a container that is not running for copies only
+    /// (`vessel cp`, `vessel export`): no process, no network, no state
+    /// change.
+    #[arg(long)]
+    maintenance: bool,
 }
 
 fn main() {
     let args = Args::parse();
     let root = std::path::absolute(&args.home).unwrap_or(args.home);
     let home = Home::new(root);
-    let result = vessel_runtime::run(&home, &args.id)
-        .with_context(|| format!("container {} did not run", args.id));
+    let result = if args.maintenance {
+        vessel_runtime::maintenance::run(&home, &args.id)
+            .with_context(|| format!("maintenance boot of container {}", args.id))
+    } else {
+        vessel_runtime::run(&home, &args.id)
+            .with_context(|| format!("container {} did not run", args.id))
+    };
     if let Err(e) = result {
         eprintln!("vessel-runtime: error: {e:#}");
         std::process::exit(1);

@@ -25,7 +25,8 @@ use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
-    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK, FEATURE_RLIMITS, VERSION,
+    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK, FEATURE_RLIMITS,
+    FEATURE_STDIN_CREDIT, VERSION,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -82,6 +83,9 @@ pub enum RunError {
     /// One boot attempt ran out of time; the VM is booted again.
     #[error("{0}")]
     BootAttempt(String),
+    /// A maintenance boot could not go on (see [`crate::maintenance`]).
+    #[error("{0}")]
+    Maintenance(String),
 }
 
 /// How long things may take.
@@ -144,6 +148,8 @@ pub struct Shared {
     dialer: Mutex<Option<GuestDialer>>,
     /// Clients attached to the main process.
     attachers: Attachers,
+    /// Stdin sent to the main process and not yet credited by the guest.
+    stdin_window: crate::streams::StdinWindow,
     /// The main process's output log, replayed to clients that attach,
     /// and where this run's output begins in it (a container started
     /// again appends to the log of its earlier runs).
@@ -167,6 +173,7 @@ impl Shared {
             kill_grace,
             dialer: Mutex::new(None),
             attachers: Attachers::new(),
+            stdin_window: crate::streams::StdinWindow::default(),
             stdio_path: Mutex::new(None),
             execs: Arc::new(Mutex::new(HashMap::new())),
             clock_resync: Arc::new(AtomicBool::new(false)),
@@ -274,24 +281,43 @@ impl Shared {
             return;
         }
         let Ok(out) = conn.try_clone() else { return };
-        self.attachers.attach(out, wanted, || {
+        let client = self.attachers.attach(out, wanted, || {
             if logs {
                 self.logged_output()
             } else {
                 Vec::new()
             }
         });
-        if !stdin {
-            return;
-        }
-        // The client's stdin, resizes and signals to the main process.
+        // The client's stdin (when it asked) and resizes to the main
+        // process; then, after the end of its input, wait for it to hang up
+        // and let it go (a client that only reads would otherwise be held
+        // until the container next writes something).
         let mut r = std::io::BufReader::new(&conn);
         while let Ok(Some(frame)) = read_frame(&mut r) {
             let Some(agent) = lock(&self.agent).clone() else {
                 break;
             };
             let sent = match frame.kind {
-                FrameKind::Stdin => agent.send_frame(FrameKind::Stdin, &frame.payload),
+                FrameKind::Stdin if !stdin => Ok(()),
+                FrameKind::Control
+                    if !stdin
+                        && matches!(
+                            decode_message::<HostMessage>(&frame),
+                            Ok(HostMessage::CloseStdin)
+                        ) =>
+                {
+                    Ok(())
+                }
+                FrameKind::Stdin => {
+                    let sent =
+                        crate::streams::send_stdin(&self.stdin_window, &frame.payload, |chunk| {
+                            agent.send_frame(FrameKind::Stdin, chunk).is_ok()
+                        });
+                    if !sent {
+                        break;
+                    }
+                    Ok(())
+                }
                 FrameKind::Control => match decode_message::<HostMessage>(&frame) {
                     Ok(m @ (HostMessage::CloseStdin | HostMessage::Resize { .. })) => {
                         agent.send(&m)
@@ -304,6 +330,8 @@ impl Shared {
                 break;
             }
         }
+        crate::streams::wait_hangup(&conn);
+        self.attachers.detach(client);
     }
 
     /// Change the state and write `state.json`.
@@ -793,6 +821,9 @@ pub fn supervise(
                         );
                     }
                     log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
+                    if features.iter().any(|f| f == FEATURE_STDIN_CREDIT) {
+                        shared.stdin_window.enable();
+                    }
                     clock_feature = features.iter().any(|f| f == FEATURE_CLOCK);
                     let first_probe = if clock_feature {
                         lock(&clock).begin_round()
@@ -884,6 +915,9 @@ pub fn supervise(
                     ));
                     break End::Exited(exit_code);
                 }
+                (Phase::Starting | Phase::Running, GuestMessage::StdinCredit { bytes }) => {
+                    shared.stdin_window.release(bytes);
+                }
                 (Phase::Running, GuestMessage::Error { message }) => {
                     log(&format!("guest agent error: {message}"));
                 }
@@ -897,6 +931,7 @@ pub fn supervise(
         },
     };
     *lock(&shared.agent) = None;
+    shared.stdin_window.close();
     // Attached clients hear how it ended.
     match &end {
         End::Exited(code) | End::StartFailed(code, _) => shared.attachers.close(*code, None),
@@ -969,7 +1004,7 @@ fn send_start(tx: &AgentSender, request: &mut Option<StartRequest>) -> Result<()
 }
 
 /// Create `overlay` as a qcow2 backed by the read-only `base`, unless it exists.
-fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
+pub(crate) fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
     if overlay.exists() {
         return Ok(());
     }
@@ -999,7 +1034,7 @@ fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
         .map_err(|e| RunError::QemuImg(overlay.to_path_buf(), e.to_string()))
 }
 
-fn make_run_dir(dir: &Path) -> Result<(), RunError> {
+pub(crate) fn make_run_dir(dir: &Path) -> Result<(), RunError> {
     let err = |e| RunError::RunDir(dir.to_path_buf(), e);
     // A stale directory from a crashed runtime holds only dead sockets.
     let _ = std::fs::remove_dir_all(dir);

@@ -15,24 +15,105 @@
 use crate::vsock;
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, ExecRequest, Frame, FrameKind,
-    GuestMessage, HostMessage, StatsSnapshot, AGENT_PORT, VERSION,
+    GuestMessage, HostMessage, StatsSnapshot, AGENT_PORT, FEATURE_STDIN_CREDIT, MAX_STDIO_CHUNK,
+    STDIN_WINDOW, VERSION,
 };
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 use vessel_api::types::Stream;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Frames buffered for one attached client before it counts as stuck and
-/// is dropped (the container's output never waits for a client).
-const ATTACH_BACKLOG: usize = 1024;
+/// The host's side of the agent protocol's stdin flow control: stdin sent
+/// to a process and not yet credited by the guest stays under
+/// [`STDIN_WINDOW`]. Without the guest's feature it lets everything pass.
+#[derive(Debug, Default)]
+pub struct StdinWindow {
+    state: Mutex<WindowState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct WindowState {
+    enabled: bool,
+    in_flight: usize,
+    closed: bool,
+}
+
+impl StdinWindow {
+    /// A window for a guest with these features.
+    pub fn for_features(features: &[String]) -> Self {
+        let w = Self::default();
+        if features.iter().any(|f| f == FEATURE_STDIN_CREDIT) {
+            w.enable();
+        }
+        w
+    }
+
+    /// The guest credits stdin: count it from now on.
+    pub fn enable(&self) {
+        lock(&self.state).enabled = true;
+    }
+
+    /// Wait until `n` more bytes (at most [`MAX_STDIO_CHUNK`]) may be sent;
+    /// false once the window is closed (the process or connection ended).
+    pub fn acquire(&self, n: usize) -> bool {
+        let mut s = lock(&self.state);
+        loop {
+            if s.closed {
+                return false;
+            }
+            if !s.enabled {
+                return true;
+            }
+            if s.in_flight + n <= STDIN_WINDOW || s.in_flight == 0 {
+                s.in_flight += n;
+                return true;
+            }
+            s = self.changed.wait(s).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The guest credited `bytes`.
+    pub fn release(&self, bytes: u64) {
+        let mut s = lock(&self.state);
+        s.in_flight = s.in_flight.saturating_sub(bytes as usize);
+        self.changed.notify_all();
+    }
+
+    /// Nothing more will be credited: wake and refuse every sender.
+    pub fn close(&self) {
+        lock(&self.state).closed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Send `payload` as `Stdin` frames of at most [`MAX_STDIO_CHUNK`], each
+/// once `window` lets it; false when the window closed or the write failed.
+pub fn send_stdin(
+    window: &StdinWindow,
+    payload: &[u8],
+    mut send: impl FnMut(&[u8]) -> bool,
+) -> bool {
+    payload
+        .chunks(MAX_STDIO_CHUNK)
+        .all(|chunk| window.acquire(chunk.len()) && send(chunk))
+}
+
+/// Frames buffered for one attached client (at most 64 KiB each).
+const ATTACH_BACKLOG: usize = 64;
+/// How long the container's output waits for an attached client whose
+/// backlog is full before that client counts as stuck and is let go. Until
+/// then the output waits (as Docker's attach does), so a client that reads
+/// slowly slows the container instead of losing output.
+const ATTACH_STALL: Duration = Duration::from_secs(10);
 
 /// Opens more connections to the guest's agent.
 #[derive(Debug, Clone)]
@@ -66,7 +147,7 @@ impl GuestDialer {
     }
 
     /// A connection to a guest that implements `feature`.
-    fn open_with(&self, feature: &str) -> Result<UnixStream, String> {
+    fn open_with(&self, feature: &str) -> Result<(UnixStream, Vec<String>), String> {
         let (s, features) = self.open()?;
         if !features.iter().any(|f| f == feature) {
             return Err(format!(
@@ -74,7 +155,7 @@ impl GuestDialer {
                  vessel-runtime; install the guest assets built with it (scripts/setup.sh)"
             ));
         }
-        Ok(s)
+        Ok((s, features))
     }
 }
 
@@ -89,7 +170,7 @@ pub fn answer_line(result: &Result<(), String>) -> String {
 
 /// One `ReadStats` on a connection of its own.
 pub fn read_stats(d: &GuestDialer) -> Result<StatsSnapshot, String> {
-    let mut s = d.open_with(agent_protocol::FEATURE_STATS)?;
+    let (mut s, _) = d.open_with(agent_protocol::FEATURE_STATS)?;
     s.set_read_timeout(Some(d.timeout))
         .map_err(|e| e.to_string())?;
     write_message(&mut s, &HostMessage::ReadStats).map_err(|e| e.to_string())?;
@@ -105,7 +186,7 @@ pub fn read_stats(d: &GuestDialer) -> Result<StatsSnapshot, String> {
 
 /// One `ReadProcesses` on a connection of its own.
 pub fn read_processes(d: &GuestDialer) -> Result<Vec<agent_protocol::ProcessInfo>, String> {
-    let mut s = d.open_with(agent_protocol::FEATURE_TOP)?;
+    let (mut s, _) = d.open_with(agent_protocol::FEATURE_TOP)?;
     s.set_read_timeout(Some(d.timeout))
         .map_err(|e| e.to_string())?;
     write_message(&mut s, &HostMessage::ReadProcesses).map_err(|e| e.to_string())?;
@@ -136,7 +217,7 @@ fn allowed_from_client(frame: &Frame) -> Result<(), String> {
 
 /// Relay frames from `client` to `guest` until the client goes away (then
 /// the guest connection is closed both ways) or breaks the rules.
-fn client_to_guest(client: &UnixStream, guest: &UnixStream) {
+fn client_to_guest(client: &UnixStream, guest: &UnixStream, window: &StdinWindow) {
     let mut r = BufReader::new(client);
     let mut w = guest;
     while let Ok(Some(f)) = read_frame(&mut r) {
@@ -144,7 +225,14 @@ fn client_to_guest(client: &UnixStream, guest: &UnixStream) {
             crate::log(&format!("stream: {e}"));
             break;
         }
-        if write_frame(&mut w, f.kind, &f.payload).is_err() {
+        let sent = if f.kind == FrameKind::Stdin {
+            send_stdin(window, &f.payload, |chunk| {
+                write_frame(&mut w, FrameKind::Stdin, chunk).is_ok()
+            })
+        } else {
+            write_frame(&mut w, f.kind, &f.payload).is_ok()
+        };
+        if !sent {
             break;
         }
     }
@@ -153,13 +241,18 @@ fn client_to_guest(client: &UnixStream, guest: &UnixStream) {
 
 /// Relay frames from `guest` to `client` until the guest closes; returns the
 /// `Exited` status or the `CopyDone` error seen on the way.
-fn guest_to_client(guest: &UnixStream, client: &UnixStream) -> Seen {
+fn guest_to_client(guest: &UnixStream, client: &UnixStream, window: &StdinWindow) -> Seen {
     let mut seen = Seen::default();
     let mut r = BufReader::new(guest);
     let mut w = client;
     while let Ok(Some(f)) = read_frame(&mut r) {
         if f.kind == FrameKind::Control {
             match decode_message::<GuestMessage>(&f) {
+                // The runtime's business, not the client's.
+                Ok(GuestMessage::StdinCredit { bytes }) => {
+                    window.release(bytes);
+                    continue;
+                }
                 Ok(GuestMessage::Exited { exit_code, signal }) => {
                     seen.exit = Some((exit_code, signal))
                 }
@@ -174,6 +267,7 @@ fn guest_to_client(guest: &UnixStream, client: &UnixStream) -> Seen {
             break;
         }
     }
+    window.close();
     let _ = client.shutdown(Shutdown::Both);
     seen
 }
@@ -187,7 +281,7 @@ pub struct Seen {
 
 /// Relay both ways between `client` (the answer line already written) and
 /// `guest`, until both are done.
-fn relay(client: UnixStream, guest: UnixStream) -> Seen {
+fn relay(client: UnixStream, guest: UnixStream, window: StdinWindow) -> Seen {
     let (c2, g2) = match (client.try_clone(), guest.try_clone()) {
         (Ok(c), Ok(g)) => (c, g),
         _ => {
@@ -195,8 +289,10 @@ fn relay(client: UnixStream, guest: UnixStream) -> Seen {
             return Seen::default();
         }
     };
-    let up = std::thread::spawn(move || client_to_guest(&c2, &g2));
-    let seen = guest_to_client(&guest, &client);
+    let window = Arc::new(window);
+    let w2 = Arc::clone(&window);
+    let up = std::thread::spawn(move || client_to_guest(&c2, &g2, &w2));
+    let seen = guest_to_client(&guest, &client, &window);
     let _ = guest.shutdown(Shutdown::Both);
     let _ = up.join();
     seen
@@ -210,15 +306,15 @@ fn stream(
     first: &HostMessage,
     mut client: UnixStream,
 ) -> Result<Seen, String> {
-    let opened = d.open_with(feature).and_then(|mut g| {
+    let opened = d.open_with(feature).and_then(|(mut g, features)| {
         write_message(&mut g, first)
-            .map(|()| g)
+            .map(|()| (g, features))
             .map_err(|e| format!("talking to the guest: {e}"))
     });
     let _ = client
         .write_all(answer_line(&opened.as_ref().map(|_| ()).map_err(Clone::clone)).as_bytes());
-    let guest = opened?;
-    Ok(relay(client, guest))
+    let (guest, features) = opened?;
+    Ok(relay(client, guest, StdinWindow::for_features(&features)))
 }
 
 /// `exec`: one more process; its exit status when it ended.
@@ -238,7 +334,7 @@ pub fn exec_detached(
     req: ExecRequest,
     done: impl FnOnce(Option<i32>) + Send + 'static,
 ) -> Result<i32, String> {
-    let mut g = d.open_with(agent_protocol::FEATURE_EXEC)?;
+    let (mut g, _) = d.open_with(agent_protocol::FEATURE_EXEC)?;
     write_message(&mut g, &HostMessage::Exec(req)).map_err(|e| e.to_string())?;
     g.set_read_timeout(Some(d.timeout))
         .map_err(|e| e.to_string())?;
@@ -310,14 +406,32 @@ pub fn wants(wanted: (bool, bool), stream: Stream) -> bool {
 /// One attached client: where its frames go, and which streams it wants.
 #[derive(Debug)]
 struct Client {
+    id: u64,
     tx: SyncSender<Frame>,
     wanted: (bool, bool),
+}
+
+/// Block until the peer of `s` has closed it both ways (or `s` is shut
+/// down here), as opposed to a half-close: the end of its input.
+pub fn wait_hangup(s: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        // Nothing asked: only POLLHUP and POLLERR wake it.
+        events: 0,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+    while unsafe { libc::poll(&mut pfd, 1, -1) } < 0
+        && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+    {}
 }
 
 /// The clients attached to the container's main process.
 #[derive(Debug, Default)]
 pub struct Attachers {
     clients: Mutex<Vec<Client>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl Attachers {
@@ -339,17 +453,13 @@ impl Attachers {
             if !wants(c.wanted, stream) {
                 return true;
             }
-            match c.tx.try_send(Frame {
-                kind,
-                payload: data.to_vec(),
-            }) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    crate::log("an attached client does not keep up; detaching it");
-                    false
-                }
-                Err(TrySendError::Disconnected(_)) => false,
-            }
+            send_waiting(
+                &c.tx,
+                Frame {
+                    kind,
+                    payload: data.to_vec(),
+                },
+            )
         });
     }
 
@@ -360,8 +470,14 @@ impl Attachers {
         client: UnixStream,
         wanted: (bool, bool),
         replay: impl FnOnce() -> Vec<(Stream, Vec<u8>)>,
-    ) {
+    ) -> u64 {
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = sync_channel::<Frame>(ATTACH_BACKLOG);
+        // The replay is read under the lock (so no byte is told twice or
+        // missed) and written first by the writer thread, whatever its size.
+        let mut first = Vec::new();
         {
             let mut clients = lock(&self.clients);
             for (stream, data) in replay() {
@@ -372,29 +488,32 @@ impl Attachers {
                     Stream::Stdout => FrameKind::Stdout,
                     Stream::Stderr => FrameKind::Stderr,
                 };
-                // The backlog bounds what a replay may queue; the writer
-                // thread below drains it.
-                if tx
-                    .try_send(Frame {
-                        kind,
-                        payload: data,
-                    })
-                    .is_err()
-                {
-                    break;
-                }
+                first.push(Frame {
+                    kind,
+                    payload: data,
+                });
             }
-            clients.push(Client { tx, wanted });
+            clients.push(Client { id, tx, wanted });
         }
         std::thread::spawn(move || {
             let mut w = &client;
-            for f in rx {
-                if write_frame(&mut w, f.kind, &f.payload).is_err() {
+            for f in first.into_iter().chain(rx) {
+                let sent = f
+                    .payload
+                    .chunks(MAX_STDIO_CHUNK)
+                    .all(|chunk| write_frame(&mut w, f.kind, chunk).is_ok());
+                if !sent {
                     break;
                 }
             }
             let _ = client.shutdown(Shutdown::Both);
         });
+        id
+    }
+
+    /// Let client `id` go (it hung up): its writer ends and closes it.
+    pub fn detach(&self, id: u64) {
+        lock(&self.clients).retain(|c| c.id != id);
     }
 
     /// The main process ended: tell every client and let them go.
@@ -403,10 +522,38 @@ impl Attachers {
         let payload =
             serde_json::to_vec(&GuestMessage::Exited { exit_code, signal }).unwrap_or_default();
         for c in clients.drain(..) {
-            let _ = c.tx.try_send(Frame {
-                kind: FrameKind::Control,
-                payload: payload.clone(),
-            });
+            send_waiting(
+                &c.tx,
+                Frame {
+                    kind: FrameKind::Control,
+                    payload: payload.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// Queue `frame` for a client, waiting up to [`ATTACH_STALL`] while its
+/// backlog is full; false when the client is gone or stuck.
+fn send_waiting(tx: &SyncSender<Frame>, mut frame: Frame) -> bool {
+    let deadline = Instant::now() + ATTACH_STALL;
+    let mut nap = Duration::from_millis(1);
+    loop {
+        match tx.try_send(frame) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(f)) if Instant::now() < deadline => {
+                frame = f;
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(20));
+            }
+            Err(TrySendError::Full(_)) => {
+                crate::log(&format!(
+                    "an attached client read nothing for {} s; detaching it",
+                    ATTACH_STALL.as_secs()
+                ));
+                return false;
+            }
         }
     }
 }
@@ -441,7 +588,7 @@ mod tests {
     fn a_relay_passes_both_ways_and_reports_the_exit() {
         let (client_side, client) = UnixStream::pair().unwrap();
         let (guest, guest_side) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || relay(client_side, guest));
+        let h = std::thread::spawn(move || relay(client_side, guest, StdinWindow::default()));
         // The client types, the guest echoes and exits.
         let mut c = &client;
         write_frame(&mut c, FrameKind::Stdin, b"hi").unwrap();
@@ -476,10 +623,105 @@ mod tests {
     }
 
     #[test]
+    fn stdin_waits_for_the_guests_credit_which_the_client_never_sees() {
+        let (client_side, client) = UnixStream::pair().unwrap();
+        let (guest, guest_side) = UnixStream::pair().unwrap();
+        let window = StdinWindow::for_features(&[FEATURE_STDIN_CREDIT.to_string()]);
+        let h = std::thread::spawn(move || relay(client_side, guest, window));
+        // One client frame of 3 chunks: two fill the window, the third
+        // waits for a credit.
+        let big = vec![7u8; 3 * MAX_STDIO_CHUNK];
+        let mut c = &client;
+        write_frame(&mut c, FrameKind::Stdin, &big).unwrap();
+        let mut g = BufReader::new(&guest_side);
+        for _ in 0..STDIN_WINDOW / MAX_STDIO_CHUNK {
+            let f = read_frame(&mut g).unwrap().unwrap();
+            assert_eq!(
+                (f.kind, f.payload.len()),
+                (FrameKind::Stdin, MAX_STDIO_CHUNK)
+            );
+        }
+        guest_side
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(read_frame(&mut g).is_err(), "nothing past the window");
+        let mut gw = &guest_side;
+        write_message(
+            &mut gw,
+            &GuestMessage::StdinCredit {
+                bytes: MAX_STDIO_CHUNK as u64,
+            },
+        )
+        .unwrap();
+        guest_side.set_read_timeout(None).unwrap();
+        let f = read_frame(&mut g).unwrap().unwrap();
+        assert_eq!(f.payload.len(), MAX_STDIO_CHUNK);
+        write_frame(&mut gw, FrameKind::Stdout, b"out").unwrap();
+        drop(g);
+        guest_side.shutdown(Shutdown::Both).unwrap();
+        let mut cr = BufReader::new(&client);
+        let f = read_frame(&mut cr).unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Stdout, &b"out"[..])
+        );
+        assert!(read_frame(&mut cr).unwrap().is_none(), "the credit stays");
+        h.join().unwrap();
+    }
+
+    #[test]
+    fn a_slow_client_slows_the_output_and_loses_none_of_it() {
+        let a = Arc::new(Attachers::new());
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let replay: Vec<(Stream, Vec<u8>)> = (0..3 * ATTACH_BACKLOG)
+            .map(|_| (Stream::Stdout, b"r".to_vec()))
+            .collect();
+        a.attach(mine, (true, true), move || replay);
+        let n = 4 * ATTACH_BACKLOG;
+        let a2 = Arc::clone(&a);
+        let producer = std::thread::spawn(move || {
+            for i in 0..n {
+                a2.output(Stream::Stdout, format!("{i};").as_bytes(), || {});
+            }
+            a2.close(0, None);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let mut r = BufReader::new(&theirs);
+        let (mut replayed, mut live, mut exited) = (0, String::new(), false);
+        while let Some(f) = read_frame(&mut r).unwrap() {
+            match f.kind {
+                FrameKind::Stdout if f.payload == b"r" => replayed += 1,
+                FrameKind::Stdout => live.push_str(std::str::from_utf8(&f.payload).unwrap()),
+                _ => {
+                    exited = true;
+                    break;
+                }
+            }
+        }
+        producer.join().unwrap();
+        assert!(exited, "the exit is told too");
+        assert_eq!(replayed, 3 * ATTACH_BACKLOG);
+        let want: String = (0..n).map(|i| format!("{i};")).collect();
+        assert_eq!(live, want);
+    }
+
+    #[test]
+    fn a_closed_window_frees_a_waiting_sender() {
+        let w = Arc::new(StdinWindow::default());
+        w.enable();
+        assert!(w.acquire(STDIN_WINDOW));
+        let w2 = Arc::clone(&w);
+        let t = std::thread::spawn(move || w2.acquire(1));
+        std::thread::sleep(Duration::from_millis(50));
+        w.close();
+        assert!(!t.join().unwrap());
+    }
+
+    #[test]
     fn a_client_that_goes_away_closes_the_guest_connection() {
         let (client_side, client) = UnixStream::pair().unwrap();
         let (guest, guest_side) = UnixStream::pair().unwrap();
-        let h = std::thread::spawn(move || relay(client_side, guest));
+        let h = std::thread::spawn(move || relay(client_side, guest, StdinWindow::default()));
         drop(client);
         let mut g = BufReader::new(&guest_side);
         assert!(read_frame(&mut g).unwrap().is_none());

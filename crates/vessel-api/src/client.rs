@@ -83,11 +83,42 @@ pub struct Response {
     pub reader: BufReader<BodyReader>,
 }
 
-/// A blocking reader over a response body.
+/// A blocking reader over a hyper body (a response's here, a request's in
+/// the apiserver), for code on a blocking thread.
 pub struct BodyReader {
-    rt: Arc<Runtime>,
+    rt: Blocker,
     body: Option<Incoming>,
     chunk: Bytes,
+}
+
+/// What a [`BodyReader`] blocks on.
+enum Blocker {
+    /// The client's own (current-thread) runtime: only its `block_on`
+    /// drives its I/O.
+    Owned(Arc<Runtime>),
+    /// A multi-thread runtime's handle (the apiserver's), whose workers
+    /// drive the I/O.
+    Handle(tokio::runtime::Handle),
+}
+
+impl BodyReader {
+    /// Read `body` by blocking on the multi-thread runtime `rt` (never from
+    /// within it).
+    pub fn new(rt: tokio::runtime::Handle, body: Option<Incoming>) -> Self {
+        Self {
+            rt: Blocker::Handle(rt),
+            body,
+            chunk: Bytes::new(),
+        }
+    }
+
+    fn owned(rt: &Arc<Runtime>, body: Incoming) -> Self {
+        Self {
+            rt: Blocker::Owned(Arc::clone(rt)),
+            body: Some(body),
+            chunk: Bytes::new(),
+        }
+    }
 }
 
 impl Read for BodyReader {
@@ -96,7 +127,11 @@ impl Read for BodyReader {
             let Some(body) = self.body.as_mut() else {
                 return Ok(0);
             };
-            match self.rt.block_on(body.frame()) {
+            let frame = match &self.rt {
+                Blocker::Owned(rt) => rt.block_on(body.frame()),
+                Blocker::Handle(h) => h.block_on(body.frame()),
+            };
+            match frame {
                 None => {
                     self.body = None;
                     return Ok(0);
@@ -106,7 +141,7 @@ impl Read for BodyReader {
                         self.chunk = data;
                     }
                 }
-                // A stream cut short (the server failed mid-way or went
+                // A stream cut short (the peer failed mid-way or went
                 // away) is an error, not an end.
                 Some(Err(e)) => {
                     self.body = None;
@@ -372,11 +407,7 @@ impl Client {
         Response {
             status,
             headers: parts.headers,
-            reader: BufReader::new(BodyReader {
-                rt: self.rt.clone(),
-                body: Some(body),
-                chunk: Bytes::new(),
-            }),
+            reader: BufReader::new(BodyReader::owned(&self.rt, body)),
         }
     }
 

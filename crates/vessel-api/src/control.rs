@@ -131,6 +131,49 @@ impl ControlAnswer {
     }
 }
 
+/// A maintenance boot's runtime helper (`vessel-runtime --maintenance`):
+/// the VM of a container that is not running, booted on its disk with no
+/// process started, for `vessel cp` and `vessel export`. The helper writes
+/// this record to `containers/<id>/maintenance.json` while it runs (and
+/// removes it at its end), so an apiserver, also a restarted one, finds it
+/// before it starts or removes the container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaintenanceHelper {
+    pub pid: i32,
+    /// The helper's start time (`/proc/PID/stat`), so a reused pid is not
+    /// taken for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+}
+
+impl MaintenanceHelper {
+    /// The record's file in a container's directory.
+    pub fn path(container_dir: &std::path::Path) -> std::path::PathBuf {
+        container_dir.join("maintenance.json")
+    }
+
+    /// The record in `container_dir`, if there is one and it reads.
+    pub fn read(container_dir: &std::path::Path) -> Option<Self> {
+        crate::fsutil::read_json(&Self::path(container_dir))
+            .ok()
+            .flatten()
+    }
+
+    /// Is the process this record names still that helper?
+    pub fn is_live(&self) -> bool {
+        crate::fsutil::pid_alive(self.pid)
+            && (self.start_time.is_none()
+                || crate::fsutil::pid_start_time(self.pid) == self.start_time)
+    }
+}
+
+/// The first line a maintenance helper writes on its standard output once
+/// its control socket listens (the VM then boots); otherwise it writes
+/// [`MAINTENANCE_FAILED`] and the reason, and exits.
+pub const MAINTENANCE_READY: &str = "ready";
+/// The prefix of a maintenance helper's line when it cannot serve.
+pub const MAINTENANCE_FAILED: &str = "error: ";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -373,18 +373,32 @@ impl Client {
         len: u64,
     ) -> Result<Response, HttpError> {
         let mut stream = self.connect()?;
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: vessel\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
-        )?;
-        let copied = io::copy(&mut body.take(len), &mut stream)?;
-        if copied != len {
-            return Err(HttpError::Malformed(format!(
+        let sent = (|| {
+            write!(
+                stream,
+                "{method} {path} HTTP/1.1\r\nHost: vessel\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+            )?;
+            let copied = io::copy(&mut body.take(len), &mut stream)?;
+            stream.flush()?;
+            Ok::<u64, io::Error>(copied)
+        })();
+        match sent {
+            Ok(copied) if copied != len => Err(HttpError::Malformed(format!(
                 "body ended after {copied} of {len} bytes"
-            )));
+            ))),
+            Ok(_) => read_response(stream),
+            // The server answered before it read the whole request (it
+            // refused it on its head) and closed: its answer is what counts.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                read_response(stream).map_err(|_| HttpError::Io(e))
+            }
+            Err(e) => Err(e.into()),
         }
-        stream.flush()?;
-        read_response(stream)
     }
 }
 
@@ -462,6 +476,26 @@ mod tests {
         let _l = bind_private(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
         UnixStream::connect(&path).unwrap();
+    }
+
+    #[test]
+    fn an_answer_sent_before_the_body_was_read_is_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("s.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            // Read a little of the head, refuse, close with the rest unread.
+            let mut first = [0u8; 16];
+            s.read_exact(&mut first).unwrap();
+            s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\nno")
+                .unwrap();
+        });
+        let c = Client::new(&sock);
+        let body = vec![b'x'; 8 << 20];
+        let resp = c.request("POST", "/refused", Some(&body)).unwrap();
+        server.join().unwrap();
+        assert_eq!(resp.status, 400);
     }
 
     #[test]

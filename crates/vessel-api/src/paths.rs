@@ -9,6 +9,7 @@
 //!   images/index.json      references → manifest digests
 //!   rootfs/<id>.ext4       ext4 base per image
 //!   containers/<id>/       config.json state.json overlay.qcow2 stdio.log boot.log runtime.log
+//!                          maintenance.json (while a maintenance boot runs)
 //!   tmp/                   uploads in flight
 //! ```
 //!
@@ -105,6 +106,14 @@ impl Home {
         self.run_base().join(short)
     }
 
+    /// The run directory of a container's maintenance boot (`vessel cp`
+    /// and `vessel export` of a container that is not running): a sibling
+    /// of [`Home::run_dir`], so neither run touches the other's sockets.
+    pub fn maintenance_run_dir(&self, id: &str) -> PathBuf {
+        let short: String = id.chars().take(12).collect();
+        self.run_base().join(format!("{short}.m"))
+    }
+
     /// The per-instance base of [`Home::run_dir`].
     pub fn run_base(&self) -> PathBuf {
         let hash = hex::encode(&Sha256::digest(self.root.as_os_str().as_encoded_bytes())[..5]);
@@ -164,5 +173,8 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         assert_ne!(a.run_dir(id), b.run_dir(id));
         assert!(a.run_dir(id).join("vsock.sock_1024").as_os_str().len() < 100);
+        let m = a.maintenance_run_dir(id);
+        assert_ne!(m, a.run_dir(id));
+        assert!(m.join("vsock.sock_1024").as_os_str().len() < 100);
     }
 }

@@ -10,6 +10,7 @@
 mod clock;
 mod conn;
 mod copy;
+mod maintenance;
 mod mounts;
 mod net;
 mod process;
@@ -72,7 +73,8 @@ fn listen_vsock() -> Result<OwnedFd, String> {
         &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_PORT),
     )
     .map_err(|e| format!("vsock bind port {AGENT_PORT}: {}", e.desc()))?;
-    let backlog = Backlog::new(4).map_err(|e| e.desc().to_string())?;
+    // Several execs, copies and statistics may connect at once.
+    let backlog = Backlog::new(128).map_err(|e| e.desc().to_string())?;
     listen(&fd, backlog).map_err(|e| format!("vsock listen: {}", e.desc()))?;
     Ok(fd)
 }

@@ -90,14 +90,18 @@ pub fn mount_base() -> Vec<String> {
     errors
 }
 
-/// Mount the root device at [`ROOTFS`] and the API filesystems inside it.
-/// Errors on the root mount are fatal (returned); others are returned as
-/// warnings in the `Ok` value.
-pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
+/// Mount the root device at [`ROOTFS`], and nothing in it: what a
+/// maintenance boot (copies of a stopped container) needs. Refused once a
+/// root is mounted (a second `Start` or `MountRoot`).
+pub fn mount_root(device: &str, fstype: &str) -> Result<(), String> {
     let root = Path::new(ROOTFS);
     let fstype = if fstype.is_empty() { "ext4" } else { fstype };
     if device.is_empty() {
         return Err("no root device given".into());
+    }
+    let mut mounted = MOUNTED.lock().map_err(|_| "mount table lock poisoned")?;
+    if !mounted.is_empty() {
+        return Err("the root filesystem is already mounted".into());
     }
     // The block device node may show up a moment after boot.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -106,7 +110,16 @@ pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
     }
     do_mount(device, root, fstype, MsFlags::empty(), None)
         .map_err(|e| format!("cannot mount root filesystem {device}: {e}"))?;
-    record(root);
+    mounted.push(PathBuf::new());
+    Ok(())
+}
+
+/// Mount the root device at [`ROOTFS`] and the API filesystems inside it.
+/// Errors on the root mount are fatal (returned); others are returned as
+/// warnings in the `Ok` value.
+pub fn mount_rootfs(device: &str, fstype: &str) -> Result<Vec<String>, String> {
+    let root = Path::new(ROOTFS);
+    mount_root(device, fstype)?;
 
     let mut warnings = Vec::new();
     let nosuid = MsFlags::MS_NOSUID;
@@ -182,6 +195,18 @@ pub fn unmount_all() {
             continue;
         }
         if umount2(&p, MntFlags::empty()).is_err() {
+            if rel.as_os_str().is_empty() {
+                // A busy root (before a switch: a maintenance boot) is
+                // made read-only first, which writes everything out, so
+                // the disk is consistent even if the detach leaves it.
+                let _ = mount(
+                    None::<&str>,
+                    &p,
+                    None::<&str>,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                    None::<&str>,
+                );
+            }
             let _ = umount2(&p, MntFlags::MNT_DETACH);
         }
     }

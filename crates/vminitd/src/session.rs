@@ -8,7 +8,7 @@ use crate::reaper::{ExitSlot, ExitStatus, Reaper};
 use crate::{clock, copy, log_line, mounts, net, pty, stats, user};
 use agent_protocol::{
     ExecRequest, FrameKind, GuestMessage, HostMessage, ProcessSpec, Rlimit, StartRequest, WinSize,
-    MAX_STDIO_CHUNK, VERSION,
+    MAX_STDIO_CHUNK, STDIN_WINDOW, VERSION,
 };
 use nix::errno::Errno;
 use std::fs::File;
@@ -80,6 +80,8 @@ pub fn features() -> Vec<String> {
         agent_protocol::FEATURE_STATS,
         agent_protocol::FEATURE_COPY,
         agent_protocol::FEATURE_TOP,
+        agent_protocol::FEATURE_MAINTENANCE,
+        agent_protocol::FEATURE_STDIN_CREDIT,
     ]
     .map(String::from)
     .to_vec()
@@ -131,7 +133,11 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
             return Ok(Outcome::Closed);
         };
         if frame.kind != FrameKind::Control {
-            continue; // stdin for a process not started yet
+            // Stdin for a process not started yet: dropped, and credited.
+            if frame.kind == FrameKind::Stdin {
+                send_credit(conn, frame.payload.len())?;
+            }
+            continue;
         }
         match decode_host(&frame)? {
             HostMessage::Start(req) => {
@@ -139,6 +145,13 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
                 return main_session(conn, guest, req);
             }
             HostMessage::Exec(req) => return exec_session(conn, guest, req),
+            HostMessage::MountRoot {
+                root_device,
+                root_fstype,
+            } => {
+                *main = true;
+                return crate::maintenance::serve(conn, &root_device, &root_fstype);
+            }
             HostMessage::CopyOut {
                 path,
                 one_file_system,
@@ -163,7 +176,7 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
 
 /// Requests any connection may make at any time: the clock and
 /// statistics. Returns false for anything else.
-fn common_request(conn: &mut Conn, msg: &HostMessage) -> Result<bool, String> {
+pub(crate) fn common_request(conn: &mut Conn, msg: &HostMessage) -> Result<bool, String> {
     match *msg {
         HostMessage::ReadClock { id } => conn.send(&GuestMessage::Clock {
             id,
@@ -429,8 +442,14 @@ fn pump(conn: &mut Conn, mut p: Proc, reaper: &Reaper, main: bool) -> Result<End
     let mut last_io = Instant::now();
     let mut buf = vec![0u8; MAX_STDIO_CHUNK];
     let mut pending: Vec<u8> = Vec::new();
+    // Stdin bytes passed on (or dropped) and not yet credited to the host.
+    let mut consumed: usize = 0;
     let mut close_stdin = false;
     let end = loop {
+        if consumed >= STDIN_WINDOW / 4 || (consumed > 0 && pending.is_empty()) {
+            send_credit(conn, consumed)?;
+            consumed = 0;
+        }
         if status.is_none() {
             if let Some(s) = p.exit.status() {
                 status = Some(s);
@@ -514,11 +533,13 @@ fn pump(conn: &mut Conn, mut p: Proc, reaper: &Reaper, main: bool) -> Result<End
                 match s.write(&pending) {
                     Ok(n) => {
                         pending.drain(..n);
+                        consumed += n;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     // The process closed its stdin: drop what it will never read.
                     Err(_) => {
+                        consumed += pending.len();
                         pending.clear();
                         p.stdin = None;
                     }
@@ -540,6 +561,8 @@ fn pump(conn: &mut Conn, mut p: Proc, reaper: &Reaper, main: bool) -> Result<End
                     FrameKind::Stdin => {
                         if p.stdin.is_some() && !close_stdin {
                             pending.extend_from_slice(&frame.payload);
+                        } else {
+                            consumed += frame.payload.len();
                         }
                         continue;
                     }
@@ -586,6 +609,13 @@ fn pump(conn: &mut Conn, mut p: Proc, reaper: &Reaper, main: bool) -> Result<End
         reaper.forget(p.pid);
     }
     Ok(end)
+}
+
+/// Tell the host that `bytes` more of its stdin are passed on or dropped.
+fn send_credit(conn: &mut Conn, bytes: usize) -> Result<(), String> {
+    conn.send(&GuestMessage::StdinCredit {
+        bytes: bytes as u64,
+    })
 }
 
 /// The host closed the process's stdin: EOF on a pipe; Ctrl-D typed into a

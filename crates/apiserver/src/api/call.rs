@@ -9,8 +9,7 @@
 //! [`Gone`] says so: long waits end with it, and writes fail.
 
 use crate::error::{ApiError, ApiResult};
-use bytes::{Buf, Bytes};
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -117,41 +116,7 @@ impl Gone {
     }
 }
 
-/// A blocking reader over a request body.
-pub struct BodyReader {
-    rt: Handle,
-    body: Option<Incoming>,
-    chunk: Bytes,
-}
-
-impl Read for BodyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.chunk.is_empty() {
-            let Some(body) = self.body.as_mut() else {
-                return Ok(0);
-            };
-            match self.rt.block_on(body.frame()) {
-                None => {
-                    self.body = None;
-                    return Ok(0);
-                }
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.chunk = data;
-                    }
-                }
-                Some(Err(e)) => {
-                    self.body = None;
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e));
-                }
-            }
-        }
-        let n = buf.len().min(self.chunk.len());
-        buf[..n].copy_from_slice(&self.chunk[..n]);
-        self.chunk.advance(n);
-        Ok(n)
-    }
-}
+pub use vessel_api::client::BodyReader;
 
 /// The writer of a streamed answer: each `write` is one chunk, sent as it
 /// is written. Fails with `BrokenPipe` once the client has gone.
@@ -338,11 +303,7 @@ impl Call {
 
     /// A blocking reader over the request body.
     pub fn body(&mut self) -> BodyReader {
-        BodyReader {
-            rt: self.rt.clone(),
-            body: self.body.take(),
-            chunk: Bytes::new(),
-        }
+        BodyReader::new(self.rt.clone(), self.body.take())
     }
 
     /// The whole body (at most [`MAX_JSON_BODY`] bytes).

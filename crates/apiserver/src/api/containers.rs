@@ -3,14 +3,16 @@
 use super::call::Call;
 use super::splice::splice;
 use crate::error::{ApiError, ApiResult};
+use crate::logs::Selection;
 use crate::server::Server;
+use agent_protocol::GuestMessage;
+use std::io::Write;
 use std::sync::Arc;
 use vessel_api::control::{AttachRequest, ControlRequest};
 use vessel_api::error::ErrorKind;
-use crate::logs::Selection;
-use agent_protocol::GuestMessage;
-use std::io::Write;
-use vessel_api::types::{parse_signal, ContainerSummary, CreateRequest, CreateResponse, ExecCreate};
+use vessel_api::types::{
+    parse_signal, ContainerSummary, CreateRequest, CreateResponse, ExecCreate,
+};
 
 pub fn list(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     let all = c.flag("all")?;
@@ -62,6 +64,11 @@ pub fn start(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     if attach {
         // Held until the stream ends: a `--rm` container stays until then.
         let guard = containers.attach(&id);
+        // This boot's output only: an earlier run's is in the same log.
+        let boot_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         containers.start(&id)?;
         let mut out = c.respond_stream(200, "application/x-ndjson")?;
         // As Docker's `run --rm`: a `--rm` container is gone when its exit
@@ -69,6 +76,7 @@ pub fn start(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
         let mut guard = Some(guard);
         let sel = Selection {
             follow: true,
+            since_ms: Some(boot_ms),
             ..Default::default()
         };
         crate::logs::stream(containers, &id, &mut out, sel, |info| {
@@ -105,7 +113,10 @@ fn start_and_attach(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
             Ok(s) => Some(s),
             // It ended in between: told from its log below.
             Err(e) if !containers.load(&id)?.state.status.is_active() => {
-                eprintln!("vessel-apiserver: attach {}: {e}; telling its end from the log", short(&id));
+                eprintln!(
+                    "vessel-apiserver: attach {}: {e}; telling its end from the log",
+                    short(&id)
+                );
                 None
             }
             Err(e) => return Err(e),
@@ -371,10 +382,11 @@ pub fn attach(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
 }
 
 /// A streaming route: check the upgrade request, send `request` to the
-/// container's runtime helper, and on its `{"ok":true}` switch protocols
-/// and splice the client's connection with the runtime's until either
-/// side goes. A refusal (container not running, an op the runtime does
-/// not know) is an ordinary error answer, before any upgrade.
+/// container's runtime helper (for a copy of a container that is not
+/// running: to a maintenance boot's), and on its `{"ok":true}` switch
+/// protocols and splice the client's connection with the runtime's until
+/// either side goes. A refusal (container not running, an op the runtime
+/// does not know) is an ordinary error answer, before any upgrade.
 fn proxy_stream(
     s: &Arc<Server>,
     c: &mut Call,
@@ -387,8 +399,18 @@ fn proxy_stream(
         )));
     }
     let containers = s.containers();
-    let (info, runtime, runtime_first) = containers
-        .control_stream(c.param("id"), &request)
+    // A copy of a container that is not running goes through a
+    // maintenance boot of its VM; the gate it holds keeps a start or a
+    // removal waiting until the copy ends.
+    let opened = match &request {
+        ControlRequest::CopyOut { .. } | ControlRequest::CopyIn { .. } => containers
+            .copy_stream(c.param("id"), &request)
+            .map(|o| (o.info, o.runtime, o.first, o.gate)),
+        _ => containers
+            .control_stream(c.param("id"), &request)
+            .map(|(info, runtime, first)| (info, runtime, first, None)),
+    };
+    let (info, runtime, runtime_first, _gate) = opened
         .map_err(|e| match e {
             ApiError::Answer(mut b) if b.message.starts_with("Invalid control request") => {
                 b.message = format!(

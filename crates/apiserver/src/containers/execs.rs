@@ -85,7 +85,9 @@ fn merge_env(container: &[String], extra: &[String]) -> Vec<String> {
 /// and user unless given.
 pub fn exec_process(config: &ContainerConfig, body: &ExecCreate) -> Result<ProcessSpec, String> {
     match body.cmd.first() {
-        None => return Err("no command given: say what to run, e.g. `vessel exec CONTAINER sh`".into()),
+        None => {
+            return Err("no command given: say what to run, e.g. `vessel exec CONTAINER sh`".into())
+        }
         Some(c) if c.is_empty() => return Err("the command is empty: give a program to run".into()),
         Some(_) => {}
     }
@@ -277,10 +279,7 @@ impl Containers {
             ApiError::Answer(
                 vessel_api::error::ErrorBody::new(
                     vessel_api::error::ErrorKind::NotFound,
-                    format!(
-                        "no such exec: {exec_id} in container {}",
-                        info.config.name
-                    ),
+                    format!("no such exec: {exec_id} in container {}", info.config.name),
                 )
                 .with_name(exec_id),
             )

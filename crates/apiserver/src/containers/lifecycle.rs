@@ -3,7 +3,7 @@
 //! whole VM, `rename`, `container prune`, and the one-shot questions to its
 //! runtime helper (`stats`, `top`, a terminal's `resize`).
 
-use super::{end_runtime, Containers, RUNTIME_EXIT_LIMIT};
+use super::{end_runtime, live_runtime, Containers, RUNTIME_EXIT_LIMIT};
 use crate::error::{ApiError, ApiResult};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -30,6 +30,12 @@ impl Containers {
     /// (the `die` event, its network given back), its state `created`
     /// again. The disk (`overlay.qcow2`) and the log stay.
     pub(super) fn prepare_new_boot(&self, info: &ContainerInfo) -> ApiResult<()> {
+        // After the process's end the VM powers itself off, once vminitd
+        // has synced and unmounted the disk: wait for that. A stop would
+        // kill the VM at once, and the last run's writes would be lost.
+        if let Some(pid) = live_runtime(&info.state) {
+            crate::watch::wait_exit(pid, info.state.runtime_start_time, RUNTIME_EXIT_LIMIT);
+        }
         if let Some(pid) = end_runtime(&info.state, RUNTIME_EXIT_LIMIT) {
             return Err(ApiError::conflict(format!(
                 "container {} has ended, but its runtime helper (pid {pid}) did not exit within {} s; see {}, then start it again",

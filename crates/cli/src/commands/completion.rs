@@ -20,8 +20,7 @@ pub fn completion(a: CompletionArgs) -> Result<i32> {
 /// One page per command and subcommand: `vessel.1`, `vessel-run.1`,
 /// `vessel-image-pull.1`, ...
 pub fn man(a: ManArgs) -> Result<i32> {
-    std::fs::create_dir_all(&a.dir)
-        .with_context(|| format!("creating {}", a.dir.display()))?;
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let mut cmd = Cli::command();
     cmd.build();
     let mut written = 0;

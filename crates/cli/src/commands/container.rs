@@ -6,10 +6,10 @@ use crate::api::{check, Api};
 use crate::cli::{
     KillArgs, LogsArgs, LsArgs, PortArgs, RenameArgs, RestartArgs, RmArgs, StopArgs, TargetsArgs,
 };
-use std::io::IsTerminal;
 use crate::exit::FAILURE;
 use crate::format::{human_duration, since, status_text, table, truncate};
 use anyhow::{bail, Result};
+use std::io::IsTerminal;
 use vessel_api::http::percent_encode;
 use vessel_api::types::{ContainerInfo, ContainerSummary, PruneResponse, Status, WaitResponse};
 

@@ -1,7 +1,9 @@
 //! `vessel cp` and `vessel export`: tar streams between the host and a
-//! running container, carried as `vessel.agent.v1` frames over an upgraded
+//! container, carried as `vessel.agent.v1` frames over an upgraded
 //! connection (`Data` frames, the end of a copy in as `CloseStdin`, its
-//! result as `CopyDone`).
+//! result as `CopyDone`). A container that is not running is copied by a
+//! maintenance boot of its VM, which the apiserver starts (the first answer
+//! then takes a boot's time); the requests of one `cp` share that boot.
 //!
 //! Where a copy lands follows Docker's rules (`docker cp --help`):
 //! - a file to an existing directory goes into it under its own name; to
@@ -36,7 +38,10 @@ pub enum Side {
     Stream,
     Host(String),
     /// `CONTAINER:PATH`, the path made absolute.
-    Container { key: String, path: String },
+    Container {
+        key: String,
+        path: String,
+    },
 }
 
 /// Docker's reading of a `cp` argument: `CONTAINER:PATH` when there is a
@@ -256,7 +261,9 @@ pub fn cp(api: &Api, a: CpArgs) -> Result<i32> {
             bail!("copying between containers is not supported; copy to the host first")
         }
         (Side::Container { key, path }, dest) => cp_out(api, &key, &path, &dest, owners)?,
-        (src, Side::Container { key, path }) => cp_in(api, &src, &key, &path, a.follow_link, owners)?,
+        (src, Side::Container { key, path }) => {
+            cp_in(api, &src, &key, &path, a.follow_link, owners)?
+        }
         _ => bail!("one of the paths must name a container: `CONTAINER:PATH`"),
     }
     Ok(0)
@@ -275,7 +282,12 @@ enum Rename {
 /// Docker's rule for a copy out of a source whose first entry is `first`
 /// (a directory or not) to `dest` on the host: where to unpack and how to
 /// rename.
-fn plan_out(first_is_dir: bool, contents: bool, dest: &Path, dest_arg: &str) -> Result<(PathBuf, Rename)> {
+fn plan_out(
+    first_is_dir: bool,
+    contents: bool,
+    dest: &Path,
+    dest_arg: &str,
+) -> Result<(PathBuf, Rename)> {
     let meta = std::fs::metadata(dest).ok();
     let is_dir = meta.as_ref().is_some_and(|m| m.is_dir());
     let parent = || -> Result<PathBuf> {
@@ -284,7 +296,10 @@ fn plan_out(first_is_dir: bool, contents: bool, dest: &Path, dest_arg: &str) -> 
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         if !p.is_dir() {
-            bail!("no such directory: {} (the destination's parent)", p.display());
+            bail!(
+                "no such directory: {} (the destination's parent)",
+                p.display()
+            );
         }
         Ok(p.to_path_buf())
     };
@@ -306,7 +321,11 @@ fn plan_out(first_is_dir: bool, contents: bool, dest: &Path, dest_arg: &str) -> 
         bail!("cannot copy a directory to a file: {dest_arg} is a file");
     }
     if is_dir {
-        let how = if contents { Rename::Strip } else { Rename::Keep };
+        let how = if contents {
+            Rename::Strip
+        } else {
+            Rename::Keep
+        };
         return Ok((dest.to_path_buf(), how));
     }
     Ok((parent()?, Rename::To(name()?)))
@@ -328,9 +347,8 @@ fn renamed(entry: &Path, first: &Path, how: &Rename) -> Option<PathBuf> {
 fn cp_out(api: &Api, key: &str, src: &str, dest: &Side, owners: Owners) -> Result<()> {
     let contents = contents_of(src);
     let path = clean(src);
-    let not_found = |e: &dyn std::fmt::Display| {
-        anyhow!("could not copy {path} out of container {key}: {e}")
-    };
+    let not_found =
+        |e: &dyn std::fmt::Display| anyhow!("could not copy {path} out of container {key}: {e}");
     let mut tar = copy_out(api, key, &path)?;
     let dest_arg = match dest {
         Side::Stream => {
@@ -402,14 +420,7 @@ fn cp_out(api: &Api, key: &str, src: &str, dest: &Side, owners: Owners) -> Resul
     Ok(())
 }
 
-fn cp_in(
-    api: &Api,
-    src: &Side,
-    key: &str,
-    dest: &str,
-    follow: bool,
-    owners: Owners,
-) -> Result<()> {
+fn cp_in(api: &Api, src: &Side, key: &str, dest: &str, follow: bool, owners: Owners) -> Result<()> {
     let dest_clean = clean(dest);
     let kind = probe(api, key, &dest_clean)?;
     let fail = |e: String| anyhow!("could not copy into {dest} in container {key}: {e}");
@@ -484,9 +495,9 @@ fn cp_in(
 /// `export`: the container's root filesystem as a tar archive.
 pub fn export(api: &Api, a: ExportArgs) -> Result<i32> {
     let out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(
-            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
-        ),
+        Some(p) => {
+            Box::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)
+        }
         None if std::io::stdout().is_terminal() => {
             bail!("refusing to write an archive to a terminal: use -o FILE or redirect stdout")
         }
@@ -544,20 +555,32 @@ mod tests {
         assert_eq!(clean("/srv/./"), "/srv");
         assert_eq!(clean("/"), "/");
         assert_eq!(clean("/."), "/");
-        assert_eq!(split_container_path("/tmp/new/"), ("/tmp".into(), "new".into()));
+        assert_eq!(
+            split_container_path("/tmp/new/"),
+            ("/tmp".into(), "new".into())
+        );
         assert_eq!(split_container_path("/top"), ("/".into(), "top".into()));
     }
 
     #[test]
     fn vminitd_s_answers_tell_what_a_path_is() {
         assert_eq!(kind_from("/tmp", None), Kind::Dir);
-        assert_eq!(kind_from("/etc/hosts", Some("/etc/hosts: not a directory")), Kind::NotDir);
         assert_eq!(
-            kind_from("/nope", Some("/nope: No such file or directory (os error 2)")),
+            kind_from("/etc/hosts", Some("/etc/hosts: not a directory")),
+            Kind::NotDir
+        );
+        assert_eq!(
+            kind_from(
+                "/nope",
+                Some("/nope: No such file or directory (os error 2)")
+            ),
             Kind::Missing
         );
         assert_eq!(
-            kind_from("/etc/hosts/x", Some("/etc/hosts/x: Not a directory (os error 20)")),
+            kind_from(
+                "/etc/hosts/x",
+                Some("/etc/hosts/x: Not a directory (os error 20)")
+            ),
             Kind::Missing
         );
     }
@@ -569,7 +592,10 @@ mod tests {
         std::fs::write(dir.join("file"), b"x").unwrap();
         let s = |p: &Path| p.to_str().unwrap().to_string();
         // A file into a directory; as a new name; over a file.
-        assert_eq!(plan_out(false, false, dir, &s(dir)).unwrap(), (dir.to_path_buf(), Rename::Keep));
+        assert_eq!(
+            plan_out(false, false, dir, &s(dir)).unwrap(),
+            (dir.to_path_buf(), Rename::Keep)
+        );
         let new = dir.join("new");
         assert_eq!(
             plan_out(false, false, &new, &s(&new)).unwrap(),
@@ -579,7 +605,10 @@ mod tests {
         // A directory: into one, its contents, as a new one, not onto a file.
         assert_eq!(plan_out(true, false, dir, &s(dir)).unwrap().1, Rename::Keep);
         assert_eq!(plan_out(true, true, dir, &s(dir)).unwrap().1, Rename::Strip);
-        assert_eq!(plan_out(true, false, &new, &s(&new)).unwrap().1, Rename::To("new".into()));
+        assert_eq!(
+            plan_out(true, false, &new, &s(&new)).unwrap().1,
+            Rename::To("new".into())
+        );
         assert!(plan_out(true, false, &dir.join("file"), &s(&dir.join("file"))).is_err());
         // A parent that does not exist.
         let deep = dir.join("no/such");
@@ -589,19 +618,32 @@ mod tests {
     #[test]
     fn entries_are_renamed_from_the_source_s_name() {
         let first = Path::new("etc");
-        assert_eq!(renamed(Path::new("etc/hosts"), first, &Rename::Keep), Some("etc/hosts".into()));
+        assert_eq!(
+            renamed(Path::new("etc/hosts"), first, &Rename::Keep),
+            Some("etc/hosts".into())
+        );
         assert_eq!(renamed(Path::new("etc"), first, &Rename::Strip), None);
-        assert_eq!(renamed(Path::new("etc/hosts"), first, &Rename::Strip), Some("hosts".into()));
+        assert_eq!(
+            renamed(Path::new("etc/hosts"), first, &Rename::Strip),
+            Some("hosts".into())
+        );
         assert_eq!(
             renamed(Path::new("etc/hosts"), first, &Rename::To("conf".into())),
             Some("conf/hosts".into())
         );
         assert_eq!(
-            renamed(Path::new("hosts"), Path::new("hosts"), &Rename::To("h2".into())),
+            renamed(
+                Path::new("hosts"),
+                Path::new("hosts"),
+                &Rename::To("h2".into())
+            ),
             Some("h2".into())
         );
         // The root's own tar starts with `.`.
-        assert_eq!(renamed(Path::new("./bin/sh"), Path::new("."), &Rename::Strip), Some("bin/sh".into()));
+        assert_eq!(
+            renamed(Path::new("./bin/sh"), Path::new("."), &Rename::Strip),
+            Some("bin/sh".into())
+        );
         // Something not under the source is left out.
         assert_eq!(renamed(Path::new("other"), first, &Rename::Keep), None);
     }

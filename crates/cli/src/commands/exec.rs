@@ -55,7 +55,9 @@ pub fn exec(api: &Api, a: ExecArgs) -> Result<i32> {
             Ok(_) => Ok(0),
             // The guest could not start it: its reason and Docker's code.
             Err(e) if server_error(&e).is_some_and(|b| b.kind == ErrorKind::Conflict) => {
-                let message = server_error(&e).map(|b| b.message.clone()).unwrap_or_default();
+                let message = server_error(&e)
+                    .map(|b| b.message.clone())
+                    .unwrap_or_default();
                 let code = start_failure_code(&message);
                 if code == VESSEL_ERROR {
                     return Err(e);
@@ -133,7 +135,9 @@ pub fn attach(api: &Api, a: AttachArgs) -> Result<i32> {
             match now {
                 Ok(i) if i.state.status == Status::Exited => Ok(i.state.exit_code.unwrap_or(0)),
                 _ => {
-                    eprintln!("vessel: lost the connection to the apiserver; the container may still run");
+                    eprintln!(
+                        "vessel: lost the connection to the apiserver; the container may still run"
+                    );
                     Ok(VESSEL_ERROR)
                 }
             }

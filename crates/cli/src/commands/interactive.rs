@@ -124,10 +124,7 @@ pub fn handle_interrupts(api: &Api, what: Interrupt, writer: Option<SharedWriter
                 });
             }
             Interrupt::SignalContainer(key) => {
-                let path = format!(
-                    "/v1/containers/{}/kill?signal={name}",
-                    percent_encode(key)
-                );
+                let path = format!("/v1/containers/{}/kill?signal={name}", percent_encode(key));
                 let api2 = api.clone();
                 std::thread::spawn(move || {
                     let _ = api2.send("POST", &path, None);

@@ -4,10 +4,10 @@
 
 use super::interactive::{self, Interrupt, Spec};
 use super::stream::{print_stream, Printing, StreamEnd};
-use crate::session::End;
 use crate::api::{check, decode, server_error, Api, ErrorKind};
 use crate::cli::{RunArgs, StartArgs};
 use crate::exit::VESSEL_ERROR;
+use crate::session::End;
 use anyhow::{anyhow, bail, Result};
 use vessel_api::http::percent_encode;
 use vessel_api::network::parse_port_spec;

@@ -42,7 +42,10 @@ pub struct Row {
 /// formula: busy time over all time, times the CPUs).
 pub fn cpu_percent(prev: &ContainerStats, cur: &ContainerStats) -> Option<f64> {
     let busy = cur.guest.cpu_busy_ns.checked_sub(prev.guest.cpu_busy_ns)?;
-    let total = cur.guest.cpu_total_ns.checked_sub(prev.guest.cpu_total_ns)?;
+    let total = cur
+        .guest
+        .cpu_total_ns
+        .checked_sub(prev.guest.cpu_total_ns)?;
     if total == 0 {
         return None;
     }
@@ -221,7 +224,12 @@ fn sample(api: &Api, c: &ContainerSummary) -> Result<Option<ContainerStats>> {
     let path = format!("/v1/containers/{}/stats", percent_encode(&c.id));
     match api.call::<ContainerStats>("GET", &path, None) {
         Ok(s) => Ok(Some(s)),
-        Err(e) if matches!(error_kind(&e), Some(ErrorKind::Conflict | ErrorKind::ContainerNotFound)) => {
+        Err(e)
+            if matches!(
+                error_kind(&e),
+                Some(ErrorKind::Conflict | ErrorKind::ContainerNotFound)
+            ) =>
+        {
             Ok(None)
         }
         Err(e) => Err(e),

@@ -113,8 +113,14 @@ mod tests {
         let mut start = true;
         assert_eq!(stamp_lines(b"a\nb", "T1", &mut start), b"T1 a\nT1 b");
         assert!(!start, "b's line goes on");
-        assert_eq!(stamp_lines(b"c\n\nd\n", "T2", &mut start), b"c\nT2 \nT2 d\n");
+        assert_eq!(
+            stamp_lines(b"c\n\nd\n", "T2", &mut start),
+            b"c\nT2 \nT2 d\n"
+        );
         assert!(start);
-        assert_eq!(timestamp(1_700_000_000_123), "2023-11-14T22:13:20.123000000Z");
+        assert_eq!(
+            timestamp(1_700_000_000_123),
+            "2023-11-14T22:13:20.123000000Z"
+        );
     }
 }
