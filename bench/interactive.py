@@ -23,6 +23,11 @@ side by side in one run, interleaved, with ratios vessel / podman.
    chunk to the last (the data path alone, goal of issue 9: >= 0.5x).
    A command whose output makes no progress for --stall seconds is killed
    and reported as stalled with the bytes that came back; the run goes on.
+   For scale, in each round: `dd if=/dev/zero | cat >/dev/null` inside each
+   container (--mib, or tenfold until it takes 0.5 s), timed there
+   (busybox `time`, 10 ms steps): what the
+   container's CPU allows the same `cat` without any stream to the host
+   (under TCG, an emulated CPU).
 
 Each side is isolated: vessel runs its own instance (a fresh VESSEL_HOME,
 `vessel system start`, `vessel image load -i` of the offline busybox
@@ -469,7 +474,7 @@ def throughput(sides, names, work, mib, rounds, stall):
             h.update(chunk)
             left -= len(chunk)
     digest = h.hexdigest()
-    res = {kind: {s.name: [] for s in sides} for kind in ("run", "exec")}
+    res = {kind: {s.name: [] for s in sides} for kind in ("run", "exec", "inside")}
     for r in range(rounds):
         order = sides if r % 2 == 0 else sides[::-1]
         for s in order:
@@ -483,7 +488,28 @@ def throughput(sides, names, work, mib, rounds, stall):
             res["exec"][s.name].append(stream_through(argv, s.env, data, size, digest, stall))
             # A killed exec may leave its `cat` in the container: harmless,
             # the container is removed at the end.
+        for s in order:
+            res["inside"][s.name].append(pipe_inside(s, names[s.name], mib))
     return res
+
+
+def pipe_inside(side, name, mib):
+    """MB/s of `dd | cat` inside the container, timed there: what its CPU
+    (an emulated one under TCG) allows a pipe through busybox `cat`,
+    without any stream to the host. busybox `time` counts in 10 ms steps:
+    the size grows tenfold until the pipe takes at least 0.5 s."""
+    while True:
+        script = f"time -p sh -c 'dd if=/dev/zero bs=65536 count={mib * 16} 2>/dev/null | cat >/dev/null'"
+        r = side.run("exec", name, "sh", "-c", script, timeout=600)
+        real = None
+        for line in r.stderr.decode(errors="replace").splitlines():
+            if line.startswith("real "):
+                real = float(line.split()[1])
+        if real is None:
+            raise RuntimeError(f"no `real` time from busybox time in {side.name}: {r.stderr!r}")
+        if real >= 0.5 or mib >= 1 << 16:
+            return (mib << 20) / real / 1e6
+        mib *= 10
 
 
 # ---------------------------------------------------------------------- report
@@ -610,6 +636,15 @@ def main():
                    t["run"], a.mib, out)
         rate_table(f"stdin → `cat` → stdout, `exec -i NAME cat`, {a.mib} MiB, {a.rounds} rounds",
                    t["exec"], a.mib, out)
+        inside = t["inside"]
+        out.append(f"inside the container, no stream to the host: `dd if=/dev/zero bs=65536 | cat >/dev/null`, "
+                   f"{a.mib} MiB or more (>= 0.5 s), timed by busybox `time` there, {a.rounds} rounds")
+        out.append("| side | MB/s median (min–max) |")
+        out.append("|---|---|")
+        for k, v in inside.items():
+            out.append(f"| {k} | {pct(v, 50):.1f} ({min(v):.1f}–{max(v):.1f}) |")
+        out.append(f"ratio vessel / podman: {pct(inside['vessel'], 50) / pct(inside['podman'], 50):.2f}")
+        out.append("")
     print("\n".join(out))
 
 
