@@ -25,14 +25,13 @@ side by side in one run, interleaved, with ratios vessel / podman.
    and reported as stalled with the bytes that came back; the run goes on.
    For scale, in each round: `dd if=/dev/zero | cat >/dev/null` inside each
    container (--mib, or tenfold until it takes 0.5 s), timed there
-   (busybox `time`, 10 ms steps): what the
-   container's CPU allows the same `cat` without any stream to the host
-   (under TCG, an emulated CPU).
+   (busybox `time`, 10 ms steps): what the container's CPU allows the same
+   `cat` without any stream to the host (under TCG, an emulated CPU).
 
 Each side is isolated: vessel runs its own instance (a fresh VESSEL_HOME,
 `vessel system start`, `vessel image load -i` of the offline busybox
-image); podman runs with its own --root and --runroot (nothing of the
-host's podman is touched), `--runtime /usr/sbin/runc --cgroup-manager
+image); podman runs with its own --root, --runroot and --tmpdir (nothing
+of the host's podman is touched), `--runtime /usr/sbin/runc --cgroup-manager
 cgroupfs`, the same image loaded from the same archive. Both containers
 run with `--network none`. Everything is removed at the end (containers,
 the instance, podman's mounts, the temporary directory), also on an error,
@@ -64,8 +63,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "localhost/busybox:latest"
-# podman + runc on this host: the default rlimits of the containers are
-# above what runc may set here (see docs/PERFORMANCE.md, boot baseline).
+# podman + runc on this host: runc refuses podman's default rlimits ("error
+# setting rlimit type 7: operation not permitted").
 PODMAN_LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 # Where runc keeps container state when podman runs it as root.
 RUNC_ROOT = "/run/runc"
@@ -162,14 +161,15 @@ class Podman:
     def __init__(self, work, image):
         self.root = os.path.join(work, "podman-root")
         self.runroot = os.path.join(work, "podman-run")
-        os.makedirs(self.root)
-        os.makedirs(self.runroot)
+        self.tmpdir = os.path.join(work, "podman-tmp")  # else /run/libpod, the host's podman's
+        for d in (self.root, self.runroot, self.tmpdir):
+            os.makedirs(d)
         self.image = image
         self.env = dict(os.environ)
 
     def argv(self, *args):
-        return ["podman", "--root", self.root, "--runroot", self.runroot, "--runtime", "/usr/sbin/runc",
-                "--cgroup-manager", "cgroupfs", *args]
+        return ["podman", "--root", self.root, "--runroot", self.runroot, "--tmpdir", self.tmpdir,
+                "--runtime", "/usr/sbin/runc", "--cgroup-manager", "cgroupfs", *args]
 
     def run(self, *args, check=True, timeout=120):
         r = subprocess.run(self.argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -202,13 +202,13 @@ class Podman:
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
         except subprocess.TimeoutExpired:
             pass
-        kill_matching([self.root, self.runroot])
+        kill_matching([self.root, self.runroot, self.tmpdir])
         # Overlay and shm mounts podman may have left under its directories,
         # deepest first.
         with open("/proc/self/mounts") as f:
             points = [line.split()[1] for line in f]
         for p in sorted(points, key=len, reverse=True):
-            if p.startswith((self.root + "/", self.runroot + "/")) or p in (self.root, self.runroot):
+            if any(p == d or p.startswith(d + "/") for d in (self.root, self.runroot, self.tmpdir)):
                 subprocess.run(["umount", "-l", p], stderr=subprocess.DEVNULL)
 
 
@@ -438,7 +438,7 @@ def stream_through(argv, env, data_path, size, digest, stall):
             threads[1].join(1)
             if threads[1].is_alive() and time.perf_counter() - state["progress"] > stall:
                 stalled = True
-                p.kill()  # a stalled CLI does not leave on SIGTERM (see docs/PERFORMANCE.md)
+                p.kill()  # a CLI whose stdin is stuck may not leave on SIGTERM
                 break
         try:
             p.wait(timeout=60)  # the output ended: the command should too
