@@ -812,7 +812,14 @@ fn stats_top_and_pause() {
     assert!(idle_cpu < 60.0, "{idle}");
     // Burn CPU, allocate 128 MiB (tmpfs pages cannot be dropped).
     assert_ok(
-        &v.vessel(&["exec", "-d", "load", "sh", "-c", "while :; do :; done"]),
+        &v.vessel(&[
+            "exec",
+            "-d",
+            "load",
+            "sh",
+            "-c",
+            "echo $$ > /tmp/burner; while :; do :; done",
+        ]),
         "burn",
     );
     assert_ok(&v.vessel(&["exec", "-d", "load", "sleep", "1000"]), "sleep");
@@ -853,8 +860,7 @@ fn stats_top_and_pause() {
         text(&out.stdout)
     );
     // The burner goes: the counter below has the VM's one CPU to itself.
-    // (`[:]` matches `:` and keeps pkill from matching its own arguments.)
-    exec_ok(&v, "load", &["pkill", "-f", "while [:]; do"]);
+    exec_ok(&v, "load", &["sh", "-c", "kill $(cat /tmp/burner)"]);
 
     // pause: the counter stands still; unpause: it goes on.
     let since = now_secs();
