@@ -6,6 +6,18 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
+# A CI run builds once: incremental state would only take disk (about half
+# of target/). Free space is printed first, since a full disk fails a build
+# far from its cause.
+if [[ ${CI:-} == true ]]; then
+    export CARGO_INCREMENTAL=0
+fi
+free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+log "Free disk space here: $((free_kib / 1024)) MiB (a cold run needs about 4 GiB: target/ 1.1 GiB, fuzz/ and the guest builds, the Debian image, the kernel build)"
+if ((free_kib < 3 * 1024 * 1024)); then
+    echo "warning: less than 3 GiB free on $(df -P . | awk 'NR == 2 {print $6}'); the build may fail with ENOSPC" >&2
+fi
+
 log "Checking dependencies"
 scripts/install-deps.sh
 
