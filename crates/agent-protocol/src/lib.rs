@@ -279,6 +279,54 @@ pub struct StartRequest {
     /// The terminal's size when the process has one (default 24x80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tty_size: Option<WinSize>,
+    /// More filesystems, mounted in this order after the root (needs
+    /// [`FEATURE_MOUNTS`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<GuestMount>,
+    /// The root filesystem is made read-only once the mounts are in place
+    /// (`--read-only`; needs [`FEATURE_MOUNTS`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only_root: bool,
+}
+
+/// One filesystem of the container besides its root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestMount {
+    /// Absolute, clean path in the container (not `/`). Missing
+    /// directories are made; a symbolic link on the way is resolved inside
+    /// the container's root, never out of it.
+    pub target: String,
+    pub source: GuestMountSource,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub readonly: bool,
+    /// When the mounted filesystem is empty (nothing but `lost+found`),
+    /// first copy into it what the image has at `target` (owners, modes,
+    /// times, links kept): Docker's copy-in of a new volume.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub populate: bool,
+}
+
+/// What a [`GuestMount`] mounts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMountSource {
+    /// A vhost-user-fs device with this tag (a host directory served by
+    /// a `virtiofsd` for this VM alone).
+    VirtioFs { tag: String },
+    /// A virtio-blk disk, found by its serial number, holding a filesystem
+    /// of type `fstype` (`ext4`).
+    Block { serial: String, fstype: String },
+    /// A tmpfs in the VM's memory.
+    Tmpfs {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size_bytes: Option<u64>,
+        /// Mode of its root (default 1777).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<u32>,
+        /// `noexec`, `nosuid`, `nodev` (and `exec`, `suid`, `dev`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        flags: Vec<String>,
+    },
 }
 
 /// One more process in the started container (`vessel exec`).
@@ -464,6 +512,8 @@ pub const FEATURE_MAINTENANCE: &str = "maintenance";
 /// The guest credits `Stdin` payload with `StdinCredit` (see "Stdin flow
 /// control").
 pub const FEATURE_STDIN_CREDIT: &str = "stdin_credit";
+/// The guest applies `StartRequest::mounts` and `read_only_root`.
+pub const FEATURE_MOUNTS: &str = "mounts";
 
 /// One process in the guest, for `vessel top`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -703,6 +753,34 @@ mod tests {
                 rows: 40,
                 cols: 120,
             }),
+            mounts: vec![
+                GuestMount {
+                    target: "/data".into(),
+                    source: GuestMountSource::VirtioFs { tag: "m0".into() },
+                    readonly: true,
+                    populate: false,
+                },
+                GuestMount {
+                    target: "/var/lib/db".into(),
+                    source: GuestMountSource::Block {
+                        serial: "vol-m1".into(),
+                        fstype: "ext4".into(),
+                    },
+                    readonly: false,
+                    populate: true,
+                },
+                GuestMount {
+                    target: "/tmp".into(),
+                    source: GuestMountSource::Tmpfs {
+                        size_bytes: Some(1 << 20),
+                        mode: None,
+                        flags: vec!["noexec".into()],
+                    },
+                    readonly: false,
+                    populate: false,
+                },
+            ],
+            read_only_root: true,
         });
         write_message(&mut buf, &msg).unwrap();
         write_frame(&mut buf, FrameKind::Stdout, b"hello").unwrap();
@@ -733,6 +811,8 @@ mod tests {
             root_fstype: "ext4".into(),
             network: None,
             tty_size: None,
+            mounts: vec![],
+            read_only_root: false,
         });
         let text = serde_json::to_string(&no_net).unwrap();
         assert!(!text.contains("network"), "{text}");

@@ -159,6 +159,7 @@ pub fn network_name(requested: Option<&str>) -> String {
 mod execs;
 mod lifecycle;
 mod maintenance;
+mod mounts;
 
 pub use execs::Execs;
 pub use maintenance::{CopyStream, Gates};
@@ -787,6 +788,8 @@ impl Containers {
                     .map_err(|e| e.naming(ErrorKind::NetworkNotFound, &network))?;
             }
         }
+        vessel_api::mounts::validate(&req.mounts).map_err(|e| ApiError::invalid(e.0))?;
+        let mounts = mounts::resolve(&req.mounts)?;
         let kernel = crate::assets::kernel();
         let initrd = crate::assets::initrd();
         for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
@@ -848,6 +851,8 @@ impl Containers {
             attach: req
                 .attach
                 .unwrap_or_else(|| AttachStreams::default_for(req.stdin)),
+            mounts,
+            read_only: req.read_only,
         };
         let dir = self.home.container_dir(&id);
         fs::create_dir_all(&dir).context("creating the container directory")?;
@@ -1356,6 +1361,7 @@ mod tests {
             cmd: vec!["sh".into()],
             working_dir: "/srv".into(),
             user: "".into(),
+            volumes: vec![],
         }
     }
 

@@ -152,6 +152,18 @@ pub struct RunArgs {
     /// Read environment variables from a file (KEY=VALUE lines; KEY alone takes our value; # comments)
     #[arg(long = "env-file", value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
+    /// Mount a host directory or a volume: HOST-DIR:CTR-PATH[:ro], VOLUME:CTR-PATH[:ro|nocopy], or CTR-PATH (a new anonymous volume)
+    #[arg(short = 'v', long = "volume", value_name = "SOURCE:TARGET[:OPTS]")]
+    pub volume: Vec<String>,
+    /// Mount: type=bind|volume|tmpfs,source=...,target=...[,readonly][,volume-nocopy][,tmpfs-size=...][,tmpfs-mode=...]
+    #[arg(long = "mount", value_name = "SPEC")]
+    pub mount: Vec<String>,
+    /// Mount a tmpfs: PATH[:size=64m,mode=1777,exec,...] (noexec, nosuid, nodev by default)
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    pub tmpfs: Vec<String>,
+    /// Mount the container's root filesystem read-only (its mounts stay writable)
+    #[arg(long = "read-only")]
+    pub read_only: bool,
     /// Pull the image before creating: `missing` (default), `always`, `never`
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pub pull: String,

@@ -109,6 +109,9 @@ pub struct RunConfig {
     pub working_dir: Option<String>,
     #[serde(rename = "User", default)]
     pub user: Option<String>,
+    /// `VOLUME`s: paths as keys of an object (values are empty objects).
+    #[serde(rename = "Volumes", default)]
+    pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -129,6 +132,7 @@ impl ImageConfig {
             cmd: c.cmd.unwrap_or_default(),
             working_dir: c.working_dir.unwrap_or_default(),
             user: c.user.unwrap_or_default(),
+            volumes: c.volumes.unwrap_or_default().into_keys().collect(),
         }
     }
 }

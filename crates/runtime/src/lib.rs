@@ -1,6 +1,6 @@
 //! `vessel-runtime`: the helper that owns one container's VM for its whole
 //! life — the QEMU microVM ([`vmm`]), its vsock backend ([`vsock`]), its
-//! rootless network ([`passt`]), the
+//! rootless network ([`passt`]), its mounts ([`mounts`]), the
 //! conversation with vminitd ([`agent`]), the output log ([`logs`]), the
 //! control socket ([`control`]) and the lifecycle that ties them ([`run`]);
 //! or, for copies of a container that is not running, a maintenance boot
@@ -11,6 +11,7 @@ pub mod clock;
 pub mod control;
 pub mod logs;
 pub mod maintenance;
+pub mod mounts;
 pub mod passt;
 mod proc;
 pub mod qmp;

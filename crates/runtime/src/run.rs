@@ -25,8 +25,8 @@ use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
-    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_NETWORK, FEATURE_RLIMITS,
-    FEATURE_STDIN_CREDIT, VERSION,
+    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_MOUNTS, FEATURE_NETWORK,
+    FEATURE_RLIMITS, FEATURE_STDIN_CREDIT, VERSION,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -820,6 +820,17 @@ pub fn supervise(
                                 .into(),
                         );
                     }
+                    let wants_mounts = request
+                        .as_ref()
+                        .is_some_and(|r| !r.mounts.is_empty() || r.read_only_root);
+                    if wants_mounts && !features.iter().any(|f| f == FEATURE_MOUNTS) {
+                        break End::Refused(
+                            "the guest's vminitd cannot mount volumes, bind mounts or tmpfs: \
+                             its initramfs is older than this vessel-runtime; install the guest \
+                             assets built with it (scripts/setup.sh)"
+                                .into(),
+                        );
+                    }
                     log(&format!("guest agent ready at guest uptime {uptime_ms} ms"));
                     if features.iter().any(|f| f == FEATURE_STDIN_CREDIT) {
                         shared.stdin_window.enable();
@@ -1107,6 +1118,8 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 .as_ref()
                 .and_then(|n| n.guest_config(&config.hostname, &config.name)),
             tty_size: None,
+            mounts: crate::mounts::guest_mounts(&config),
+            read_only_root: config.read_only,
         };
         let mut attempt = 1;
         loop {
@@ -1407,6 +1420,8 @@ mod tests {
             root_fstype: "ext4".into(),
             network: None,
             tty_size: None,
+            mounts: vec![],
+            read_only_root: false,
         }
     }
 

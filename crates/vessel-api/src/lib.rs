@@ -10,6 +10,7 @@ pub mod control;
 pub mod error;
 pub mod fsutil;
 pub mod http;
+pub mod mounts;
 pub mod network;
 pub mod paths;
 pub mod types;

@@ -66,6 +66,13 @@ pub struct CreateRequest {
     /// stderr, and stdin with `-i` (Docker's defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<AttachStreams>,
+    /// `-v`, `--mount`, `--tmpfs` (see [`crate::mounts`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mounts::MountSpec>,
+    /// `--read-only`: the root filesystem is mounted read-only (mounts
+    /// stay as they are).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -136,6 +143,14 @@ pub struct ContainerConfig {
     /// `process.stdin` hold `-t` and `-i`.
     #[serde(default = "default_attach")]
     pub attach: AttachStreams,
+    /// Mounts as resolved at create time: bind sources canonical, every
+    /// volume named (anonymous ones too), in the order they are mounted
+    /// (parents before what is inside them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::mounts::MountSpec>,
+    /// `--read-only`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub read_only: bool,
 }
 
 fn default_attach() -> AttachStreams {
@@ -439,6 +454,10 @@ pub struct ImageRuntimeConfig {
     pub working_dir: String,
     #[serde(default)]
     pub user: String,
+    /// The image's `VOLUME`s (container paths), each an anonymous volume
+    /// unless a mount of the container covers it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
 }
 
 /// One row of `GET /v1/images`.

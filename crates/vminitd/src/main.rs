@@ -19,6 +19,7 @@ mod reaper;
 mod session;
 mod stats;
 mod user;
+mod volumes;
 
 use agent_protocol::{GuestMessage, AGENT_PORT, READY_PORT};
 use conn::Conn;

@@ -18,7 +18,7 @@ static SWITCHED: AtomicBool = AtomicBool::new(false);
 /// (unmounted in reverse at power-off); `""` is the root itself.
 static MOUNTED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-fn record(p: &Path) {
+pub(crate) fn record(p: &Path) {
     let rel = p.strip_prefix(ROOTFS).unwrap_or(p).to_path_buf();
     if let Ok(mut m) = MOUNTED.lock() {
         m.push(rel);

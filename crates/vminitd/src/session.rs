@@ -82,6 +82,7 @@ pub fn features() -> Vec<String> {
         agent_protocol::FEATURE_TOP,
         agent_protocol::FEATURE_MAINTENANCE,
         agent_protocol::FEATURE_STDIN_CREDIT,
+        agent_protocol::FEATURE_MOUNTS,
     ]
     .map(String::from)
     .to_vec()
@@ -280,6 +281,8 @@ fn start_container(req: &StartRequest, reaper: &Reaper) -> Result<Proc, StartErr
         net::configure_none(mounts::root(), &req.hostname)
             .map_err(|e| StartError::new(125, format!("network: {e}")))?;
     }
+    crate::volumes::mount_all(&req.mounts, req.read_only_root)
+        .map_err(|e| StartError::new(125, e))?;
     mounts::switch_root().map_err(|e| StartError::new(125, e))?;
     let rlimits = p
         .rlimits

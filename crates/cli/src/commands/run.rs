@@ -54,6 +54,19 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
     for p in &a.publish {
         ports.extend(parse_port_spec(p).map_err(|e| anyhow!("{e}"))?);
     }
+    // Mounts in the order given, `-v` first, as Docker lists them.
+    let cwd = std::env::current_dir().unwrap_or_else(|_| "/".into());
+    let mut mounts = Vec::new();
+    for v in &a.volume {
+        mounts.push(vessel_api::mounts::parse_volume_flag(v, &cwd).map_err(|e| anyhow!("{e}"))?);
+    }
+    for m in &a.mount {
+        mounts.push(vessel_api::mounts::parse_mount_flag(m).map_err(|e| anyhow!("{e}"))?);
+    }
+    for t in &a.tmpfs {
+        mounts.push(vessel_api::mounts::parse_tmpfs_flag(t).map_err(|e| anyhow!("{e}"))?);
+    }
+    vessel_api::mounts::validate(&mounts).map_err(|e| anyhow!("{e}"))?;
     Ok(CreateRequest {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -77,6 +90,8 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         tty: a.tty,
         stdin: a.interactive,
         attach,
+        mounts,
+        read_only: a.read_only,
     })
 }
 
