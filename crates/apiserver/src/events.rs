@@ -55,14 +55,32 @@ impl Events {
         for (k, v) in attrs {
             attributes.insert(k.to_string(), v.clone());
         }
-        let ev = Event {
+        self.send(Event {
             time_ns: now_ns(),
             kind: EventType::Container,
             action,
             id: config.id.clone(),
             name: config.name.clone(),
             attributes,
-        };
+        });
+    }
+
+    /// A volume's event (`create`, `destroy`): its name is the event's
+    /// `id` and `name`, with the `driver` attribute (`local`).
+    pub fn emit_volume(&self, action: EventAction, name: &str) {
+        let mut attributes = BTreeMap::new();
+        attributes.insert("driver".to_string(), "local".to_string());
+        self.send(Event {
+            time_ns: now_ns(),
+            kind: EventType::Volume,
+            action,
+            id: name.to_string(),
+            name: name.to_string(),
+            attributes,
+        });
+    }
+
+    fn send(&self, ev: Event) {
         let Ok(mut log) = self.log.lock() else {
             return;
         };
@@ -145,6 +163,7 @@ pub struct Filter {
     actions: Vec<EventAction>,
     containers: Vec<String>,
     images: Vec<String>,
+    volumes: Vec<String>,
 }
 
 impl Filter {
@@ -160,9 +179,9 @@ impl Filter {
             match key.as_str() {
                 "type" => {
                     for v in &values {
-                        if v != EventType::Container.as_str() {
+                        if v != EventType::Container.as_str() && v != EventType::Volume.as_str() {
                             return Err(format!(
-                                "invalid filter type={v}: the only type is `container`"
+                                "invalid filter type={v}: the types are `container` and `volume`"
                             ));
                         }
                     }
@@ -185,9 +204,10 @@ impl Filter {
                 }
                 "container" => f.containers = values,
                 "image" => f.images = values,
+                "volume" => f.volumes = values,
                 other => {
                     return Err(format!(
-                        "invalid filter {other:?}: filters are type, event, container and image"
+                        "invalid filter {other:?}: filters are type, event, container, image and volume"
                     ))
                 }
             }
@@ -200,10 +220,12 @@ impl Filter {
         (self.types.is_empty() || self.types.iter().any(|t| t == ev.kind.as_str()))
             && (self.actions.is_empty() || self.actions.contains(&ev.action))
             && (self.containers.is_empty()
-                || self
-                    .containers
-                    .iter()
-                    .any(|c| c == &ev.name || (!c.is_empty() && ev.id.starts_with(c.as_str()))))
+                || (ev.kind == EventType::Container
+                    && self.containers.iter().any(|c| {
+                        c == &ev.name || (!c.is_empty() && ev.id.starts_with(c.as_str()))
+                    })))
+            && (self.volumes.is_empty()
+                || (ev.kind == EventType::Volume && self.volumes.iter().any(|v| v == &ev.name)))
             && (self.images.is_empty()
                 || self
                     .images
@@ -320,6 +342,21 @@ mod tests {
         assert!(Filter::parse("{}")
             .unwrap()
             .matches(&ev(EventAction::Destroy)));
+        // Volumes: their own type and filter; a container filter leaves them out.
+        let vol = Event {
+            time_ns: 1,
+            kind: EventType::Volume,
+            action: EventAction::Create,
+            id: "web".into(),
+            name: "web".into(),
+            attributes: [("driver".to_string(), "local".to_string())].into(),
+        };
+        assert!(!Filter::parse(r#"{"container":["web"]}"#)
+            .unwrap()
+            .matches(&vol));
+        let f = Filter::parse(r#"{"type":["volume"],"volume":["web"]}"#).unwrap();
+        assert!(f.matches(&vol));
+        assert!(!f.matches(&ev(EventAction::Create)));
         for bad in [
             "",
             "[]",

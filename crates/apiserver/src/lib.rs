@@ -19,4 +19,5 @@ pub mod names;
 pub mod rootless;
 pub mod server;
 pub mod supervisor;
+pub mod volumes;
 pub mod watch;

@@ -440,12 +440,7 @@ fn find_mkfs() -> Option<PathBuf> {
 /// An e2fsprogs tool on `PATH` or in the sbin directories a normal user's
 /// `PATH` often lacks.
 fn find_tool(name: &str) -> Option<PathBuf> {
-    vessel_api::paths::find_in_path(name).or_else(|| {
-        ["/usr/sbin", "/sbin"]
-            .iter()
-            .map(|d| Path::new(d).join(name))
-            .find(|p| p.is_file())
-    })
+    vessel_api::paths::find_sbin_tool(name)
 }
 
 /// A file or directory removed when dropped.

@@ -10,6 +10,8 @@
 //!   rootfs/<id>.ext4       ext4 base per image
 //!   containers/<id>/       config.json state.json overlay.qcow2 stdio.log boot.log runtime.log
 //!                          maintenance.json (while a maintenance boot runs)
+//!   volumes/<name>/        volume.json, and disk.img (an ext4 image: backing `block`)
+//!                          or data/ (a directory: backing `shared`)
 //!   tmp/                   uploads in flight
 //! ```
 //!
@@ -89,6 +91,15 @@ impl Home {
     pub fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
+    /// Named and anonymous volumes: `volumes/<name>/`.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.root.join("volumes")
+    }
+    /// One volume's directory (`name` checked by the caller with
+    /// [`crate::mounts::validate_volume_name`]).
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.volumes_dir().join(name)
+    }
     /// Extra CA certificates per registry: `certs.d/<host[:port]>/*.crt`.
     pub fn certs_dir(&self) -> PathBuf {
         self.root.join("certs.d")
@@ -150,6 +161,17 @@ pub fn sibling_binary(name: &str) -> PathBuf {
         }
     }
     find_in_path(name).unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// A system tool (e2fsprogs' `mkfs.ext4`, `debugfs`...) on `PATH` or in
+/// the sbin directories a normal user's `PATH` often lacks.
+pub fn find_sbin_tool(name: &str) -> Option<PathBuf> {
+    find_in_path(name).or_else(|| {
+        ["/usr/sbin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 /// Look a program up in `PATH`.

@@ -844,12 +844,16 @@ event_actions! {
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
     Container,
+    /// A volume: `create` and `destroy` (its name is the event's `id`
+    /// and `name`).
+    Volume,
 }
 
 impl EventType {
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::Container => "container",
+            EventType::Volume => "volume",
         }
     }
 }
