@@ -6,6 +6,7 @@ use crate::api::call::Gone;
 use crate::error::{helper_answer, helper_failed, ApiError, ApiResult};
 use crate::events::Events;
 use crate::helpers::Helper;
+use crate::volumes::{Users, Volumes};
 use crate::watch::{Changes, Watcher, SAFETY_NET};
 use anyhow::Context;
 use std::collections::HashMap;
@@ -193,6 +194,8 @@ pub struct Containers {
     gates: Arc<Gates>,
     /// Held while a maintenance helper is looked for or started.
     maintenance_spawn: Mutex<()>,
+    /// Named and anonymous volumes.
+    volumes: Arc<Volumes>,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -296,7 +299,9 @@ pub fn build_process(
 impl Containers {
     pub fn new(home: Home, network: Arc<Helper>, rt: Handle) -> Arc<Self> {
         let events = Arc::new(Events::new(&home.root().join("events.log")));
+        let volumes = Arc::new(Volumes::new(home.clone(), events.clone()));
         Arc::new(Self {
+            volumes,
             home,
             create_lock: Mutex::new(()),
             attached: Mutex::new(HashMap::new()),
@@ -318,6 +323,56 @@ impl Containers {
     /// The event bus.
     pub fn events(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    /// The volume store.
+    pub fn volumes(&self) -> &Arc<Volumes> {
+        &self.volumes
+    }
+
+    /// Which containers use which volume, from their configurations.
+    pub fn volume_users(&self) -> Users {
+        let mut users = Users::default();
+        for info in self.list() {
+            for m in &info.config.mounts {
+                if m.kind != vessel_api::mounts::MountType::Volume {
+                    continue;
+                }
+                let id = &info.config.id;
+                users.all.entry(m.source.clone()).or_default().push(id.clone());
+                if info.state.status.is_active() {
+                    users
+                        .running
+                        .entry(m.source.clone())
+                        .or_default()
+                        .push(id.clone());
+                }
+            }
+        }
+        users
+    }
+
+    /// Remove the anonymous volumes of a removed container (those that no
+    /// other container uses).
+    fn remove_anonymous_volumes(&self, config: &ContainerConfig) {
+        let anonymous: Vec<&str> = config
+            .mounts
+            .iter()
+            .filter(|m| m.kind == vessel_api::mounts::MountType::Volume && m.anonymous)
+            .map(|m| m.source.as_str())
+            .collect();
+        if anonymous.is_empty() {
+            return;
+        }
+        let Ok(g) = self.volumes.lock() else {
+            return;
+        };
+        let users = self.volume_users();
+        for name in anonymous {
+            if let Err(e) = self.volumes.remove_locked(&g, name, true, &users) {
+                eprintln!("vessel-apiserver: keeping the anonymous volume {name}: {e}");
+            }
+        }
     }
 
     /// The change counters.
@@ -789,7 +844,30 @@ impl Containers {
             }
         }
         vessel_api::mounts::validate(&req.mounts).map_err(|e| ApiError::invalid(e.0))?;
-        let mounts = mounts::resolve(&req.mounts)?;
+        // Held until the configuration is written: no volume it names is
+        // removed meanwhile.
+        let volumes = self.volumes.lock()?;
+        let resolved =
+            mounts::resolve(&req.mounts, &image.config.volumes, &self.volumes, &volumes)?;
+        let created = self.create_resolved(req, image, accel, resolved.mounts, memory_mib, cpus, network);
+        if created.is_err() {
+            mounts::forget_anonymous(&resolved.anonymous, &self.volumes, &volumes);
+        }
+        created
+    }
+
+    /// [`Containers::create`] once its mounts are resolved.
+    #[allow(clippy::too_many_arguments)]
+    fn create_resolved(
+        &self,
+        req: &CreateRequest,
+        image: &ResolvedImage,
+        accel: &Accel,
+        mounts: Vec<vessel_api::mounts::MountSpec>,
+        memory_mib: u64,
+        cpus: u32,
+        network: String,
+    ) -> ApiResult<ContainerConfig> {
         let kernel = crate::assets::kernel();
         let initrd = crate::assets::initrd();
         for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
@@ -896,6 +974,17 @@ impl Containers {
             }
         }
         let dir = self.home.container_dir(id);
+        mounts::check_exclusive(
+            id,
+            &info.config.mounts,
+            &self.volumes,
+            &self.volume_users(),
+            &|other| {
+                self.load(other)
+                    .map(|i| i.config.name)
+                    .unwrap_or_else(|_| other.to_string())
+            },
+        )?;
         if info.config.network != NO_NETWORK {
             self.connect(&info.config)?;
         }
@@ -1198,8 +1287,9 @@ impl Containers {
         }))
     }
 
-    /// Remove a container's files; `force` kills it first if it runs.
-    pub fn remove(&self, key: &str, force: bool) -> ApiResult<ContainerInfo> {
+    /// Remove a container's files; `force` kills it first if it runs;
+    /// `volumes`: its anonymous volumes go too (`rm -v`).
+    pub fn remove(&self, key: &str, force: bool, volumes: bool) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         let id = info.config.id.clone();
         if info.state.status.is_active() {
@@ -1228,6 +1318,9 @@ impl Containers {
         }
         self.remove_files(&id)?;
         self.events.emit(EventAction::Destroy, &info.config, &[]);
+        if volumes {
+            self.remove_anonymous_volumes(&info.config);
+        }
         Ok(info)
     }
 
@@ -1303,7 +1396,11 @@ impl Containers {
             return;
         }
         match self.remove_files(id) {
-            Ok(()) => self.events.emit(EventAction::Destroy, &info.config, &[]),
+            Ok(()) => {
+                self.events.emit(EventAction::Destroy, &info.config, &[]);
+                // `run --rm`: its anonymous volumes go with it (Docker's).
+                self.remove_anonymous_volumes(&info.config);
+            }
             Err(e) => eprintln!("vessel-apiserver: removing {id}: {e}"),
         }
     }

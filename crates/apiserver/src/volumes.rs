@@ -500,6 +500,19 @@ impl Volumes {
         Ok(record)
     }
 
+    /// A volume made with the lock held (tests of other modules).
+    #[cfg(test)]
+    pub fn create_locked_for_test(&self, g: &Guard<'_>, name: &str, shared: bool) {
+        let mut req = VolumeCreate {
+            name: name.into(),
+            ..Default::default()
+        };
+        if shared {
+            req.options.insert("backing".into(), "shared".into());
+        }
+        self.create_locked(g, &req, false).unwrap();
+    }
+
     /// Remove volume `name`: refused while a container uses it, running or
     /// not (as Docker; `force` does not change that, as in Docker since
     /// 17.04: it only makes a missing volume no error). Returns false when
@@ -558,15 +571,19 @@ impl Volumes {
 
     /// `POST /v1/volumes/prune`: remove the volumes no container uses:
     /// the anonymous ones, and with `all` the named ones too (Docker 23's
-    /// rule).
-    pub fn prune(&self, all: bool, users: &Users) -> ApiResult<VolumePruneResponse> {
-        let g = self.lock()?;
+    /// rule). With the lock held, `users` read under it.
+    pub fn prune_locked(
+        &self,
+        g: &Guard<'_>,
+        all: bool,
+        users: &Users,
+    ) -> ApiResult<VolumePruneResponse> {
         let mut out = VolumePruneResponse::default();
         for v in self.list(users) {
             if !v.containers.is_empty() || !(all || v.anonymous) {
                 continue;
             }
-            if let Err(e) = self.remove_locked(&g, &v.name, true, users) {
+            if let Err(e) = self.remove_locked(g, &v.name, true, users) {
                 eprintln!("vessel-apiserver: pruning volume {}: {e}", v.name);
                 continue;
             }
@@ -690,9 +707,11 @@ mod tests {
         assert_eq!(v.get("db", &using).unwrap().containers.len(), 1);
 
         // Prune: the anonymous one only; with all, the unused named ones.
-        let p = v.prune(false, &using).unwrap();
+        let g = v.lock().unwrap();
+        let p = v.prune_locked(&g, false, &using).unwrap();
         assert_eq!(p.removed, vec![anon.clone()]);
-        let p = v.prune(true, &using).unwrap();
+        let p = v.prune_locked(&g, true, &using).unwrap();
+        drop(g);
         assert_eq!(p.removed, vec!["sh".to_string()]);
         assert!(v.exists("db"));
 

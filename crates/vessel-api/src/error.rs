@@ -35,7 +35,7 @@ pub enum ErrorKind {
     ContainerNotFound,
     /// No network has this name or ID prefix (404).
     NetworkNotFound,
-    /// No volume has this name (404). Reserved: volumes come later.
+    /// No volume has this name (404).
     VolumeNotFound,
     /// The request contradicts the current state: a name already taken, a
     /// container already started or not running, a port already allocated (409).

@@ -50,7 +50,8 @@ pub fn inspect(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
 
 pub fn remove(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     let force = c.flag("force")?;
-    let info = s.containers().remove(c.param("id"), force)?;
+    let volumes = c.flag("volumes")?;
+    let info = s.containers().remove(c.param("id"), force, volumes)?;
     c.respond_json(200, &ContainerSummary::from_info(&info))
 }
 

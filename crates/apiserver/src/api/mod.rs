@@ -15,6 +15,7 @@ mod networks;
 pub mod routes;
 pub mod splice;
 mod system;
+mod volumes;
 
 use crate::server::Server;
 use call::{Call, Gone, GoneGuard, ResponseBody};

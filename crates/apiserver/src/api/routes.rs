@@ -1,7 +1,7 @@
 //! The route table: every route of `docs/api/openapi.yaml`, one handler
 //! each. A test keeps the table and the file in step.
 
-use super::{containers, events, images, networks, system, Route};
+use super::{containers, events, images, networks, system, volumes, Route};
 
 const fn route(method: &'static str, path: &'static str, handler: super::Handler) -> Route {
     Route {
@@ -47,6 +47,11 @@ pub static ROUTES: &[Route] = &[
     route("POST", "/v1/networks/prune", networks::prune),
     route("GET", "/v1/networks/{name}", networks::inspect),
     route("DELETE", "/v1/networks/{name}", networks::remove),
+    route("GET", "/v1/volumes", volumes::list),
+    route("POST", "/v1/volumes", volumes::create),
+    route("POST", "/v1/volumes/prune", volumes::prune),
+    route("GET", "/v1/volumes/{name}", volumes::inspect),
+    route("DELETE", "/v1/volumes/{name}", volumes::remove),
     route("GET", "/v1/images", images::list),
     route("DELETE", "/v1/images", images::remove),
     route("POST", "/v1/images/load", images::load),

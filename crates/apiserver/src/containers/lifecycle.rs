@@ -252,7 +252,7 @@ impl Containers {
             if info.state.status.is_active() {
                 continue;
             }
-            match self.remove(&info.config.id, false) {
+            match self.remove(&info.config.id, false, false) {
                 Ok(_) => removed.push(info.config.id),
                 // Started meanwhile, or removed by someone else: not ours.
                 Err(ApiError::Answer(b)) => {
