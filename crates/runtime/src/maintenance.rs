@@ -459,6 +459,8 @@ fn boot_once(
         qmp_socket: files.run_dir.join("qmp.sock"),
         tsc_khz: crate::vmm::host_tsc_khz(),
         nics: Vec::new(),
+        // Copies see the container's own filesystem, not its volumes.
+        volumes: Vec::new(),
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, files.dir.join("maintenance.vmm.log"));
     let launched = Instant::now();

@@ -76,6 +76,8 @@ pub enum RunError {
     Control(#[from] control::ControlError),
     #[error("Could not talk to the guest agent")]
     Agent(#[from] agent::AgentError),
+    #[error(transparent)]
+    Volume(#[from] crate::mounts::VolumeError),
     #[error("Could not block SIGTERM/SIGINT")]
     Signals(#[source] std::io::Error),
     #[error("{0}")]
@@ -1108,6 +1110,13 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     }
     let networks_path = ContainerNetworks::path(&dir);
     let result = signals.and_then(|()| networks.map_err(|e| RunError::Config(networks_path, e)));
+    // Held until this helper ends (after the VM): one VM per block volume.
+    let volumes = crate::mounts::volume_disks(home, &config);
+    let mut _volume_locks = crate::mounts::VolumeLocks::default();
+    let result = result.and_then(|networks| {
+        _volume_locks = crate::mounts::VolumeLocks::take(&volumes)?;
+        Ok(networks)
+    });
     let result = result.and_then(|networks| {
         let request = StartRequest {
             process: config.process.clone(),
@@ -1130,6 +1139,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
             }
             let r = launch(
                 &config,
+                &volumes,
                 networks.as_ref(),
                 &dir,
                 &run_dir,
@@ -1260,6 +1270,7 @@ fn start_nics(
 #[allow(clippy::too_many_arguments)]
 fn launch(
     config: &ContainerConfig,
+    volumes: &[crate::mounts::VolumeDisk],
     networks: Option<&ContainerNetworks>,
     dir: &Path,
     run_dir: &Path,
@@ -1307,6 +1318,7 @@ fn launch(
         qmp_socket: run_dir.join("qmp.sock"),
         tsc_khz: crate::vmm::host_tsc_khz(),
         nics,
+        volumes: volumes.to_vec(),
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, dir.join("vmm.log"));
     let launched = Instant::now();

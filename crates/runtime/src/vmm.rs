@@ -84,6 +84,8 @@ pub struct QemuSpec {
     /// device (created by vessel-network) or by a passt process. Empty: no
     /// network device.
     pub nics: Vec<Nic>,
+    /// Block volumes: one raw virtio-blk disk each, after the root disk.
+    pub volumes: Vec<crate::mounts::VolumeDisk>,
 }
 
 /// What carries a virtio-net device's frames on the host.
@@ -208,6 +210,23 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     ));
     a.push("-device".into());
     a.push("virtio-blk-device,drive=root".into());
+    for (i, v) in spec.volumes.iter().enumerate() {
+        // QEMU's default cache (writeback) tells the guest its disk has a
+        // volatile cache, so the guest's fsync becomes a flush, which QEMU
+        // turns into fdatasync of the image: what a container syncs is on
+        // the host's disk, even if the VM is killed the moment after.
+        a.push("-drive".into());
+        a.push(joined(
+            &format!("id=vol{i},file="),
+            &v.path,
+            &format!(
+                ",format=raw,if=none,cache=writeback,discard=unmap,werror=report,rerror=report{}",
+                if v.readonly { ",readonly=on" } else { "" }
+            ),
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-blk-device,drive=vol{i},serial={}", v.serial.replace(',', ",,")).into());
+    }
     a.push("-chardev".into());
     a.push(joined("socket,id=vs,path=", &spec.vhost_socket, ""));
     a.push("-device".into());
@@ -374,6 +393,7 @@ mod tests {
             qmp_socket: "/run/x/qmp.sock".into(),
             tsc_khz: Some(2_596_120),
             nics: vec![],
+            volumes: vec![],
         }
     }
 
@@ -418,6 +438,33 @@ mod tests {
             a[a.len() - 1],
             format!("{KERNEL_CMDLINE} tsc_early_khz=2596120")
         );
+    }
+
+    #[test]
+    fn volumes_are_raw_disks_with_serials_after_the_root() {
+        let mut s = spec("tcg");
+        s.volumes = vec![
+            crate::mounts::VolumeDisk {
+                name: "db".into(),
+                path: "/h/volumes/db/disk.img".into(),
+                serial: "vessel-vol0".into(),
+                readonly: false,
+            },
+            crate::mounts::VolumeDisk {
+                name: "ro".into(),
+                path: "/h/volumes/r,o/disk.img".into(),
+                serial: "vessel-vol1".into(),
+                readonly: true,
+            },
+        ];
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-device virtio-blk-device,drive=root \
+             -drive id=vol0,file=/h/volumes/db/disk.img,format=raw,if=none,cache=writeback,discard=unmap,werror=report,rerror=report \
+             -device virtio-blk-device,drive=vol0,serial=vessel-vol0 \
+             -drive id=vol1,file=/h/volumes/r,,o/disk.img,format=raw,if=none,cache=writeback,discard=unmap,werror=report,rerror=report,readonly=on \
+             -device virtio-blk-device,drive=vol1,serial=vessel-vol1 -chardev"
+        ), "{line}");
     }
 
     #[test]
