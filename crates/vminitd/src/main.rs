@@ -13,6 +13,7 @@ mod copy;
 mod maintenance;
 mod mounts;
 mod net;
+mod populate;
 mod process;
 mod pty;
 mod reaper;

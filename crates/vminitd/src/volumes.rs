@@ -121,6 +121,25 @@ fn tmpfs_flags(flags: &[String]) -> MsFlags {
     f
 }
 
+/// Docker's copy-in: mount the volume's disk `dev` aside, and if it is
+/// empty, copy into it what the image has at `at` (and its owner and
+/// mode); then unmount it, to be mounted at `at`.
+fn copy_in(dev: &Path, fstype: &str, serial: &str, at: &Path) -> Result<(), String> {
+    let aside = Path::new("/run/vessel-volumes").join(serial);
+    std::fs::create_dir_all(&aside).map_err(|e| format!("making {}: {e}", aside.display()))?;
+    mount(Some(dev), &aside, Some(fstype), MsFlags::empty(), None::<&str>)
+        .map_err(|e| format!("mounting {}: {}", dev.display(), e.desc()))?;
+    let copied = crate::populate::populate(at, &aside);
+    let unmounted = nix::mount::umount(&aside);
+    let _ = std::fs::remove_dir(&aside);
+    let copied = copied?;
+    unmounted.map_err(|e| format!("unmounting {}: {}", aside.display(), e.desc()))?;
+    if copied {
+        crate::log_line(&format!("copy-in: the image's content filled the new volume at {}", at.display()));
+    }
+    Ok(())
+}
+
 /// Mount `m` at `at` (a resolved directory in the container's root).
 fn mount_one(m: &GuestMount, at: &Path) -> Result<(), String> {
     let ro = if m.readonly {
@@ -153,7 +172,14 @@ fn mount_one(m: &GuestMount, at: &Path) -> Result<(), String> {
         GuestMountSource::Block { serial, fstype } => {
             let dev = find_block_device(serial)?;
             let fstype = if fstype.is_empty() { "ext4" } else { fstype };
-            mount(Some(&dev), at, Some(fstype), ro, None::<&str>)
+            if m.populate && !m.readonly {
+                copy_in(&dev, fstype, serial, at)
+                    .map_err(|e| format!("copying the image's {} into its new volume: {e}", m.target))?;
+            }
+            // Online discard: what the container deletes is given back to
+            // the host (the image is sparse; QEMU punches the holes).
+            let data = (fstype == "ext4" && !m.readonly).then_some("discard");
+            mount(Some(&dev), at, Some(fstype), ro, data)
                 .map_err(|e| fail(&format!("the volume disk {}", dev.display()), e))
         }
     }
