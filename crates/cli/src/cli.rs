@@ -82,6 +82,9 @@ pub enum Command {
     /// Manage networks
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage volumes
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Manage the vessel services
     #[command(subcommand)]
     System(SystemCommand),
@@ -401,6 +404,9 @@ pub struct RmArgs {
     /// Force the removal of a running container (kills it)
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove the container's anonymous volumes too (named volumes stay)
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }
@@ -597,6 +603,57 @@ pub enum NetworkCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum VolumeCommand {
+    /// Create a volume (an ext4 disk image by default; prints its name)
+    Create {
+        /// Driver (only `local`)
+        #[arg(short = 'd', long, default_value = "local", value_parser = ["local"])]
+        driver: String,
+        /// Options: size=SIZE (default 16g, sparse), backing=block|shared (or shared=true)
+        #[arg(short = 'o', long = "opt", value_name = "KEY=VALUE")]
+        opt: Vec<String>,
+        /// Set metadata on the volume
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// The volume's name (default: 64 generated hex digits)
+        name: Option<String>,
+    },
+    /// List volumes
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only display volume names
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        /// Output format: `table` (default) or `json` (one object per line)
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show volumes' details as a JSON array
+    Inspect {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove volumes (never one a container uses, running or not)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// A volume that does not exist is no error
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove the anonymous volumes no container uses
+    Prune {
+        /// Named volumes too
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Do not ask for confirmation
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum SystemCommand {
     /// Start the apiserver under its supervisor, in the background
     Start {
@@ -616,4 +673,13 @@ pub enum SystemCommand {
     },
     /// Print the services' logs
     Logs,
+    /// Show the disk space images, containers and volumes take
+    Df {
+        /// One line per image and volume too
+        #[arg(short = 'v', long)]
+        verbose: bool,
+        /// Output format: `table` (default) or `json`
+        #[arg(long)]
+        format: Option<String>,
+    },
 }

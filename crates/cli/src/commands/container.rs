@@ -228,7 +228,11 @@ pub fn kill(api: &Api, a: KillArgs) -> Result<i32> {
 
 pub fn rm(api: &Api, a: RmArgs) -> Result<i32> {
     each(&a.containers, |c| {
-        api.call::<ContainerSummary>("DELETE", &path(c, &format!("?force={}", a.force)), None)
+        api.call::<ContainerSummary>(
+            "DELETE",
+            &path(c, &format!("?force={}&volumes={}", a.force, a.volumes)),
+            None,
+        )
             .map(drop)
     })
 }

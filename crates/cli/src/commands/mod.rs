@@ -14,6 +14,7 @@ pub mod stats;
 pub mod stream;
 pub mod system;
 pub mod version;
+pub mod volume;
 
 use crate::api::Api;
 use crate::cli::{Cli, Command, ContainerCommand, ImageCommand, RegistryCommand};
@@ -55,6 +56,7 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
         Command::Logout(a) => registry::dispatch(api, RegistryCommand::Logout(a)),
         Command::Registry(c) => registry::dispatch(api, c),
         Command::Network(c) => network::dispatch(api, c),
+        Command::Volume(c) => volume::dispatch(api, c),
         Command::System(c) => system::dispatch(api, c),
     }
 }

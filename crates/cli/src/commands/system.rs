@@ -1,4 +1,4 @@
-//! `vessel system start|stop|status|logs`.
+//! `vessel system start|stop|status|logs|df`.
 
 use crate::api::Api;
 use crate::cli::SystemCommand;
@@ -16,6 +16,7 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
         SystemCommand::Start { group, subnet } => start(api, group.as_deref(), subnet.as_deref()),
         SystemCommand::Stop => stop(api),
         SystemCommand::Status { format } => status(api, format.as_deref()),
+        SystemCommand::Df { verbose, format } => df(api, verbose, format.as_deref()),
         SystemCommand::Logs => {
             for name in [
                 "supervisor.log",
@@ -246,4 +247,177 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// One row of `system df`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+struct DfRow {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    total: usize,
+    active: usize,
+    /// Unknown for containers (their writable layers are not measured yet).
+    size_bytes: Option<u64>,
+    reclaimable_bytes: Option<u64>,
+}
+
+/// The rows of `system df`: images (active: used by a container), containers
+/// (active: running) and volumes (active: used by a container).
+fn df_rows(
+    images: &[vessel_api::types::ImageSummary],
+    containers: &[vessel_api::types::ContainerSummary],
+    volumes: &[vessel_api::mounts::VolumeInfo],
+) -> Vec<DfRow> {
+    let used: std::collections::BTreeSet<&str> =
+        containers.iter().map(|c| c.image.as_str()).collect();
+    let image_active = |i: &&vessel_api::types::ImageSummary| used.contains(i.reference.as_str());
+    let volume_active = |v: &&vessel_api::mounts::VolumeInfo| !v.containers.is_empty();
+    vec![
+        DfRow {
+            kind: "Images",
+            total: images.len(),
+            active: images.iter().filter(image_active).count(),
+            size_bytes: Some(images.iter().map(|i| i.size).sum()),
+            reclaimable_bytes: Some(
+                images
+                    .iter()
+                    .filter(|i| !image_active(i))
+                    .map(|i| i.size)
+                    .sum(),
+            ),
+        },
+        DfRow {
+            kind: "Containers",
+            total: containers.len(),
+            active: containers.iter().filter(|c| c.status.is_active()).count(),
+            size_bytes: None,
+            reclaimable_bytes: None,
+        },
+        DfRow {
+            kind: "Local Volumes",
+            total: volumes.len(),
+            active: volumes.iter().filter(volume_active).count(),
+            size_bytes: Some(volumes.iter().map(|v| v.usage_bytes).sum()),
+            reclaimable_bytes: Some(
+                volumes
+                    .iter()
+                    .filter(|v| !volume_active(v))
+                    .map(|v| v.usage_bytes)
+                    .sum(),
+            ),
+        },
+    ]
+}
+
+fn df(api: &Api, verbose: bool, format: Option<&str>) -> Result<i32> {
+    use crate::format::{human_size, table};
+    let images: Vec<vessel_api::types::ImageSummary> = api.call("GET", "/v1/images", None)?;
+    let containers: Vec<vessel_api::types::ContainerSummary> =
+        api.call("GET", "/v1/containers?all=true", None)?;
+    let volumes: Vec<vessel_api::mounts::VolumeInfo> = api.call("GET", "/v1/volumes", None)?;
+    let rows = df_rows(&images, &containers, &volumes);
+    match format {
+        Some("json") => {
+            for r in &rows {
+                println!("{}", serde_json::to_string(r)?);
+            }
+            return Ok(0);
+        }
+        None | Some("table") => {}
+        Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
+    }
+    let size = |b: Option<u64>| b.map(human_size).unwrap_or_else(|| "-".into());
+    let mut t = vec![vec![
+        "TYPE".to_string(),
+        "TOTAL".into(),
+        "ACTIVE".into(),
+        "SIZE".into(),
+        "RECLAIMABLE".into(),
+    ]];
+    for r in &rows {
+        t.push(vec![
+            r.kind.to_string(),
+            r.total.to_string(),
+            r.active.to_string(),
+            size(r.size_bytes),
+            size(r.reclaimable_bytes),
+        ]);
+    }
+    print!("{}", table(&t));
+    if verbose {
+        println!("\nLocal Volumes space usage:\n");
+        let mut t = vec![vec![
+            "VOLUME NAME".to_string(),
+            "BACKING".into(),
+            "LINKS".into(),
+            "SIZE".into(),
+        ]];
+        for v in &volumes {
+            t.push(vec![
+                v.name.clone(),
+                format!("{:?}", v.backing).to_lowercase(),
+                v.containers.len().to_string(),
+                human_size(v.usage_bytes),
+            ]);
+        }
+        print!("{}", table(&t));
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod df_tests {
+    use super::*;
+    use vessel_api::mounts::{VolumeBacking, VolumeInfo};
+    use vessel_api::types::{ContainerSummary, ImageSummary, Status};
+
+    #[test]
+    fn rows_count_what_is_used() {
+        let image = |r: &str, size| ImageSummary {
+            reference: r.into(),
+            id: "sha256:x".into(),
+            digest: "sha256:y".into(),
+            created: None,
+            size,
+        };
+        let container = |image: &str, status| ContainerSummary {
+            id: "c".into(),
+            name: "c".into(),
+            image: image.into(),
+            command: "true".into(),
+            created_ms: 0,
+            status,
+            exit_code: None,
+            started_ms: None,
+            finished_ms: None,
+            ports: vec![],
+        };
+        let volume = |name: &str, usage, users: usize| VolumeInfo {
+            name: name.into(),
+            driver: "local".into(),
+            backing: VolumeBacking::Block,
+            mountpoint: "/x".into(),
+            created_ms: 0,
+            size_bytes: Some(1 << 30),
+            usage_bytes: usage,
+            options: Default::default(),
+            labels: Default::default(),
+            anonymous: false,
+            containers: vec!["c".into(); users],
+        };
+        let rows = df_rows(
+            &[image("a:1", 100), image("b:1", 50)],
+            &[container("a:1", Status::Running), container("a:1", Status::Exited)],
+            &[volume("v1", 4096, 1), volume("v2", 8192, 0)],
+        );
+        assert_eq!(
+            (rows[0].total, rows[0].active, rows[0].size_bytes, rows[0].reclaimable_bytes),
+            (2, 1, Some(150), Some(50))
+        );
+        assert_eq!((rows[1].total, rows[1].active, rows[1].size_bytes), (2, 1, None));
+        assert_eq!(
+            (rows[2].kind, rows[2].total, rows[2].active, rows[2].size_bytes, rows[2].reclaimable_bytes),
+            ("Local Volumes", 2, 1, Some(12288), Some(8192))
+        );
+    }
 }
