@@ -339,6 +339,9 @@ impl Containers {
                     continue;
                 }
                 let id = &info.config.id;
+                users
+                    .names
+                    .insert(id.clone(), info.config.name.clone());
                 users.all.entry(m.source.clone()).or_default().push(id.clone());
                 if info.state.status.is_active() {
                     users

@@ -70,6 +70,8 @@ struct Record {
 pub struct Users {
     pub all: HashMap<String, Vec<String>>,
     pub running: HashMap<String, Vec<String>>,
+    /// Container ID → name, for messages.
+    pub names: HashMap<String, String>,
 }
 
 impl Users {
@@ -538,7 +540,16 @@ impl Volumes {
         }
         let using = users.of(name);
         if !using.is_empty() {
-            let short: Vec<String> = using.iter().map(|i| i.chars().take(12).collect()).collect();
+            let short: Vec<String> = using
+                .iter()
+                .map(|i| {
+                    users
+                        .names
+                        .get(i)
+                        .cloned()
+                        .unwrap_or_else(|| i.chars().take(12).collect())
+                })
+                .collect();
             return Err(ApiError::Answer(
                 ErrorBody::new(
                     ErrorKind::InUse,
