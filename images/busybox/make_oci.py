@@ -8,7 +8,7 @@ gzip header without name/mtime. Rebuilding the same rootfs yields the same
 digests. Standard library only.
 
 Usage: make_oci.py ROOTFS_DIR OUTPUT.tar [--name busybox] [--tag latest]
-                   [--user-home home/vessel:1000:1000]
+                   [--user-home home/vessel:1000:1000] [--volume /data]
 """
 import argparse
 import gzip
@@ -119,6 +119,8 @@ def main():
     ap.add_argument("--tag", default="latest")
     ap.add_argument("--user-home", action="append", default=[],
                     help="PATH:UID:GID, owner for PATH and everything below it (default owner 0:0)")
+    ap.add_argument("--volume", action="append", default=[],
+                    help="a VOLUME of the image's config (an absolute path)")
     args = ap.parse_args()
 
     user_homes = []
@@ -142,6 +144,7 @@ def main():
             ],
             "Cmd": ["sh"],
             "WorkingDir": "/",
+            **({"Volumes": {v: {} for v in args.volume}} if args.volume else {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": "1970-01-01T00:00:00Z",

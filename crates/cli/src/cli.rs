@@ -419,7 +419,7 @@ pub struct EventsArgs {
     /// Stop at this time (same forms); without it, follow events until interrupted
     #[arg(long)]
     pub until: Option<String>,
-    /// Only events matching KEY=VALUE (type, event, container, image); several are ANDed, the same key ORed
+    /// Only events matching KEY=VALUE (type, event, container, image, volume); several are ANDed, the same key ORed
     #[arg(short = 'f', long = "filter", value_name = "KEY=VALUE[,KEY=VALUE]")]
     pub filter: Vec<String>,
     /// Output format: `text` (default) or `json` (one object per line)

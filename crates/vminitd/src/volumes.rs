@@ -185,6 +185,37 @@ fn mount_one(m: &GuestMount, at: &Path) -> Result<(), String> {
     }
 }
 
+/// The volume disks mounted, relative to the container's root.
+static VOLUMES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Write what the container wrote to its volumes out to their disks
+/// (`syncfs` of each): called when its main process has ended, before the
+/// host hears of it. The host may end the VM at once then (`run --rm`,
+/// `rm`): a volume outlives the container, its data must not go with it.
+pub fn sync_volumes() {
+    let list = match VOLUMES.lock() {
+        Ok(l) => l.clone(),
+        Err(_) => return,
+    };
+    for rel in list {
+        let p = mounts::root().join(&rel);
+        match std::fs::File::open(&p) {
+            Ok(f) => {
+                use std::os::unix::io::AsRawFd;
+                // SAFETY: the descriptor is open for the call.
+                if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+                    crate::log_line(&format!(
+                        "syncing the volume at /{}: {}",
+                        rel.display(),
+                        std::io::Error::last_os_error()
+                    ));
+                }
+            }
+            Err(e) => crate::log_line(&format!("syncing the volume at /{}: {e}", rel.display())),
+        }
+    }
+}
+
 /// Make the container's mounts under [`ROOTFS`], then, with `read_only`,
 /// remount the root read-only (the mounts keep their own mode). Called
 /// after the root and the API filesystems are mounted and the network's
@@ -201,6 +232,11 @@ pub fn mount_all(list: &[GuestMount], read_only: bool) -> Result<(), String> {
         }
         mount_one(m, &at)?;
         mounts::record(&at);
+        if matches!(m.source, GuestMountSource::Block { .. }) && !m.readonly {
+            if let (Ok(rel), Ok(mut v)) = (at.strip_prefix(root), VOLUMES.lock()) {
+                v.push(rel.to_path_buf());
+            }
+        }
     }
     if read_only {
         // A bind mount of the root onto itself gives it its own mount

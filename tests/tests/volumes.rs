@@ -1,0 +1,387 @@
+//! Volumes end to end, with real VMs: named volumes (ext4 disks on
+//! virtio-blk) that keep data from one container to the next, survive
+//! `system stop`/`start` and a killed VM; Docker's copy-in of the image's
+//! content; anonymous volumes (`-v /path`, the image's `VOLUME`s) and their
+//! removal; one running container per block volume; the volume commands.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use vessel_tests::{assert_ok, text, Instance, IMAGE};
+
+/// `vessel volume ls -q`.
+fn volume_names(v: &Instance) -> Vec<String> {
+    let out = v.vessel(&["volume", "ls", "-q"]);
+    assert_ok(&out, "volume ls -q");
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// `vessel volume inspect NAME`, the one object.
+fn inspect_volume(v: &Instance, name: &str) -> serde_json::Value {
+    let out = v.vessel(&["volume", "inspect", name]);
+    assert_ok(&out, "volume inspect");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    list[0].clone()
+}
+
+/// A run that must succeed; its standard output.
+fn run_ok(v: &Instance, args: &[&str]) -> String {
+    let mut a = vec!["run", "--rm", "--network", "none"];
+    a.extend_from_slice(args);
+    let out = v.vessel(&a);
+    assert_ok(&out, &format!("run {args:?}"));
+    text(&out.stdout)
+}
+
+/// What `vessel` said on stderr, for a command that must fail.
+fn fails(v: &Instance, args: &[&str]) -> String {
+    let out = v.vessel(args);
+    assert!(
+        !out.status.success(),
+        "{args:?} should have failed; it printed {}",
+        text(&out.stdout)
+    );
+    text(&out.stderr)
+}
+
+#[test]
+fn named_volumes_keep_data_and_are_refused_removal_while_used() {
+    let v = Instance::started();
+    // Made on first use; the data is there for the next container.
+    run_ok(
+        &v,
+        &["-v", "data:/data", IMAGE, "sh", "-c", "echo kept > /data/f"],
+    );
+    assert_eq!(volume_names(&v), ["data"]);
+    assert_eq!(run_ok(&v, &["-v", "data:/data", IMAGE, "cat", "/data/f"]), "kept\n");
+    let info = inspect_volume(&v, "data");
+    assert_eq!(info["backing"], "block");
+    assert_eq!(info["driver"], "local");
+    assert_eq!(info["size_bytes"], 16u64 << 30);
+    let img = PathBuf::from(info["mountpoint"].as_str().unwrap());
+    assert_eq!(img, v.path().join("volumes/data/disk.img"));
+    // Sparse: what was written and the metadata, not 16 GiB.
+    let usage = info["usage_bytes"].as_u64().unwrap();
+    assert!(usage > 0 && usage < 64 << 20, "{usage}");
+
+    // A container that uses it, never started: removal refused, with or
+    // without -f (Docker's rule), naming the container.
+    let out = v.vessel(&["create", "--name", "user", "-v", "data:/data", IMAGE, "true"]);
+    assert_ok(&out, "create");
+    for args in [&["volume", "rm", "data"][..], &["volume", "rm", "-f", "data"][..]] {
+        let e = fails(&v, args);
+        assert!(e.contains("volume data is in use by container user"), "{e}");
+    }
+    assert_eq!(
+        inspect_volume(&v, "data")["containers"].as_array().unwrap().len(),
+        1
+    );
+    // `volume prune -a` leaves a used volume alone.
+    assert_ok(&v.vessel(&["volume", "prune", "-a", "-f"]), "prune");
+    assert_eq!(volume_names(&v), ["data"]);
+    // `rm` of the container leaves its named volume.
+    assert_ok(&v.vessel(&["rm", "-v", "user"]), "rm -v");
+    assert_eq!(volume_names(&v), ["data"]);
+    let out = v.vessel(&["volume", "rm", "data"]);
+    assert_ok(&out, "volume rm");
+    assert_eq!(text(&out.stdout), "data\n");
+    assert!(!v.path().join("volumes/data").exists());
+    let e = fails(&v, &["volume", "rm", "data"]);
+    assert!(e.contains("no such volume: data"), "{e}");
+    assert_ok(&v.vessel(&["volume", "rm", "-f", "data"]), "rm -f of nothing");
+
+    // Bad input: a clear error each, and nothing half-made.
+    for (args, says) in [
+        (&["volume", "create", "a/b"][..], "invalid volume name"),
+        (&["volume", "create", ".."][..], "invalid volume name"),
+        (
+            &["volume", "create", "--opt", "colour=red", "x"][..],
+            "unknown volume option \"colour\"",
+        ),
+        (
+            &["volume", "create", "--opt", "size=lots", "x"][..],
+            "expected a size",
+        ),
+        (&["volume", "create", "--opt", "size=1m", "x"][..], "at least 16m"),
+        (&["volume", "create", "--opt", "size", "x"][..], "KEY=VALUE"),
+        (
+            &["run", "--rm", "-v", "my/vol:/x", IMAGE, "true"][..],
+            "invalid volume name",
+        ),
+    ] {
+        let e = fails(&v, args);
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+    assert!(volume_names(&v).is_empty());
+    let left: Vec<_> = std::fs::read_dir(v.path().join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // Made by hand: options, labels, a name taken.
+    let out = v.vessel(&[
+        "volume", "create", "--opt", "size=64m", "--label", "team=db", "small",
+    ]);
+    assert_ok(&out, "volume create");
+    assert_eq!(text(&out.stdout), "small\n");
+    let info = inspect_volume(&v, "small");
+    assert_eq!(info["size_bytes"], 64u64 << 20);
+    assert_eq!(info["labels"]["team"], "db");
+    let e = fails(&v, &["volume", "create", "small"]);
+    assert!(e.contains("already exists"), "{e}");
+    // Generated names are 64 hex digits; `ls` is Docker's table.
+    let out = v.vessel(&["volume", "create"]);
+    assert_ok(&out, "volume create (no name)");
+    let generated = text(&out.stdout).trim().to_string();
+    assert!(
+        generated.len() == 64 && generated.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{generated}"
+    );
+    let out = v.vessel(&["volume", "ls"]);
+    let ls = text(&out.stdout);
+    assert!(ls.starts_with("DRIVER   VOLUME NAME\n"), "{ls}");
+    assert!(ls.contains("local    small\n"), "{ls}");
+    // A shared volume can be made; mounting it waits for virtio-fs.
+    assert_ok(
+        &v.vessel(&["volume", "create", "--opt", "shared=true", "sh"]),
+        "shared volume",
+    );
+    assert!(v.path().join("volumes/sh/data").is_dir());
+    let e = fails(&v, &["run", "--rm", "-v", "sh:/s", IMAGE, "true"]);
+    assert!(e.contains("shared volume"), "{e}");
+    // prune -a: every unused volume.
+    let out = v.vessel(&["volume", "prune", "-a", "-f"]);
+    assert_ok(&out, "prune -a");
+    assert!(text(&out.stdout).contains("Deleted Volumes:"), "{}", text(&out.stdout));
+    assert!(volume_names(&v).is_empty());
+}
+
+#[test]
+fn an_empty_volume_gets_the_image_s_content_unless_nocopy() {
+    let v = Instance::started();
+    let out = run_ok(
+        &v,
+        &[
+            "-v",
+            "etc:/etc",
+            IMAGE,
+            "sh",
+            "-c",
+            "grep -c ^root: /etc/passwd; stat -c '%a %u' /etc/passwd; mount | grep -c ' /etc '",
+        ],
+    );
+    assert_eq!(out, "1\n644 0\n1\n");
+    // Its data wins from now on: a change stays, nothing is copied again.
+    run_ok(&v, &["-v", "etc:/etc", IMAGE, "sh", "-c", "echo mine > /etc/passwd"]);
+    assert_eq!(run_ok(&v, &["-v", "etc:/etc", IMAGE, "cat", "/etc/passwd"]), "mine\n");
+    // nocopy (-v and --mount): empty.
+    assert_eq!(
+        run_ok(&v, &["-v", "bare:/etc:nocopy", IMAGE, "ls", "-A", "/etc"]),
+        ""
+    );
+    assert_eq!(
+        run_ok(
+            &v,
+            &[
+                "--mount",
+                "type=volume,src=bare2,dst=/etc,volume-nocopy",
+                IMAGE,
+                "ls",
+                "-A",
+                "/etc"
+            ]
+        ),
+        ""
+    );
+    // A volume where the image has nothing: empty, no lost+found, root's 0755.
+    assert_eq!(
+        run_ok(
+            &v,
+            &["-v", "fresh:/srv/new", IMAGE, "sh", "-c", "ls -A /srv/new; stat -c '%a %u %g' /srv/new"]
+        ),
+        "755 0 0\n"
+    );
+}
+
+#[test]
+fn anonymous_volumes_go_with_run_rm_and_rm_v() {
+    let v = Instance::started();
+    run_ok(
+        &v,
+        &["-v", "/scratch", IMAGE, "sh", "-c", "mount | grep -c ' /scratch '"],
+    );
+    assert!(volume_names(&v).is_empty(), "run --rm left a volume");
+
+    let out = v.vessel(&[
+        "run", "--name", "keep", "--network", "none", "-v", "/anon", "-v", "named:/n", IMAGE,
+        "true",
+    ]);
+    assert_ok(&out, "run");
+    let names = volume_names(&v);
+    assert_eq!(names.len(), 2, "{names:?}");
+    let anon = names.iter().find(|n| *n != "named").unwrap().clone();
+    assert!(inspect_volume(&v, &anon)["anonymous"].as_bool().unwrap());
+    // inspect of the container shows its mounts, the anonymous one named.
+    let out = v.vessel(&["inspect", "keep"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mounts = info[0]["config"]["mounts"].as_array().unwrap().clone();
+    assert_eq!(mounts.len(), 2, "{mounts:?}");
+    assert!(mounts
+        .iter()
+        .any(|m| m["source"] == anon.as_str() && m["anonymous"] == true && m["target"] == "/anon"));
+    assert_ok(&v.vessel(&["rm", "-v", "keep"]), "rm -v");
+    assert_eq!(volume_names(&v), ["named"]);
+
+    // Without -v the anonymous volume stays; `volume prune` takes it, and
+    // not the named one; `system df` counts them.
+    let out = v.vessel(&["run", "--name", "k2", "--network", "none", "-v", "/anon", IMAGE, "true"]);
+    assert_ok(&out, "run");
+    assert_ok(&v.vessel(&["rm", "k2"]), "rm");
+    assert_eq!(volume_names(&v).len(), 2);
+    let out = v.vessel(&["system", "df"]);
+    assert_ok(&out, "system df");
+    let df = text(&out.stdout);
+    let row = df.lines().find(|l| l.starts_with("Local Volumes")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[2..4], ["2", "0"], "{df}");
+    let out = v.vessel(&["volume", "prune", "-f"]);
+    assert_ok(&out, "prune");
+    assert!(text(&out.stdout).contains("Total reclaimed space:"), "{}", text(&out.stdout));
+    assert_eq!(volume_names(&v), ["named"]);
+}
+
+/// An image like the default one whose config has `VOLUME /data` and
+/// `VOLUME /cache`, with a file in `/data`.
+fn image_with_volumes(dir: &Path) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in ["sh", "cat", "mount", "grep", "ls"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("data/seed"), "from the image\n").unwrap();
+    let out = dir.join("volimg.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/make_oci.py");
+    let made = std::process::Command::new("python3")
+        .arg(script)
+        .arg(&root)
+        .arg(&out)
+        .args(["--name", "volimg", "--volume", "/data", "--volume", "/cache"])
+        .output()
+        .unwrap();
+    assert_ok(&made, "make_oci.py");
+    out
+}
+
+#[test]
+fn an_image_volume_gets_an_anonymous_volume_unless_a_mount_covers_it() {
+    let v = Instance::started();
+    let dir = tempfile::tempdir().unwrap();
+    let tar = image_with_volumes(dir.path());
+    assert_ok(
+        &v.vessel(&["image", "load", "-i", tar.to_str().unwrap()]),
+        "load",
+    );
+    let img = "localhost/volimg:latest";
+    let out = run_ok(
+        &v,
+        &[img, "sh", "-c", "cat /data/seed; mount | grep -c -e ' /data ' -e ' /cache '"],
+    );
+    assert_eq!(out, "from the image\n2\n");
+    assert!(volume_names(&v).is_empty(), "run --rm keeps no anonymous volume");
+    // A named volume at /data replaces that one (and is filled from the image).
+    let out = run_ok(&v, &["-v", "mine:/data", img, "cat", "/data/seed"]);
+    assert_eq!(out, "from the image\n");
+    assert_eq!(volume_names(&v), ["mine"]);
+}
+
+#[test]
+fn one_running_container_per_block_volume_and_synced_data_survives_a_killed_vm() {
+    let v = Instance::started();
+    let out = v.vessel(&[
+        "run",
+        "-d",
+        "--name",
+        "holder",
+        "--network",
+        "none",
+        "-v",
+        "db:/db",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo committed > /db/row; sync /db/row /db; echo synced; sleep 600",
+    ]);
+    assert_ok(&out, "run -d");
+    assert!(
+        v.wait_for(Duration::from_secs(60), || text(
+            &v.vessel(&["logs", "holder"]).stdout
+        )
+        .contains("synced")),
+        "the writer did not sync"
+    );
+    // A second VM on the same disk is refused, with the way out.
+    let e = fails(&v, &["run", "--rm", "--network", "none", "-v", "db:/db", IMAGE, "true"]);
+    assert!(
+        e.contains("volume db is mounted by the running container holder")
+            && e.contains("backing=shared"),
+        "{e}"
+    );
+    // Kill the VM itself (no shutdown, no unmount): what was synced is there.
+    let out = v.vessel(&["inspect", "holder"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let qemu = info[0]["state"]["vmm_pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions; the pid is this
+    // test's VM, running (checked just above).
+    assert_eq!(unsafe { libc::kill(qemu, libc::SIGKILL) }, 0);
+    assert!(
+        v.wait_for(Duration::from_secs(30), || text(
+            &v.vessel(&["ls", "-q"]).stdout
+        )
+        .trim()
+        .is_empty()),
+        "the container did not end with its VM"
+    );
+    assert_eq!(
+        run_ok(&v, &["-v", "db:/db", IMAGE, "cat", "/db/row"]),
+        "committed\n"
+    );
+}
+
+#[test]
+fn volumes_survive_system_stop_and_start() {
+    let mut v = Instance::started();
+    run_ok(&v, &["-v", "state:/s", IMAGE, "sh", "-c", "echo before > /s/f"]);
+    assert_ok(&v.vessel(&["system", "stop"]), "system stop");
+    v.start();
+    assert_eq!(volume_names(&v), ["state"]);
+    assert_eq!(run_ok(&v, &["-v", "state:/s", IMAGE, "cat", "/s/f"]), "before\n");
+    // The events of a volume's life.
+    let out = v.vessel(&["volume", "rm", "state"]);
+    assert_ok(&out, "volume rm");
+    let out = v.vessel(&[
+        "events",
+        "--since",
+        "10m",
+        "--until",
+        &vessel_tests::now_secs(),
+        "--filter",
+        "type=volume",
+        "--format",
+        "json",
+    ]);
+    assert_ok(&out, "events");
+    let actions: Vec<String> = text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(e["name"], "state");
+            e["action"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(actions, ["create", "destroy"]);
+}
