@@ -54,7 +54,10 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
         &["-v", "data:/data", IMAGE, "sh", "-c", "echo kept > /data/f"],
     );
     assert_eq!(volume_names(&v), ["data"]);
-    assert_eq!(run_ok(&v, &["-v", "data:/data", IMAGE, "cat", "/data/f"]), "kept\n");
+    assert_eq!(
+        run_ok(&v, &["-v", "data:/data", IMAGE, "cat", "/data/f"]),
+        "kept\n"
+    );
     let info = inspect_volume(&v, "data");
     assert_eq!(info["backing"], "block");
     assert_eq!(info["driver"], "local");
@@ -67,14 +70,28 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
 
     // A container that uses it, never started: removal refused, with or
     // without -f (Docker's rule), naming the container.
-    let out = v.vessel(&["create", "--name", "user", "-v", "data:/data", IMAGE, "true"]);
+    let out = v.vessel(&[
+        "create",
+        "--name",
+        "user",
+        "-v",
+        "data:/data",
+        IMAGE,
+        "true",
+    ]);
     assert_ok(&out, "create");
-    for args in [&["volume", "rm", "data"][..], &["volume", "rm", "-f", "data"][..]] {
+    for args in [
+        &["volume", "rm", "data"][..],
+        &["volume", "rm", "-f", "data"][..],
+    ] {
         let e = fails(&v, args);
         assert!(e.contains("volume data is in use by container user"), "{e}");
     }
     assert_eq!(
-        inspect_volume(&v, "data")["containers"].as_array().unwrap().len(),
+        inspect_volume(&v, "data")["containers"]
+            .as_array()
+            .unwrap()
+            .len(),
         1
     );
     // `volume prune -a` leaves a used volume alone.
@@ -89,7 +106,10 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
     assert!(!v.path().join("volumes/data").exists());
     let e = fails(&v, &["volume", "rm", "data"]);
     assert!(e.contains("no such volume: data"), "{e}");
-    assert_ok(&v.vessel(&["volume", "rm", "-f", "data"]), "rm -f of nothing");
+    assert_ok(
+        &v.vessel(&["volume", "rm", "-f", "data"]),
+        "rm -f of nothing",
+    );
 
     // Bad input: a clear error each, and nothing half-made.
     for (args, says) in [
@@ -103,7 +123,10 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
             &["volume", "create", "--opt", "size=lots", "x"][..],
             "expected a size",
         ),
-        (&["volume", "create", "--opt", "size=1m", "x"][..], "at least 16m"),
+        (
+            &["volume", "create", "--opt", "size=1m", "x"][..],
+            "at least 16m",
+        ),
         (&["volume", "create", "--opt", "size", "x"][..], "KEY=VALUE"),
         (
             &["run", "--rm", "-v", "my/vol:/x", IMAGE, "true"][..],
@@ -155,7 +178,11 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
     // prune -a: every unused volume.
     let out = v.vessel(&["volume", "prune", "-a", "-f"]);
     assert_ok(&out, "prune -a");
-    assert!(text(&out.stdout).contains("Deleted Volumes:"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("Deleted Volumes:"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(volume_names(&v).is_empty());
 }
 
@@ -175,8 +202,21 @@ fn an_empty_volume_gets_the_image_s_content_unless_nocopy() {
     );
     assert_eq!(out, "1\n644 0\n1\n");
     // Its data wins from now on: a change stays, nothing is copied again.
-    run_ok(&v, &["-v", "etc:/etc", IMAGE, "sh", "-c", "echo mine > /etc/passwd"]);
-    assert_eq!(run_ok(&v, &["-v", "etc:/etc", IMAGE, "cat", "/etc/passwd"]), "mine\n");
+    run_ok(
+        &v,
+        &[
+            "-v",
+            "etc:/etc",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo mine > /etc/passwd",
+        ],
+    );
+    assert_eq!(
+        run_ok(&v, &["-v", "etc:/etc", IMAGE, "cat", "/etc/passwd"]),
+        "mine\n"
+    );
     // nocopy (-v and --mount): empty.
     assert_eq!(
         run_ok(&v, &["-v", "bare:/etc:nocopy", IMAGE, "ls", "-A", "/etc"]),
@@ -200,7 +240,14 @@ fn an_empty_volume_gets_the_image_s_content_unless_nocopy() {
     assert_eq!(
         run_ok(
             &v,
-            &["-v", "fresh:/srv/new", IMAGE, "sh", "-c", "ls -A /srv/new; stat -c '%a %u %g' /srv/new"]
+            &[
+                "-v",
+                "fresh:/srv/new",
+                IMAGE,
+                "sh",
+                "-c",
+                "ls -A /srv/new; stat -c '%a %u %g' /srv/new"
+            ]
         ),
         "755 0 0\n"
     );
@@ -211,12 +258,28 @@ fn anonymous_volumes_go_with_run_rm_and_rm_v() {
     let v = Instance::started();
     run_ok(
         &v,
-        &["-v", "/scratch", IMAGE, "sh", "-c", "mount | grep -c ' /scratch '"],
+        &[
+            "-v",
+            "/scratch",
+            IMAGE,
+            "sh",
+            "-c",
+            "mount | grep -c ' /scratch '",
+        ],
     );
     assert!(volume_names(&v).is_empty(), "run --rm left a volume");
 
     let out = v.vessel(&[
-        "run", "--name", "keep", "--network", "none", "-v", "/anon", "-v", "named:/n", IMAGE,
+        "run",
+        "--name",
+        "keep",
+        "--network",
+        "none",
+        "-v",
+        "/anon",
+        "-v",
+        "named:/n",
+        IMAGE,
         "true",
     ]);
     assert_ok(&out, "run");
@@ -237,7 +300,17 @@ fn anonymous_volumes_go_with_run_rm_and_rm_v() {
 
     // Without -v the anonymous volume stays; `volume prune` takes it, and
     // not the named one; `system df` counts them.
-    let out = v.vessel(&["run", "--name", "k2", "--network", "none", "-v", "/anon", IMAGE, "true"]);
+    let out = v.vessel(&[
+        "run",
+        "--name",
+        "k2",
+        "--network",
+        "none",
+        "-v",
+        "/anon",
+        IMAGE,
+        "true",
+    ]);
     assert_ok(&out, "run");
     assert_ok(&v.vessel(&["rm", "k2"]), "rm");
     assert_eq!(volume_names(&v).len(), 2);
@@ -249,7 +322,11 @@ fn anonymous_volumes_go_with_run_rm_and_rm_v() {
     assert_eq!(&cols[2..4], ["2", "0"], "{df}");
     let out = v.vessel(&["volume", "prune", "-f"]);
     assert_ok(&out, "prune");
-    assert!(text(&out.stdout).contains("Total reclaimed space:"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("Total reclaimed space:"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(volume_names(&v), ["named"]);
 }
 
@@ -270,7 +347,9 @@ fn image_with_volumes(dir: &Path) -> PathBuf {
         .arg(script)
         .arg(&root)
         .arg(&out)
-        .args(["--name", "volimg", "--volume", "/data", "--volume", "/cache"])
+        .args([
+            "--name", "volimg", "--volume", "/data", "--volume", "/cache",
+        ])
         .output()
         .unwrap();
     assert_ok(&made, "make_oci.py");
@@ -289,10 +368,18 @@ fn an_image_volume_gets_an_anonymous_volume_unless_a_mount_covers_it() {
     let img = "localhost/volimg:latest";
     let out = run_ok(
         &v,
-        &[img, "sh", "-c", "cat /data/seed; mount | grep -c -e ' /data ' -e ' /cache '"],
+        &[
+            img,
+            "sh",
+            "-c",
+            "cat /data/seed; mount | grep -c -e ' /data ' -e ' /cache '",
+        ],
     );
     assert_eq!(out, "from the image\n2\n");
-    assert!(volume_names(&v).is_empty(), "run --rm keeps no anonymous volume");
+    assert!(
+        volume_names(&v).is_empty(),
+        "run --rm keeps no anonymous volume"
+    );
     // A named volume at /data replaces that one (and is filled from the image).
     let out = run_ok(&v, &["-v", "mine:/data", img, "cat", "/data/seed"]);
     assert_eq!(out, "from the image\n");
@@ -325,7 +412,19 @@ fn one_running_container_per_block_volume_and_synced_data_survives_a_killed_vm()
         "the writer did not sync"
     );
     // A second VM on the same disk is refused, with the way out.
-    let e = fails(&v, &["run", "--rm", "--network", "none", "-v", "db:/db", IMAGE, "true"]);
+    let e = fails(
+        &v,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            "db:/db",
+            IMAGE,
+            "true",
+        ],
+    );
     assert!(
         e.contains("volume db is mounted by the running container holder")
             && e.contains("backing=shared"),
@@ -355,11 +454,17 @@ fn one_running_container_per_block_volume_and_synced_data_survives_a_killed_vm()
 #[test]
 fn volumes_survive_system_stop_and_start() {
     let mut v = Instance::started();
-    run_ok(&v, &["-v", "state:/s", IMAGE, "sh", "-c", "echo before > /s/f"]);
+    run_ok(
+        &v,
+        &["-v", "state:/s", IMAGE, "sh", "-c", "echo before > /s/f"],
+    );
     assert_ok(&v.vessel(&["system", "stop"]), "system stop");
     v.start();
     assert_eq!(volume_names(&v), ["state"]);
-    assert_eq!(run_ok(&v, &["-v", "state:/s", IMAGE, "cat", "/s/f"]), "before\n");
+    assert_eq!(
+        run_ok(&v, &["-v", "state:/s", IMAGE, "cat", "/s/f"]),
+        "before\n"
+    );
     // The events of a volume's life.
     let out = v.vessel(&["volume", "rm", "state"]);
     assert_ok(&out, "volume rm");

@@ -339,10 +339,12 @@ impl Containers {
                     continue;
                 }
                 let id = &info.config.id;
+                users.names.insert(id.clone(), info.config.name.clone());
                 users
-                    .names
-                    .insert(id.clone(), info.config.name.clone());
-                users.all.entry(m.source.clone()).or_default().push(id.clone());
+                    .all
+                    .entry(m.source.clone())
+                    .or_default()
+                    .push(id.clone());
                 if info.state.status.is_active() {
                     users
                         .running
@@ -852,7 +854,15 @@ impl Containers {
         let volumes = self.volumes.lock()?;
         let resolved =
             mounts::resolve(&req.mounts, &image.config.volumes, &self.volumes, &volumes)?;
-        let created = self.create_resolved(req, image, accel, resolved.mounts, memory_mib, cpus, network);
+        let created = self.create_resolved(
+            req,
+            image,
+            accel,
+            resolved.mounts,
+            memory_mib,
+            cpus,
+            network,
+        );
         if created.is_err() {
             mounts::forget_anonymous(&resolved.anonymous, &self.volumes, &volumes);
         }

@@ -132,15 +132,14 @@ mod tests {
     use vessel_api::mounts::MountSpec;
 
     fn config(mounts: Vec<MountSpec>) -> ContainerConfig {
-        let mut c: ContainerConfig =
-            serde_json::from_value(serde_json::json!({
-                "id": "x", "name": "x", "image": "i", "image_id": "", "created_ms": 0,
-                "process": {"args": ["true"], "env": [], "cwd": "/", "user": ""},
-                "hostname": "h", "cpus": 1, "memory_mib": 64, "auto_remove": false,
-                "rootfs_base": "/r", "kernel": "/k", "initrd": "/i", "accel": "tcg",
-                "network": "none"
-            }))
-            .unwrap();
+        let mut c: ContainerConfig = serde_json::from_value(serde_json::json!({
+            "id": "x", "name": "x", "image": "i", "image_id": "", "created_ms": 0,
+            "process": {"args": ["true"], "env": [], "cwd": "/", "user": ""},
+            "hostname": "h", "cpus": 1, "memory_mib": 64, "auto_remove": false,
+            "rootfs_base": "/r", "kernel": "/k", "initrd": "/i", "accel": "tcg",
+            "network": "none"
+        }))
+        .unwrap();
         c.mounts = mounts;
         c
     }

@@ -225,7 +225,13 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
             ),
         ));
         a.push("-device".into());
-        a.push(format!("virtio-blk-device,drive=vol{i},serial={}", v.serial.replace(',', ",,")).into());
+        a.push(
+            format!(
+                "virtio-blk-device,drive=vol{i},serial={}",
+                v.serial.replace(',', ",,")
+            )
+            .into(),
+        );
     }
     a.push("-chardev".into());
     a.push(joined("socket,id=vs,path=", &spec.vhost_socket, ""));

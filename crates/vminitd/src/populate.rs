@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 pub fn is_empty(dir: &Path) -> io::Result<bool> {
     for e in fs::read_dir(dir)? {
         let e = e?;
-        if e.file_name() == "lost+found" && e.file_type()?.is_dir() {
-            if fs::read_dir(e.path())?.next().is_none() {
-                continue;
-            }
+        if e.file_name() == "lost+found"
+            && e.file_type()?.is_dir()
+            && fs::read_dir(e.path())?.next().is_none()
+        {
+            continue;
         }
         return Ok(false);
     }
@@ -264,6 +265,7 @@ mod tests {
 
     #[test]
     fn copies_owners_modes_times_links_and_attributes() {
+        // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let img = tempfile::tempdir().unwrap();
         let src = img.path().join("etc");
@@ -281,16 +283,23 @@ mod tests {
             set_owner(&src.join("sub"), 1000, 1001).unwrap();
             set_owner(&src, 70, 70).unwrap();
             let c = cpath(&src.join("fifo")).unwrap();
-            // SAFETY: valid path.
-            assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFIFO | 0o600, 0) }, 0);
+            // SAFETY: `c` is a valid path for the call.
+            let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFIFO | 0o600, 0) };
+            assert_eq!(rc, 0);
         }
         fs::set_permissions(&src, fs::Permissions::from_mode(0o750)).unwrap();
         // An old time, set last.
-        let old = fs::metadata(&src.join("passwd")).unwrap();
+        let old = fs::metadata(src.join("passwd")).unwrap();
         let c = cpath(&src.join("passwd")).unwrap();
         let t = [
-            libc::timespec { tv_sec: 1_000_000, tv_nsec: 5 },
-            libc::timespec { tv_sec: 2_000_000, tv_nsec: 7 },
+            libc::timespec {
+                tv_sec: 1_000_000,
+                tv_nsec: 5,
+            },
+            libc::timespec {
+                tv_sec: 2_000_000,
+                tv_nsec: 7,
+            },
         ];
         // SAFETY: valid path and times.
         unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), t.as_ptr(), 0) };
@@ -318,7 +327,10 @@ mod tests {
             fs::metadata(v.join("sub/tool")).unwrap().mode() & 0o7777,
             0o4755
         );
-        assert_eq!(fs::read_link(v.join("tool")).unwrap(), Path::new("sub/tool"));
+        assert_eq!(
+            fs::read_link(v.join("tool")).unwrap(),
+            Path::new("sub/tool")
+        );
         assert_eq!(
             fs::read_link(v.join("dangling")).unwrap(),
             Path::new("/nowhere")

@@ -127,15 +127,24 @@ fn tmpfs_flags(flags: &[String]) -> MsFlags {
 fn copy_in(dev: &Path, fstype: &str, serial: &str, at: &Path) -> Result<(), String> {
     let aside = Path::new("/run/vessel-volumes").join(serial);
     std::fs::create_dir_all(&aside).map_err(|e| format!("making {}: {e}", aside.display()))?;
-    mount(Some(dev), &aside, Some(fstype), MsFlags::empty(), None::<&str>)
-        .map_err(|e| format!("mounting {}: {}", dev.display(), e.desc()))?;
+    mount(
+        Some(dev),
+        &aside,
+        Some(fstype),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting {}: {}", dev.display(), e.desc()))?;
     let copied = crate::populate::populate(at, &aside);
     let unmounted = nix::mount::umount(&aside);
     let _ = std::fs::remove_dir(&aside);
     let copied = copied?;
     unmounted.map_err(|e| format!("unmounting {}: {}", aside.display(), e.desc()))?;
     if copied {
-        crate::log_line(&format!("copy-in: the image's content filled the new volume at {}", at.display()));
+        crate::log_line(&format!(
+            "copy-in: the image's content filled the new volume at {}",
+            at.display()
+        ));
     }
     Ok(())
 }
@@ -173,8 +182,9 @@ fn mount_one(m: &GuestMount, at: &Path) -> Result<(), String> {
             let dev = find_block_device(serial)?;
             let fstype = if fstype.is_empty() { "ext4" } else { fstype };
             if m.populate && !m.readonly {
-                copy_in(&dev, fstype, serial, at)
-                    .map_err(|e| format!("copying the image's {} into its new volume: {e}", m.target))?;
+                copy_in(&dev, fstype, serial, at).map_err(|e| {
+                    format!("copying the image's {} into its new volume: {e}", m.target)
+                })?;
             }
             // Online discard: what the container deletes is given back to
             // the host (the image is sparse; QEMU punches the holes).

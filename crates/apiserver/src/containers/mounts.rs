@@ -60,7 +60,9 @@ fn resolve_into(
     // container is at that very path (Docker's rule).
     for path in image_volumes {
         let Ok(target) = clean_target(path) else {
-            eprintln!("vessel-apiserver: ignoring the image's VOLUME {path:?}: not a clean absolute path");
+            eprintln!(
+                "vessel-apiserver: ignoring the image's VOLUME {path:?}: not a clean absolute path"
+            );
             continue;
         };
         if out.mounts.iter().any(|m| m.target == target) {
@@ -204,23 +206,27 @@ mod tests {
 
         // A failure later on removes the anonymous volumes made so far.
         vols.create_locked_for_test(&g, "sh", true);
-        let requested = vec![
-            MountSpec::volume("", "/a"),
-            MountSpec::volume("sh", "/b"),
-        ];
+        let requested = vec![MountSpec::volume("", "/a"), MountSpec::volume("sh", "/b")];
         let before = vols.list(&Users::default()).len();
         let e = resolve(&requested, &[], &vols, &g).unwrap_err();
-        assert!(e.body().message.contains("shared volume"), "{}", e.body().message);
+        assert!(
+            e.body().message.contains("shared volume"),
+            "{}",
+            e.body().message
+        );
         assert_eq!(vols.list(&Users::default()).len(), before);
         drop(g);
 
         // At start: the block volume of a running container is refused.
         let mut users = Users::default();
         users.running.insert("named".into(), vec!["other".into()]);
-        let e = check_exclusive("me", &r.mounts, &vols, &users, &|id| format!("c-{id}"))
-            .unwrap_err();
+        let e =
+            check_exclusive("me", &r.mounts, &vols, &users, &|id| format!("c-{id}")).unwrap_err();
         let msg = e.body().message;
-        assert!(msg.contains("c-other") && msg.contains("backing=shared"), "{msg}");
+        assert!(
+            msg.contains("c-other") && msg.contains("backing=shared"),
+            "{msg}"
+        );
         users.running.insert("named".into(), vec!["me".into()]);
         check_exclusive("me", &r.mounts, &vols, &users, &|id| id.to_string()).unwrap();
     }

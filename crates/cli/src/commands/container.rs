@@ -233,7 +233,7 @@ pub fn rm(api: &Api, a: RmArgs) -> Result<i32> {
             &path(c, &format!("?force={}&volumes={}", a.force, a.volumes)),
             None,
         )
-            .map(drop)
+        .map(drop)
     })
 }
 

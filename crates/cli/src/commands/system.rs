@@ -407,16 +407,33 @@ mod df_tests {
         };
         let rows = df_rows(
             &[image("a:1", 100), image("b:1", 50)],
-            &[container("a:1", Status::Running), container("a:1", Status::Exited)],
+            &[
+                container("a:1", Status::Running),
+                container("a:1", Status::Exited),
+            ],
             &[volume("v1", 4096, 1), volume("v2", 8192, 0)],
         );
         assert_eq!(
-            (rows[0].total, rows[0].active, rows[0].size_bytes, rows[0].reclaimable_bytes),
+            (
+                rows[0].total,
+                rows[0].active,
+                rows[0].size_bytes,
+                rows[0].reclaimable_bytes
+            ),
             (2, 1, Some(150), Some(50))
         );
-        assert_eq!((rows[1].total, rows[1].active, rows[1].size_bytes), (2, 1, None));
         assert_eq!(
-            (rows[2].kind, rows[2].total, rows[2].active, rows[2].size_bytes, rows[2].reclaimable_bytes),
+            (rows[1].total, rows[1].active, rows[1].size_bytes),
+            (2, 1, None)
+        );
+        assert_eq!(
+            (
+                rows[2].kind,
+                rows[2].total,
+                rows[2].active,
+                rows[2].size_bytes,
+                rows[2].reclaimable_bytes
+            ),
             ("Local Volumes", 2, 1, Some(12288), Some(8192))
         );
     }

@@ -127,8 +127,7 @@ fn prune(api: &Api, all: bool, force: bool) -> Result<i32> {
             return Ok(0);
         }
     }
-    let r: VolumePruneResponse =
-        api.call("POST", &format!("/v1/volumes/prune?all={all}"), None)?;
+    let r: VolumePruneResponse = api.call("POST", &format!("/v1/volumes/prune?all={all}"), None)?;
     if !r.removed.is_empty() {
         println!("Deleted Volumes:");
         for n in &r.removed {
