@@ -256,17 +256,21 @@ fn an_empty_volume_gets_the_image_s_content_unless_nocopy() {
 #[test]
 fn anonymous_volumes_go_with_run_rm_and_rm_v() {
     let v = Instance::started();
-    run_ok(
+    let out = run_ok(
         &v,
         &[
+            "--tmpfs",
+            "/scratch/tmp",
             "-v",
             "/scratch",
             IMAGE,
             "sh",
             "-c",
-            "mount | grep -c ' /scratch '",
+            "mount | grep -o -e ' /scratch type ext4' -e ' /scratch/tmp type tmpfs'",
         ],
     );
+    // A tmpfs inside an anonymous volume: parent mounted first, both seen.
+    assert_eq!(out, " /scratch type ext4\n /scratch/tmp type tmpfs\n");
     assert!(volume_names(&v).is_empty(), "run --rm left a volume");
 
     let out = v.vessel(&[
