@@ -120,7 +120,11 @@ fn read_only_root_with_tmpfs_mounts_behaves_as_under_runc() {
             .map(|l| format!("{l}\n"))
             .collect()
     };
-    assert_eq!(common(&ours), common(&theirs), "vessel and podman+runc differ");
+    assert_eq!(
+        common(&ours),
+        common(&theirs),
+        "vessel and podman+runc differ"
+    );
 }
 
 #[test]
