@@ -789,7 +789,6 @@ impl Containers {
             }
         }
         vessel_api::mounts::validate(&req.mounts).map_err(|e| ApiError::invalid(e.0))?;
-        let mounts = mounts::resolve(&req.mounts)?;
         let kernel = crate::assets::kernel();
         let initrd = crate::assets::initrd();
         for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
@@ -830,6 +829,8 @@ impl Containers {
         let id = random_hex(32);
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
         let process = build_process(req, &image.config, &hostname).map_err(ApiError::invalid)?;
+        // Last of the checks: it creates missing `-v` sources.
+        let mounts = mounts::resolve(&req.mounts)?;
         let config = ContainerConfig {
             id: id.clone(),
             name,
