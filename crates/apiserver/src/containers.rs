@@ -670,6 +670,7 @@ impl Containers {
             .map(|n| n.attachments)
             .unwrap_or_default();
         Ok(ContainerInfo {
+            mounts: vessel_api::mounts::mount_points(&config.mounts),
             config,
             state,
             networks,

@@ -20,7 +20,7 @@ use crate::control::{self, AttachRequest, ControlHandler, ControlRequest, ExecSt
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
 use crate::streams::{Attachers, GuestDialer};
-use crate::virtiofs::{self, IdMapping, Virtiofsd, VirtiofsError};
+use crate::virtiofs::{self, IdMapping, VirtiofsError, Virtiofsd};
 use crate::vmm::{qemu_binary, FsDevice, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};

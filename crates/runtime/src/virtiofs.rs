@@ -322,7 +322,13 @@ mod tests {
 
     #[test]
     fn rootless_maps_every_guest_id_to_the_user() {
-        let l = line(&spec(false, IdMapping::User { uid: 1001, gid: 1002 }));
+        let l = line(&spec(
+            false,
+            IdMapping::User {
+                uid: 1001,
+                gid: 1002,
+            },
+        ));
         assert!(l.contains("--sandbox namespace"), "{l}");
         assert!(l.contains(
             "--translate-uid squash-guest:0:1001:4294967295 --translate-uid host:1001:0:1 \

@@ -67,9 +67,8 @@ fn check_bind(m: &MountSpec) -> ApiResult<(MountSpec, bool)> {
     }
     match std::fs::canonicalize(source) {
         Ok(real) => {
-            let meta = std::fs::metadata(&real).map_err(|e| {
-                ApiError::invalid(format!("bind source path {}: {e}", m.source))
-            })?;
+            let meta = std::fs::metadata(&real)
+                .map_err(|e| ApiError::invalid(format!("bind source path {}: {e}", m.source)))?;
             if meta.is_file() {
                 return Err(ApiError::invalid(format!(
                     "bind source path {} is a file: bind-mounting a single file is not \
@@ -234,11 +233,8 @@ mod tests {
     fn missing_source_is_an_error_for_mount_and_created_for_v() {
         let t = tempfile::tempdir().unwrap();
         let missing = t.path().join("a/b");
-        let m = parse_mount_flag(&format!(
-            "type=bind,source={},target=/d",
-            missing.display()
-        ))
-        .unwrap();
+        let m =
+            parse_mount_flag(&format!("type=bind,source={},target=/d", missing.display())).unwrap();
         let e = resolve(&[m]).unwrap_err().to_string();
         assert!(e.contains("bind source path does not exist"), "{e}");
         assert!(!t.path().join("a").exists(), "nothing created");
