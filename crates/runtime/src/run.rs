@@ -1272,7 +1272,8 @@ fn start_shares(
     shares: &mut Vec<Virtiofsd>,
     t: &Timeouts,
 ) -> Result<Vec<FsDevice>, RunError> {
-    let specs = crate::mounts::shares(config, run_dir, IdMapping::for_this_process());
+    let ids = IdMapping::for_this_process(virtiofs::numeric_user(&config.process.user));
+    let specs = crate::mounts::shares(config, run_dir, ids);
     *shares = virtiofs::start_all(&specs, dir, t.backend_socket)?;
     for s in shares.iter() {
         log(&format!(

@@ -19,9 +19,11 @@
 //!   cannot put device nodes into a host directory.
 //! - Without root (rootless mode) it runs as the user, and every guest
 //!   uid/gid is written as the user's (`--translate-uid
-//!   squash-guest:0:UID:4294967295`), while the user's own files show as
-//!   root's in the guest (`--translate-uid host:UID:0:1`): whatever the
-//!   container writes, the user can read and delete.
+//!   squash-guest:0:UID:4294967295`): whatever the container writes, the
+//!   user can read and delete. The user's files show in the guest as the
+//!   container user's (`--translate-uid host:UID:GUEST_UID:1`, from a
+//!   numeric `-u`; root otherwise), so what it creates stays its own to
+//!   write; other host owners show as their own numbers.
 //!
 //! Its socket is in the container's run directory and it serves one
 //! connection (QEMU's), then exits. It gets the runtime's parent-death
@@ -92,22 +94,46 @@ pub enum IdMapping {
     /// As they are (root mode): a file written by guest uid 1000 is uid
     /// 1000's on the host.
     Identity,
-    /// Rootless mode: `virtiofsd` runs as this host user and group; every
-    /// guest id is written as them, and they show as root in the guest.
-    User { uid: u32, gid: u32 },
+    /// Rootless mode: `virtiofsd` runs as this host user and group
+    /// (`uid`, `gid`); every guest id is written as them, and their files
+    /// show in the guest as owned by `guest_uid`/`guest_gid` (the
+    /// container's user, so what it creates stays its own to write).
+    User {
+        uid: u32,
+        gid: u32,
+        guest_uid: u32,
+        guest_gid: u32,
+    },
 }
 
 impl IdMapping {
-    /// [`IdMapping::Identity`] as root, else the calling user's.
-    pub fn for_this_process() -> Self {
+    /// [`IdMapping::Identity`] as root; else the calling user's, shown in
+    /// the guest as `guest` (uid, gid).
+    pub fn for_this_process(guest: (u32, u32)) -> Self {
         // SAFETY: geteuid/getegid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         if uid == 0 {
             IdMapping::Identity
         } else {
-            IdMapping::User { uid, gid }
+            IdMapping::User {
+                uid,
+                gid,
+                guest_uid: guest.0,
+                guest_gid: guest.1,
+            }
         }
     }
+}
+
+/// The container's user as numbers, from `-u`/the image's `USER`
+/// (`UID[:GID]`): what the user's files look like in the guest in
+/// rootless mode. A name, which only the guest's `/etc/passwd` resolves,
+/// counts as root; so does a missing group.
+pub fn numeric_user(user: &str) -> (u32, u32) {
+    let (u, g) = user.split_once(':').unwrap_or((user, ""));
+    let uid = u.parse().unwrap_or(0);
+    let gid = g.parse().unwrap_or(0);
+    (uid, gid)
 }
 
 /// One host directory to serve to the VM.
@@ -156,13 +182,21 @@ pub fn virtiofsd_args(spec: &ShareSpec) -> Vec<OsString> {
             // last.
             a.push("--modcaps=-mknod".into());
         }
-        IdMapping::User { uid, gid } => {
+        IdMapping::User {
+            uid,
+            gid,
+            guest_uid,
+            guest_gid,
+        } => {
             // No capabilities to drop: it runs as the user.
-            for (flag, id) in [("--translate-uid", uid), ("--translate-gid", gid)] {
+            for (flag, id, guest) in [
+                ("--translate-uid", uid, guest_uid),
+                ("--translate-gid", gid, guest_gid),
+            ] {
                 a.push(flag.into());
                 a.push(format!("squash-guest:0:{id}:4294967295").into());
                 a.push(flag.into());
-                a.push(format!("host:{id}:0:1").into());
+                a.push(format!("host:{id}:{guest}:1").into());
             }
         }
     }
@@ -322,19 +356,28 @@ mod tests {
 
     #[test]
     fn rootless_maps_every_guest_id_to_the_user() {
-        let l = line(&spec(
-            false,
-            IdMapping::User {
-                uid: 1001,
-                gid: 1002,
-            },
-        ));
+        let ids = IdMapping::User {
+            uid: 1001,
+            gid: 1002,
+            guest_uid: 1000,
+            guest_gid: 0,
+        };
+        let l = line(&spec(false, ids));
         assert!(l.contains("--sandbox namespace"), "{l}");
         assert!(l.contains(
-            "--translate-uid squash-guest:0:1001:4294967295 --translate-uid host:1001:0:1 \
+            "--translate-uid squash-guest:0:1001:4294967295 --translate-uid host:1001:1000:1 \
              --translate-gid squash-guest:0:1002:4294967295 --translate-gid host:1002:0:1"
         ));
         assert!(!l.contains("--modcaps"), "{l}");
+    }
+
+    #[test]
+    fn container_user_as_numbers() {
+        assert_eq!(numeric_user("1000:1000"), (1000, 1000));
+        assert_eq!(numeric_user("1000"), (1000, 0));
+        assert_eq!(numeric_user(""), (0, 0));
+        assert_eq!(numeric_user("nobody:nogroup"), (0, 0));
+        assert_eq!(numeric_user("33:www"), (33, 0));
     }
 
     #[test]
