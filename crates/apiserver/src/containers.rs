@@ -670,6 +670,7 @@ impl Containers {
             .map(|n| n.attachments)
             .unwrap_or_default();
         Ok(ContainerInfo {
+            mounts: vessel_api::mounts::mount_points(&config.mounts),
             config,
             state,
             networks,
@@ -789,7 +790,6 @@ impl Containers {
             }
         }
         vessel_api::mounts::validate(&req.mounts).map_err(|e| ApiError::invalid(e.0))?;
-        let mounts = mounts::resolve(&req.mounts)?;
         let kernel = crate::assets::kernel();
         let initrd = crate::assets::initrd();
         for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
@@ -830,6 +830,8 @@ impl Containers {
         let id = random_hex(32);
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
         let process = build_process(req, &image.config, &hostname).map_err(ApiError::invalid)?;
+        // Last of the checks: it creates missing `-v` sources.
+        let mounts = mounts::resolve(&req.mounts)?;
         let config = ContainerConfig {
             id: id.clone(),
             name,

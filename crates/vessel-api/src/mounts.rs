@@ -477,6 +477,34 @@ pub fn validate(mounts: &[MountSpec]) -> Result<(), MountError> {
     Ok(())
 }
 
+/// One mount as `vessel inspect` shows it (Docker's `Mounts`): what is
+/// mounted where, and whether the container may write to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPoint {
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    /// Bind: the host directory (canonical). Volume: the volume's name.
+    /// Tmpfs: empty.
+    pub source: String,
+    /// The path in the container.
+    pub destination: String,
+    /// Writable by the container.
+    pub rw: bool,
+}
+
+/// The [`MountPoint`]s of a container's resolved mounts, in order.
+pub fn mount_points(mounts: &[MountSpec]) -> Vec<MountPoint> {
+    mounts
+        .iter()
+        .map(|m| MountPoint {
+            kind: m.kind,
+            source: m.source.clone(),
+            destination: m.target.clone(),
+            rw: !m.readonly,
+        })
+        .collect()
+}
+
 /// How a volume keeps its data on the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
