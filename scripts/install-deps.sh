@@ -26,12 +26,17 @@ log() { printf 'install-deps: %s\n' "$*" >&2; }
 
 # command|package|arguments that print its version (and exit 0)
 # A command given as an absolute path is checked at that path; a package
-# given as "cargo:CRATE" is installed with `cargo install --locked`.
+# given as "cargo:CRATE" is installed with `cargo install --locked`, and
+# "cargo:CRATE@VERSION" installs that version, which the version output
+# must then show (a different one is installed over).
 TOOLS=(
     # the VMM and its disks
     "qemu-system-x86_64|qemu-system-x86|--version"
     "qemu-img|qemu-utils|--version"
     "vhost-device-vsock|cargo:vhost-device-vsock|--version"
+    # bind mounts and shared volumes: one virtiofsd per shared directory
+    # (rust-vmm's; it builds against libseccomp and libcap-ng, see FILES)
+    "virtiofsd|cargo:virtiofsd@1.14.0|--version"
     # ext4 root filesystems
     "mkfs.ext4|e2fsprogs|-V"
     "debugfs|e2fsprogs|-V"
@@ -76,6 +81,9 @@ FILES=(
     "/usr/include/libelf.h|libelf-dev"
     "/usr/include/openssl/ssl.h|libssl-dev"
     "/usr/include/stdio.h|libc6-dev"
+    # what `cargo install virtiofsd` links against
+    "/usr/include/seccomp.h|libseccomp-dev"
+    "/usr/include/cap-ng.h|libcap-ng-dev"
 )
 if [[ -n ${VESSEL_DEPS_EXTRA:-} ]]; then
     while IFS= read -r line; do
@@ -94,6 +102,11 @@ tool_version() {
     # shellcheck disable=SC2086 # version arguments are words
     out=$(timeout 20 "$cmd" $args 2>&1 </dev/null) || return 1
     out=$(printf '%s\n' "$out" | grep -m1 -v '^[[:space:]]*$' || true)
+    # A pinned crate ("cargo:CRATE@VERSION"): another version is not it.
+    if [[ ${3:-} == cargo:*@* ]]; then
+        local want=${3##*@}
+        [[ " $out " == *" $want "* || " $out " == *" v$want "* ]] || return 1
+    fi
     printf '%s\n' "${out:-ok}"
 }
 
@@ -102,7 +115,7 @@ broken_packages() {
     local entry cmd pkg args
     for entry in "${TOOLS[@]}"; do
         IFS='|' read -r cmd pkg args <<<"$entry"
-        tool_version "$cmd" "$args" >/dev/null || echo "$pkg"
+        tool_version "$cmd" "$args" "$pkg" >/dev/null || echo "$pkg"
     done
     for entry in "${FILES[@]}"; do
         IFS='|' read -r cmd pkg <<<"$entry"
@@ -173,14 +186,14 @@ done
 failed=0
 for entry in "${TOOLS[@]}"; do
     IFS='|' read -r cmd pkg args <<<"$entry"
-    if v=$(tool_version "$cmd" "$args"); then
+    if v=$(tool_version "$cmd" "$args" "$pkg"); then
         # Tools that print no version number: show the package's.
         if ! grep -qE '[0-9]+\.[0-9]+' <<<"$v" && [[ $pkg != cargo:* ]]; then
             v="$pkg $(dpkg-query -W -f='${Version}' "$pkg" 2>/dev/null || echo '?')"
         fi
         printf '  %-22s %s\n' "$cmd" "$v" >&2
     else
-        printf '  %-22s MISSING: does not run (package %s)\n' "$cmd" "${pkg#cargo:}" >&2
+        printf '  %-22s MISSING: does not run, or not the version asked for (package %s)\n' "$cmd" "${pkg#cargo:}" >&2
         failed=1
     fi
 done

@@ -181,6 +181,20 @@ pub fn run(
     }
 }
 
+/// `run FLAGS IMAGE ARGS` of the Debian image in `rt` as a shell command
+/// line (for a terminal), with the settings [`run`] gives both runtimes:
+/// no network, the same limits.
+pub fn run_line(rt: Runtime, flags: &str, args: &str) -> String {
+    let limits: String = ULIMITS.iter().map(|u| format!(" --ulimit {u}")).collect();
+    match rt {
+        Runtime::Vessel(_) => format!("vessel run --network none{limits} {flags} {IMAGE} {args}"),
+        Runtime::Podman => format!(
+            "podman --runtime /usr/sbin/runc --cgroup-manager cgroupfs run --network none{limits} {flags} --rootfs {}:O {args}",
+            image_dir().join("rootfs").display()
+        ),
+    }
+}
+
 static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 fn podman() -> Command {

@@ -372,3 +372,21 @@ impl Instance {
             .collect()
     }
 }
+
+/// A host tree: `a.txt` owned 1234:5678, `sub/run.sh` mode 750, `link`
+/// to `a.txt`, and `up`, a link to `/`.
+pub fn cp_host_tree(root: &Path) -> PathBuf {
+    let tree = root.join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("a.txt"), b"alpha\n").unwrap();
+    std::fs::write(tree.join("sub/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("sub/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(tree.join("a.txt"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    std::os::unix::fs::symlink("/", root.join("up")).unwrap();
+    tree
+}

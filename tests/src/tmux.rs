@@ -80,6 +80,22 @@ impl Tmux {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Wait until the pane shows `text`, up to `limit`; else fail the test
+    /// with the pane's text.
+    pub fn expect(&self, text: &str, limit: Duration) {
+        self.expect_because(text, limit, "");
+    }
+
+    /// As [`Tmux::expect`], the failure saying `why` first.
+    pub fn expect_because(&self, text: &str, limit: Duration, why: &str) {
+        assert!(
+            self.wait_for(text, limit),
+            "{why}{}waited {limit:?} for {text:?}; the pane shows:\n{}",
+            if why.is_empty() { "" } else { ": " },
+            self.screen()
+        );
+    }
+
     /// Wait until the pane shows `text`, up to `limit`.
     pub fn wait_for(&self, text: &str, limit: Duration) -> bool {
         self.wait_until(limit, |s| s.contains(text))

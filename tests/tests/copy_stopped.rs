@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -92,30 +92,12 @@ fn timed_ok(v: &Instance, args: &[&str]) -> Duration {
     t.elapsed()
 }
 
-/// A host tree: `a.txt` owned 1234:5678, `sub/run.sh` mode 750, `link`
-/// to `a.txt`, and `up`, a link to `/`.
-fn host_tree(root: &Path) -> std::path::PathBuf {
-    let tree = root.join("tree");
-    std::fs::create_dir_all(tree.join("sub")).unwrap();
-    std::fs::write(tree.join("a.txt"), b"alpha\n").unwrap();
-    std::fs::write(tree.join("sub/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
-    std::fs::set_permissions(
-        tree.join("sub/run.sh"),
-        std::fs::Permissions::from_mode(0o750),
-    )
-    .unwrap();
-    std::os::unix::fs::chown(tree.join("a.txt"), Some(1234), Some(5678)).unwrap();
-    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
-    std::os::unix::fs::symlink("/", root.join("up")).unwrap();
-    tree
-}
-
 #[test]
 fn cp_and_export_of_containers_that_do_not_run() {
     let v = Instance::started();
     let host = tempfile::tempdir().unwrap();
     let h = host.path();
-    let tree = host_tree(h);
+    let tree = vessel_tests::cp_host_tree(h);
     let t = tree.to_str().unwrap();
     let a = tree.join("a.txt");
     let a = a.to_str().unwrap();

@@ -50,44 +50,28 @@ fn run_it_gives_a_terminal_that_behaves() {
         before.display(),
         after.display()
     ));
-    assert!(t.wait_for("/ # ", BOOT), "no prompt:\n{}", t.screen());
+    t.expect_because("/ # ", BOOT, "no prompt");
     t.line("echo typed-$((2+3))");
-    assert!(
-        t.wait_for("typed-5", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
+    t.expect("typed-5", Duration::from_secs(20));
     // The pane's size, then the new one after a resize.
     t.line("stty size");
-    assert!(
-        t.wait_for("30 100", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
+    t.expect("30 100", Duration::from_secs(20));
     t.resize(120, 40);
     std::thread::sleep(Duration::from_secs(1));
     t.line("stty size");
-    assert!(
-        t.wait_for("40 120", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
+    t.expect("40 120", Duration::from_secs(20));
     // Ctrl-C reaches the container's foreground process, not vessel.
     t.line("sleep 100");
     std::thread::sleep(Duration::from_secs(2));
     t.keys(&["C-c"]);
     t.line("echo after-interrupt-$((6*7))");
-    assert!(
-        t.wait_for("after-interrupt-42", Duration::from_secs(20)),
-        "Ctrl-C did not end the sleep:\n{}",
-        t.screen()
+    t.expect_because(
+        "after-interrupt-42",
+        Duration::from_secs(20),
+        "Ctrl-C did not end the sleep",
     );
     t.line("exit 3");
-    assert!(
-        t.wait_for("EXIT=3", Duration::from_secs(30)),
-        "{}",
-        t.screen()
-    );
+    t.expect("EXIT=3", Duration::from_secs(30));
     // The terminal is as it was.
     assert!(
         t.wait_until(Duration::from_secs(10), |_| after.exists()),
@@ -115,18 +99,10 @@ fn exec_it_attach_detach_and_an_apiserver_that_dies() {
     );
     let t = Tmux::start(100, 30, &v.shell_env());
     t.line("vessel exec -it box sh; echo EXEC_EXIT=$?");
-    assert!(t.wait_for("/ # ", BOOT), "no prompt:\n{}", t.screen());
+    t.expect_because("/ # ", BOOT, "no prompt");
     t.line("echo in-exec-$((3*3)); tty");
-    assert!(
-        t.wait_for("in-exec-9", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
-    assert!(
-        t.wait_for("/dev/pts/", Duration::from_secs(5)),
-        "{}",
-        t.screen()
-    );
+    t.expect("in-exec-9", Duration::from_secs(20));
+    t.expect("/dev/pts/", Duration::from_secs(5));
 
     // The apiserver dies while the session is open: the session ends,
     // the container does not.
@@ -137,11 +113,7 @@ fn exec_it_attach_detach_and_an_apiserver_that_dies() {
         .unwrap();
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert!(
-        t.wait_for("EXEC_EXIT=125", Duration::from_secs(30)),
-        "{}",
-        t.screen()
-    );
+    t.expect("EXEC_EXIT=125", Duration::from_secs(30));
     assert!(t.screen().contains("lost the connection"), "{}", t.screen());
     // The supervisor brings the apiserver back; the container ran on.
     assert!(
@@ -158,39 +130,23 @@ fn exec_it_attach_detach_and_an_apiserver_that_dies() {
     t.line("vessel attach box; echo ATTACH_EXIT=$?");
     std::thread::sleep(Duration::from_secs(2));
     t.line("echo via-attach-$((4*4))");
-    assert!(
-        t.wait_for("via-attach-16", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
+    t.expect("via-attach-16", Duration::from_secs(20));
     t.keys(&["C-p", "C-q"]);
-    assert!(
-        t.wait_for("ATTACH_EXIT=0", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
+    t.expect("ATTACH_EXIT=0", Duration::from_secs(20));
     assert_eq!(status(&v, "box"), "running");
     // Other detach keys, as Docker writes them.
     t.clear();
     t.line("vessel attach --detach-keys ctrl-x,x box; echo ATTACH2_EXIT=$?");
     std::thread::sleep(Duration::from_secs(2));
     t.keys(&["C-x", "x"]);
-    assert!(
-        t.wait_for("ATTACH2_EXIT=0", Duration::from_secs(20)),
-        "{}",
-        t.screen()
-    );
+    t.expect("ATTACH2_EXIT=0", Duration::from_secs(20));
     assert_eq!(status(&v, "box"), "running");
     // Attached, the end of the process ends the session with its code.
     t.clear();
     t.line("vessel attach box; echo ATTACH3_EXIT=$?");
     std::thread::sleep(Duration::from_secs(2));
     t.line("exit 5");
-    assert!(
-        t.wait_for("ATTACH3_EXIT=5", Duration::from_secs(30)),
-        "{}",
-        t.screen()
-    );
+    t.expect("ATTACH3_EXIT=5", Duration::from_secs(30));
 }
 
 #[test]
@@ -587,18 +543,8 @@ fn cp_both_ways_and_export() {
     );
     let host = tempfile::tempdir().unwrap();
     let h = host.path();
-    let tree = h.join("tree");
-    std::fs::create_dir_all(tree.join("sub")).unwrap();
-    std::fs::write(tree.join("a.txt"), b"alpha\n").unwrap();
-    std::fs::write(tree.join("sub/run.sh"), b"#!/bin/sh\necho ran\n").unwrap();
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    std::fs::set_permissions(
-        tree.join("sub/run.sh"),
-        std::fs::Permissions::from_mode(0o750),
-    )
-    .unwrap();
-    std::os::unix::fs::chown(tree.join("a.txt"), Some(1234), Some(5678)).unwrap();
-    std::os::unix::fs::symlink("a.txt", tree.join("link")).unwrap();
+    let tree = vessel_tests::cp_host_tree(h);
+    use std::os::unix::fs::MetadataExt;
     let t = tree.to_str().unwrap();
 
     // Into the container: a tree, owned by root; with -a, its owners.

@@ -82,6 +82,9 @@ struct Rootless {
     started: bool,
     /// `VESSEL_DNS_UPSTREAM` for the instance, if set.
     dns_upstream: Option<String>,
+    /// `VESSEL_VIRTIOFSD`: a copy the user can run, when the one on the
+    /// machine is not (root's `~/.cargo/bin`).
+    virtiofsd: Option<PathBuf>,
 }
 
 impl Rootless {
@@ -99,6 +102,7 @@ impl Rootless {
             dir,
             started: false,
             dns_upstream: None,
+            virtiofsd: None,
         };
         for d in ["home", "xdg", "copies"] {
             std::fs::create_dir(me.dir.path().join(d)).unwrap();
@@ -132,6 +136,20 @@ impl Rootless {
                     let copy = me.dir.path().join("copies").join(f.file_name().unwrap());
                     std::fs::copy(&*f, &copy).unwrap();
                     *f = copy;
+                }
+            }
+            // virtiofsd where the user's PATH finds it, else a copy.
+            let usable = ["/usr/local/bin/virtiofsd", "/usr/bin/virtiofsd"]
+                .iter()
+                .any(|p| Path::new(p).is_file() && Self::user_can_static("-x", Path::new(p)));
+            if !usable {
+                if let Some(found) = std::env::var_os("VESSEL_VIRTIOFSD")
+                    .map(PathBuf::from)
+                    .or_else(|| vessel_api::paths::find_in_path("virtiofsd"))
+                {
+                    let copy = me.dir.path().join("copies/virtiofsd");
+                    std::fs::copy(&found, &copy).unwrap();
+                    me.virtiofsd = Some(copy);
                 }
             }
             // The copies must be the user's to read.
@@ -178,6 +196,9 @@ impl Rootless {
         let mut env = env;
         if let Some(d) = &self.dns_upstream {
             env.push(("VESSEL_DNS_UPSTREAM", d.into()));
+        }
+        if let Some(p) = &self.virtiofsd {
+            env.push(("VESSEL_VIRTIOFSD", p.into()));
         }
         let vessel = self.bin.join("vessel");
         let mut c = if is_root() {
@@ -627,4 +648,96 @@ fn rootless_containers_get_outbound_access_and_published_ports_through_passt() {
     // `--network none` still works.
     let out = v.vessel(&["run", "--rm", "--network", "none", IMAGE, "true"]);
     assert_ok(&out, "run --network none");
+}
+
+/// Owner uid and gid of a host file.
+fn owner(p: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.uid(), m.gid())
+}
+
+#[test]
+fn rootless_bind_mounts_write_as_the_user_whatever_the_guest_uid() {
+    let (uid, gid) = test_user();
+    let mut v = Rootless::new();
+    v.start();
+    // The user's directory, with a file of theirs in it (in the guest the
+    // user's files are the container user's).
+    let data = v.dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("in.txt"), "from-the-host\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if is_root() {
+        for p in [data.clone(), data.join("in.txt")] {
+            std::os::unix::fs::chown(&p, Some(uid), Some(gid)).unwrap();
+        }
+    }
+    let mount = format!("{}:/data", data.display());
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-u",
+        "1000:1000",
+        "-v",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/in.txt && stat -c 'owner-in-guest %u:%g' /data/in.txt && \
+         echo by-1000 > /data/by1000 && mkdir /data/dir1000 && echo deep > /data/dir1000/f",
+    ]);
+    assert_ok(&out, "run -u 1000 with a bind mount (rootless)");
+    let o = text(&out.stdout);
+    assert!(o.contains("from-the-host"), "{o}");
+    assert!(
+        o.contains("owner-in-guest 1000:1000"),
+        "the user's files are the container user's in the guest: {o}"
+    );
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "echo by-root > /data/byroot && chown 4242:4242 /data/byroot; mknod /data/null c 1 3; true",
+    ]);
+    assert_ok(&out, "run as root with a bind mount (rootless)");
+    // Everything the container wrote is the user's on the host.
+    for f in ["by1000", "dir1000", "dir1000/f", "byroot"] {
+        assert_eq!(owner(&data.join(f)), (uid, gid), "{f} on the host");
+    }
+    assert_eq!(
+        std::fs::read_to_string(data.join("by1000")).unwrap(),
+        "by-1000\n"
+    );
+    assert!(
+        !data.join("null").exists(),
+        "a device node was made in a host directory"
+    );
+    // And the user can delete it all.
+    if is_root() {
+        let out = run(
+            "runuser",
+            &[
+                "-u",
+                USER,
+                "--",
+                "rm",
+                "-r",
+                data.join("dir1000").to_str().unwrap(),
+                data.join("by1000").to_str().unwrap(),
+                data.join("byroot").to_str().unwrap(),
+            ],
+        );
+        assert_ok(&out, "rm as the user");
+    }
+    assert!(!data.join("dir1000").exists());
 }

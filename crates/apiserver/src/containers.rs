@@ -730,6 +730,7 @@ impl Containers {
             .map(|n| n.attachments)
             .unwrap_or_default();
         Ok(ContainerInfo {
+            mounts: vessel_api::mounts::mount_points(&config.mounts),
             config,
             state,
             networks,
@@ -852,35 +853,6 @@ impl Containers {
         // Held until the configuration is written: no volume it names is
         // removed meanwhile.
         let volumes = self.volumes.lock()?;
-        let resolved =
-            mounts::resolve(&req.mounts, &image.config.volumes, &self.volumes, &volumes)?;
-        let created = self.create_resolved(
-            req,
-            image,
-            accel,
-            resolved.mounts,
-            memory_mib,
-            cpus,
-            network,
-        );
-        if created.is_err() {
-            mounts::forget_anonymous(&resolved.anonymous, &self.volumes, &volumes);
-        }
-        created
-    }
-
-    /// [`Containers::create`] once its mounts are resolved.
-    #[allow(clippy::too_many_arguments)]
-    fn create_resolved(
-        &self,
-        req: &CreateRequest,
-        image: &ResolvedImage,
-        accel: &Accel,
-        mounts: Vec<vessel_api::mounts::MountSpec>,
-        memory_mib: u64,
-        cpus: u32,
-        network: String,
-    ) -> ApiResult<ContainerConfig> {
         let kernel = crate::assets::kernel();
         let initrd = crate::assets::initrd();
         for (what, p) in [("guest kernel", &kernel), ("guest initramfs", &initrd)] {
@@ -921,6 +893,10 @@ impl Containers {
         let id = random_hex(32);
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
         let process = build_process(req, &image.config, &hostname).map_err(ApiError::invalid)?;
+        // Last of the checks: it makes volumes, and missing `-v` sources.
+        let resolved =
+            mounts::resolve(&req.mounts, &image.config.volumes, &self.volumes, &volumes)?;
+        let mounts = resolved.mounts;
         let config = ContainerConfig {
             id: id.clone(),
             name,
@@ -946,9 +922,18 @@ impl Containers {
             read_only: req.read_only,
         };
         let dir = self.home.container_dir(&id);
-        fs::create_dir_all(&dir).context("creating the container directory")?;
-        write_json_atomic(&dir.join("state.json"), &ContainerState::created())?;
-        write_json_atomic(&dir.join("config.json"), &config)?;
+        let written = (|| -> ApiResult<()> {
+            fs::create_dir_all(&dir).context("creating the container directory")?;
+            write_json_atomic(&dir.join("state.json"), &ContainerState::created())?;
+            write_json_atomic(&dir.join("config.json"), &config)?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_dir_all(&dir);
+            mounts::forget_anonymous(&resolved.anonymous, &self.volumes, &volumes);
+            return Err(e);
+        }
+        drop(volumes);
         self.events.emit(EventAction::Create, &config, &[]);
         Ok(config)
     }

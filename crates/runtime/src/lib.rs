@@ -17,6 +17,7 @@ mod proc;
 pub mod qmp;
 pub mod run;
 pub mod streams;
+pub mod virtiofs;
 pub mod vmm;
 pub mod vsock;
 

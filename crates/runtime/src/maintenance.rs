@@ -459,8 +459,11 @@ fn boot_once(
         qmp_socket: files.run_dir.join("qmp.sock"),
         tsc_khz: crate::vmm::host_tsc_khz(),
         nics: Vec::new(),
-        // Copies see the container's own filesystem, not its volumes.
+        // Its mounts are not attached: a copy of a stopped container
+        // reaches its own filesystem only (a path under a bind mount or a
+        // volume is the directory or disk image on the host).
         volumes: Vec::new(),
+        fs_devices: Vec::new(),
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, files.dir.join("maintenance.vmm.log"));
     let launched = Instant::now();

@@ -20,7 +20,8 @@ use crate::control::{self, AttachRequest, ControlHandler, ControlRequest, ExecSt
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
 use crate::streams::{Attachers, GuestDialer};
-use crate::vmm::{qemu_binary, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
+use crate::virtiofs::{self, IdMapping, VirtiofsError, Virtiofsd};
+use crate::vmm::{qemu_binary, FsDevice, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
@@ -68,6 +69,8 @@ pub enum RunError {
     StdioLog(PathBuf, #[source] std::io::Error),
     #[error("Could not set up the vsock device")]
     Vsock(#[from] VsockError),
+    #[error("Could not share a host directory with the VM (virtiofsd)")]
+    Virtiofs(#[from] VirtiofsError),
     #[error("Could not start the user-mode network (passt)")]
     Passt(#[from] PasstError),
     #[error("Could not start the VM")]
@@ -1095,6 +1098,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     let run_dir = home.run_dir(id);
     let mut backend = None;
     let mut passts = Vec::new();
+    let mut shares = Vec::new();
     let networks = ContainerNetworks::read(&dir);
     if let Ok(Some(n)) = &networks {
         for a in &n.attachments {
@@ -1146,6 +1150,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 &shared,
                 &mut backend,
                 &mut passts,
+                &mut shares,
                 &t,
             )
             .and_then(|(mut stdio, launched, mut gate)| {
@@ -1185,6 +1190,8 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                     }
                     // Its published ports are bound again by the next one.
                     kill_passts(&mut passts);
+                    // Each serves one connection: the next VM gets new ones.
+                    shares.clear();
                     let _ = std::fs::rename(
                         dir.join("boot.log"),
                         dir.join(format!("boot.{attempt}.log")),
@@ -1204,6 +1211,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
         VsockBackend::kill(&mut b);
     }
     kill_passts(&mut passts);
+    shares.clear();
     let _ = std::fs::remove_dir_all(&run_dir);
     log(&format!(
         "container {id} ended with exit code {}",
@@ -1265,8 +1273,38 @@ fn start_nics(
     Ok(nics)
 }
 
+/// One `virtiofsd` per host directory the container mounts; the VM's
+/// devices for them.
+fn start_shares(
+    config: &ContainerConfig,
+    dir: &Path,
+    run_dir: &Path,
+    shares: &mut Vec<Virtiofsd>,
+    t: &Timeouts,
+) -> Result<Vec<FsDevice>, RunError> {
+    let ids = IdMapping::for_this_process(virtiofs::numeric_user(&config.process.user));
+    let specs = crate::mounts::shares(config, run_dir, ids);
+    *shares = virtiofs::start_all(&specs, dir, t.backend_socket)?;
+    for s in shares.iter() {
+        log(&format!(
+            "virtiofsd (pid {}) serves {}{} as {}",
+            s.pid(),
+            s.spec().dir.display(),
+            if s.spec().readonly { " read-only" } else { "" },
+            s.spec().tag
+        ));
+    }
+    Ok(specs
+        .into_iter()
+        .map(|s| FsDevice {
+            tag: s.tag,
+            socket: s.socket,
+        })
+        .collect())
+}
+
 /// Steps 2-5: run dir, overlay, vsock backend, passt for user-mode
-/// attachments, control socket, VMM.
+/// attachments, virtiofsd for shared directories, control socket, VMM.
 #[allow(clippy::too_many_arguments)]
 fn launch(
     config: &ContainerConfig,
@@ -1277,6 +1315,7 @@ fn launch(
     shared: &Arc<Shared>,
     backend: &mut Option<VsockBackend>,
     passts: &mut Vec<Passt>,
+    shares: &mut Vec<Virtiofsd>,
     t: &Timeouts,
 ) -> Result<(StdioLog, Instant, vsock::ReadyGate), RunError> {
     make_run_dir(run_dir)?;
@@ -1296,6 +1335,7 @@ fn launch(
         t.backend_socket,
     )?);
     let nics = start_nics(networks, dir, run_dir, passts, t)?;
+    let fs_devices = start_shares(config, dir, run_dir, shares, t)?;
     // Before the VM starts, so the guest's signal finds it.
     let gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
     shared.set_dialer(GuestDialer {
@@ -1319,6 +1359,7 @@ fn launch(
         tsc_khz: crate::vmm::host_tsc_khz(),
         nics,
         volumes: volumes.to_vec(),
+        fs_devices,
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, dir.join("vmm.log"));
     let launched = Instant::now();

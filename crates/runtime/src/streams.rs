@@ -430,8 +430,17 @@ pub fn wait_hangup(s: &UnixStream) {
 /// The clients attached to the container's main process.
 #[derive(Debug, Default)]
 pub struct Attachers {
-    clients: Mutex<Vec<Client>>,
+    clients: Mutex<Clients>,
     next_id: std::sync::atomic::AtomicU64,
+}
+
+/// The attached clients, and how the main process ended once it has: a
+/// client that attaches after that hears it at once (else it would wait,
+/// with nothing to come, until the runtime ends).
+#[derive(Debug, Default)]
+struct Clients {
+    list: Vec<Client>,
+    ended: Option<Vec<u8>>,
 }
 
 impl Attachers {
@@ -445,6 +454,7 @@ impl Attachers {
     pub fn output(&self, stream: Stream, data: &[u8], record: impl FnOnce()) {
         let mut clients = lock(&self.clients);
         record();
+        let clients = &mut clients.list;
         let kind = match stream {
             Stream::Stdout => FrameKind::Stdout,
             Stream::Stderr => FrameKind::Stderr,
@@ -493,7 +503,13 @@ impl Attachers {
                     payload: data,
                 });
             }
-            clients.push(Client { id, tx, wanted });
+            match &clients.ended {
+                Some(exited) => first.push(Frame {
+                    kind: FrameKind::Control,
+                    payload: exited.clone(),
+                }),
+                None => clients.list.push(Client { id, tx, wanted }),
+            }
         }
         std::thread::spawn(move || {
             let mut w = &client;
@@ -513,7 +529,7 @@ impl Attachers {
 
     /// Let client `id` go (it hung up): its writer ends and closes it.
     pub fn detach(&self, id: u64) {
-        lock(&self.clients).retain(|c| c.id != id);
+        lock(&self.clients).list.retain(|c| c.id != id);
     }
 
     /// The main process ended: tell every client and let them go.
@@ -521,7 +537,8 @@ impl Attachers {
         let mut clients = lock(&self.clients);
         let payload =
             serde_json::to_vec(&GuestMessage::Exited { exit_code, signal }).unwrap_or_default();
-        for c in clients.drain(..) {
+        clients.ended = Some(payload.clone());
+        for c in clients.list.drain(..) {
             send_waiting(
                 &c.tx,
                 Frame {
@@ -770,5 +787,36 @@ mod tests {
             FrameKind::Control,
             "no stderr for a stdout-only client"
         );
+    }
+
+    #[test]
+    fn a_client_attaching_after_the_end_hears_the_output_and_the_exit() {
+        // The main process can end between the attach request's check of
+        // the state and its registration: the client must not wait for an
+        // exit already told.
+        let a = Attachers::new();
+        a.close(5, None);
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        a.attach(mine, (true, true), || {
+            vec![(Stream::Stdout, b"hi".to_vec())]
+        });
+        theirs
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut r = BufReader::new(&theirs);
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(
+            (f.kind, f.payload.as_slice()),
+            (FrameKind::Stdout, &b"hi"[..])
+        );
+        let f = read_frame(&mut r).unwrap().unwrap();
+        assert_eq!(
+            decode_message::<GuestMessage>(&f).unwrap(),
+            GuestMessage::Exited {
+                exit_code: 5,
+                signal: None
+            }
+        );
+        assert!(read_frame(&mut r).unwrap().is_none(), "and the end");
     }
 }

@@ -86,6 +86,18 @@ pub struct QemuSpec {
     pub nics: Vec<Nic>,
     /// Block volumes: one raw virtio-blk disk each, after the root disk.
     pub volumes: Vec<crate::mounts::VolumeDisk>,
+    /// One vhost-user-fs device per host directory shared into the VM,
+    /// each served by its own `virtiofsd` ([`crate::virtiofs`]).
+    pub fs_devices: Vec<FsDevice>,
+}
+
+/// A virtio-fs device: a host directory the guest mounts by `tag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsDevice {
+    /// Short and unique within the VM (`m0`, `m1`...).
+    pub tag: String,
+    /// The vhost-user socket of its `virtiofsd`.
+    pub socket: PathBuf,
 }
 
 /// What carries a virtio-net device's frames on the host.
@@ -237,6 +249,18 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(joined("socket,id=vs,path=", &spec.vhost_socket, ""));
     a.push("-device".into());
     a.push("vhost-user-vsock-device,chardev=vs".into());
+    for (i, fs) in spec.fs_devices.iter().enumerate() {
+        a.push("-chardev".into());
+        a.push(joined(&format!("socket,id=fs{i},path="), &fs.socket, ""));
+        a.push("-device".into());
+        a.push(
+            format!(
+                "vhost-user-fs-device,chardev=fs{i},tag={}",
+                fs.tag.replace(',', ",,")
+            )
+            .into(),
+        );
+    }
     for (i, nic) in spec.nics.iter().enumerate() {
         a.push("-netdev".into());
         a.push(
@@ -400,6 +424,7 @@ mod tests {
             tsc_khz: Some(2_596_120),
             nics: vec![],
             volumes: vec![],
+            fs_devices: vec![],
         }
     }
 
@@ -516,6 +541,33 @@ mod tests {
              -device virtio-net-device,netdev=n0,mac=02:76:0a:00:02:0f -append"
         ));
         assert!(!line.contains("tap,"));
+    }
+
+    #[test]
+    fn shared_directories_are_vhost_user_fs_devices() {
+        let mut s = spec("tcg");
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(!line.contains("vhost-user-fs"));
+        s.fs_devices = vec![
+            FsDevice {
+                tag: "m0".into(),
+                socket: "/run/x/fs-m0.sock".into(),
+            },
+            FsDevice {
+                tag: "m2".into(),
+                socket: "/run/x,y/fs-m2.sock".into(),
+            },
+        ];
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-device vhost-user-vsock-device,chardev=vs \
+             -chardev socket,id=fs0,path=/run/x/fs-m0.sock \
+             -device vhost-user-fs-device,chardev=fs0,tag=m0 \
+             -chardev socket,id=fs1,path=/run/x,,y/fs-m2.sock \
+             -device vhost-user-fs-device,chardev=fs1,tag=m2 -append"
+        ));
+        // Guest memory must be shareable for any vhost-user device.
+        assert!(line.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
     }
 
     #[test]

@@ -216,6 +216,12 @@ fn tmpfs_option(
     Ok(())
 }
 
+/// Docker mounts every tmpfs `noexec`, `nosuid` and `nodev` unless its
+/// options say `exec`, `suid` or `dev`.
+fn default_tmpfs_flags() -> Vec<String> {
+    vec!["noexec".into(), "nosuid".into(), "nodev".into()]
+}
+
 /// `--tmpfs PATH[:OPTIONS]` (options separated by commas: `size=64m`,
 /// `mode=1777`, `ro`, `noexec`...). Docker mounts these `noexec`, `nosuid`
 /// and `nodev` unless told otherwise.
@@ -225,7 +231,7 @@ pub fn parse_tmpfs_flag(s: &str) -> Result<MountSpec, MountError> {
         None => (s, ""),
     };
     let mut m = MountSpec::tmpfs(&clean_target(target)?);
-    m.tmpfs_flags = vec!["noexec".into(), "nosuid".into(), "nodev".into()];
+    m.tmpfs_flags = default_tmpfs_flags();
     for opt in opts.split(',').filter(|o| !o.is_empty()) {
         let (k, v) = match opt.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -387,7 +393,9 @@ pub fn parse_mount_flag(s: &str) -> Result<MountSpec, MountError> {
             if source.as_deref().is_some_and(|s| !s.is_empty()) {
                 return err("--mount: a tmpfs has no source");
             }
-            MountSpec::tmpfs(&target)
+            let mut m = MountSpec::tmpfs(&target);
+            m.tmpfs_flags = default_tmpfs_flags();
+            m
         }
     };
     if no_copy && kind != MountType::Volume {
@@ -467,6 +475,34 @@ pub fn validate(mounts: &[MountSpec]) -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// One mount as `vessel inspect` shows it (Docker's `Mounts`): what is
+/// mounted where, and whether the container may write to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountPoint {
+    #[serde(rename = "type")]
+    pub kind: MountType,
+    /// Bind: the host directory (canonical). Volume: the volume's name.
+    /// Tmpfs: empty.
+    pub source: String,
+    /// The path in the container.
+    pub destination: String,
+    /// Writable by the container.
+    pub rw: bool,
+}
+
+/// The [`MountPoint`]s of a container's resolved mounts, in order.
+pub fn mount_points(mounts: &[MountSpec]) -> Vec<MountPoint> {
+    mounts
+        .iter()
+        .map(|m| MountPoint {
+            kind: m.kind,
+            source: m.source.clone(),
+            destination: m.target.clone(),
+            rw: !m.readonly,
+        })
+        .collect()
 }
 
 /// How a volume keeps its data on the host.
@@ -620,7 +656,7 @@ mod tests {
         let m =
             parse_mount_flag("type=tmpfs,destination=/run,tmpfs-size=64m,tmpfs-mode=700").unwrap();
         assert_eq!((m.tmpfs_size, m.tmpfs_mode), (Some(64 << 20), Some(0o700)));
-        assert!(m.tmpfs_flags.is_empty());
+        assert_eq!(m.tmpfs_flags, ["noexec", "nosuid", "nodev"]);
         let m = parse_mount_flag("type=bind,source=/srv,target=/d,ro=false").unwrap();
         assert!(!m.readonly);
     }

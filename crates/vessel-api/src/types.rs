@@ -249,6 +249,9 @@ pub struct ContainerInfo {
     /// `network.json`): IP, MAC, gateway, published host ports.
     #[serde(default)]
     pub networks: Vec<crate::network::Attachment>,
+    /// Its mounts (Docker's `Mounts`): bind mounts, volumes, tmpfs.
+    #[serde(default)]
+    pub mounts: Vec<crate::mounts::MountPoint>,
 }
 
 /// One row of `GET /v1/containers`.
