@@ -20,24 +20,34 @@ pub fn fs_tag(index: usize) -> String {
     format!("m{index}")
 }
 
+/// The name of a shared volume's directory in its volume directory (the
+/// apiserver's volume store makes it).
+pub const VOLUME_DATA: &str = "data";
+
 /// The host directory a mount serves over virtio-fs, if it is one: a bind
-/// mount's source.
-pub fn shared_dir(m: &MountSpec) -> Option<PathBuf> {
+/// mount's source, a shared volume's data directory.
+pub fn shared_dir(home: &Home, m: &MountSpec) -> Option<PathBuf> {
     match m.kind {
         MountType::Bind => Some(PathBuf::from(&m.source)),
+        MountType::Volume if m.shared => Some(home.volume_dir(&m.source).join(VOLUME_DATA)),
         MountType::Volume | MountType::Tmpfs => None,
     }
 }
 
 /// One [`ShareSpec`] per mount served over virtio-fs, its socket in
 /// `run_dir`.
-pub fn shares(config: &ContainerConfig, run_dir: &Path, ids: IdMapping) -> Vec<ShareSpec> {
+pub fn shares(
+    home: &Home,
+    config: &ContainerConfig,
+    run_dir: &Path,
+    ids: IdMapping,
+) -> Vec<ShareSpec> {
     config
         .mounts
         .iter()
         .enumerate()
         .filter_map(|(i, m)| {
-            let dir = shared_dir(m)?;
+            let dir = shared_dir(home, m)?;
             let tag = fs_tag(i);
             Some(ShareSpec {
                 socket: run_dir.join(format!("fs-{tag}.sock")),
@@ -71,12 +81,12 @@ pub struct VolumeDisk {
     pub readonly: bool,
 }
 
-/// The container's volumes, in the configuration's order.
+/// The container's block volumes, in the configuration's order.
 pub fn volume_disks(home: &Home, config: &ContainerConfig) -> Vec<VolumeDisk> {
     config
         .mounts
         .iter()
-        .filter(|m| m.kind == MountType::Volume)
+        .filter(|m| m.kind == MountType::Volume && !m.shared)
         .enumerate()
         .map(|(n, m)| VolumeDisk {
             name: m.source.clone(),
@@ -105,6 +115,10 @@ pub fn guest_mounts(config: &ContainerConfig) -> Vec<GuestMount> {
                 // Mounted read-only in the guest as well, but the host's
                 // `virtiofsd --readonly` is what enforces it.
                 MountType::Bind => GuestMountSource::VirtioFs { tag: fs_tag(i) },
+                MountType::Volume if m.shared => {
+                    populate = !m.no_copy && !m.readonly;
+                    GuestMountSource::VirtioFs { tag: fs_tag(i) }
+                }
                 MountType::Volume => {
                     let serial = volume_serial(volumes);
                     volumes += 1;
@@ -196,7 +210,12 @@ mod tests {
             parse_volume_flag("/srv/a:/a:ro", cwd).unwrap(),
             parse_mount_flag("type=bind,source=/srv/b,target=/b").unwrap(),
         ]);
-        let shares = shares(&c, Path::new("/run/v/c1"), IdMapping::Identity);
+        let shares = shares(
+            &Home::new("/h"),
+            &c,
+            Path::new("/run/v/c1"),
+            IdMapping::Identity,
+        );
         assert_eq!(shares.len(), 2);
         assert_eq!(
             (
@@ -221,7 +240,7 @@ mod tests {
     #[test]
     fn no_mounts_no_shares() {
         let c = config(vec![]);
-        assert!(shares(&c, Path::new("/r"), IdMapping::Identity).is_empty());
+        assert!(shares(&Home::new("/h"), &c, Path::new("/r"), IdMapping::Identity).is_empty());
         assert!(guest_mounts(&c).is_empty());
     }
 
@@ -292,5 +311,30 @@ mod tests {
             VolumeLocks::take(&[gone]),
             Err(VolumeError::Missing(..))
         ));
+    }
+
+    #[test]
+    fn shared_volumes_are_virtiofs_of_their_data_directory_and_not_disks() {
+        let mut sv = MountSpec::volume("team", "/srv");
+        sv.shared = true;
+        let c = config(vec![MountSpec::volume("blk", "/b"), sv]);
+        let home = Home::new("/h");
+        let disks = volume_disks(&home, &c);
+        assert_eq!(disks.len(), 1);
+        assert_eq!(disks[0].name, "blk");
+        let s = shares(&home, &c, Path::new("/run/v/c1"), IdMapping::Identity);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s[0].dir, PathBuf::from("/h/volumes/team/data"));
+        assert_eq!(s[0].tag, "m1");
+        let g = guest_mounts(&c);
+        assert_eq!(
+            g[0].source,
+            GuestMountSource::Block {
+                serial: "vessel-vol0".into(),
+                fstype: "ext4".into()
+            }
+        );
+        assert_eq!(g[1].source, GuestMountSource::VirtioFs { tag: "m1".into() });
+        assert!(g[1].populate, "an empty shared volume gets the copy-in too");
     }
 }

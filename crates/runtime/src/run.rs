@@ -1142,6 +1142,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 ta.boot_attempt = ta.connect;
             }
             let r = launch(
+                home,
                 &config,
                 &volumes,
                 networks.as_ref(),
@@ -1276,6 +1277,7 @@ fn start_nics(
 /// One `virtiofsd` per host directory the container mounts; the VM's
 /// devices for them.
 fn start_shares(
+    home: &Home,
     config: &ContainerConfig,
     dir: &Path,
     run_dir: &Path,
@@ -1283,7 +1285,7 @@ fn start_shares(
     t: &Timeouts,
 ) -> Result<Vec<FsDevice>, RunError> {
     let ids = IdMapping::for_this_process(virtiofs::numeric_user(&config.process.user));
-    let specs = crate::mounts::shares(config, run_dir, ids);
+    let specs = crate::mounts::shares(home, config, run_dir, ids);
     *shares = virtiofs::start_all(&specs, dir, t.backend_socket)?;
     for s in shares.iter() {
         log(&format!(
@@ -1307,6 +1309,7 @@ fn start_shares(
 /// attachments, virtiofsd for shared directories, control socket, VMM.
 #[allow(clippy::too_many_arguments)]
 fn launch(
+    home: &Home,
     config: &ContainerConfig,
     volumes: &[crate::mounts::VolumeDisk],
     networks: Option<&ContainerNetworks>,
@@ -1335,7 +1338,7 @@ fn launch(
         t.backend_socket,
     )?);
     let nics = start_nics(networks, dir, run_dir, passts, t)?;
-    let fs_devices = start_shares(config, dir, run_dir, shares, t)?;
+    let fs_devices = start_shares(home, config, dir, run_dir, shares, t)?;
     // Before the VM starts, so the guest's signal finds it.
     let gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
     shared.set_dialer(GuestDialer {

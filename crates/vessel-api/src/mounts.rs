@@ -61,6 +61,11 @@ pub struct MountSpec {
     /// apiserver.
     #[serde(default, skip_serializing_if = "is_false")]
     pub anonymous: bool,
+    /// Volume: a shared volume (`backing=shared`), a host directory served
+    /// over virtio-fs, that several running containers may mount at once.
+    /// Set by the apiserver from the volume store.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shared: bool,
     /// Tmpfs: its size limit in bytes (default: half the VM's memory, as
     /// the kernel's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -87,6 +92,7 @@ impl MountSpec {
             create_source: false,
             no_copy: false,
             anonymous: false,
+            shared: false,
             tmpfs_size: None,
             tmpfs_mode: None,
             tmpfs_flags: Vec::new(),
@@ -472,6 +478,9 @@ pub fn validate(mounts: &[MountSpec]) -> Result<(), MountError> {
         }
         if m.no_copy && m.kind != MountType::Volume {
             return err(format!("{}: nocopy is for volumes only", m.target));
+        }
+        if m.shared && m.kind != MountType::Volume {
+            return err(format!("{}: shared is for volumes only", m.target));
         }
     }
     Ok(())

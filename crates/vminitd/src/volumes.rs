@@ -121,20 +121,21 @@ fn tmpfs_flags(flags: &[String]) -> MsFlags {
     f
 }
 
-/// Docker's copy-in: mount the volume's disk `dev` aside, and if it is
-/// empty, copy into it what the image has at `at` (and its owner and
-/// mode); then unmount it, to be mounted at `at`.
-fn copy_in(dev: &Path, fstype: &str, serial: &str, at: &Path) -> Result<(), String> {
-    let aside = Path::new("/run/vessel-volumes").join(serial);
+/// Docker's copy-in: mount the volume (`source` of type `fstype`: a disk,
+/// or a shared volume's virtio-fs tag) aside, and if it is empty, copy
+/// into it what the image has at `at` (and its owner and mode); then
+/// unmount it, to be mounted at `at`.
+fn copy_in(source: &Path, fstype: &str, name: &str, at: &Path) -> Result<(), String> {
+    let aside = Path::new("/run/vessel-volumes").join(name);
     std::fs::create_dir_all(&aside).map_err(|e| format!("making {}: {e}", aside.display()))?;
     mount(
-        Some(dev),
+        Some(source),
         &aside,
         Some(fstype),
         MsFlags::empty(),
         None::<&str>,
     )
-    .map_err(|e| format!("mounting {}: {}", dev.display(), e.desc()))?;
+    .map_err(|e| format!("mounting {}: {}", source.display(), e.desc()))?;
     let copied = crate::populate::populate(at, &aside);
     let unmounted = nix::mount::umount(&aside);
     let _ = std::fs::remove_dir(&aside);
@@ -175,6 +176,12 @@ fn mount_one(m: &GuestMount, at: &Path) -> Result<(), String> {
             .map_err(|e| fail("a tmpfs", e))
         }
         GuestMountSource::VirtioFs { tag } => {
+            // A shared volume asks for the copy-in; a bind mount never does.
+            if m.populate && !m.readonly {
+                copy_in(Path::new(tag), "virtiofs", tag, at).map_err(|e| {
+                    format!("copying the image's {} into its new volume: {e}", m.target)
+                })?;
+            }
             mount(Some(tag.as_str()), at, Some("virtiofs"), ro, None::<&str>)
                 .map_err(|e| fail(&format!("the shared directory {tag:?}"), e))
         }

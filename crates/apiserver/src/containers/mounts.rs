@@ -301,16 +301,9 @@ fn volume(
     } else {
         volumes.ensure_locked(g, &m.source)?
     };
-    if backing == VolumeBacking::Shared {
-        return Err(shared_unavailable(&m.source));
-    }
+    // What the store says, whatever the request said.
+    m.shared = backing == VolumeBacking::Shared;
     Ok(m)
-}
-
-fn shared_unavailable(name: &str) -> ApiError {
-    ApiError::invalid(format!(
-        "volume {name} is a shared volume (backing=shared): mounting shared volumes is not available in this build yet; use a block volume (the default)"
-    ))
 }
 
 /// At start: each block volume of `mounts` is used by no other running
@@ -331,7 +324,9 @@ pub(super) fn check_exclusive(
             e => e,
         })?;
         if backing == VolumeBacking::Shared {
-            return Err(shared_unavailable(&m.source));
+            // Served over virtio-fs by a virtiofsd per VM: any number of
+            // running containers at once.
+            continue;
         }
         let others: Vec<String> = users
             .running
@@ -506,16 +501,24 @@ mod tests {
         assert!(vols.exists("named") && vols.exists(&db.source));
         assert!(!r.mounts[0].anonymous);
 
-        // A failure later on removes the anonymous volumes made so far.
+        // A shared volume is marked so (the runtime serves it over
+        // virtio-fs), whatever the request said.
         vols.create_locked_for_test(&g, "sh", true);
-        let requested = vec![MountSpec::volume("", "/a"), MountSpec::volume("sh", "/b")];
+        let mut claims = MountSpec::volume("named", "/n");
+        claims.shared = true;
+        let requested = vec![MountSpec::volume("sh", "/b"), claims];
+        let r2 = super::resolve(&requested, &[], &vols, &g).unwrap();
+        assert!(r2.mounts[0].shared && !r2.mounts[1].shared);
+
+        // A failure later on removes the anonymous volumes made so far.
+        vols.create_locked_for_test(&g, "broken", false);
+        std::fs::write(d.path().join("volumes/broken/volume.json"), b"{not json").unwrap();
+        let requested = vec![
+            MountSpec::volume("", "/a"),
+            MountSpec::volume("broken", "/b"),
+        ];
         let before = vols.list(&Users::default()).len();
-        let e = super::resolve(&requested, &[], &vols, &g).unwrap_err();
-        assert!(
-            e.body().message.contains("shared volume"),
-            "{}",
-            e.body().message
-        );
+        assert!(super::resolve(&requested, &[], &vols, &g).is_err());
         assert_eq!(vols.list(&Users::default()).len(), before);
         drop(g);
 
