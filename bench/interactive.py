@@ -61,7 +61,7 @@ import termios
 import threading
 import time
 
-from sides import ROOT, RUNC_ROOT, Podman, Vessel, env_path, must, pct
+from sides import RUNC_ROOT, Podman, Vessel, must, pct, prepare
 
 PROMPT = b"RDY> "
 KEY = b"x"
@@ -391,21 +391,7 @@ def main():
     only = set(a.only.split(","))
     if only - {"exec", "tty", "stream"}:
         sys.exit(f"--only takes exec, tty, stream; got {a.only}")
-    env_path("VESSEL_KERNEL")
-    env_path("VESSEL_INITRD")
-    image = env_path("VESSEL_TEST_IMAGE")
-    bindir = os.path.abspath(os.environ.get("VESSEL_BIN_DIR", os.path.join(ROOT, "target/release")))
-    if not os.path.exists(os.path.join(bindir, "vessel")):
-        sys.exit(f"no vessel binary in {bindir}: cargo build --release --bins, or set VESSEL_BIN_DIR")
-    if shutil.which("podman") is None:
-        sys.exit("podman is not installed: scripts/install-deps.sh installs it")
-
-    # SIGTERM and SIGHUP end the run as Ctrl-C does: through the cleanup.
-    def leave(sig, _frame):
-        raise KeyboardInterrupt(f"signal {sig}")
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGHUP, leave)
+    bindir, image = prepare()
 
     work = tempfile.mkdtemp(prefix="vessel-bench-interactive-", dir="/tmp")
     vessel, podman = Vessel(work, bindir, image), Podman(work, image)

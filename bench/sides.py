@@ -191,3 +191,25 @@ def kill_matching(needles):
 
 
 # ---------------------------------------------------------------- exec latency
+
+
+def prepare():
+    """Check what a side-by-side run needs (the guest assets, the vessel
+    binaries, podman) and make SIGTERM and SIGHUP end it as Ctrl-C does,
+    through the cleanup. Returns (vessel's binary directory, the offline
+    busybox image archive)."""
+    env_path("VESSEL_KERNEL")
+    env_path("VESSEL_INITRD")
+    image = env_path("VESSEL_TEST_IMAGE")
+    bindir = os.path.abspath(os.environ.get("VESSEL_BIN_DIR", os.path.join(ROOT, "target/release")))
+    if not os.path.exists(os.path.join(bindir, "vessel")):
+        sys.exit(f"no vessel binary in {bindir}: cargo build --release --bins, or set VESSEL_BIN_DIR")
+    if shutil.which("podman") is None:
+        sys.exit("podman is not installed: scripts/install-deps.sh installs it")
+
+    def leave(sig, _frame):
+        raise KeyboardInterrupt(f"signal {sig}")
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGHUP, leave)
+    return bindir, image

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 
-from sides import IMAGE, PODMAN_LIMITS, ROOT, Podman, Vessel, env_path, must
+from sides import IMAGE, PODMAN_LIMITS, Podman, Vessel, must, prepare
 
 PLACES = ["vessel rootfs", "vessel bind", "vessel volume", "vessel shared", "podman rootfs", "podman bind"]
 
@@ -140,20 +140,7 @@ def main():
     only = [p.strip() for p in a.only.split(",") if p.strip()]
     if set(only) - set(PLACES):
         sys.exit(f"--only takes {', '.join(PLACES)}")
-    env_path("VESSEL_KERNEL")
-    env_path("VESSEL_INITRD")
-    image = env_path("VESSEL_TEST_IMAGE")
-    bindir = os.path.abspath(os.environ.get("VESSEL_BIN_DIR", os.path.join(ROOT, "target/release")))
-    if not os.path.exists(os.path.join(bindir, "vessel")):
-        sys.exit(f"no vessel binary in {bindir}: cargo build --release --bins, or set VESSEL_BIN_DIR")
-    if shutil.which("podman") is None:
-        sys.exit("podman is not installed: scripts/install-deps.sh installs it")
-
-    def leave(sig, _frame):
-        raise KeyboardInterrupt(f"signal {sig}")
-
-    signal.signal(signal.SIGTERM, leave)
-    signal.signal(signal.SIGHUP, leave)
+    bindir, image = prepare()
     # Under the host's /var/tmp rather than /tmp: a tmpfs /tmp would make
     # podman's bind mount a memory benchmark.
     work = tempfile.mkdtemp(prefix="vessel-bench-volumes-", dir="/var/tmp")

@@ -390,3 +390,42 @@ pub fn cp_host_tree(root: &Path) -> PathBuf {
     std::os::unix::fs::symlink("/", root.join("up")).unwrap();
     tree
 }
+
+/// The output of `sh -c SCRIPT` in the host's static busybox under podman
+/// and runc (no VM), `podman run --rm FLAGS`: a root folder with the usual
+/// directories and `applets` linked to busybox. For side-by-side checks
+/// against the same busybox in a vessel VM.
+pub fn busybox_under_runc(flags: &[&str], applets: &[&str], script: &str) -> String {
+    let root = tempfile::tempdir().unwrap();
+    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "run"] {
+        std::fs::create_dir_all(root.path().join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
+    }
+    let out = Command::new("podman")
+        .args([
+            "--runtime",
+            "/usr/sbin/runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "run",
+            "--rm",
+            // podman's own defaults (1048576) are above what this host
+            // allows it.
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ])
+        .args(flags)
+        .arg("--rootfs")
+        .arg(root.path())
+        .args(["/bin/sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .expect("podman (scripts/install-deps.sh installs it)");
+    assert_ok(&out, "podman run");
+    text(&out.stdout)
+}

@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use vessel_tests::{assert_ok, text, Instance};
 
@@ -19,39 +19,11 @@ echo "fds $(ls /proc/self/fd | tr '\n' ' ')"
 
 /// The output of `script` in the same busybox under podman + runc (no VM).
 fn under_runc(script: &str) -> String {
-    let root = tempfile::tempdir().unwrap();
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(root.path().join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
-    for applet in ["sh", "grep", "ls", "tr", "cat", "echo"] {
-        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
-    }
-    let out = Command::new("podman")
-        .args([
-            "--runtime",
-            "/usr/sbin/runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            // podman's own defaults (1048576) are above what this host
-            // allows it.
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-            "--rootfs",
-        ])
-        .arg(root.path())
-        .args(["/bin/sh", "-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("podman (scripts/install-deps.sh installs it)");
-    assert_ok(&out, "podman run");
-    text(&out.stdout)
+    vessel_tests::busybox_under_runc(
+        &["--network", "none"],
+        &["sh", "grep", "ls", "tr", "cat", "echo"],
+        script,
+    )
 }
 
 #[test]

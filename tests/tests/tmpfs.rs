@@ -8,7 +8,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Command, Stdio};
 use vessel_tests::{assert_ok, text, Instance, IMAGE};
 
 /// What the flags below should give, one fact a line.
@@ -44,46 +43,16 @@ const FLAGS: [&str; 8] = [
     "--network=none",
 ];
 
-/// A busybox root folder for podman's `--rootfs`.
-fn busybox_root() -> tempfile::TempDir {
-    let root = tempfile::tempdir().unwrap();
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "run"] {
-        std::fs::create_dir_all(root.path().join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.path().join("bin/busybox")).unwrap();
-    for applet in [
-        "sh", "grep", "cut", "stat", "dd", "cp", "touch", "cat", "echo", "head", "true",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet)).unwrap();
-    }
-    root
-}
-
 fn under_runc(script: &str) -> String {
-    let root = busybox_root();
-    let out = Command::new("podman")
-        .args([
-            "--runtime",
-            "/usr/sbin/runc",
-            "--cgroup-manager",
-            "cgroupfs",
-            "run",
-            "--rm",
-            "--read-only-tmpfs=false",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1024:1024",
-        ])
-        .args(FLAGS)
-        .arg("--rootfs")
-        .arg(root.path())
-        .args(["/bin/sh", "-c", script])
-        .stdin(Stdio::null())
-        .output()
-        .expect("podman (scripts/install-deps.sh installs it)");
-    assert_ok(&out, "podman run");
-    text(&out.stdout)
+    let mut flags = vec!["--read-only-tmpfs=false"];
+    flags.extend(FLAGS);
+    vessel_tests::busybox_under_runc(
+        &flags,
+        &[
+            "sh", "grep", "cut", "stat", "dd", "cp", "touch", "cat", "echo", "head", "true",
+        ],
+        script,
+    )
 }
 
 #[test]
