@@ -133,6 +133,12 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
             &["run", "--rm", "-v", "my/vol:/x", IMAGE, "true"][..],
             "invalid volume name",
         ),
+        (
+            &[
+                "run", "--rm", "-v", "/anon", "-v", "twice:/a", "-v", "twice:/b", IMAGE, "true",
+            ][..],
+            "volume twice is mounted twice (/a and /b)",
+        ),
     ] {
         let e = fails(&v, args);
         assert!(e.contains(says), "{args:?}: {e}");
@@ -168,12 +174,29 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
     let ls = text(&out.stdout);
     assert!(ls.starts_with("DRIVER   VOLUME NAME\n"), "{ls}");
     assert!(ls.contains("local    small\n"), "{ls}");
-    // A shared volume can be made (mounted: the shared-volume test below).
+    // A shared volume can be made, and mounted at two paths of one
+    // container (a block volume cannot: above).
     assert_ok(
         &v.vessel(&["volume", "create", "--opt", "shared=true", "sh"]),
         "shared volume",
     );
     assert!(v.path().join("volumes/sh/data").is_dir());
+    assert_eq!(
+        run_ok(
+            &v,
+            &[
+                "-v",
+                "sh:/a",
+                "-v",
+                "sh:/b:ro",
+                IMAGE,
+                "sh",
+                "-c",
+                "echo both > /a/f && cat /b/f"
+            ]
+        ),
+        "both\n"
+    );
     // prune -a: every unused volume.
     let out = v.vessel(&["volume", "prune", "-a", "-f"]);
     assert_ok(&out, "prune -a");
