@@ -767,3 +767,29 @@ fn a_full_host_disk_is_an_error_in_the_container_never_a_paused_vm() {
     assert_ok(&out, "the block volume after the host's disk was full");
     assert_eq!(text(&out.stdout), "before\nkeep\nnew\n");
 }
+
+#[test]
+fn runs_one_after_another_on_a_block_volume_wait_for_the_last_vm_to_go() {
+    // Without --rm the exit is told while the VM still powers off, with
+    // the volume's disk: the next start waits for it (it failed with
+    // "mounted by another running container" every time before).
+    let v = Instance::started();
+    for i in 0..3 {
+        let out = v.vessel(&[
+            "run",
+            "--network",
+            "none",
+            "-v",
+            "seq:/d",
+            IMAGE,
+            "sh",
+            "-c",
+            &format!("echo {i} >> /d/log"),
+        ]);
+        assert_ok(&out, &format!("run {i} on the volume"));
+    }
+    assert_eq!(
+        run_ok(&v, &["-v", "seq:/d", IMAGE, "cat", "/d/log"]),
+        "0\n1\n2\n"
+    );
+}
