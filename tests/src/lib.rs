@@ -17,6 +17,7 @@
 
 pub mod debian;
 pub mod registry;
+pub mod small_disk;
 pub mod tmux;
 pub mod token;
 

@@ -741,3 +741,184 @@ fn rootless_bind_mounts_write_as_the_user_whatever_the_guest_uid() {
     }
     assert!(!data.join("dir1000").exists());
 }
+
+/// Does `p` still exist (without following a link)?
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+#[test]
+fn rootless_volumes_block_and_shared_are_the_user_s() {
+    let (uid, gid) = test_user();
+    let mut v = Rootless::new();
+    v.start();
+    let volumes = v.home().join("vessel/volumes");
+    let run_ok = |args: &[&str], what: &str| -> String {
+        let mut a = vec!["run", "--rm", "--network", "none"];
+        a.extend_from_slice(args);
+        let out = v.vessel(&a);
+        assert_ok(&out, what);
+        text(&out.stdout)
+    };
+
+    // A block volume, made by the user (mkfs.ext4 and debugfs as the
+    // user): an ext4 disk whose ids are the guest's own.
+    assert_ok(
+        &v.vessel(&["volume", "create", "--opt", "size=64m", "blk"]),
+        "volume create (block, rootless)",
+    );
+    assert_eq!(owner(&volumes.join("blk/disk.img")), (uid, gid));
+    let o = run_ok(
+        &[
+            "-v",
+            "blk:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "ls -A /data; stat -c 'root %u:%g %a' /data; echo by-root > /data/r && \
+             mkdir /data/home && chown 1000:1000 /data/home",
+        ],
+        "run as root with a block volume (rootless)",
+    );
+    assert!(o.starts_with("root 0:0 755\n"), "empty, root's: {o}");
+    run_ok(
+        &[
+            "-u",
+            "1000:1000",
+            "-v",
+            "blk:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo by-1000 > /data/home/u && ! touch /data/denied 2>/dev/null",
+        ],
+        "run -u 1000 with a block volume (rootless)",
+    );
+    let o = run_ok(
+        &[
+            "-v",
+            "blk:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /data/r /data/home/u; stat -c '%n %u:%g' /data/r /data/home/u",
+        ],
+        "the next container reads the block volume",
+    );
+    assert_eq!(
+        o, "by-root\nby-1000\n/data/r 0:0\n/data/home/u 1000:1000\n",
+        "data and guest owners kept"
+    );
+    // A second running container on it is refused by the apiserver and
+    // the runtime's flock, as the user.
+    let out = v.vessel(&[
+        "run",
+        "-d",
+        "--name",
+        "holder",
+        "--network",
+        "none",
+        "-v",
+        "blk:/data",
+        IMAGE,
+        "sleep",
+        "300",
+    ]);
+    assert_ok(&out, "run -d with the block volume");
+    let e = text(
+        &v.vessel(&["run", "--rm", "-v", "blk:/data", IMAGE, "true"])
+            .stderr,
+    );
+    assert!(e.contains("holder"), "{e}");
+    assert_ok(&v.vessel(&["rm", "-f", "holder"]), "rm -f holder");
+
+    // A shared volume: a directory of the user's, served by a virtiofsd
+    // running as the user that writes every guest id as the user's.
+    assert_ok(
+        &v.vessel(&["volume", "create", "--opt", "backing=shared", "team"]),
+        "volume create (shared, rootless)",
+    );
+    let data = volumes.join("team/data");
+    assert_eq!(owner(&data), (uid, gid));
+    // First use copies the image's /home/vessel (1000:1000) in.
+    let o = run_ok(
+        &[
+            "-v",
+            "team:/home/vessel",
+            IMAGE,
+            "sh",
+            "-c",
+            "stat -c 'root %u:%g' /home/vessel; echo by-root > /home/vessel/r; \
+             chown 4242:4242 /home/vessel/r; mkdir -p /home/vessel/deep/er; \
+             echo x > /home/vessel/deep/er/f; chmod 0 /home/vessel/deep/er/f; \
+             chmod 500 /home/vessel/deep/er; mknod /home/vessel/null c 1 3; true",
+        ],
+        "run as root with a shared volume (rootless)",
+    );
+    assert!(o.contains("root 0:0"), "{o}");
+    let o = run_ok(
+        &[
+            "-u",
+            "1000:1000",
+            "-v",
+            "team:/s",
+            IMAGE,
+            "sh",
+            "-c",
+            "stat -c 'dir %u:%g' /s; cat /s/r; echo by-1000 > /s/u && mkdir /s/d1000 && \
+             echo in > /s/d1000/f && echo wrote",
+        ],
+        "run -u 1000 with a shared volume (rootless)",
+    );
+    assert!(
+        o.contains("dir 1000:1000"),
+        "the user's directory is the container user's: {o}"
+    );
+    assert!(o.contains("by-root\n") && o.contains("wrote\n"), "{o}");
+    let o = run_ok(
+        &["-v", "team:/s", IMAGE, "cat", "/s/u", "/s/d1000/f"],
+        "the next container reads the shared volume",
+    );
+    assert_eq!(o, "by-1000\nin\n");
+    // On the host, everything the containers wrote is the user's, and no
+    // device node was made.
+    for f in ["r", "u", "d1000", "d1000/f", "deep", "deep/er", "deep/er/f"] {
+        assert_eq!(owner(&data.join(f)), (uid, gid), "{f} on the host");
+    }
+    assert!(!exists(&data.join("null")), "a device node in a volume");
+    if is_root() {
+        // The user reads what the container wrote, and deletes it.
+        let out = run(
+            "runuser",
+            &["-u", USER, "--", "cat", data.join("r").to_str().unwrap()],
+        );
+        assert_ok(&out, "cat as the user");
+        assert_eq!(text(&out.stdout), "by-root\n");
+        let out = run(
+            "runuser",
+            &[
+                "-u",
+                USER,
+                "--",
+                "rm",
+                "-r",
+                data.join("u").to_str().unwrap(),
+                data.join("d1000").to_str().unwrap(),
+            ],
+        );
+        assert_ok(&out, "rm as the user");
+        assert!(!exists(&data.join("d1000")));
+    }
+
+    // `volume rm` as the user removes both, even a directory the guest
+    // left without write permission.
+    let out = v.vessel(&["volume", "rm", "blk", "team"]);
+    assert_ok(&out, "volume rm (rootless)");
+    assert!(!exists(&volumes.join("blk")) && !exists(&volumes.join("team")));
+    let left: Vec<_> = std::fs::read_dir(&volumes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use vessel_tests::small_disk::{output_within, SmallDisk};
 use vessel_tests::{assert_ok, text, Instance, IMAGE};
 
 /// `vessel volume ls -q`.
@@ -132,6 +133,12 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
             &["run", "--rm", "-v", "my/vol:/x", IMAGE, "true"][..],
             "invalid volume name",
         ),
+        (
+            &[
+                "run", "--rm", "-v", "/anon", "-v", "twice:/a", "-v", "twice:/b", IMAGE, "true",
+            ][..],
+            "volume twice is mounted twice (/a and /b)",
+        ),
     ] {
         let e = fails(&v, args);
         assert!(e.contains(says), "{args:?}: {e}");
@@ -167,14 +174,29 @@ fn named_volumes_keep_data_and_are_refused_removal_while_used() {
     let ls = text(&out.stdout);
     assert!(ls.starts_with("DRIVER   VOLUME NAME\n"), "{ls}");
     assert!(ls.contains("local    small\n"), "{ls}");
-    // A shared volume can be made; mounting it waits for virtio-fs.
+    // A shared volume can be made, and mounted at two paths of one
+    // container (a block volume cannot: above).
     assert_ok(
         &v.vessel(&["volume", "create", "--opt", "shared=true", "sh"]),
         "shared volume",
     );
     assert!(v.path().join("volumes/sh/data").is_dir());
-    let e = fails(&v, &["run", "--rm", "-v", "sh:/s", IMAGE, "true"]);
-    assert!(e.contains("shared volume"), "{e}");
+    assert_eq!(
+        run_ok(
+            &v,
+            &[
+                "-v",
+                "sh:/a",
+                "-v",
+                "sh:/b:ro",
+                IMAGE,
+                "sh",
+                "-c",
+                "echo both > /a/f && cat /b/f"
+            ]
+        ),
+        "both\n"
+    );
     // prune -a: every unused volume.
     let out = v.vessel(&["volume", "prune", "-a", "-f"]);
     assert_ok(&out, "prune -a");
@@ -592,4 +614,182 @@ fn a_shared_volume_is_read_and_written_by_two_running_containers() {
     assert_ok(&v.vessel(&["rm", "-f", "va", "vb"]), "rm -f");
     assert_ok(&v.vessel(&["volume", "rm", "team"]), "volume rm after");
     assert!(!Path::new(&mountpoint).exists());
+}
+
+#[test]
+fn a_full_volume_is_enospc_in_the_container_and_stays_usable() {
+    let v = Instance::started();
+    let out = v.vessel(&["volume", "create", "--opt", "size=16m", "small"]);
+    assert_ok(&out, "volume create size=16m");
+    // 32 MiB into a 16 MiB volume: the write fails with ENOSPC in the
+    // container; what was there stays readable, the root filesystem
+    // writable.
+    let o = run_ok(
+        &v,
+        &[
+            "-v",
+            "small:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo before > /data/keep; \
+             dd if=/dev/zero of=/data/big bs=1M count=32 2>/tmp/dd.err; echo \"dd exit $?\"; \
+             grep -o 'No space left on device' /tmp/dd.err | head -n1; \
+             cat /data/keep; echo other > /tmp/other && cat /tmp/other; sync; echo synced",
+        ],
+    );
+    assert!(o.contains("No space left on device\n"), "{o}");
+    assert!(!o.contains("dd exit 0\n"), "{o}");
+    assert!(o.ends_with("before\nother\nsynced\n"), "{o}");
+    // The next container reads what fit, deletes it and writes again.
+    let o = run_ok(
+        &v,
+        &[
+            "-v",
+            "small:/data",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /data/keep; echo \"fit $(stat -c %s /data/big)\"; rm /data/big && \
+             dd if=/dev/zero of=/data/again bs=1M count=8 2>/dev/null && \
+             echo \"again $(stat -c %s /data/again)\"",
+        ],
+    );
+    let fit: u64 = o
+        .lines()
+        .find_map(|l| l.strip_prefix("fit "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{o}"));
+    eprintln!("a 16 MiB volume took {} KiB of the 32 MiB", fit >> 10);
+    assert!((8 << 20..16 << 20).contains(&fit), "{o}");
+    assert!(
+        o.starts_with("before\n") && o.ends_with("again 8388608\n"),
+        "{o}"
+    );
+    let info = inspect_volume(&v, "small");
+    assert_eq!(info["size_bytes"], 16u64 << 20);
+    assert_ok(&v.vessel(&["volume", "rm", "small"]), "volume rm");
+}
+
+#[test]
+fn a_full_host_disk_is_an_error_in_the_container_never_a_paused_vm() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a small tmpfs VESSEL_HOME needs root to mount");
+        return;
+    }
+    // VESSEL_HOME on a 48 MiB disk; each container writes 80 MiB. What it
+    // sees goes to a tmpfs of its own and is printed once the space is
+    // back: the container's log is on the full disk too.
+    let disk = SmallDisk::new(48);
+    let v = disk.v();
+    v.load_test_image();
+    assert_ok(
+        &v.vessel(&["volume", "create", "--opt", "backing=shared", "sh"]),
+        "volume create shared",
+    );
+    assert_ok(
+        &v.vessel(&["volume", "create", "blk"]),
+        "volume create block",
+    );
+    // The image's ext4 base is made at its first run: before measuring.
+    assert_ok(
+        &v.vessel(&["run", "--rm", "--network", "none", IMAGE, "true"]),
+        "a first run",
+    );
+    let before = disk.free();
+    let run = |mount: &str, script: &str| {
+        let mut cmd = v.cmd(&[
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--tmpfs",
+            "/out",
+            "-v",
+            mount,
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ]);
+        let t = std::time::Instant::now();
+        let out = output_within(&mut cmd, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("a container filling the host's disk through {mount} hung"));
+        eprintln!("{mount}: ended after {:?}", t.elapsed());
+        out
+    };
+
+    // A shared volume has no size of its own: the host's disk is its
+    // limit, and a full one is ENOSPC in the container at once.
+    let out = run(
+        "sh:/s",
+        "dd if=/dev/zero of=/s/big bs=1M count=80 2>/out/err; echo \"dd exit $?\" > /out/log; \
+         rm /s/big && echo again > /s/after; cat /out/err /out/log",
+    );
+    assert_ok(&out, "filling the host's disk through a shared volume");
+    let o = text(&out.stdout);
+    assert!(o.contains("No space left on device"), "{o}");
+    assert!(o.contains("dd exit 1\n"), "{o}");
+
+    // A block volume (16 GiB, sparse) on a full host disk: QEMU reports
+    // the failed write to the guest (`werror=report`), which sees an I/O
+    // error; QEMU's default would pause the VM and the container would
+    // hang.
+    let out = run(
+        "blk:/data",
+        "echo before > /data/keep; sync; \
+         dd if=/dev/zero of=/data/big bs=1M count=80 conv=fsync 2>/out/err; \
+         echo \"dd exit $?\" > /out/log; rm /data/big; sync; cat /out/err /out/log; exit 3",
+    );
+    let o = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{o}\n{}", text(&out.stderr));
+    assert!(o.contains("Input/output error"), "{o}");
+    assert!(!o.contains("dd exit 0\n"), "{o}");
+
+    // The space is back (the block volume gives deleted blocks back with
+    // discard), and both volumes are usable, with what was written before.
+    disk.assert_given_back(before, "the two containers");
+    let o = run("sh:/s", "cat /s/after; ls /s");
+    assert_eq!(text(&o.stdout), "again\nafter\n");
+    let out = v.vessel(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "blk:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/keep; ls /data; echo new > /data/new && cat /data/new",
+    ]);
+    assert_ok(&out, "the block volume after the host's disk was full");
+    assert_eq!(text(&out.stdout), "before\nkeep\nnew\n");
+}
+
+#[test]
+fn runs_one_after_another_on_a_block_volume_wait_for_the_last_vm_to_go() {
+    // Without --rm the exit is told while the VM still powers off, with
+    // the volume's disk: the next start waits for it (it failed with
+    // "mounted by another running container" every time before).
+    let v = Instance::started();
+    for i in 0..3 {
+        let out = v.vessel(&[
+            "run",
+            "--network",
+            "none",
+            "-v",
+            "seq:/d",
+            IMAGE,
+            "sh",
+            "-c",
+            &format!("echo {i} >> /d/log"),
+        ]);
+        assert_ok(&out, &format!("run {i} on the volume"));
+    }
+    assert_eq!(
+        run_ok(&v, &["-v", "seq:/d", IMAGE, "cat", "/d/log"]),
+        "0\n1\n2\n"
+    );
 }

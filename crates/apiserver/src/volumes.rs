@@ -257,6 +257,47 @@ fn is_disk_full(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Remove the tree at `path`, also where a container left a directory
+/// without write or search permission for its owner (`chmod 500 dir` in a
+/// shared volume): the apiserver may not be root (rootless mode, where
+/// every file in a shared volume is the user's), so such directories are
+/// given `u+rwx` and the removal is tried again. Symbolic links are never
+/// followed; iterative, so a deep tree cannot overflow the stack.
+pub fn remove_tree(path: &Path) -> std::io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            open_up(path);
+            fs::remove_dir_all(path)
+        }
+        other => other,
+    }
+}
+
+/// Give every directory under `path` (itself included) `u+rwx`, without
+/// following symbolic links.
+fn open_up(path: &Path) {
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(md) = fs::symlink_metadata(&d) else {
+            continue;
+        };
+        if !md.is_dir() {
+            continue;
+        }
+        if md.mode() & 0o700 != 0o700 {
+            let _ =
+                fs::set_permissions(&d, fs::Permissions::from_mode((md.mode() | 0o700) & 0o7777));
+        }
+        if let Ok(rd) = fs::read_dir(&d) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    dirs.push(e.path());
+                }
+            }
+        }
+    }
+}
+
 /// A directory removed when dropped, unless kept.
 struct Staging(Option<PathBuf>);
 
@@ -269,7 +310,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if let Some(p) = self.0.take() {
-            let _ = fs::remove_dir_all(p);
+            let _ = remove_tree(&p);
         }
     }
 }
@@ -294,7 +335,7 @@ impl Volumes {
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let _ = fs::remove_dir_all(e.path());
+                    let _ = remove_tree(&e.path());
                 }
             }
         }
@@ -577,8 +618,15 @@ impl Volumes {
             .volumes_dir()
             .join(format!(".tmp-rm-{}", random_hex(8)));
         fs::rename(&dir, &gone).with_context(|| format!("removing {}", dir.display()))?;
-        fs::remove_dir_all(&gone).with_context(|| format!("removing {}", gone.display()))?;
+        // From here the volume is gone from the store (its name is free);
+        // what is left of its data is removed again at the next start.
         self.events.emit_volume(EventAction::Destroy, name);
+        remove_tree(&gone).with_context(|| {
+            format!(
+                "the volume {name} is removed, but deleting its data in {} failed; delete that directory by hand",
+                gone.display()
+            )
+        })?;
         Ok(())
     }
 
@@ -846,6 +894,35 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
+    }
+
+    #[test]
+    fn removal_opens_up_directories_a_container_closed() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o500)).unwrap();
+        let tree = d.path().join("vol/data");
+        fs::create_dir_all(tree.join("a/b")).unwrap();
+        fs::write(tree.join("a/b/f"), "x").unwrap();
+        symlink(&outside, tree.join("a/link")).unwrap();
+        for (p, mode) in [("a/b", 0o500), ("a", 0o000)] {
+            fs::set_permissions(tree.join(p), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        open_up(&d.path().join("vol"));
+        let mode = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&tree.join("a")), 0o700);
+        assert_eq!(mode(&tree.join("a/b")), 0o700);
+        // A link is not followed.
+        assert_eq!(mode(&outside), 0o500);
+        for (p, m) in [("a/b", 0o500), ("a", 0o000)] {
+            fs::set_permissions(tree.join(p), fs::Permissions::from_mode(m)).unwrap();
+        }
+        remove_tree(&d.path().join("vol")).unwrap();
+        assert!(!d.path().join("vol").exists());
+        assert!(outside.is_dir());
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]

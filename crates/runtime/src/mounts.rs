@@ -11,6 +11,7 @@ use crate::virtiofs::{IdMapping, ShareSpec};
 use agent_protocol::{GuestMount, GuestMountSource};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 use vessel_api::mounts::{MountSpec, MountType};
 use vessel_api::paths::Home;
 use vessel_api::types::ContainerConfig;
@@ -164,7 +165,14 @@ pub struct VolumeLocks {
 }
 
 impl VolumeLocks {
-    pub fn take(disks: &[VolumeDisk]) -> Result<Self, VolumeError> {
+    /// Lock every disk, waiting up to `wait` for one that is held. The
+    /// apiserver starts a container only when no other running container
+    /// has its block volumes, so a lock held now is most likely that of a
+    /// container that has just ended and whose VM is still powering off
+    /// (its exit is told first): a `run` right after another on the same
+    /// volume must wait for it, not fail.
+    pub fn take(disks: &[VolumeDisk], wait: Duration) -> Result<Self, VolumeError> {
+        let deadline = Instant::now() + wait;
         let mut held = Vec::new();
         for d in disks {
             if !d.path.is_file() {
@@ -172,13 +180,27 @@ impl VolumeLocks {
             }
             let f = File::open(&d.path)
                 .map_err(|e| VolumeError::Open(d.name.clone(), d.path.clone(), e))?;
-            match vessel_api::fsutil::flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
-                Ok(()) => held.push(f),
-                Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
-                    return Err(VolumeError::InUse(d.name.clone()))
+            let mut told = false;
+            loop {
+                match vessel_api::fsutil::flock(&f, libc::LOCK_EX | libc::LOCK_NB) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                        if Instant::now() >= deadline {
+                            return Err(VolumeError::InUse(d.name.clone()));
+                        }
+                        if !told {
+                            told = true;
+                            crate::log(&format!(
+                                "the disk of volume {} is still held by another VM (one that is ending?); waiting up to {wait:?}",
+                                d.name
+                            ));
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => return Err(VolumeError::Open(d.name.clone(), d.path.clone(), e)),
                 }
-                Err(e) => return Err(VolumeError::Open(d.name.clone(), d.path.clone(), e)),
             }
+            held.push(f);
         }
         Ok(Self { _held: held })
     }
@@ -298,19 +320,52 @@ mod tests {
             serial: volume_serial(0),
             readonly: false,
         };
-        let held = VolumeLocks::take(std::slice::from_ref(&disk)).unwrap();
-        let e = VolumeLocks::take(std::slice::from_ref(&disk)).unwrap_err();
+        let no_wait = Duration::ZERO;
+        let held = VolumeLocks::take(std::slice::from_ref(&disk), no_wait).unwrap();
+        let e = VolumeLocks::take(std::slice::from_ref(&disk), no_wait).unwrap_err();
         assert!(e.to_string().contains("backing=shared"), "{e}");
+        let t = Instant::now();
+        let e =
+            VolumeLocks::take(std::slice::from_ref(&disk), Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, VolumeError::InUse(_)), "{e}");
+        assert!(t.elapsed() >= Duration::from_millis(200));
         drop(held);
-        VolumeLocks::take(std::slice::from_ref(&disk)).unwrap();
+        VolumeLocks::take(std::slice::from_ref(&disk), no_wait).unwrap();
         let gone = VolumeDisk {
             path: d.path().join("nope"),
             ..disk
         };
         assert!(matches!(
-            VolumeLocks::take(&[gone]),
+            VolumeLocks::take(&[gone], no_wait),
             Err(VolumeError::Missing(..))
         ));
+    }
+
+    #[test]
+    fn a_start_waits_for_the_vm_of_a_container_that_just_ended() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("disk.img");
+        std::fs::write(&path, b"").unwrap();
+        let disk = VolumeDisk {
+            name: "v".into(),
+            path,
+            serial: volume_serial(0),
+            readonly: false,
+        };
+        // The ending VM's runtime lets go after 300 ms.
+        let ending = VolumeLocks::take(std::slice::from_ref(&disk), Duration::ZERO).unwrap();
+        let let_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(ending);
+        });
+        let t = Instant::now();
+        VolumeLocks::take(std::slice::from_ref(&disk), Duration::from_secs(10)).unwrap();
+        assert!(
+            t.elapsed() >= Duration::from_millis(250),
+            "{:?}",
+            t.elapsed()
+        );
+        let_go.join().unwrap();
     }
 
     #[test]

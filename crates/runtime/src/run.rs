@@ -1118,7 +1118,9 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     let volumes = crate::mounts::volume_disks(home, &config);
     let mut _volume_locks = crate::mounts::VolumeLocks::default();
     let result = result.and_then(|networks| {
-        _volume_locks = crate::mounts::VolumeLocks::take(&volumes)?;
+        // A container that has just ended on the same volume may still be
+        // powering off: up to its shutdown grace and the kill after it.
+        _volume_locks = crate::mounts::VolumeLocks::take(&volumes, t.shutdown + t.kill_grace)?;
         Ok(networks)
     });
     let result = result.and_then(|networks| {

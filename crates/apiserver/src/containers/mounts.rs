@@ -55,6 +55,8 @@ fn resolve_into(
     volumes: &Volumes,
     g: &Guard<'_>,
 ) -> ApiResult<()> {
+    // A block volume twice: refused before anything is made.
+    check_block_volumes_once(requested, volumes)?;
     // Bind sources first: checked, nothing made.
     let mut checked = Vec::new();
     let mut to_create = Vec::new();
@@ -106,6 +108,31 @@ fn resolve_into(
     // Last: the missing `-v` sources (undone by themselves on failure).
     create_bind_sources(&mut out.mounts, &to_create)?;
     sort_for_mounting(&mut out.mounts);
+    Ok(())
+}
+
+/// A block volume is one disk: the VM gets it once, so a container mounts
+/// it at one path. (Two disks on one image would be two filesystems
+/// writing one disk; the runtime's lock refuses the second.) A shared
+/// volume may be mounted at several paths. A volume that does not exist
+/// yet will be a block one.
+fn check_block_volumes_once(requested: &[MountSpec], volumes: &Volumes) -> ApiResult<()> {
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for m in requested
+        .iter()
+        .filter(|m| m.kind == MountType::Volume && !m.source.is_empty())
+    {
+        if let Some((_, first)) = seen.iter().find(|(name, _)| *name == m.source) {
+            if volumes.backing(&m.source).ok() != Some(VolumeBacking::Shared) {
+                return Err(ApiError::invalid(format!(
+                    "volume {} is mounted twice ({first} and {}): a block volume is one disk,                      mounted at one path per container; mount it once, or keep the data in a                      shared volume (`vessel volume create --opt backing=shared NAME`), which                      can be mounted at several",
+                    m.source, m.target
+                )));
+            }
+        } else {
+            seen.push((&m.source, &m.target));
+        }
+    }
     Ok(())
 }
 
@@ -509,6 +536,28 @@ mod tests {
         let requested = vec![MountSpec::volume("sh", "/b"), claims];
         let r2 = super::resolve(&requested, &[], &vols, &g).unwrap();
         assert!(r2.mounts[0].shared && !r2.mounts[1].shared);
+
+        // A block volume at two paths is refused, before anything is
+        // made; a shared one may be.
+        let twice = vec![
+            MountSpec::volume("", "/anon"),
+            MountSpec::volume("fresh", "/a"),
+            MountSpec::volume("fresh", "/b"),
+        ];
+        let before = vols.list(&Users::default()).len();
+        let e = super::resolve(&twice, &[], &vols, &g).unwrap_err();
+        let msg = e.body().message;
+        assert!(
+            msg.contains("volume fresh is mounted twice (/a and /b)"),
+            "{msg}"
+        );
+        assert_eq!(vols.list(&Users::default()).len(), before);
+        assert!(!vols.exists("fresh"));
+        let twice = vec![MountSpec::volume("sh", "/a"), MountSpec::volume("sh", "/b")];
+        assert_eq!(
+            super::resolve(&twice, &[], &vols, &g).unwrap().mounts.len(),
+            2
+        );
 
         // A failure later on removes the anonymous volumes made so far.
         vols.create_locked_for_test(&g, "broken", false);
