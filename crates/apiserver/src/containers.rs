@@ -850,6 +850,9 @@ impl Containers {
             }
         }
         vessel_api::mounts::validate(&req.mounts).map_err(|e| ApiError::invalid(e.0))?;
+        if let Some(h) = &req.healthcheck {
+            h.validate().map_err(ApiError::invalid)?;
+        }
         // Held until the configuration is written: no volume it names is
         // removed meanwhile.
         let volumes = self.volumes.lock()?;
@@ -918,6 +921,10 @@ impl Containers {
             attach: req
                 .attach
                 .unwrap_or_else(|| AttachStreams::default_for(req.stdin)),
+            healthcheck: vessel_api::health::Healthcheck::resolve(
+                req.healthcheck.as_ref(),
+                image.config.healthcheck.as_ref(),
+            ),
             mounts,
             read_only: req.read_only,
         };
@@ -1457,6 +1464,7 @@ mod tests {
             working_dir: "/srv".into(),
             user: "".into(),
             volumes: vec![],
+            healthcheck: None,
         }
     }
 

@@ -167,6 +167,8 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only (its mounts stay writable)
     #[arg(long = "read-only")]
     pub read_only: bool,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Pull the image before creating: `missing` (default), `always`, `never`
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pub pull: String,
@@ -185,6 +187,34 @@ pub struct RunArgs {
     /// The command and its arguments
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+/// The healthcheck flags of `run` and `create` (Docker's), checked by
+/// [`crate::commands::health`].
+#[derive(Args, Debug, Default)]
+pub struct HealthArgs {
+    /// Command to run to check health (run by /bin/sh -c in the container)
+    #[arg(long = "health-cmd", value_name = "COMMAND")]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (ms|s|m|h) (default 30s)
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Maximum time to allow one check to run (ms|s|m|h) (default 30s)
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures needed to report unhealthy (default 3)
+    #[arg(
+        long = "health-retries",
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub health_retries: Option<i64>,
+    /// Start period for the container to initialize before failures count (ms|s|m|h) (default 0s)
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Disable any container-specified HEALTHCHECK
+    #[arg(long = "no-healthcheck")]
+    pub no_healthcheck: bool,
 }
 
 /// `-a STDIN|STDOUT|STDERR`, in any case: its lower-case name.

@@ -30,8 +30,9 @@ pub fn status_text(c: &ContainerSummary) -> String {
         Status::Starting => "Starting".into(),
         Status::Running | Status::Stopping => {
             format!(
-                "Up {}",
-                human_duration(since(c.started_ms.unwrap_or(c.created_ms)))
+                "Up {}{}",
+                human_duration(since(c.started_ms.unwrap_or(c.created_ms))),
+                health_suffix(c)
             )
         }
         Status::Paused => format!(
@@ -43,6 +44,17 @@ pub fn status_text(c: &ContainerSummary) -> String {
             c.exit_code.unwrap_or(0),
             human_duration(since(c.finished_ms.unwrap_or(c.created_ms)))
         ),
+    }
+}
+
+/// Docker's health note after `Up ...`: ` (healthy)`, ` (unhealthy)`,
+/// ` (health: starting)`; empty without a healthcheck.
+fn health_suffix(c: &ContainerSummary) -> String {
+    use vessel_api::health::HealthStatus;
+    match c.health {
+        None => String::new(),
+        Some(HealthStatus::Starting) => " (health: starting)".into(),
+        Some(s) => format!(" ({})", s.as_str()),
     }
 }
 
@@ -115,6 +127,36 @@ mod tests {
         assert_eq!(human_duration(Duration::from_secs(5)), "5 seconds");
         assert_eq!(human_duration(Duration::from_secs(90)), "About a minute");
         assert_eq!(human_duration(Duration::from_secs(600)), "10 minutes");
+    }
+
+    #[test]
+    fn status_shows_health_while_up() {
+        use vessel_api::health::HealthStatus;
+        let mut c = ContainerSummary {
+            id: "x".into(),
+            name: "n".into(),
+            image: "i".into(),
+            command: "c".into(),
+            created_ms: now_ms(),
+            status: Status::Running,
+            exit_code: None,
+            started_ms: Some(now_ms()),
+            finished_ms: None,
+            ports: Vec::new(),
+            health: None,
+        };
+        assert_eq!(status_text(&c), "Up Less than a second");
+        for (h, text) in [
+            (
+                HealthStatus::Starting,
+                "Up Less than a second (health: starting)",
+            ),
+            (HealthStatus::Healthy, "Up Less than a second (healthy)"),
+            (HealthStatus::Unhealthy, "Up Less than a second (unhealthy)"),
+        ] {
+            c.health = Some(h);
+            assert_eq!(status_text(&c), text);
+        }
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct RunConfig {
     /// `VOLUME`s: paths as keys of an object (values are empty objects).
     #[serde(rename = "Volumes", default)]
     pub volumes: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// `HEALTHCHECK`: kept as JSON, read leniently (an odd one is no check,
+    /// not an unreadable image).
+    #[serde(rename = "Healthcheck", default)]
+    pub healthcheck: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -133,6 +137,10 @@ impl ImageConfig {
             working_dir: c.working_dir.unwrap_or_default(),
             user: c.user.unwrap_or_default(),
             volumes: c.volumes.unwrap_or_default().into_keys().collect(),
+            healthcheck: c
+                .healthcheck
+                .as_ref()
+                .and_then(vessel_api::health::Healthcheck::from_image_config),
         }
     }
 }

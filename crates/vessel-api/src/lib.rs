@@ -9,6 +9,7 @@ pub mod client;
 pub mod control;
 pub mod error;
 pub mod fsutil;
+pub mod health;
 pub mod http;
 pub mod mounts;
 pub mod network;

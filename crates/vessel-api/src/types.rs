@@ -66,6 +66,10 @@ pub struct CreateRequest {
     /// stderr, and stdin with `-i` (Docker's defaults).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach: Option<AttachStreams>,
+    /// `--health-*`, `--no-healthcheck` (see [`crate::health`]); absent:
+    /// the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::Healthcheck>,
     /// `-v`, `--mount`, `--tmpfs` (see [`crate::mounts`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<crate::mounts::MountSpec>,
@@ -143,6 +147,10 @@ pub struct ContainerConfig {
     /// `process.stdin` hold `-t` and `-i`.
     #[serde(default = "default_attach")]
     pub attach: AttachStreams,
+    /// The healthcheck it runs, resolved (the flags over the image's,
+    /// defaults filled in); absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::Healthcheck>,
     /// Mounts as resolved at create time: bind sources canonical, every
     /// volume named (anonymous ones too), in the order they are mounted
     /// (parents before what is inside them).
@@ -221,6 +229,10 @@ pub struct ContainerState {
     /// Host wall time (ms) from launching the VMM to the process running.
     #[serde(default)]
     pub boot_ms: Option<u64>,
+    /// The healthcheck's status and last results, for a container that
+    /// has one (from its start on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::Health>,
 }
 
 impl ContainerState {
@@ -236,6 +248,7 @@ impl ContainerState {
             error: None,
             guest_uptime_at_start_ms: None,
             boot_ms: None,
+            health: None,
         }
     }
 }
@@ -269,6 +282,9 @@ pub struct ContainerSummary {
     /// Published ports while the container holds them.
     #[serde(default)]
     pub ports: Vec<crate::network::PortMapping>,
+    /// Its health while it runs, when it has a healthcheck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthStatus>,
 }
 
 impl ContainerSummary {
@@ -288,6 +304,12 @@ impl ContainerSummary {
                 .iter()
                 .flat_map(|a| a.ports.iter().cloned())
                 .collect(),
+            health: info
+                .state
+                .health
+                .as_ref()
+                .filter(|_| info.state.status.is_active())
+                .map(|h| h.status),
         }
     }
 }
@@ -461,6 +483,10 @@ pub struct ImageRuntimeConfig {
     /// unless a mount of the container covers it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
+    /// The image's `HEALTHCHECK` (`test` `["NONE"]` when it turned an
+    /// inherited one off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<crate::health::Healthcheck>,
 }
 
 /// One row of `GET /v1/images`.
@@ -840,6 +866,9 @@ event_actions! {
     ExecStart = "exec_start",
     /// It ended (`exec_id`, `exit_code` when known).
     ExecDie = "exec_die",
+    /// Its healthcheck's status changed to `healthy` or `unhealthy`
+    /// (`health_status` attribute).
+    HealthStatus = "health_status",
 }
 
 /// What an [`Event`] is about.

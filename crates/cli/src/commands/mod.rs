@@ -5,6 +5,7 @@ pub mod container;
 pub mod cp;
 pub mod events;
 pub mod exec;
+pub mod health;
 pub mod image;
 pub mod interactive;
 pub mod network;

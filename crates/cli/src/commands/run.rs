@@ -90,6 +90,7 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         tty: a.tty,
         stdin: a.interactive,
         attach,
+        healthcheck: super::health::healthcheck(&a.health)?,
         mounts,
         read_only: a.read_only,
     })
