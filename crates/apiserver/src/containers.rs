@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use vessel_api::control::{ControlAnswer, ControlRequest};
 use vessel_api::error::ErrorKind;
 use vessel_api::fsutil::{pid_alive, pid_start_time, random_hex, read_json, write_json_atomic};
+use vessel_api::health::HealthStatus;
 use vessel_api::http::{percent_encode, Client};
 use vessel_api::network::{
     Attachment, ConnectRequest, ContainerNetworks, DisconnectRequest, NetworkInfo, ReconcileReport,
@@ -75,6 +76,25 @@ fn end_runtime(state: &ContainerState, limit: Duration) -> Option<i32> {
 /// What tells one run of a container from another: when it started.
 fn run_key(state: &ContainerState) -> u64 {
     state.started_ms.or(state.finished_ms).unwrap_or(0)
+}
+
+/// A container's run and health status, for [`health_change`].
+fn health_key(state: &ContainerState) -> (u64, Option<HealthStatus>) {
+    (run_key(state), state.health.as_ref().map(|h| h.status))
+}
+
+/// The status to tell after `before` (nothing seen yet: `None`) and
+/// `now`: a new `healthy` or `unhealthy`, in a run or at the first sight
+/// of one.
+fn health_change(
+    before: Option<(u64, Option<HealthStatus>)>,
+    now: (u64, Option<HealthStatus>),
+) -> Option<HealthStatus> {
+    let status = now.1?;
+    if status == HealthStatus::Starting || before == Some(now) {
+        return None;
+    }
+    Some(status)
 }
 
 /// This host's memory in MiB (`MemTotal`), if it can be read.
@@ -186,6 +206,9 @@ pub struct Containers {
     /// Per container, the start time (ms) of the run whose end has been
     /// recorded (`die` sent, network given back), so it is done once.
     ended: Mutex<HashMap<String, u64>>,
+    /// Per container, the run (as in `ended`) and health status last seen,
+    /// so each change of health is told once (`health_status`).
+    health_seen: Mutex<HashMap<String, (u64, Option<HealthStatus>)>>,
     reap_lock: Mutex<()>,
     /// The exec'd processes this apiserver started.
     execs: Execs,
@@ -313,6 +336,7 @@ impl Containers {
             changes: Changes::new(),
             watcher: OnceLock::new(),
             ended: Mutex::new(HashMap::new()),
+            health_seen: Mutex::new(HashMap::new()),
             reap_lock: Mutex::new(()),
             execs: Execs::default(),
             gates: Arc::default(),
@@ -411,6 +435,12 @@ impl Containers {
                 }
             }
         }
+        // Health seen before this apiserver started is not told again.
+        if let Ok(mut seen) = self.health_seen.lock() {
+            for info in &list {
+                seen.insert(info.config.id.clone(), health_key(&info.state));
+            }
+        }
         let me = self.clone();
         std::thread::Builder::new()
             .name("bookkeeper".into())
@@ -435,6 +465,7 @@ impl Containers {
         if let (Some(pid), Some(w)) = (live_runtime(&info.state), self.watcher.get()) {
             w.watch_pid(id, pid, info.state.runtime_start_time);
         }
+        self.note_health(&info);
         if info.state.status.is_active() {
             return;
         }
@@ -443,6 +474,24 @@ impl Containers {
             if info.config.auto_remove {
                 self.reap_auto_remove_one(&info, Duration::ZERO);
             }
+        }
+    }
+
+    /// Tell a change of the container's health once: `health_status`
+    /// with `healthy` or `unhealthy` (Docker tells no `starting`).
+    fn note_health(&self, info: &ContainerInfo) {
+        let now = health_key(&info.state);
+        let before = self
+            .health_seen
+            .lock()
+            .ok()
+            .and_then(|mut m| m.insert(info.config.id.clone(), now));
+        if let Some(status) = health_change(before, now) {
+            self.events.emit(
+                EventAction::HealthStatus,
+                &info.config,
+                &[("health_status", status.as_str().to_string())],
+            );
         }
     }
 
@@ -1466,6 +1515,32 @@ mod tests {
             volumes: vec![],
             healthcheck: None,
         }
+    }
+
+    #[test]
+    fn each_change_of_health_is_told_once() {
+        use HealthStatus::*;
+        // Starting is not told; healthy and unhealthy are, once each.
+        assert_eq!(health_change(None, (1, Some(Starting))), None);
+        assert_eq!(
+            health_change(Some((1, Some(Starting))), (1, Some(Healthy))),
+            Some(Healthy)
+        );
+        assert_eq!(
+            health_change(Some((1, Some(Healthy))), (1, Some(Healthy))),
+            None
+        );
+        assert_eq!(
+            health_change(Some((1, Some(Healthy))), (1, Some(Unhealthy))),
+            Some(Unhealthy)
+        );
+        // A new run that is already healthy when first seen.
+        assert_eq!(
+            health_change(Some((1, Some(Healthy))), (2, Some(Healthy))),
+            Some(Healthy)
+        );
+        // No healthcheck: nothing.
+        assert_eq!(health_change(None, (1, None)), None);
     }
 
     #[test]

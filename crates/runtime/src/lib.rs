@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod clock;
 pub mod control;
+pub mod health;
 pub mod logs;
 pub mod maintenance;
 pub mod mounts;

@@ -164,6 +164,8 @@ pub struct Shared {
     /// Set to have the clock thread set the guest's clock again at once
     /// (after the VM was paused).
     clock_resync: Arc<AtomicBool>,
+    /// The healthcheck, run from the process's start (see [`crate::health`]).
+    health: Mutex<Option<crate::health::HealthSpec>>,
 }
 
 impl Shared {
@@ -182,7 +184,13 @@ impl Shared {
             stdio_path: Mutex::new(None),
             execs: Arc::new(Mutex::new(HashMap::new())),
             clock_resync: Arc::new(AtomicBool::new(false)),
+            health: Mutex::new(None),
         }
+    }
+
+    /// Run this healthcheck while the process runs.
+    pub fn set_health(&self, spec: crate::health::HealthSpec) {
+        *lock(&self.health) = Some(spec);
     }
 
     /// Where the guest's agent is reached for more connections.
@@ -210,7 +218,7 @@ impl Shared {
     }
 
     /// The dialer, when the container's process runs.
-    fn running_dialer(&self) -> Result<GuestDialer, String> {
+    pub(crate) fn running_dialer(&self) -> Result<GuestDialer, String> {
         let status = lock(&self.state).status;
         match status {
             Status::Running => {}
@@ -908,14 +916,22 @@ pub fn supervise(
                     log(&format!(
                         "process started: guest pid {pid}, guest uptime {uptime_ms} ms, {boot_ms} ms after launch"
                     ));
+                    let health = lock(&shared.health).clone();
                     shared.update(|s| {
                         s.status = Status::Running;
                         s.started_ms = Some(now_ms());
                         s.guest_uptime_at_start_ms = Some(uptime_ms);
                         s.boot_ms = Some(boot_ms);
+                        s.health = health
+                            .as_ref()
+                            .map(|_| vessel_api::health::Health::starting());
                     });
                     *lock(&shared.agent) = Some(tx.clone());
                     phase = Phase::Running;
+                    if let Some(spec) = health {
+                        let (shared, done) = (Arc::clone(shared), Arc::clone(&done));
+                        std::thread::spawn(move || crate::health::monitor(shared, spec, done));
+                    }
                     if clock_feature {
                         let (clock, tx, done) = (Arc::clone(&clock), tx.clone(), Arc::clone(&done));
                         let resync = Arc::clone(&shared.clock_resync);
@@ -1078,6 +1094,12 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     initial.runtime_pid = Some(me);
     initial.runtime_start_time = pid_start_time(me);
     let shared = Arc::new(Shared::new(state_path, initial, t.kill_grace));
+    if let Some(check) = config.healthcheck.clone() {
+        shared.set_health(crate::health::HealthSpec {
+            check,
+            process: config.process.clone(),
+        });
+    }
     shared.update(|_| {});
     log(&format!("starting container {id} ({})", config.name));
 

@@ -70,10 +70,19 @@ pub fn text_line(ev: &serde_json::Value) -> String {
         .unwrap_or_default();
     attrs.push(format!("name={}", s("name")));
     attrs.sort();
+    // Docker writes the new health into the action: `health_status: healthy`.
+    let mut action = s("action");
+    if let Some(h) = ev
+        .pointer("/attributes/health_status")
+        .and_then(|v| v.as_str())
+        .filter(|_| action == "health_status")
+    {
+        action = format!("health_status: {h}");
+    }
     format!(
         "{when} {} {} {} ({})",
         s("type"),
-        s("action"),
+        action,
         s("id"),
         attrs.join(", ")
     )
@@ -164,6 +173,14 @@ mod tests {
         assert_eq!(
             text_line(&ev),
             "1970-01-02T00:00:00.000000123Z container die abc (exit_code=3, image=img, name=web)"
+        );
+        let ev = serde_json::json!({
+            "time_ns": 0, "type": "container", "action": "health_status",
+            "id": "abc", "name": "web", "attributes": {"health_status": "unhealthy", "image": "img"}
+        });
+        assert_eq!(
+            text_line(&ev),
+            "1970-01-01T00:00:00Z container health_status: unhealthy abc (health_status=unhealthy, image=img, name=web)"
         );
     }
 }
