@@ -472,6 +472,29 @@ mod tests {
     use super::*;
     use std::io::Write;
 
+    #[test]
+    fn the_image_s_healthcheck_is_read_leniently() {
+        let cfg: ImageConfig = serde_json::from_str(
+            r#"{"config":{"Cmd":["sh"],"Healthcheck":{"Test":["CMD-SHELL","test -f /ok"],"Interval":2000000000,"Retries":5}}}"#,
+        )
+        .unwrap();
+        let h = cfg.runtime_config().healthcheck.unwrap();
+        assert_eq!(h.test, vec!["CMD-SHELL", "test -f /ok"]);
+        assert_eq!((h.interval_ms, h.retries), (2000, 5));
+        // HEALTHCHECK NONE is kept (it turns an inherited check off).
+        let cfg: ImageConfig =
+            serde_json::from_str(r#"{"config":{"Healthcheck":{"Test":["NONE"]}}}"#).unwrap();
+        assert!(cfg.runtime_config().healthcheck.unwrap().is_none());
+        // An odd one is no check, and the image still reads.
+        let cfg: ImageConfig =
+            serde_json::from_str(r#"{"config":{"Cmd":["sh"],"Healthcheck":{"Test":"oops"}}}"#)
+                .unwrap();
+        let rc = cfg.runtime_config();
+        assert_eq!((rc.healthcheck, rc.cmd), (None, vec!["sh".to_string()]));
+        let cfg: ImageConfig = serde_json::from_str(r#"{"config":{"Healthcheck":null}}"#).unwrap();
+        assert_eq!(cfg.runtime_config().healthcheck, None);
+    }
+
     fn entry(os: &str, arch: &str, variant: Option<&str>, digest: &str) -> Descriptor {
         Descriptor {
             media_type: MT_OCI_MANIFEST.into(),

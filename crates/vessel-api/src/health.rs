@@ -167,6 +167,10 @@ impl Healthcheck {
                 .map(|n| n.min(u64::from(u32::MAX)) as u32)
                 .unwrap_or(0),
         };
+        // No test (or not a list of strings): nothing to run.
+        if h.test.is_empty() {
+            return None;
+        }
         h.validate().ok().map(|()| h)
     }
 }

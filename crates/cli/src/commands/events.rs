@@ -180,7 +180,7 @@ mod tests {
         });
         assert_eq!(
             text_line(&ev),
-            "1970-01-01T00:00:00Z container health_status: unhealthy abc (health_status=unhealthy, image=img, name=web)"
+            "1970-01-01T00:00:00.000000000Z container health_status: unhealthy abc (health_status=unhealthy, image=img, name=web)"
         );
     }
 }
