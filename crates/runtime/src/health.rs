@@ -248,3 +248,243 @@ fn kill(conn: &mut UnixStream) {
     );
     let _ = conn.shutdown(Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agent_protocol::{write_frame, VERSION};
+    use std::io::{BufReader, Read, Write};
+    use std::os::unix::net::UnixListener;
+    use std::path::Path;
+    use vessel_api::health::{Health, HealthStatus};
+    use vessel_api::types::ContainerState;
+
+    /// How the fake guest answers each check.
+    #[derive(Clone, Copy)]
+    enum Answer {
+        Exit(i32),
+        /// Never ends; records whether it was killed.
+        Hang,
+        Flood,
+    }
+
+    /// A guest agent at `uds` that answers each exec as `answer(n)` says;
+    /// the signals it got.
+    fn fake_guest(
+        uds: &Path,
+        answer: impl Fn(u64) -> Answer + Send + 'static,
+    ) -> Arc<std::sync::Mutex<Vec<(i32, bool)>>> {
+        let l = UnixListener::bind(uds).unwrap();
+        let signals = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&signals);
+        std::thread::spawn(move || {
+            let mut n = 0;
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { return };
+                n += 1;
+                let a = answer(n);
+                let seen = Arc::clone(&seen);
+                std::thread::spawn(move || {
+                    // CONNECT line, then the agent's conversation.
+                    let mut line = Vec::new();
+                    let mut b = [0u8; 1];
+                    while c.read(&mut b).unwrap_or(0) == 1 && b[0] != b'\n' {
+                        line.push(b[0]);
+                    }
+                    c.write_all(b"OK 1\n").unwrap();
+                    let mut r = BufReader::new(c.try_clone().unwrap());
+                    let f = read_frame(&mut r).unwrap().unwrap();
+                    assert!(matches!(
+                        decode_message::<HostMessage>(&f),
+                        Ok(HostMessage::Hello { .. })
+                    ));
+                    let hello = GuestMessage::Hello {
+                        version: VERSION,
+                        uptime_ms: 1,
+                        features: vec![agent_protocol::FEATURE_EXEC.into()],
+                    };
+                    write_message(&mut c, &hello).unwrap();
+                    let f = read_frame(&mut r).unwrap().unwrap();
+                    let Ok(HostMessage::Exec(req)) = decode_message::<HostMessage>(&f) else {
+                        panic!("expected an exec");
+                    };
+                    assert!(!req.process.stdin && !req.process.terminal);
+                    write_message(
+                        &mut c,
+                        &GuestMessage::Started {
+                            pid: 5,
+                            uptime_ms: 2,
+                        },
+                    )
+                    .unwrap();
+                    match a {
+                        Answer::Exit(code) => {
+                            write_frame(&mut c, FrameKind::Stdout, b"out ").unwrap();
+                            write_frame(&mut c, FrameKind::Stderr, b"err").unwrap();
+                            let exited = GuestMessage::Exited {
+                                exit_code: code,
+                                signal: None,
+                            };
+                            write_message(&mut c, &exited).unwrap();
+                        }
+                        Answer::Flood => {
+                            for _ in 0..10 {
+                                write_frame(&mut c, FrameKind::Stdout, &[b'x'; 1000]).unwrap();
+                            }
+                            let exited = GuestMessage::Exited {
+                                exit_code: 0,
+                                signal: None,
+                            };
+                            write_message(&mut c, &exited).unwrap();
+                        }
+                        Answer::Hang => {
+                            while let Ok(Some(f)) = read_frame(&mut r) {
+                                if let Ok(HostMessage::Signal { signal, group }) =
+                                    decode_message::<HostMessage>(&f)
+                                {
+                                    seen.lock().unwrap().push((signal, group));
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        signals
+    }
+
+    fn dialer(uds: &Path) -> GuestDialer {
+        GuestDialer {
+            uds: uds.to_path_buf(),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn req() -> ExecRequest {
+        HealthSpec {
+            check: Healthcheck {
+                test: vec!["CMD".into(), "check".into()],
+                ..Default::default()
+            },
+            process: ProcessSpec::default(),
+        }
+        .request(1)
+    }
+
+    #[test]
+    fn a_check_gives_its_exit_code_and_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        fake_guest(&uds, |n| {
+            if n == 1 {
+                Answer::Exit(0)
+            } else {
+                Answer::Flood
+            }
+        });
+        let done = AtomicBool::new(false);
+        let d = dialer(&uds);
+        assert_eq!(
+            run_check(&d, req(), Duration::from_secs(5), &done),
+            (0, "out err".to_string())
+        );
+        let (code, out) = run_check(&d, req(), Duration::from_secs(5), &done);
+        assert_eq!(code, 0);
+        assert_eq!(out.len(), MAX_OUTPUT + 3, "capped, with `...`");
+        assert!(out.ends_with("x..."));
+    }
+
+    #[test]
+    fn a_check_past_its_timeout_is_killed_and_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let signals = fake_guest(&uds, |_| Answer::Hang);
+        let done = AtomicBool::new(false);
+        let t = Instant::now();
+        let (code, out) = run_check(&dialer(&uds), req(), Duration::from_millis(300), &done);
+        assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+        assert_eq!(code, EXIT_CHECK_FAILED);
+        assert_eq!(out, "Health check exceeded timeout (300ms)");
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while signals.lock().unwrap().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*signals.lock().unwrap(), vec![(libc::SIGKILL, true)]);
+    }
+
+    #[test]
+    fn a_guest_that_cannot_be_reached_is_a_failed_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = AtomicBool::new(false);
+        let (code, out) = run_check(
+            &dialer(&dir.path().join("nothing")),
+            req(),
+            Duration::from_secs(1),
+            &done,
+        );
+        assert_eq!(code, EXIT_CHECK_FAILED);
+        assert!(out.starts_with("could not run the healthcheck"), "{out}");
+    }
+
+    #[test]
+    fn the_monitor_records_results_until_the_process_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        // Two successes, then failures.
+        fake_guest(&uds, |n| Answer::Exit(if n <= 2 { 0 } else { 1 }));
+        let mut running = ContainerState::created();
+        running.status = Status::Running;
+        running.started_ms = Some(now_ms());
+        running.health = Some(Health::starting());
+        let shared = Arc::new(Shared::new(
+            dir.path().join("state.json"),
+            running,
+            Duration::from_secs(1),
+        ));
+        shared.set_dialer(dialer(&uds));
+        let spec = HealthSpec {
+            check: Healthcheck {
+                test: vec!["CMD".into(), "check".into()],
+                interval_ms: 50,
+                timeout_ms: 1000,
+                start_period_ms: 0,
+                retries: 2,
+            },
+            process: ProcessSpec::default(),
+        };
+        let done = Arc::new(AtomicBool::new(false));
+        let h = {
+            let (shared, done) = (Arc::clone(&shared), Arc::clone(&done));
+            std::thread::spawn(move || monitor(shared, spec, done))
+        };
+        let status = || shared.snapshot().health.map(|h| h.status);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut seen = vec![status()];
+        while seen.last() != Some(&Some(HealthStatus::Unhealthy)) {
+            assert!(Instant::now() < deadline, "seen {seen:?}");
+            let s = status();
+            if seen.last() != Some(&s) {
+                seen.push(s);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Some(HealthStatus::Starting),
+                Some(HealthStatus::Healthy),
+                Some(HealthStatus::Unhealthy)
+            ]
+        );
+        let on_disk: ContainerState = vessel_api::fsutil::read_json(&dir.path().join("state.json"))
+            .unwrap()
+            .unwrap();
+        let health = on_disk.health.unwrap();
+        assert!(health.failing_streak >= 2);
+        assert_eq!(health.log[0].exit_code, 0);
+        assert_eq!(health.log[0].output, "out err");
+        // The end of the process ends the monitor.
+        shared.update(|s| s.status = Status::Exited);
+        h.join().unwrap();
+    }
+}
