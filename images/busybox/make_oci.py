@@ -9,6 +9,8 @@ digests. Standard library only.
 
 Usage: make_oci.py ROOTFS_DIR OUTPUT.tar [--name busybox] [--tag latest]
                    [--user-home home/vessel:1000:1000] [--volume /data]
+                   [--healthcheck 'CMD-SHELL test -f /tmp/ok' [--health-interval-ns N]
+                    [--health-retries N]]
 """
 import argparse
 import gzip
@@ -121,7 +123,30 @@ def main():
                     help="PATH:UID:GID, owner for PATH and everything below it (default owner 0:0)")
     ap.add_argument("--volume", action="append", default=[],
                     help="a VOLUME of the image's config (an absolute path)")
+    ap.add_argument("--healthcheck",
+                    help="the image's Healthcheck: NONE, 'CMD-SHELL COMMAND...' or 'CMD PROG ARGS...'")
+    ap.add_argument("--health-interval-ns", type=int, default=0)
+    ap.add_argument("--health-timeout-ns", type=int, default=0)
+    ap.add_argument("--health-retries", type=int, default=0)
     args = ap.parse_args()
+
+    healthcheck = None
+    if args.healthcheck is not None:
+        kind, _, rest = args.healthcheck.strip().partition(" ")
+        if kind == "NONE":
+            test = ["NONE"]
+        elif kind == "CMD-SHELL":
+            test = ["CMD-SHELL", rest]
+        elif kind == "CMD":
+            test = ["CMD"] + rest.split()
+        else:
+            ap.error(f"--healthcheck: unknown kind {kind!r} (NONE, CMD or CMD-SHELL)")
+        healthcheck = {"Test": test}
+        for key, value in (("Interval", args.health_interval_ns),
+                           ("Timeout", args.health_timeout_ns),
+                           ("Retries", args.health_retries)):
+            if value:
+                healthcheck[key] = value
 
     user_homes = []
     for spec in args.user_home:
@@ -145,6 +170,7 @@ def main():
             "Cmd": ["sh"],
             "WorkingDir": "/",
             **({"Volumes": {v: {} for v in args.volume}} if args.volume else {}),
+            **({"Healthcheck": healthcheck} if healthcheck else {}),
         },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
         "history": [{"created": "1970-01-01T00:00:00Z",

@@ -197,10 +197,18 @@ pub struct HealthArgs {
     #[arg(long = "health-cmd", value_name = "COMMAND")]
     pub health_cmd: Option<String>,
     /// Time between running the check (ms|s|m|h) (default 30s)
-    #[arg(long = "health-interval", value_name = "DURATION")]
+    #[arg(
+        long = "health-interval",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub health_interval: Option<String>,
     /// Maximum time to allow one check to run (ms|s|m|h) (default 30s)
-    #[arg(long = "health-timeout", value_name = "DURATION")]
+    #[arg(
+        long = "health-timeout",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub health_timeout: Option<String>,
     /// Consecutive failures needed to report unhealthy (default 3)
     #[arg(
@@ -210,7 +218,11 @@ pub struct HealthArgs {
     )]
     pub health_retries: Option<i64>,
     /// Start period for the container to initialize before failures count (ms|s|m|h) (default 0s)
-    #[arg(long = "health-start-period", value_name = "DURATION")]
+    #[arg(
+        long = "health-start-period",
+        value_name = "DURATION",
+        allow_hyphen_values = true
+    )]
     pub health_start_period: Option<String>,
     /// Disable any container-specified HEALTHCHECK
     #[arg(long = "no-healthcheck")]
