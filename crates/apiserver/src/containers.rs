@@ -1391,6 +1391,9 @@ impl Containers {
         if let Ok(mut e) = self.ended.lock() {
             e.remove(id);
         }
+        if let Ok(mut h) = self.health_seen.lock() {
+            h.remove(id);
+        }
         self.execs.forget_container(id);
         res
     }
