@@ -306,6 +306,29 @@ fn bad_health_flags_create_nothing() {
             );
         }
     }
+    // The API checks the request's shape itself (for clients other than
+    // the CLI): an unknown kind, a shell check without its command.
+    let c = vessel_api::client::Client::new(v.path().join("vessel.sock")).unwrap();
+    for (test, says) in [
+        (
+            serde_json::json!(["HTTP", "/health"]),
+            "unknown healthcheck test kind",
+        ),
+        (
+            serde_json::json!(["CMD-SHELL"]),
+            "takes exactly one non-empty command",
+        ),
+    ] {
+        let body = serde_json::json!({"image": IMAGE, "healthcheck": {"test": test}});
+        let resp = c.request_json("POST", "/v1/containers", &body).unwrap();
+        let status = resp.status;
+        let e = resp.json::<Value>().unwrap().unwrap_err();
+        assert_eq!(
+            (status, e.kind),
+            (400, vessel_api::error::ErrorKind::InvalidArgument)
+        );
+        assert!(e.message.contains(says), "{}", e.message);
+    }
     let out = v.vessel(&["ls", "-a", "-q"]);
     assert_ok(&out, "ls");
     assert_eq!(text(&out.stdout), "", "nothing was created");
