@@ -40,8 +40,10 @@ pub const EXIT_CHECK_FAILED: i32 = -1;
 /// A healthcheck as asked for (`CreateRequest.healthcheck`, the image's
 /// `Healthcheck`) or as resolved (`ContainerConfig.healthcheck`, where
 /// every field is set and `test` is `CMD` or `CMD-SHELL`).
+///
+/// Unknown fields are ignored, as in the rest of a create request (and so
+/// that a `config.json` written by a newer vessel still reads).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Healthcheck {
     /// `["NONE"]`, `["CMD", ...]` or `["CMD-SHELL", "..."]`; empty: the
     /// image's.
@@ -580,8 +582,9 @@ mod tests {
     }
 
     #[test]
-    fn requests_refuse_unknown_fields() {
-        assert!(serde_json::from_str::<Healthcheck>(r#"{"test":["NONE"],"retry":1}"#).is_err());
+    fn requests_read_with_defaults() {
+        let h: Healthcheck = serde_json::from_str(r#"{"test":["NONE"],"later":1}"#).unwrap();
+        assert!(h.is_none());
         let h: Healthcheck =
             serde_json::from_str(r#"{"test":["CMD-SHELL","true"],"interval_ms":1000}"#).unwrap();
         assert_eq!(h.interval_ms, 1000);
