@@ -141,6 +141,11 @@ fn a_check_turns_healthy_then_unhealthy_once_its_file_is_gone() {
     assert!(h["failing_streak"].as_u64().unwrap() >= 2, "{h}");
     let log = h["log"].as_array().unwrap();
     assert!(log.len() <= 5, "{h}");
+    let took_ms: Vec<u64> = log
+        .iter()
+        .map(|r| r["end_ms"].as_u64().unwrap() - r["start_ms"].as_u64().unwrap())
+        .collect();
+    eprintln!("the last checks took {took_ms:?} ms each");
     let last = log.last().unwrap();
     assert_eq!(last["exit_code"], 1, "{h}");
     assert!(last["start_ms"].as_u64() <= last["end_ms"].as_u64(), "{h}");
