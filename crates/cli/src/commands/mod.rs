@@ -12,6 +12,7 @@ pub mod registry;
 pub mod run;
 pub mod stats;
 pub mod stream;
+pub mod install;
 pub mod system;
 pub mod version;
 pub mod volume;
