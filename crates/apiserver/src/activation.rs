@@ -155,7 +155,9 @@ fn listening_unix_path(fd: RawFd) -> Result<String, ActivationError> {
         return Err(bad("not a Unix socket"));
     }
     let offset = std::mem::size_of::<libc::sa_family_t>();
-    let n = (len as usize).saturating_sub(offset).min(addr.sun_path.len());
+    let n = (len as usize)
+        .saturating_sub(offset)
+        .min(addr.sun_path.len());
     let raw: Vec<u8> = addr.sun_path[..n].iter().map(|c| *c as u8).collect();
     if raw.first().is_none_or(|b| *b == 0) {
         return Err(bad("an abstract or unnamed socket"));

@@ -156,10 +156,7 @@ impl UnitSpec {
                     value: format!("{k}={v}"),
                 });
             }
-            s.push_str(&format!(
-                "Environment={}\n",
-                env_quote(&format!("{k}={v}"))
-            ));
+            s.push_str(&format!("Environment={}\n", env_quote(&format!("{k}={v}"))));
         }
         s.push_str("Restart=on-failure\nRestartSec=1s\n");
         s.push_str(
@@ -327,17 +324,17 @@ mod tests {
     fn socket_unit_listens_on_the_api_socket_with_todays_mode() {
         let s = spec().render_socket().unwrap();
         assert!(s.starts_with(MARKER), "{s}");
-        assert!(s.contains("\nListenStream=/var/lib/vessel/vessel.sock\n"), "{s}");
+        assert!(
+            s.contains("\nListenStream=/var/lib/vessel/vessel.sock\n"),
+            "{s}"
+        );
         assert!(s.contains("\nSocketMode=0600\n"), "{s}");
         assert!(!s.contains("SocketGroup"), "{s}");
         assert!(s.contains("\nWantedBy=sockets.target\n"), "{s}");
         let mut g = spec();
         g.group = Some("vessel".into());
         let s = g.render_socket().unwrap();
-        assert!(
-            s.contains("\nSocketGroup=vessel\nSocketMode=0660\n"),
-            "{s}"
-        );
+        assert!(s.contains("\nSocketGroup=vessel\nSocketMode=0660\n"), "{s}");
     }
 
     #[test]
@@ -380,11 +377,11 @@ mod tests {
         s.home = "/srv/a b%c$d".into();
         s.socket = "/srv/a b%c$d/vessel.sock".into();
         let svc = s.render_service().unwrap();
+        assert!(svc.contains(" --home \"/srv/a b%%c$$d\" "), "{svc}");
         assert!(
-            svc.contains(" --home \"/srv/a b%%c$$d\" "),
+            svc.contains("Environment=\"VESSEL_HOME=/srv/a b%%c$d\""),
             "{svc}"
         );
-        assert!(svc.contains("Environment=\"VESSEL_HOME=/srv/a b%%c$d\""), "{svc}");
         assert!(s
             .render_socket()
             .unwrap()

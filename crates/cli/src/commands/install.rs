@@ -52,9 +52,9 @@ pub fn default_unit_dir(user: bool) -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(x).join("systemd/user"));
     }
-    let home = std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .context("neither XDG_CONFIG_HOME nor HOME is set: give the unit directory with --unit-dir")?;
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty()).context(
+        "neither XDG_CONFIG_HOME nor HOME is set: give the unit directory with --unit-dir",
+    )?;
     Ok(PathBuf::from(home).join(".config/systemd/user"))
 }
 
@@ -249,7 +249,10 @@ pub fn install(api: &Api, o: &InstallOptions) -> Result<i32> {
         spec.service_unit(),
         home.display(),
         if o.no_start {
-            format!("; start it with `systemctl{u} start {}`", spec.socket_unit())
+            format!(
+                "; start it with `systemctl{u} start {}`",
+                spec.socket_unit()
+            )
         } else {
             "; it is running".to_string()
         }
@@ -392,7 +395,11 @@ pub fn managed_by_systemd(home: &Home) -> Option<(bool, String)> {
 pub fn start_units(user: bool, name: &str) -> Result<()> {
     systemctl(
         user,
-        &["start", &format!("{name}.socket"), &format!("{name}.service")],
+        &[
+            "start",
+            &format!("{name}.socket"),
+            &format!("{name}.service"),
+        ],
     )
 }
 

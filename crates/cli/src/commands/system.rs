@@ -449,7 +449,10 @@ mod unit_tests {
             Some("vessel-1a2b3c4d")
         );
         assert_eq!(super::systemd_unit("vessel-supervisor"), None);
-        assert_eq!(super::systemd_unit("none (foreground), socket-activated"), None);
+        assert_eq!(
+            super::systemd_unit("none (foreground), socket-activated"),
+            None
+        );
     }
 }
 
