@@ -54,6 +54,21 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
         SystemCommand::Status { format } => status(api, format.as_deref()),
         SystemCommand::Df { verbose, format } => df(api, verbose, format.as_deref()),
         SystemCommand::Logs => {
+            // Under systemd the apiserver writes to the journal; its
+            // helpers keep their files.
+            if let Some((user, unit)) = super::install::managed_by_systemd(&api.home) {
+                println!("==> journalctl -u {unit}.service <==");
+                let mut cmd = std::process::Command::new("journalctl");
+                if user {
+                    cmd.arg("--user");
+                }
+                let status = cmd
+                    .args(["--no-pager", "-u", &format!("{unit}.service")])
+                    .status();
+                if let Err(e) = status {
+                    eprintln!("vessel: running journalctl: {e}");
+                }
+            }
             for name in [
                 "supervisor.log",
                 "apiserver.log",
