@@ -106,6 +106,12 @@ fn start(api: &Api, group: Option<&str>, subnet: Option<&str>) -> Result<i32> {
     if let Some((user, name)) = super::install::managed_by_systemd(home) {
         // Installed as systemd units: systemd supervises it.
         eprintln!("vessel: starting {name}.service (installed with `vessel system install`)");
+        if group.is_some() || subnet.is_some() {
+            eprintln!(
+                "vessel: --group and --subnet are ignored here: the units keep the ones given \
+                 to `vessel system install` (install again to change them)"
+            );
+        }
         super::install::start_units(user, &name)?;
     } else if let Some(pid) = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p)) {
         // A supervisor is there, restarting its apiserver: wait for it.
