@@ -381,3 +381,46 @@ fn socket_activated_apiserver_serves_the_request_that_started_it() {
     let status = activator.0.wait().unwrap();
     assert!(status.success(), "apiserver exit: {status}\n{}", log());
 }
+
+#[test]
+fn a_passed_socket_elsewhere_is_refused_with_the_setting_to_change() {
+    let v = Instance::new();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let sock = elsewhere.path().join("other.sock");
+    let log_path = elsewhere.path().join("activate.log");
+    let activator = Activator(
+        Command::new("systemd-socket-activate")
+            .arg("-l")
+            .arg(&sock)
+            .arg(bin_dir().join("vessel-apiserver"))
+            .args(["serve", "--home"])
+            .arg(v.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .expect("systemd-socket-activate"),
+    );
+    assert!(v.wait_for(Duration::from_secs(10), || sock.exists()));
+    let _conn = UnixStream::connect(&sock).unwrap();
+    let mut activator = activator;
+    let mut status = None;
+    assert!(
+        v.wait_for(Duration::from_secs(30), || {
+            status = activator.0.try_wait().unwrap();
+            status.is_some()
+        }),
+        "the apiserver kept running on a socket the CLI cannot reach"
+    );
+    assert!(!status.unwrap().success());
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains(&format!(
+            "set ListenStream={}",
+            v.path().join("vessel.sock").display()
+        )),
+        "{log}"
+    );
+    // Nothing of an apiserver was started.
+    assert!(!v.path().join("apiserver.pid").exists());
+}
