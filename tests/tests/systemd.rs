@@ -156,6 +156,41 @@ fn installed_units_verify_and_uninstall_removes_only_them() {
         text(&verify.stderr)
     );
 
+    // Per-user units (rootless mode), checked by the user manager's rules.
+    let user_units = tempfile::tempdir().unwrap();
+    let runtime_dir = tempfile::tempdir().unwrap();
+    assert_ok(
+        &v.vessel(&[
+            "system",
+            "install",
+            "--user",
+            "--on-demand",
+            "--unit-dir",
+            user_units.path().to_str().unwrap(),
+        ]),
+        "install --user --on-demand",
+    );
+    let files = unit_files(user_units.path());
+    assert_eq!(files.len(), 2, "{files:?}");
+    let service_text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        !service_text.contains("WantedBy="),
+        "--on-demand: {service_text}"
+    );
+    assert!(!user_units.path().join("default.target.wants").exists());
+    let verify = Command::new("systemd-analyze")
+        .args(["--user", "verify"])
+        .args(&files)
+        .env("XDG_RUNTIME_DIR", runtime_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success() && verify.stderr.is_empty(),
+        "systemd-analyze --user verify: {}\n{}",
+        verify.status,
+        text(&verify.stderr)
+    );
+
     // A second install is the same install.
     let again = snapshot(dir);
     assert_ok(
