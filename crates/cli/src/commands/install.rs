@@ -3,6 +3,7 @@
 //! them once installed.
 
 use crate::api::Api;
+use crate::cli::{InstallArgs, UninstallArgs};
 use crate::systemd::{self, UnitSpec};
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -10,28 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use vessel_api::fsutil::{pid_alive, write_atomic};
 use vessel_api::paths::{sibling_binary, Home};
-
-/// Options of `system install`.
-#[derive(Debug, Clone, Default)]
-pub struct InstallOptions {
-    pub user: bool,
-    pub unit_dir: Option<PathBuf>,
-    pub dry_run: bool,
-    pub name: Option<String>,
-    pub group: Option<String>,
-    pub subnet: Option<String>,
-    pub on_demand: bool,
-    pub no_start: bool,
-}
-
-/// Options of `system uninstall`.
-#[derive(Debug, Clone, Default)]
-pub struct UninstallOptions {
-    pub user: bool,
-    pub unit_dir: Option<PathBuf>,
-    pub dry_run: bool,
-    pub name: Option<String>,
-}
 
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -107,7 +86,7 @@ pub fn installed_name(dir: &Path, home: &Path) -> Option<String> {
     names.into_iter().next()
 }
 
-pub fn install(api: &Api, o: &InstallOptions) -> Result<i32> {
+pub fn install(api: &Api, o: &InstallArgs) -> Result<i32> {
     if let Some(s) = &o.subnet {
         super::network::check_subnet(s)?;
     }
@@ -272,7 +251,7 @@ fn set_mode(path: &Path, mode: u32) -> Result<()> {
         .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
-pub fn uninstall(api: &Api, o: &UninstallOptions) -> Result<i32> {
+pub fn uninstall(api: &Api, o: &UninstallArgs) -> Result<i32> {
     let user = user_mode(o.user);
     let home = api.home.root().to_path_buf();
     let dir = match &o.unit_dir {

@@ -15,42 +15,8 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
     match c {
         SystemCommand::Start { group, subnet } => start(api, group.as_deref(), subnet.as_deref()),
         SystemCommand::Stop => stop(api),
-        SystemCommand::Install {
-            user,
-            unit_dir,
-            dry_run,
-            name,
-            group,
-            subnet,
-            on_demand,
-            no_start,
-        } => super::install::install(
-            api,
-            &super::install::InstallOptions {
-                user,
-                unit_dir,
-                dry_run,
-                name,
-                group,
-                subnet,
-                on_demand,
-                no_start,
-            },
-        ),
-        SystemCommand::Uninstall {
-            user,
-            unit_dir,
-            dry_run,
-            name,
-        } => super::install::uninstall(
-            api,
-            &super::install::UninstallOptions {
-                user,
-                unit_dir,
-                dry_run,
-                name,
-            },
-        ),
+        SystemCommand::Install(args) => super::install::install(api, &args),
+        SystemCommand::Uninstall(args) => super::install::uninstall(api, &args),
         SystemCommand::Status { format } => status(api, format.as_deref()),
         SystemCommand::Df { verbose, format } => df(api, verbose, format.as_deref()),
         SystemCommand::Logs => {
