@@ -70,6 +70,11 @@ TOOLS=(
     "runuser|util-linux|--version"
     "flock|util-linux|--version"
     "tmux|tmux|-V"
+    # `vessel system install`'s units are checked with systemd-analyze, and
+    # socket activation is tested with systemd-socket-activate (neither
+    # needs systemd to be PID 1)
+    "systemd-analyze|systemd|--version"
+    "systemd-socket-activate|systemd|--version"
     "cargo-fuzz|cargo:cargo-fuzz|--version"
 )
 # The API fuzzer (schemathesis, from PyPI, pinned) lives in a venv under

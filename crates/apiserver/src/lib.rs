@@ -8,6 +8,7 @@
 //! `vessel-runtime` process, which outlives the apiserver.
 
 pub mod accel;
+pub mod activation;
 pub mod api;
 pub mod assets;
 pub mod containers;

@@ -14,7 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Serve the API on VESSEL_HOME/vessel.sock (in the foreground).
+    /// Serve the API on VESSEL_HOME/vessel.sock (in the foreground); with
+    /// socket activation (LISTEN_PID/LISTEN_FDS), on the socket passed.
     Serve {
         #[arg(long, env = "VESSEL_HOME")]
         home: Option<PathBuf>,
@@ -45,8 +46,16 @@ fn main() {
             group,
             supervisor,
         } => {
-            let options = vessel_apiserver::server::Options { group, supervisor };
-            vessel_apiserver::server::Server::new(home(h), options).and_then(|s| s.serve())
+            let home = home(h);
+            // First, before any thread starts: it changes the environment.
+            vessel_apiserver::activation::take_listener(&home.api_socket()).and_then(|passed| {
+                let options = vessel_apiserver::server::Options {
+                    group,
+                    supervisor,
+                    socket_activated: passed.is_some(),
+                };
+                vessel_apiserver::server::Server::new(home, options).and_then(|s| s.serve(passed))
+            })
         }
         Cmd::Supervise { home: h, group } => {
             vessel_apiserver::supervisor::run(&home(h), group.as_deref())

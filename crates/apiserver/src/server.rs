@@ -28,6 +28,9 @@ pub struct Options {
     pub group: Option<String>,
     /// How the apiserver is supervised, for `system status`.
     pub supervisor: String,
+    /// The listening socket was passed by a service manager (socket
+    /// activation): it owns the socket file, which stays when we exit.
+    pub socket_activated: bool,
 }
 
 /// Shared state of the running server.
@@ -107,27 +110,28 @@ impl Server {
         self.containers.rootless()
     }
 
-    /// Bind the API socket and serve forever.
-    pub fn serve(self: &Arc<Self>) -> anyhow::Result<()> {
+    /// Serve forever on `activated` (the socket passed by a service
+    /// manager, see [`crate::activation`]) or, without one, on the API
+    /// socket bound here (mode 0600, or 0660 for the `--group`).
+    pub fn serve(self: &Arc<Self>, activated: Option<UnixListener>) -> anyhow::Result<()> {
         let sock = self.home.api_socket();
-        let _ = fs::remove_file(&sock);
-        // SAFETY: umask only changes this process's file mode mask.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(&sock);
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
-        let listener = bound.with_context(|| format!("binding {}", sock.display()))?;
-        if let Some(group) = &self.options.group {
-            set_group(&sock, group)?;
-        }
+        let listener = match activated {
+            Some(l) => l,
+            None => self.bind(&sock)?,
+        };
         vessel_api::fsutil::write_atomic(
             &self.home.apiserver_pid(),
             std::process::id().to_string().as_bytes(),
         )?;
         self.containers.start_bookkeeping()?;
         eprintln!(
-            "vessel-apiserver: listening on {} (pid {}, accel {}: {})",
+            "vessel-apiserver: listening on {}{} (pid {}, accel {}: {})",
             sock.display(),
+            if self.options.socket_activated {
+                " (socket passed by the service manager)"
+            } else {
+                ""
+            },
             std::process::id(),
             self.accel.name,
             self.accel.reason
@@ -149,6 +153,20 @@ impl Server {
                 }
             }
         })
+    }
+
+    fn bind(&self, sock: &std::path::Path) -> anyhow::Result<UnixListener> {
+        let _ = fs::remove_file(sock);
+        // SAFETY: umask only changes this process's file mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let bound = UnixListener::bind(sock);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let listener = bound.with_context(|| format!("binding {}", sock.display()))?;
+        if let Some(group) = &self.options.group {
+            set_group(sock, group)?;
+        }
+        Ok(listener)
     }
 
     pub fn images_call<T: serde::de::DeserializeOwned>(
@@ -283,7 +301,11 @@ impl Server {
             version: env!("CARGO_PKG_VERSION").to_string(),
             home: self.home.root().to_path_buf(),
             apiserver_pid: std::process::id() as i32,
-            supervisor: self.options.supervisor.clone(),
+            supervisor: if self.options.socket_activated {
+                format!("{}, socket-activated", self.options.supervisor)
+            } else {
+                self.options.supervisor.clone()
+            },
             accel: self.accel.name.clone(),
             accel_reason: self.accel.reason.clone(),
             kernel_version: crate::assets::kernel_version(&kernel),
@@ -342,8 +364,11 @@ impl Server {
                 eprintln!("vessel-apiserver: network cleanup: {e:#}");
             }
         }
-        // Before the supervisor is told: its SIGTERM ends us at once.
-        let _ = fs::remove_file(self.home.api_socket());
+        // Before the supervisor is told: its SIGTERM ends us at once. A
+        // passed socket belongs to the service manager: it stays.
+        if !self.options.socket_activated {
+            let _ = fs::remove_file(self.home.api_socket());
+        }
         let _ = fs::remove_file(self.home.apiserver_pid());
         let supervisor = fs::read_to_string(self.home.supervisor_pid())
             .ok()

@@ -708,6 +708,12 @@ pub enum SystemCommand {
     },
     /// Stop every container, then the apiserver and its supervisor
     Stop,
+    /// Install this instance as systemd units: a socket that starts the
+    /// apiserver on demand, and a service restarted on failure (and started at boot)
+    Install(InstallArgs),
+    /// Stop, disable and remove the units `system install` wrote for this
+    /// instance (nothing else: its containers and data stay)
+    Uninstall(UninstallArgs),
     /// Show the apiserver, its helpers, the kernel and the accelerator
     Status {
         #[arg(long)]
@@ -724,4 +730,53 @@ pub enum SystemCommand {
         #[arg(long)]
         format: Option<String>,
     },
+}
+
+/// `vessel system install`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct InstallArgs {
+    /// Per-user units (~/.config/systemd/user, `systemctl --user`; rootless);
+    /// the default when not root
+    #[arg(long)]
+    pub user: bool,
+    /// Write the units into DIR (and enable them by links there) without
+    /// asking systemd: for another system or an image being built
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
+    /// Print the units and what would be done; write nothing
+    #[arg(long, visible_alias = "print")]
+    pub dry_run: bool,
+    /// Unit name (default: `vessel`, or `vessel-HASH` for a VESSEL_HOME other
+    /// than the default)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Let this group use the API socket (mode 0660)
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Subnet of the default network when it is created (CIDR, e.g. 10.88.0.0/24)
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Start the apiserver only on the first request, not at boot
+    #[arg(long)]
+    pub on_demand: bool,
+    /// Enable the units without starting them now
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+/// `vessel system uninstall`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct UninstallArgs {
+    /// Per-user units (the default when not root)
+    #[arg(long)]
+    pub user: bool,
+    /// The directory the units were written into with `install --unit-dir`
+    #[arg(long, value_name = "DIR")]
+    pub unit_dir: Option<PathBuf>,
+    /// Print what would be done; change nothing
+    #[arg(long, visible_alias = "print")]
+    pub dry_run: bool,
+    /// Unit name (default: the one installed for this VESSEL_HOME)
+    #[arg(long)]
+    pub name: Option<String>,
 }

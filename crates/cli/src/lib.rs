@@ -11,4 +11,5 @@ pub mod exit;
 pub mod format;
 pub mod progress;
 pub mod session;
+pub mod systemd;
 pub mod terminal;

@@ -42,17 +42,23 @@ impl Home {
         if let Some(h) = std::env::var_os(HOME_ENV).filter(|v| !v.is_empty()) {
             return Self::new(absolute(PathBuf::from(h)));
         }
+        Self::new(Self::default_root())
+    }
+
+    /// The data root when `VESSEL_HOME` is not set: `/var/lib/vessel` as
+    /// root, `$XDG_DATA_HOME/vessel` (`~/.local/share/vessel`) otherwise.
+    pub fn default_root() -> PathBuf {
         // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
-            return Self::new("/var/lib/vessel");
+            return PathBuf::from("/var/lib/vessel");
         }
         if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-            return Self::new(PathBuf::from(x).join("vessel"));
+            return PathBuf::from(x).join("vessel");
         }
         let home = std::env::var_os("HOME")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
-        Self::new(home.join(".local/share/vessel"))
+        home.join(".local/share/vessel")
     }
 
     pub fn root(&self) -> &Path {

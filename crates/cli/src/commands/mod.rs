@@ -7,6 +7,7 @@ pub mod events;
 pub mod exec;
 pub mod health;
 pub mod image;
+pub mod install;
 pub mod interactive;
 pub mod network;
 pub mod registry;

@@ -15,9 +15,26 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
     match c {
         SystemCommand::Start { group, subnet } => start(api, group.as_deref(), subnet.as_deref()),
         SystemCommand::Stop => stop(api),
+        SystemCommand::Install(args) => super::install::install(api, &args),
+        SystemCommand::Uninstall(args) => super::install::uninstall(api, &args),
         SystemCommand::Status { format } => status(api, format.as_deref()),
         SystemCommand::Df { verbose, format } => df(api, verbose, format.as_deref()),
         SystemCommand::Logs => {
+            // Under systemd the apiserver writes to the journal; its
+            // helpers keep their files.
+            if let Some((user, unit)) = super::install::managed_by_systemd(&api.home) {
+                println!("==> journalctl -u {unit}.service <==");
+                let mut cmd = std::process::Command::new("journalctl");
+                if user {
+                    cmd.arg("--user");
+                }
+                let status = cmd
+                    .args(["--no-pager", "-u", &format!("{unit}.service")])
+                    .status();
+                if let Err(e) = status {
+                    eprintln!("vessel: running journalctl: {e}");
+                }
+            }
             for name in [
                 "supervisor.log",
                 "apiserver.log",
@@ -52,7 +69,17 @@ fn start(api: &Api, group: Option<&str>, subnet: Option<&str>) -> Result<i32> {
         return Ok(0);
     }
     let home = &api.home;
-    if let Some(pid) = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p)) {
+    if let Some((user, name)) = super::install::managed_by_systemd(home) {
+        // Installed as systemd units: systemd supervises it.
+        eprintln!("vessel: starting {name}.service (installed with `vessel system install`)");
+        if group.is_some() || subnet.is_some() {
+            eprintln!(
+                "vessel: --group and --subnet are ignored here: the units keep the ones given \
+                 to `vessel system install` (install again to change them)"
+            );
+        }
+        super::install::start_units(user, &name)?;
+    } else if let Some(pid) = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p)) {
         // A supervisor is there, restarting its apiserver: wait for it.
         eprintln!("vessel: a supervisor (pid {pid}) is already running; waiting for its apiserver");
     } else {
@@ -109,8 +136,12 @@ fn stop(api: &Api) -> Result<i32> {
     let supervisor = read_pid(&home.supervisor_pid()).filter(|p| pid_alive(*p));
     let apiserver = read_pid(&home.apiserver_pid()).filter(|p| pid_alive(*p));
     if api.is_up() {
+        let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
         // Read the whole answer: hanging up early must not cancel the stop.
         let _: serde_json::Value = api.call("POST", "/v1/system/shutdown", None)?;
+        if let Some(unit) = systemd_unit(&info.supervisor) {
+            return stop_systemd(info.apiserver_pid, &unit);
+        }
     } else if let Some(pid) = supervisor {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -150,6 +181,33 @@ fn stop(api: &Api) -> Result<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("vessel did not stop within 60 s")
+}
+
+/// `NAME` of a supervisor shown as `systemd (NAME.service)...`.
+fn systemd_unit(supervisor: &str) -> Option<String> {
+    let rest = supervisor.strip_prefix("systemd (")?;
+    let (unit, _) = rest.split_once(".service)")?;
+    Some(unit.to_string())
+}
+
+/// `system stop` of an apiserver run by systemd: once it has stopped the
+/// containers and ended, stop its socket, so that no request (not even
+/// our own check) starts it again.
+fn stop_systemd(apiserver: i32, unit: &str) -> Result<i32> {
+    let started = Instant::now();
+    while pid_alive(apiserver) {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the apiserver (pid {apiserver}) did not end within 60 s; see                  `journalctl -u {unit}.service`"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() } != 0;
+    super::install::stop_socket(user, unit)?;
+    println!("vessel stopped ({unit}.socket too; `vessel system start` starts it again)");
+    Ok(0)
 }
 
 fn status(api: &Api, format: Option<&str>) -> Result<i32> {
@@ -363,6 +421,26 @@ fn df(api: &Api, verbose: bool, format: Option<&str>) -> Result<i32> {
         print!("{}", table(&t));
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod unit_tests {
+    #[test]
+    fn the_unit_is_read_from_the_supervisor_field() {
+        assert_eq!(
+            super::systemd_unit("systemd (vessel.service), socket-activated").as_deref(),
+            Some("vessel")
+        );
+        assert_eq!(
+            super::systemd_unit("systemd (vessel-1a2b3c4d.service)").as_deref(),
+            Some("vessel-1a2b3c4d")
+        );
+        assert_eq!(super::systemd_unit("vessel-supervisor"), None);
+        assert_eq!(
+            super::systemd_unit("none (foreground), socket-activated"),
+            None
+        );
+    }
 }
 
 #[cfg(test)]
