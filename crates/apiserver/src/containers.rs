@@ -161,6 +161,7 @@ mod execs;
 mod lifecycle;
 mod maintenance;
 mod mounts;
+mod restart;
 
 pub use execs::Execs;
 pub use maintenance::{CopyStream, Gates};
@@ -196,6 +197,8 @@ pub struct Containers {
     maintenance_spawn: Mutex<()>,
     /// Named and anonymous volumes.
     volumes: Arc<Volumes>,
+    /// Restart policies' timers and bookkeeping ([`restart`]).
+    restarts: restart::Restarts,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -317,6 +320,7 @@ impl Containers {
             execs: Execs::default(),
             gates: Arc::default(),
             maintenance_spawn: Mutex::new(()),
+            restarts: restart::Restarts::default(),
         })
     }
 
@@ -411,6 +415,7 @@ impl Containers {
                 }
             }
         }
+        self.start_restarter()?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("bookkeeper".into())
@@ -418,6 +423,8 @@ impl Containers {
                 for info in me.list() {
                     me.check(&info.config.id);
                 }
+                // What restart policies owe since the last apiserver.
+                me.restarts_at_startup();
                 while let Ok(id) = rx.recv() {
                     me.check(&id);
                 }
@@ -440,6 +447,7 @@ impl Containers {
         }
         if info.state.status == Status::Exited {
             self.note_exit(&info);
+            self.policy_on_end(&info);
             if info.config.auto_remove {
                 self.reap_auto_remove_one(&info, Duration::ZERO);
             }
@@ -724,6 +732,7 @@ impl Containers {
                 state.error = Some(e);
             }
         }
+        self.restart_view(id, &mut state);
         let networks = ContainerNetworks::read(&dir)
             .ok()
             .flatten()
@@ -792,6 +801,12 @@ impl Containers {
         if cpus == 0 || cpus > 64 {
             return Err(ApiError::invalid(
                 "invalid --cpus: must be between 1 and 64",
+            ));
+        }
+        req.restart.validate().map_err(ApiError::invalid)?;
+        if req.auto_remove && !req.restart.is_no() {
+            return Err(ApiError::invalid(
+                "conflicting options: --restart and --rm (a container removed when it ends cannot be restarted)",
             ));
         }
         let network = network_name(req.network.as_deref());
@@ -920,6 +935,7 @@ impl Containers {
                 .unwrap_or_else(|| AttachStreams::default_for(req.stdin)),
             mounts,
             read_only: req.read_only,
+            restart: req.restart,
         };
         let dir = self.home.container_dir(&id);
         let written = (|| -> ApiResult<()> {
@@ -938,11 +954,27 @@ impl Containers {
         Ok(config)
     }
 
+    /// A user's start (`start`, `run`, `restart`): as [`Self::boot`], and
+    /// its restart policy counts from 0 again.
+    pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
+        let info = self.load(id)?;
+        if self.policy_booting(id) {
+            return Err(ApiError::conflict(format!(
+                "container {} is being started again by its restart policy; wait for it, or stop it first",
+                info.config.name
+            )));
+        }
+        if !info.state.status.is_active() {
+            self.note_manual_start(id);
+        }
+        self.boot(id)
+    }
+
     /// Start a created container: spawn its runtime helper and wait until the
     /// process runs (or has already ended, or failed to start).
     /// A container that has ended boots a fresh VM on the same disk (its
     /// writable layer kept), as Docker starts a stopped container again.
-    pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
+    fn boot(&self, id: &str) -> ApiResult<ContainerInfo> {
         let info = self.load(id)?;
         // Copies of it while it does not run (a maintenance boot on its
         // disk) end first; new ones wait until it runs.
@@ -1193,12 +1225,20 @@ impl Containers {
     /// Send a signal to the container's process.
     pub fn kill(&self, key: &str, signal: i32) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
+        if info.state.restarting {
+            // Docker's: a kill of a restarting container calls its restart off.
+            self.note_manual_stop(&info.config.id);
+            return self.load(&info.config.id);
+        }
         if !info.state.status.is_active() {
             return Err(ApiError::conflict(format!(
                 "container {} is not running",
                 info.config.name
             )));
         }
+        // Docker's: any signal sent through the API counts as a user's
+        // stop for the restart policy (before it can end the container).
+        self.note_manual_stop(&info.config.id);
         self.control(
             &info.config.id,
             &ControlRequest::Signal {
@@ -1220,6 +1260,9 @@ impl Containers {
     pub fn stop(&self, key: &str, timeout: u64) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         let id = info.config.id.clone();
+        if info.state.restarting {
+            self.note_manual_stop(&id);
+        }
         if !info.state.status.is_active() {
             if info.state.status == Status::Exited && !info.networks.is_empty() {
                 self.release_network(&id, true);
@@ -1227,6 +1270,8 @@ impl Containers {
             }
             return Ok(info);
         }
+        // Before it ends: its restart policy must see a user's stop.
+        self.note_manual_stop(&id);
         let req = ControlRequest::Stop { timeout };
         if let Err(e) = self.control(&id, &req, Duration::from_secs(timeout + 30)) {
             // No control socket: ask the helper itself to stop.
@@ -1290,6 +1335,15 @@ impl Containers {
     pub fn remove(&self, key: &str, force: bool, volumes: bool) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         let id = info.config.id.clone();
+        if info.state.restarting {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "container {} is restarting (its restart policy starts it again): stop it first, or remove it with `vessel rm -f`",
+                    info.config.name
+                )));
+            }
+            self.note_manual_stop(&id);
+        }
         if info.state.status.is_active() {
             if !force {
                 return Err(ApiError::conflict(format!(
@@ -1424,6 +1478,9 @@ impl Containers {
     /// Stop every running container and maintenance boot (system
     /// shutdown), in parallel.
     pub fn stop_all(self: &Arc<Self>, timeout: u64) {
+        // Nothing restarts while everything stops; what was pending stays
+        // recorded for the next apiserver.
+        self.stop_restarts();
         let handles: Vec<_> = self
             .list()
             .into_iter()

@@ -73,6 +73,9 @@ pub struct CreateRequest {
     /// stay as they are).
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
+    /// `--restart` (see [`crate::restart`]); absent: `no`.
+    #[serde(default, skip_serializing_if = "crate::restart::RestartPolicy::is_no")]
+    pub restart: crate::restart::RestartPolicy,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -151,6 +154,9 @@ pub struct ContainerConfig {
     /// `--read-only`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
+    /// `--restart`; changed by `vessel update --restart`.
+    #[serde(default, skip_serializing_if = "crate::restart::RestartPolicy::is_no")]
+    pub restart: crate::restart::RestartPolicy,
 }
 
 fn default_attach() -> AttachStreams {
@@ -215,6 +221,15 @@ pub struct ContainerState {
     /// Why the container failed to start or ended abnormally.
     #[serde(default)]
     pub error: Option<String>,
+    /// How many times its restart policy has started it again since a user
+    /// last started it (Docker's `RestartCount`). The apiserver fills it in
+    /// from `restart.json`.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// It has ended and its restart policy will start it again after a
+    /// back-off (Docker's `Restarting`); filled in by the apiserver.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restarting: bool,
     /// Guest uptime (ms) when vminitd had started the process.
     #[serde(default)]
     pub guest_uptime_at_start_ms: Option<u64>,
@@ -234,6 +249,8 @@ impl ContainerState {
             finished_ms: None,
             exit_code: None,
             error: None,
+            restart_count: 0,
+            restarting: false,
             guest_uptime_at_start_ms: None,
             boot_ms: None,
         }
@@ -269,6 +286,9 @@ pub struct ContainerSummary {
     /// Published ports while the container holds them.
     #[serde(default)]
     pub ports: Vec<crate::network::PortMapping>,
+    /// Ended, and to be started again by its restart policy.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restarting: bool,
 }
 
 impl ContainerSummary {
@@ -288,6 +308,7 @@ impl ContainerSummary {
                 .iter()
                 .flat_map(|a| a.ports.iter().cloned())
                 .collect(),
+            restarting: info.state.restarting,
         }
     }
 }

@@ -241,6 +241,12 @@ pub fn rename(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     c.respond_json(200, &info)
 }
 
+pub fn update(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
+    let update: vessel_api::restart::ContainerUpdate = c.json()?;
+    let info = s.containers().update(c.param("id"), &update)?;
+    c.respond_json(200, &info)
+}
+
 pub fn prune(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     let pruned = s.containers().prune()?;
     c.respond_json(200, &pruned)
