@@ -138,10 +138,19 @@ mod tests {
         assert_eq!(p("always").name, RestartPolicyName::Always);
         assert_eq!(p("unless-stopped").name, RestartPolicyName::UnlessStopped);
         let f = p("on-failure");
-        assert_eq!((f.name, f.maximum_retry_count), (RestartPolicyName::OnFailure, 0));
+        assert_eq!(
+            (f.name, f.maximum_retry_count),
+            (RestartPolicyName::OnFailure, 0)
+        );
         assert_eq!(p("on-failure:3").maximum_retry_count, 3);
         assert_eq!(p("on-failure:0").maximum_retry_count, 0);
-        for s in ["no", "always", "unless-stopped", "on-failure", "on-failure:3"] {
+        for s in [
+            "no",
+            "always",
+            "unless-stopped",
+            "on-failure",
+            "on-failure:3",
+        ] {
             assert_eq!(p(s).to_string(), s);
         }
         assert_eq!(p("on-failure:0").to_string(), "on-failure");
@@ -152,7 +161,11 @@ mod tests {
         let e = |s| parse_restart_flag(s).unwrap_err();
         assert!(e("sometimes").contains("invalid restart policy \"sometimes\""));
         assert!(e("sometimes").contains("on-failure[:MAX]"));
-        assert!(e("on-failure:-1").contains("whole number"), "{}", e("on-failure:-1"));
+        assert!(
+            e("on-failure:-1").contains("whole number"),
+            "{}",
+            e("on-failure:-1")
+        );
         assert!(e("on-failure:x").contains("whole number"));
         assert!(e("on-failure:").contains("whole number"));
         assert!(e("on-failure:1:2").contains("whole number"));
@@ -173,8 +186,10 @@ mod tests {
         let back: RestartPolicy =
             serde_json::from_value(serde_json::json!({"name": "unless-stopped"})).unwrap();
         assert_eq!(back.name, RestartPolicyName::UnlessStopped);
-        assert!(serde_json::from_value::<RestartPolicy>(serde_json::json!({"name": "sometimes"}))
-            .is_err());
+        assert!(
+            serde_json::from_value::<RestartPolicy>(serde_json::json!({"name": "sometimes"}))
+                .is_err()
+        );
         let bad = RestartPolicy {
             name: RestartPolicyName::Always,
             maximum_retry_count: 2,

@@ -20,7 +20,7 @@ pub fn list(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
         .containers()
         .list()
         .iter()
-        .filter(|i| all || i.state.status.is_active())
+        .filter(|i| all || i.state.status.is_active() || i.state.restarting)
         .map(ContainerSummary::from_info)
         .collect();
     c.respond_json(200, &list)

@@ -181,8 +181,8 @@ impl Containers {
     pub(super) fn restart_view(&self, id: &str, state: &mut ContainerState) {
         let rec = self.restart_record(id);
         state.restart_count = rec.count;
-        state.restarting = state.status == Status::Exited
-            && rec.pending.is_some_and(|p| p.run == run_key(state));
+        state.restarting =
+            state.status == Status::Exited && rec.pending.is_some_and(|p| p.run == run_key(state));
     }
 
     /// A run has ended: decide once whether its policy restarts it, and

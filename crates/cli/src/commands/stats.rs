@@ -360,6 +360,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             ports: vec![],
+            restarting: false,
         };
         let r = row(&c, None, &snap(1, 2));
         assert_eq!(r.cpu_percent, None, "one sample: no rate yet");

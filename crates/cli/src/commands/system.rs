@@ -391,6 +391,7 @@ mod df_tests {
             started_ms: None,
             finished_ms: None,
             ports: vec![],
+            restarting: false,
         };
         let volume = |name: &str, usage, users: usize| VolumeInfo {
             name: name.into(),
