@@ -1258,8 +1258,15 @@ impl Containers {
     /// Stop: SIGTERM, then SIGKILL after `timeout` seconds. Returns when the
     /// container has ended (its `die`, then `stop`).
     pub fn stop(&self, key: &str, timeout: u64) -> ApiResult<ContainerInfo> {
-        let info = self.find(key)?;
+        let mut info = self.find(key)?;
         let id = info.config.id.clone();
+        if self.policy_booting(&id) {
+            // Its restart policy is booting it: no further restart, and
+            // this boot is stopped once it is up.
+            self.note_manual_stop(&id);
+            self.wait_policy_boots(Some(&id));
+            info = self.load(&id)?;
+        }
         if info.state.restarting {
             self.note_manual_stop(&id);
         }
@@ -1335,6 +1342,12 @@ impl Containers {
     pub fn remove(&self, key: &str, force: bool, volumes: bool) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         let id = info.config.id.clone();
+        if self.policy_booting(&id) {
+            return Err(ApiError::conflict(format!(
+                "container {} is being started again by its restart policy: stop it first, then remove it",
+                info.config.name
+            )));
+        }
         if info.state.restarting {
             if !force {
                 return Err(ApiError::conflict(format!(
@@ -1479,8 +1492,10 @@ impl Containers {
     /// shutdown), in parallel.
     pub fn stop_all(self: &Arc<Self>, timeout: u64) {
         // Nothing restarts while everything stops; what was pending stays
-        // recorded for the next apiserver.
+        // recorded for the next apiserver. A boot under way is stopped
+        // once it is up.
         self.stop_restarts();
+        self.wait_policy_boots(None);
         let handles: Vec<_> = self
             .list()
             .into_iter()

@@ -43,6 +43,10 @@ pub const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A run at least this long starts the back-off over.
 pub const GOOD_RUN: Duration = Duration::from_secs(10);
+/// How soon a restart due while the last one still boots is looked at again.
+const RETRY_BUSY: Duration = Duration::from_millis(100);
+/// The longest wait for a policy boot to be over (a boot's own limit is 180 s).
+const BOOT_WAIT: Duration = Duration::from_secs(200);
 
 /// A container's restart bookkeeping (`containers/<id>/restart.json`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +265,30 @@ impl Containers {
             .unwrap_or(false)
     }
 
+    /// Wait (at most [`BOOT_WAIT`]) until no policy boot of `id` runs, or
+    /// of any container with `None`; true when none runs.
+    pub(super) fn wait_policy_boots(&self, id: Option<&str>) -> bool {
+        let deadline = std::time::Instant::now() + BOOT_WAIT;
+        loop {
+            let busy = self
+                .restarts
+                .booting
+                .lock()
+                .map(|b| match id {
+                    Some(id) => b.contains(id),
+                    None => !b.is_empty(),
+                })
+                .unwrap_or(false);
+            if !busy {
+                return true;
+            }
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn set_restart_timer(&self, id: &str, due_ms: u64) {
         if let Ok(mut t) = self.restarts.timers.lock() {
             t.insert(id.to_string(), due_ms);
@@ -349,6 +377,10 @@ impl Containers {
                 return;
             };
             if !b.insert(id.to_string()) {
+                // The boot of its last restart is not over yet (the run it
+                // began may have ended already): look again soon.
+                drop(b);
+                self.set_restart_timer(id, now_ms() + RETRY_BUSY.as_millis() as u64);
                 return;
             }
         }
