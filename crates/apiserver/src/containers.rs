@@ -1294,6 +1294,9 @@ impl Containers {
                 // Docker's habit: once `stop` returns, the ports are free
                 // again; `die` comes before `stop`.
                 self.note_exit(ended);
+                // Decided now, not left to the bookkeeper: at `system
+                // stop` the apiserver may be gone before it looks.
+                self.policy_on_end(ended);
                 self.events.emit(EventAction::Stop, &ended.config, &[]);
             }
         }
