@@ -1269,6 +1269,7 @@ impl Containers {
         }
         if info.state.restarting {
             self.note_manual_stop(&id);
+            info = self.load(&id)?;
         }
         if !info.state.status.is_active() {
             if info.state.status == Status::Exited && !info.networks.is_empty() {
