@@ -613,6 +613,164 @@ mod tests {
         assert!(!starts_with_apiserver(&policy("no"), &ended));
     }
 
+    /// An instance with one ended container (no VM: its files only).
+    fn ended_container(
+        policy: &str,
+        exit_code: i32,
+    ) -> (tempfile::TempDir, Arc<Containers>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = vessel_api::paths::Home::new(dir.path());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let network = crate::helpers::Helper::network(home.clone());
+        let containers = Containers::new(home.clone(), network, rt.handle().clone());
+        // Nothing here waits on it; it only has to outlive `containers`.
+        std::mem::forget(rt);
+        let id = "c0ffee".repeat(10) + "abcd";
+        let cdir = home.container_dir(&id);
+        std::fs::create_dir_all(&cdir).unwrap();
+        let config: vessel_api::types::ContainerConfig = serde_json::from_value(serde_json::json!({
+            "id": id, "name": "svc", "image": "i", "image_id": "sha256:x",
+            "created_ms": 0, "process": {"args": ["true"], "env": [], "cwd": "/", "user": "0:0"},
+            "hostname": "h", "cpus": 1, "memory_mib": 256, "auto_remove": false,
+            "rootfs_base": "/r", "kernel": "/k", "initrd": "/i", "accel": "tcg",
+            "network": "none", "restart": policy_json(policy)
+        }))
+        .unwrap();
+        write_json_atomic(&cdir.join("config.json"), &config).unwrap();
+        let mut state = ContainerState::created();
+        state.status = Status::Exited;
+        state.started_ms = Some(1_000);
+        state.finished_ms = Some(1_500);
+        state.exit_code = Some(exit_code);
+        write_json_atomic(&cdir.join("state.json"), &state).unwrap();
+        (dir, containers, id)
+    }
+
+    fn policy_json(s: &str) -> serde_json::Value {
+        serde_json::to_value(policy(s)).unwrap()
+    }
+
+    fn due(c: &Containers, id: &str) -> Option<u64> {
+        c.restarts.timers.lock().unwrap().get(id).copied()
+    }
+
+    #[test]
+    fn an_end_is_decided_once_and_shows_as_restarting() {
+        let (_dir, c, id) = ended_container("on-failure:3", 1);
+        let info = c.load(&id).unwrap();
+        assert!(!info.state.restarting);
+        c.policy_on_end(&info);
+        let info = c.load(&id).unwrap();
+        assert!(info.state.restarting, "{:?}", info.state);
+        assert_eq!(info.state.restart_count, 1);
+        assert!(due(&c, &id).is_some(), "a timer is set");
+        // The same end again (another look of the bookkeeper): no second
+        // decision.
+        c.policy_on_end(&info);
+        assert_eq!(c.load(&id).unwrap().state.restart_count, 1);
+        // A user's stop calls it off; their start counts from 0.
+        c.note_manual_stop(&id);
+        let info = c.load(&id).unwrap();
+        assert!(!info.state.restarting);
+        assert_eq!(due(&c, &id), None);
+        assert!(c.restart_record(&id).manually_stopped);
+        c.note_manual_start(&id);
+        // The back-off starts over too (Docker's new restart manager).
+        let expected = RestartRecord {
+            decided_run: Some(1_000),
+            ..Default::default()
+        };
+        assert_eq!(c.restart_record(&id), expected);
+    }
+
+    #[test]
+    fn the_apiserver_s_start_makes_what_is_owed() {
+        // A pending restart the last apiserver did not make.
+        let (_dir, c, id) = ended_container("on-failure", 1);
+        c.policy_on_end(&c.load(&id).unwrap());
+        c.cancel_restart_timer(&id);
+        c.restarts_at_startup();
+        assert!(due(&c, &id).is_some());
+        assert_eq!(
+            c.restart_record(&id).count,
+            1,
+            "a pending restart keeps its count"
+        );
+
+        // `always`, stopped by a user: started again, counting from 0.
+        let (_dir, c, id) = ended_container("always", 137);
+        c.note_manual_stop(&id);
+        c.policy_on_end(&c.load(&id).unwrap());
+        assert_eq!(due(&c, &id), None);
+        c.restarts_at_startup();
+        assert!(due(&c, &id).is_some());
+        let rec = c.restart_record(&id);
+        assert_eq!((rec.count, rec.manually_stopped), (0, false));
+        assert!(c.load(&id).unwrap().state.restarting);
+
+        // `unless-stopped`, stopped by a user: stays.
+        let (_dir, c, id) = ended_container("unless-stopped", 137);
+        c.note_manual_stop(&id);
+        c.restarts_at_startup();
+        assert_eq!(due(&c, &id), None);
+        assert!(!c.load(&id).unwrap().state.restarting);
+
+        // `on-failure` that succeeded: stays.
+        let (_dir, c, id) = ended_container("on-failure", 0);
+        c.policy_on_end(&c.load(&id).unwrap());
+        c.restarts_at_startup();
+        assert_eq!(due(&c, &id), None);
+
+        // `system stop`: nothing restarts, `always` comes back next time.
+        let (_dir, c, id) = ended_container("always", 143);
+        c.stop_restarts();
+        c.policy_on_end(&c.load(&id).unwrap());
+        assert_eq!(due(&c, &id), None);
+        assert!(!c.restart_record(&id).manually_stopped);
+    }
+
+    #[test]
+    fn update_changes_the_policy_from_the_next_end_on() {
+        let (_dir, c, id) = ended_container("no", 1);
+        let info = c
+            .update(
+                "svc",
+                &ContainerUpdate {
+                    restart: Some(policy("always")),
+                },
+            )
+            .unwrap();
+        assert_eq!(info.config.restart, policy("always"));
+        // The end already seen was decided under `no`.
+        c.policy_on_end(&c.load(&id).unwrap());
+        assert_eq!(due(&c, &id), None);
+        // A bad policy over the API.
+        let bad = RestartPolicy {
+            name: RestartPolicyName::UnlessStopped,
+            maximum_retry_count: 1,
+        };
+        assert!(c
+            .update("svc", &ContainerUpdate { restart: Some(bad) })
+            .is_err());
+        assert_eq!(c.load(&id).unwrap().config.restart, policy("always"));
+        // `no` calls a pending restart off.
+        let (_dir, c, id) = ended_container("always", 1);
+        c.policy_on_end(&c.load(&id).unwrap());
+        assert!(due(&c, &id).is_some());
+        c.update(
+            "svc",
+            &ContainerUpdate {
+                restart: Some(RestartPolicy::NO),
+            },
+        )
+        .unwrap();
+        assert_eq!(due(&c, &id), None);
+        assert!(!c.load(&id).unwrap().state.restarting);
+    }
+
     #[test]
     fn the_record_reads_back_and_old_files_read_as_empty() {
         let rec = RestartRecord {
