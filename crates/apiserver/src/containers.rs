@@ -181,6 +181,7 @@ mod execs;
 mod lifecycle;
 mod maintenance;
 mod mounts;
+mod restart;
 
 pub use execs::Execs;
 pub use maintenance::{CopyStream, Gates};
@@ -219,6 +220,8 @@ pub struct Containers {
     maintenance_spawn: Mutex<()>,
     /// Named and anonymous volumes.
     volumes: Arc<Volumes>,
+    /// Restart policies' timers and bookkeeping ([`restart`]).
+    restarts: restart::Restarts,
 }
 
 /// Holds a container's `--rm` removal back while a client is attached.
@@ -341,6 +344,7 @@ impl Containers {
             execs: Execs::default(),
             gates: Arc::default(),
             maintenance_spawn: Mutex::new(()),
+            restarts: restart::Restarts::default(),
         })
     }
 
@@ -441,6 +445,7 @@ impl Containers {
                 seen.insert(info.config.id.clone(), health_key(&info.state));
             }
         }
+        self.start_restarter()?;
         let me = self.clone();
         std::thread::Builder::new()
             .name("bookkeeper".into())
@@ -448,6 +453,8 @@ impl Containers {
                 for info in me.list() {
                     me.check(&info.config.id);
                 }
+                // What restart policies owe since the last apiserver.
+                me.restarts_at_startup();
                 while let Ok(id) = rx.recv() {
                     me.check(&id);
                 }
@@ -471,6 +478,7 @@ impl Containers {
         }
         if info.state.status == Status::Exited {
             self.note_exit(&info);
+            self.policy_on_end(&info);
             if info.config.auto_remove {
                 self.reap_auto_remove_one(&info, Duration::ZERO);
             }
@@ -773,6 +781,7 @@ impl Containers {
                 state.error = Some(e);
             }
         }
+        self.restart_view(id, &mut state);
         let networks = ContainerNetworks::read(&dir)
             .ok()
             .flatten()
@@ -841,6 +850,12 @@ impl Containers {
         if cpus == 0 || cpus > 64 {
             return Err(ApiError::invalid(
                 "invalid --cpus: must be between 1 and 64",
+            ));
+        }
+        req.restart.validate().map_err(ApiError::invalid)?;
+        if req.auto_remove && !req.restart.is_no() {
+            return Err(ApiError::invalid(
+                "conflicting options: --restart and --rm (a container removed when it ends cannot be restarted)",
             ));
         }
         let network = network_name(req.network.as_deref());
@@ -976,6 +991,7 @@ impl Containers {
             ),
             mounts,
             read_only: req.read_only,
+            restart: req.restart,
         };
         let dir = self.home.container_dir(&id);
         let written = (|| -> ApiResult<()> {
@@ -994,11 +1010,27 @@ impl Containers {
         Ok(config)
     }
 
+    /// A user's start (`start`, `run`, `restart`): as [`Self::boot`], and
+    /// its restart policy counts from 0 again.
+    pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
+        let info = self.load(id)?;
+        if self.policy_booting(id) {
+            return Err(ApiError::conflict(format!(
+                "container {} is being started again by its restart policy; wait for it, or stop it first",
+                info.config.name
+            )));
+        }
+        if !info.state.status.is_active() {
+            self.note_manual_start(id);
+        }
+        self.boot(id)
+    }
+
     /// Start a created container: spawn its runtime helper and wait until the
     /// process runs (or has already ended, or failed to start).
     /// A container that has ended boots a fresh VM on the same disk (its
     /// writable layer kept), as Docker starts a stopped container again.
-    pub fn start(&self, id: &str) -> ApiResult<ContainerInfo> {
+    fn boot(&self, id: &str) -> ApiResult<ContainerInfo> {
         let info = self.load(id)?;
         // Copies of it while it does not run (a maintenance boot on its
         // disk) end first; new ones wait until it runs.
@@ -1249,12 +1281,20 @@ impl Containers {
     /// Send a signal to the container's process.
     pub fn kill(&self, key: &str, signal: i32) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
+        if info.state.restarting {
+            // Docker's: a kill of a restarting container calls its restart off.
+            self.note_manual_stop(&info.config.id);
+            return self.load(&info.config.id);
+        }
         if !info.state.status.is_active() {
             return Err(ApiError::conflict(format!(
                 "container {} is not running",
                 info.config.name
             )));
         }
+        // Docker's: any signal sent through the API counts as a user's
+        // stop for the restart policy (before it can end the container).
+        self.note_manual_stop(&info.config.id);
         self.control(
             &info.config.id,
             &ControlRequest::Signal {
@@ -1274,8 +1314,19 @@ impl Containers {
     /// Stop: SIGTERM, then SIGKILL after `timeout` seconds. Returns when the
     /// container has ended (its `die`, then `stop`).
     pub fn stop(&self, key: &str, timeout: u64) -> ApiResult<ContainerInfo> {
-        let info = self.find(key)?;
+        let mut info = self.find(key)?;
         let id = info.config.id.clone();
+        if self.policy_booting(&id) {
+            // Its restart policy is booting it: no further restart, and
+            // this boot is stopped once it is up.
+            self.note_manual_stop(&id);
+            self.wait_policy_boots(Some(&id));
+            info = self.load(&id)?;
+        }
+        if info.state.restarting {
+            self.note_manual_stop(&id);
+            info = self.load(&id)?;
+        }
         if !info.state.status.is_active() {
             if info.state.status == Status::Exited && !info.networks.is_empty() {
                 self.release_network(&id, true);
@@ -1283,6 +1334,8 @@ impl Containers {
             }
             return Ok(info);
         }
+        // Before it ends: its restart policy must see a user's stop.
+        self.note_manual_stop(&id);
         let req = ControlRequest::Stop { timeout };
         if let Err(e) = self.control(&id, &req, Duration::from_secs(timeout + 30)) {
             // No control socket: ask the helper itself to stop.
@@ -1298,6 +1351,9 @@ impl Containers {
                 // Docker's habit: once `stop` returns, the ports are free
                 // again; `die` comes before `stop`.
                 self.note_exit(ended);
+                // Decided now, not left to the bookkeeper: at `system
+                // stop` the apiserver may be gone before it looks.
+                self.policy_on_end(ended);
                 self.events.emit(EventAction::Stop, &ended.config, &[]);
             }
         }
@@ -1346,6 +1402,21 @@ impl Containers {
     pub fn remove(&self, key: &str, force: bool, volumes: bool) -> ApiResult<ContainerInfo> {
         let info = self.find(key)?;
         let id = info.config.id.clone();
+        if self.policy_booting(&id) {
+            return Err(ApiError::conflict(format!(
+                "container {} is being started again by its restart policy: stop it first, then remove it",
+                info.config.name
+            )));
+        }
+        if info.state.restarting {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "container {} is restarting (its restart policy starts it again): stop it first, or remove it with `vessel rm -f`",
+                    info.config.name
+                )));
+            }
+            self.note_manual_stop(&id);
+        }
         if info.state.status.is_active() {
             if !force {
                 return Err(ApiError::conflict(format!(
@@ -1483,6 +1554,11 @@ impl Containers {
     /// Stop every running container and maintenance boot (system
     /// shutdown), in parallel.
     pub fn stop_all(self: &Arc<Self>, timeout: u64) {
+        // Nothing restarts while everything stops; what was pending stays
+        // recorded for the next apiserver. A boot under way is stopped
+        // once it is up.
+        self.stop_restarts();
+        self.wait_policy_boots(None);
         let handles: Vec<_> = self
             .list()
             .into_iter()

@@ -43,6 +43,8 @@ pub enum Command {
     Unpause(TargetsArgs),
     /// Rename a container
     Rename(RenameArgs),
+    /// Change settings of existing containers (their restart policy)
+    Update(UpdateArgs),
     /// List a container's published ports, or the host address of one
     Port(PortArgs),
     /// Manage containers
@@ -169,6 +171,9 @@ pub struct RunArgs {
     pub read_only: bool,
     #[command(flatten)]
     pub health: HealthArgs,
+    /// Restart policy when the container ends: no, on-failure[:MAX], always, unless-stopped
+    #[arg(long, value_name = "POLICY", value_parser = vessel_api::restart::parse_restart_flag)]
+    pub restart: Option<vessel_api::restart::RestartPolicy>,
     /// Pull the image before creating: `missing` (default), `always`, `never`
     #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
     pub pull: String,
@@ -351,6 +356,15 @@ pub struct TopArgs {
 pub struct RenameArgs {
     pub container: String,
     pub new_name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Restart policy when the container ends: no, on-failure[:MAX], always, unless-stopped
+    #[arg(long, value_name = "POLICY", required = true, value_parser = vessel_api::restart::parse_restart_flag)]
+    pub restart: Option<vessel_api::restart::RestartPolicy>,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -65,6 +65,12 @@ mod tests {
         assert_eq!(code_of(&["stop", "--time", "soon", "c"]), 125);
         assert_eq!(code_of(&["logs"]), 125);
         assert_eq!(code_of(&["frobnicate"]), 125);
+        for bad in ["on-failure:-1", "sometimes", "always:3", "on-failure:x"] {
+            assert_eq!(code_of(&["run", "--restart", bad, "img"]), 125, "{bad}");
+            assert_eq!(code_of(&["create", "--restart", bad, "img"]), 125, "{bad}");
+            assert_eq!(code_of(&["update", "--restart", bad, "c"]), 125, "{bad}");
+        }
+        assert_eq!(code_of(&["update", "c"]), 125, "--restart is required");
         assert_eq!(code_of(&["--help"]), 0);
         assert_eq!(code_of(&["run", "--help"]), 0);
         assert_eq!(code_of(&["--version"]), 0);

@@ -39,6 +39,11 @@ pub fn status_text(c: &ContainerSummary) -> String {
             "Up {} (Paused)",
             human_duration(since(c.started_ms.unwrap_or(c.created_ms)))
         ),
+        Status::Exited if c.restarting => format!(
+            "Restarting ({}) {} ago",
+            c.exit_code.unwrap_or(0),
+            human_duration(since(c.finished_ms.unwrap_or(c.created_ms)))
+        ),
         Status::Exited => format!(
             "Exited ({}) {} ago",
             c.exit_code.unwrap_or(0),
@@ -144,6 +149,7 @@ mod tests {
             finished_ms: None,
             ports: Vec::new(),
             health: None,
+            restarting: false,
         };
         assert_eq!(status_text(&c), "Up Less than a second");
         for (h, text) in [
@@ -169,5 +175,26 @@ mod tests {
         ]);
         assert_eq!(t, "A     BB\nCCC   D\n");
         assert_eq!(truncate("abcdef", 4), "abc…");
+    }
+
+    #[test]
+    fn a_container_in_its_restart_back_off_reads_as_docker_s() {
+        let mut c = ContainerSummary {
+            id: "c".into(),
+            name: "c".into(),
+            image: String::new(),
+            command: String::new(),
+            created_ms: 0,
+            status: Status::Exited,
+            exit_code: Some(1),
+            started_ms: None,
+            finished_ms: Some(now_ms()),
+            ports: vec![],
+            restarting: true,
+            health: None,
+        };
+        assert_eq!(status_text(&c), "Restarting (1) Less than a second ago");
+        c.restarting = false;
+        assert_eq!(status_text(&c), "Exited (1) Less than a second ago");
     }
 }

@@ -14,6 +14,7 @@ pub mod http;
 pub mod mounts;
 pub mod network;
 pub mod paths;
+pub mod restart;
 pub mod types;
 pub mod ulimit;
 

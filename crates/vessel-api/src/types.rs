@@ -77,6 +77,9 @@ pub struct CreateRequest {
     /// stay as they are).
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
+    /// `--restart` (see [`crate::restart`]); absent: `no`.
+    #[serde(default, skip_serializing_if = "crate::restart::RestartPolicy::is_no")]
+    pub restart: crate::restart::RestartPolicy,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -159,6 +162,9 @@ pub struct ContainerConfig {
     /// `--read-only`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub read_only: bool,
+    /// `--restart`; changed by `vessel update --restart`.
+    #[serde(default, skip_serializing_if = "crate::restart::RestartPolicy::is_no")]
+    pub restart: crate::restart::RestartPolicy,
 }
 
 fn default_attach() -> AttachStreams {
@@ -223,6 +229,15 @@ pub struct ContainerState {
     /// Why the container failed to start or ended abnormally.
     #[serde(default)]
     pub error: Option<String>,
+    /// How many times its restart policy has started it again since a user
+    /// last started it (Docker's `RestartCount`). The apiserver fills it in
+    /// from `restart.json`.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// It has ended and its restart policy will start it again after a
+    /// back-off (Docker's `Restarting`); filled in by the apiserver.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restarting: bool,
     /// Guest uptime (ms) when vminitd had started the process.
     #[serde(default)]
     pub guest_uptime_at_start_ms: Option<u64>,
@@ -246,6 +261,8 @@ impl ContainerState {
             finished_ms: None,
             exit_code: None,
             error: None,
+            restart_count: 0,
+            restarting: false,
             guest_uptime_at_start_ms: None,
             boot_ms: None,
             health: None,
@@ -285,6 +302,9 @@ pub struct ContainerSummary {
     /// Its health while it runs, when it has a healthcheck.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthStatus>,
+    /// Ended, and to be started again by its restart policy.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub restarting: bool,
 }
 
 impl ContainerSummary {
@@ -310,6 +330,7 @@ impl ContainerSummary {
                 .as_ref()
                 .filter(|_| info.state.status.is_active())
                 .map(|h| h.status),
+            restarting: info.state.restarting,
         }
     }
 }

@@ -20,7 +20,7 @@ pub fn list(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
         .containers()
         .list()
         .iter()
-        .filter(|i| all || i.state.status.is_active())
+        .filter(|i| all || i.state.status.is_active() || i.state.restarting)
         .map(ContainerSummary::from_info)
         .collect();
     c.respond_json(200, &list)
@@ -238,6 +238,12 @@ pub fn unpause(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
 pub fn rename(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
     let name = c.required("name")?.to_string();
     let info = s.containers().rename(c.param("id"), &name)?;
+    c.respond_json(200, &info)
+}
+
+pub fn update(s: &Arc<Server>, c: &mut Call) -> ApiResult<()> {
+    let update: vessel_api::restart::ContainerUpdate = c.json()?;
+    let info = s.containers().update(c.param("id"), &update)?;
     c.respond_json(200, &info)
 }
 

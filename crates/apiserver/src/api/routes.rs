@@ -30,6 +30,7 @@ pub static ROUTES: &[Route] = &[
     route("POST", "/v1/containers/{id}/pause", containers::pause),
     route("POST", "/v1/containers/{id}/unpause", containers::unpause),
     route("POST", "/v1/containers/{id}/rename", containers::rename),
+    route("POST", "/v1/containers/{id}/update", containers::update),
     route("GET", "/v1/containers/{id}/stats", containers::stats),
     route("GET", "/v1/containers/{id}/top", containers::top),
     route("POST", "/v1/containers/{id}/resize", containers::resize),

@@ -5,6 +5,7 @@ use super::stream::{print_stream, Printing, StreamEnd};
 use crate::api::{check, Api};
 use crate::cli::{
     KillArgs, LogsArgs, LsArgs, PortArgs, RenameArgs, RestartArgs, RmArgs, StopArgs, TargetsArgs,
+    UpdateArgs,
 };
 use crate::exit::FAILURE;
 use crate::format::{human_duration, since, status_text, table, truncate};
@@ -106,6 +107,15 @@ pub fn restart(api: &Api, a: RestartArgs) -> Result<i32> {
             (Status::Exited, Some(err)) => bail!("container {c} did not start again: {err}"),
             _ => Ok(()),
         }
+    })
+}
+
+/// `vessel update --restart POLICY CONTAINER...`: prints each name as given.
+pub fn update(api: &Api, a: UpdateArgs) -> Result<i32> {
+    let body = serde_json::to_value(vessel_api::restart::ContainerUpdate { restart: a.restart })?;
+    each(&a.containers, |c| {
+        api.call::<ContainerInfo>("POST", &path(c, "/update"), Some(&body))
+            .map(drop)
     })
 }
 

@@ -38,6 +38,7 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
         Command::Pause(a) => container::pause(api, a),
         Command::Unpause(a) => container::unpause(api, a),
         Command::Rename(a) => container::rename(api, a),
+        Command::Update(a) => container::update(api, a),
         Command::Port(a) => container::port(api, a),
         Command::Container(ContainerCommand::Prune { force }) => container::prune(api, force),
         Command::Version(a) => version::version(api, a),

@@ -67,6 +67,10 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         mounts.push(vessel_api::mounts::parse_tmpfs_flag(t).map_err(|e| anyhow!("{e}"))?);
     }
     vessel_api::mounts::validate(&mounts).map_err(|e| anyhow!("{e}"))?;
+    let restart = a.restart.unwrap_or_default();
+    if a.rm && !restart.is_no() {
+        bail!("conflicting options: --restart and --rm (a container removed when it ends cannot be restarted)");
+    }
     Ok(CreateRequest {
         image: a.image.clone(),
         name: a.name.clone(),
@@ -93,6 +97,7 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         healthcheck: super::health::healthcheck(&a.health)?,
         mounts,
         read_only: a.read_only,
+        restart,
     })
 }
 
@@ -337,6 +342,28 @@ fn start_interactive(api: &Api, id: &str, how: &Attached) -> Result<i32> {
 mod tests {
     use super::*;
     use crate::api::ErrorBody;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        use clap::Parser;
+        let argv = ["vessel", "run"].into_iter().chain(args.iter().copied());
+        match crate::cli::Cli::try_parse_from(argv).unwrap().command {
+            crate::cli::Command::Run(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn restart_policies_go_into_the_request_and_not_with_rm() {
+        let req = create_request(&run_args(&["--restart", "on-failure:3", "img"])).unwrap();
+        assert_eq!(req.restart.to_string(), "on-failure:3");
+        let req = create_request(&run_args(&["img"])).unwrap();
+        assert!(req.restart.is_no());
+        let e = create_request(&run_args(&["--rm", "--restart", "unless-stopped", "img"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conflicting options: --restart and --rm"), "{e}");
+        assert!(create_request(&run_args(&["--rm", "--restart", "no", "img"])).is_ok());
+    }
 
     #[test]
     fn only_the_requested_image_missing_is_pulled() {

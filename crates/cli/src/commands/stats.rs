@@ -361,6 +361,7 @@ mod tests {
             finished_ms: None,
             ports: vec![],
             health: None,
+            restarting: false,
         };
         let r = row(&c, None, &snap(1, 2));
         assert_eq!(r.cpu_percent, None, "one sample: no rate yet");

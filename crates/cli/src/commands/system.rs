@@ -470,6 +470,7 @@ mod df_tests {
             finished_ms: None,
             ports: vec![],
             health: None,
+            restarting: false,
         };
         let volume = |name: &str, usage, users: usize| VolumeInfo {
             name: name.into(),
