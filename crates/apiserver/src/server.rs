@@ -157,12 +157,28 @@ impl Server {
 
     fn bind(&self, sock: &std::path::Path) -> anyhow::Result<UnixListener> {
         let _ = fs::remove_file(sock);
-        // SAFETY: umask only changes this process's file mode mask.
-        let old = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(sock);
-        // SAFETY: as above, restoring the previous mask.
-        unsafe { libc::umask(old) };
-        let listener = bound.with_context(|| format!("binding {}", sock.display()))?;
+        // Not by the umask: it is the whole process's, and a helper started
+        // by another thread meanwhile inherited 0177 and made its store's
+        // directories without search permission (a rootless image helper
+        // then could not open its own store). The socket is bound under a
+        // name of its own, made 0600, then renamed into place: nobody can
+        // connect to it before it has its mode.
+        let staged = sock.with_file_name(format!(
+            ".{}.{}",
+            sock.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        let _ = fs::remove_file(&staged);
+        let listener =
+            UnixListener::bind(&staged).with_context(|| format!("binding {}", staged.display()))?;
+        let placed = fs::set_permissions(&staged, fs::Permissions::from_mode(0o600))
+            .and_then(|()| fs::rename(&staged, sock));
+        if let Err(e) = placed {
+            let _ = fs::remove_file(&staged);
+            return Err(e).with_context(|| format!("placing the socket at {}", sock.display()));
+        }
         if let Some(group) = &self.options.group {
             set_group(sock, group)?;
         }
