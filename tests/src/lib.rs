@@ -430,3 +430,35 @@ pub fn busybox_under_runc(flags: &[&str], applets: &[&str], script: &str) -> Str
     assert_ok(&out, "podman run");
     text(&out.stdout)
 }
+
+/// An OCI archive `DIR/NAME.tar` of a root with the host's static busybox
+/// and `applets` linked to it, made by `images/busybox/make_oci.py` with
+/// `--name NAME` and `args` (`--volume`, `--healthcheck`...); `prepare`
+/// adds files to the root first.
+pub fn busybox_image(
+    dir: &Path,
+    name: &str,
+    applets: &[&str],
+    args: &[&str],
+    prepare: impl FnOnce(&Path),
+) -> PathBuf {
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    prepare(&root);
+    let out = dir.join(format!("{name}.tar"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/make_oci.py");
+    let made = Command::new("python3")
+        .arg(script)
+        .arg(&root)
+        .arg(&out)
+        .args(["--name", name])
+        .args(args)
+        .output()
+        .unwrap();
+    assert_ok(&made, "make_oci.py");
+    out
+}

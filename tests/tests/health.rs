@@ -208,32 +208,20 @@ fn a_check_that_hangs_past_its_timeout_is_killed_and_fails() {
 /// An image like the default one with `HEALTHCHECK --interval=1s
 /// --retries=1 CMD-SHELL exit 1`.
 fn image_with_healthcheck(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "sleep", "cat", "test"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    let out = dir.join("hcimg.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/make_oci.py");
-    let made = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&root)
-        .arg(&out)
-        .args([
-            "--name",
-            "hcimg",
+    vessel_tests::busybox_image(
+        dir,
+        "hcimg",
+        &["sh", "sleep", "cat", "test"],
+        &[
             "--healthcheck",
             "CMD-SHELL exit 1",
             "--health-interval-ns",
             "1000000000",
             "--health-retries",
             "1",
-        ])
-        .output()
-        .unwrap();
-    assert_ok(&made, "make_oci.py");
-    out
+        ],
+        |_| {},
+    )
 }
 
 #[test]

@@ -359,27 +359,16 @@ fn anonymous_volumes_go_with_run_rm_and_rm_v() {
 /// An image like the default one whose config has `VOLUME /data` and
 /// `VOLUME /cache`, with a file in `/data`.
 fn image_with_volumes(dir: &Path) -> PathBuf {
-    let root = dir.join("root");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("data")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in ["sh", "cat", "mount", "grep", "ls"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("data/seed"), "from the image\n").unwrap();
-    let out = dir.join("volimg.tar");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/busybox/make_oci.py");
-    let made = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&root)
-        .arg(&out)
-        .args([
-            "--name", "volimg", "--volume", "/data", "--volume", "/cache",
-        ])
-        .output()
-        .unwrap();
-    assert_ok(&made, "make_oci.py");
-    out
+    vessel_tests::busybox_image(
+        dir,
+        "volimg",
+        &["sh", "cat", "mount", "grep", "ls"],
+        &["--volume", "/data", "--volume", "/cache"],
+        |root| {
+            std::fs::create_dir_all(root.join("data")).unwrap();
+            std::fs::write(root.join("data/seed"), "from the image\n").unwrap();
+        },
+    )
 }
 
 #[test]
