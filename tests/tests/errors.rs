@@ -127,9 +127,44 @@ fn system_status_reports_helpers_kernel_and_accelerator() {
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&sock).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "API socket mode");
+    // A reader that went away (`vessel system status | head -1`): the CLI
+    // ends by SIGPIPE, as `ls` or `docker` do, without a panic.
+    for args in [
+        &["system", "status"][..],
+        &["ls", "-a"],
+        &["image", "ls"],
+        &["completion", "bash"],
+    ] {
+        assert_closed_pipe_is_quiet(&v, args);
+    }
     assert_ok(&v.vessel(&["system", "stop"]), "stop");
     assert!(!sock.exists());
     assert!(!v.vessel(&["ls"]).status.success());
+}
+
+/// `vessel ARGS` with a standard output whose reader is already gone.
+fn assert_closed_pipe_is_quiet(v: &Instance, args: &[&str]) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = v
+        .cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "vessel {args:?} into a closed pipe: {:?}, stderr: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "vessel {args:?}: {}",
+        text(&out.stderr)
+    );
 }
 
 /// `vessel ARGS` failed with `code`, and its stderr names every `want`.

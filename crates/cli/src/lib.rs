@@ -9,6 +9,7 @@ pub mod commands;
 pub mod env;
 pub mod exit;
 pub mod format;
+pub mod output;
 pub mod progress;
 pub mod session;
 pub mod systemd;

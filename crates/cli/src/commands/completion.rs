@@ -13,7 +13,9 @@ pub fn completion(a: CompletionArgs) -> Result<i32> {
         _ => clap_complete::Shell::Fish,
     };
     let mut cmd = Cli::command();
-    clap_complete::generate(shell, &mut cmd, "vessel", &mut std::io::stdout());
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, "vessel", &mut script);
+    crate::out!("{}", String::from_utf8_lossy(&script));
     Ok(0)
 }
 

@@ -23,14 +23,14 @@ pub fn ls(api: &Api, a: LsArgs) -> Result<i32> {
         api.call("GET", &format!("/v1/containers?all={}", a.all), None)?;
     if a.quiet {
         for c in &list {
-            println!("{}", if a.no_trunc { &c.id[..] } else { &c.id[..12] });
+            crate::outln!("{}", if a.no_trunc { &c.id[..] } else { &c.id[..12] });
         }
         return Ok(0);
     }
     match a.format.as_deref() {
         Some("json") => {
             for c in &list {
-                println!("{}", serde_json::to_string(c)?);
+                crate::outln!("{}", serde_json::to_string(c)?);
             }
         }
         None | Some("table") => {
@@ -70,7 +70,7 @@ pub fn ls(api: &Api, a: LsArgs) -> Result<i32> {
                     c.name.clone(),
                 ]);
             }
-            print!("{}", table(&rows));
+            crate::out!("{}", table(&rows));
         }
         Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
     }
@@ -169,8 +169,8 @@ pub fn port(api: &Api, a: PortArgs) -> Result<i32> {
                 &m.host_ip
             };
             match &wanted {
-                Some(_) => println!("{ip}:{}", m.host_port),
-                None => println!("{}/{proto} -> {ip}:{}", m.container_port, m.host_port),
+                Some(_) => crate::outln!("{ip}:{}", m.host_port),
+                None => crate::outln!("{}/{proto} -> {ip}:{}", m.container_port, m.host_port),
             }
         }
     }
@@ -195,12 +195,12 @@ pub fn prune(api: &Api, force: bool) -> Result<i32> {
     }
     let r: PruneResponse = api.call("POST", "/v1/containers/prune", None)?;
     if !r.removed.is_empty() {
-        println!("Deleted Containers:");
+        crate::outln!("Deleted Containers:");
         for id in &r.removed {
-            println!("{id}");
+            crate::outln!("{id}");
         }
     }
-    println!("Total reclaimed: {} containers", r.removed.len());
+    crate::outln!("Total reclaimed: {} containers", r.removed.len());
     Ok(0)
 }
 
@@ -210,7 +210,7 @@ pub(crate) fn each(targets: &[String], mut f: impl FnMut(&str) -> Result<()>) ->
     let mut code = 0;
     for t in targets {
         match f(t) {
-            Ok(()) => println!("{t}"),
+            Ok(()) => crate::outln!("{t}"),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
                 code = FAILURE;
@@ -259,7 +259,7 @@ pub fn inspect(api: &Api, a: TargetsArgs) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(code)
 }
 
@@ -267,7 +267,7 @@ pub fn wait(api: &Api, a: TargetsArgs) -> Result<i32> {
     let mut code = 0;
     for c in &a.containers {
         match api.call::<WaitResponse>("POST", &path(c, "/wait"), None) {
-            Ok(w) => println!("{}", w.exit_code),
+            Ok(w) => crate::outln!("{}", w.exit_code),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
                 code = FAILURE;

@@ -17,9 +17,9 @@ pub fn dispatch(api: &Api, c: ImageCommand) -> Result<i32> {
             let resp = upload(api, &input, "/v1/images/load")?;
             for i in resp.images {
                 if quiet {
-                    println!("{}", i.reference);
+                    crate::outln!("{}", i.reference);
                 } else {
-                    println!("Loaded image: {}", i.reference);
+                    crate::outln!("Loaded image: {}", i.reference);
                 }
             }
             Ok(0)
@@ -31,7 +31,7 @@ pub fn dispatch(api: &Api, c: ImageCommand) -> Result<i32> {
                 &format!("/v1/images/import?ref={}", percent_encode(&reference)),
             )?;
             for i in resp.images {
-                println!("{}", i.id);
+                crate::outln!("{}", i.id);
             }
             Ok(0)
         }
@@ -56,14 +56,14 @@ fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
     let list: Vec<ImageSummary> = api.call("GET", "/v1/images", None)?;
     if quiet {
         for i in &list {
-            println!("{}", short_id(&i.id));
+            crate::outln!("{}", short_id(&i.id));
         }
         return Ok(0);
     }
     match format {
         Some("json") => {
             for i in &list {
-                println!("{}", serde_json::to_string(i)?);
+                crate::outln!("{}", serde_json::to_string(i)?);
             }
         }
         None | Some("table") => {
@@ -77,7 +77,7 @@ fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
                 let (repo, tag) = split_reference(&i.reference);
                 rows.push(vec![repo, tag, short_id(&i.id), human_size(i.size)]);
             }
-            print!("{}", table(&rows));
+            crate::out!("{}", table(&rows));
         }
         Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
     }
@@ -94,10 +94,10 @@ fn print_removal(v: &serde_json::Value, untagged: &str, deleted: &str) {
             .collect::<Vec<_>>()
     };
     for r in items("removed") {
-        println!("{untagged}: {r}");
+        crate::outln!("{untagged}: {r}");
     }
     for d in items("deleted") {
-        println!("{deleted}: {d}");
+        crate::outln!("{deleted}: {d}");
     }
 }
 
@@ -217,7 +217,7 @@ pub fn pull(
     if to_stderr {
         eprintln!("Digest: {}\n{status}", out.digest);
     } else {
-        println!("Digest: {}\n{status}", out.digest);
+        crate::outln!("Digest: {}\n{status}", out.digest);
     }
     Ok(out.image)
 }
@@ -232,7 +232,7 @@ fn pull_command(api: &Api, a: PullArgs) -> Result<i32> {
         false,
     ) {
         Ok(image) => {
-            println!("{}", image.reference);
+            crate::outln!("{}", image.reference);
             Ok(0)
         }
         Err(e) => Ok(fail(&e)),
@@ -244,10 +244,10 @@ fn push_command(api: &Api, a: PushArgs) -> Result<i32> {
     match transfer(api, Kind::Push, &a.reference, None, a.tls_verify, mode) {
         Ok(out) => {
             if a.quiet {
-                println!("{}", out.image.reference);
+                crate::outln!("{}", out.image.reference);
             } else {
                 let (_, tag) = split_name_tag(&with_default_tag(&a.reference));
-                println!("{tag}: digest: {}", out.digest);
+                crate::outln!("{tag}: digest: {}", out.digest);
             }
             Ok(0)
         }
@@ -287,7 +287,7 @@ fn inspect(api: &Api, images: &[String]) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&found)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&found)?);
     Ok(code)
 }
 
@@ -325,12 +325,12 @@ fn prune(api: &Api, all: bool, force: bool) -> Result<i32> {
             .is_some_and(|a| !a.is_empty())
     });
     if any {
-        println!("Deleted Images:");
+        crate::outln!("Deleted Images:");
         print_removal(&v, "untagged", "deleted");
-        println!();
+        crate::outln!();
     }
     let reclaimed = v.get("reclaimed").and_then(|r| r.as_u64()).unwrap_or(0);
-    println!("Total reclaimed space: {}", progress::bar_size(reclaimed));
+    crate::outln!("Total reclaimed space: {}", progress::bar_size(reclaimed));
     Ok(0)
 }
 

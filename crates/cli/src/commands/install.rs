@@ -131,19 +131,19 @@ pub fn install(api: &Api, o: &InstallArgs) -> Result<i32> {
 
     if o.dry_run {
         for (file, text) in &units {
-            println!("# {}\n{text}", dir.join(file).display());
+            crate::outln!("# {}\n{text}", dir.join(file).display());
         }
         if offline {
             for (wants, unit) in spec.wants_links() {
-                println!(
+                crate::outln!(
                     "# link {} -> ../{unit}",
                     dir.join(&wants).join(&unit).display()
                 );
             }
         } else {
             let u = if user { " --user" } else { "" };
-            println!("# then: systemctl{u} daemon-reload");
-            println!("# then: systemctl{u} {}", enable_args.join(" "));
+            crate::outln!("# then: systemctl{u} daemon-reload");
+            crate::outln!("# then: systemctl{u} {}", enable_args.join(" "));
         }
         return Ok(0);
     }
@@ -191,7 +191,7 @@ pub fn install(api: &Api, o: &InstallArgs) -> Result<i32> {
         write_atomic(&path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         set_mode(&path, 0o644)?;
-        println!("wrote {}", path.display());
+        crate::outln!("wrote {}", path.display());
     }
     if offline {
         for (wants, unit) in spec.wants_links() {
@@ -203,9 +203,9 @@ pub fn install(api: &Api, o: &InstallArgs) -> Result<i32> {
             }
             std::os::unix::fs::symlink(Path::new("..").join(&unit), &link)
                 .with_context(|| format!("linking {}", link.display()))?;
-            println!("enabled {unit} ({})", link.display());
+            crate::outln!("enabled {unit} ({})", link.display());
         }
-        println!(
+        crate::outln!(
             "vessel's units for VESSEL_HOME={} are in {} (systemd was not asked: reload it \
              there with `systemctl daemon-reload`)",
             home.display(),
@@ -222,7 +222,7 @@ pub fn install(api: &Api, o: &InstallArgs) -> Result<i32> {
     systemctl(user, &["daemon-reload"]).with_context(written)?;
     systemctl(user, &enable_args).with_context(written)?;
     let u = if user { " --user" } else { "" };
-    println!(
+    crate::outln!(
         "vessel is installed as {} and {} (VESSEL_HOME={}){}",
         spec.socket_unit(),
         spec.service_unit(),
@@ -237,7 +237,7 @@ pub fn install(api: &Api, o: &InstallArgs) -> Result<i32> {
         }
     );
     if user {
-        println!(
+        crate::outln!(
             "note: to keep it running when you are logged out: `loginctl enable-linger {}`",
             std::env::var("USER").unwrap_or_else(|_| "$USER".into())
         );
@@ -279,7 +279,7 @@ pub fn uninstall(api: &Api, o: &UninstallArgs) -> Result<i32> {
         }
     }
     if ours.is_empty() {
-        println!(
+        crate::outln!(
             "no units of vessel for VESSEL_HOME={} in {}; nothing to do",
             home.display(),
             dir.display()
@@ -291,16 +291,16 @@ pub fn uninstall(api: &Api, o: &UninstallArgs) -> Result<i32> {
     if o.dry_run {
         let u = if user { " --user" } else { "" };
         if online {
-            println!("# systemctl{u} disable --now {}", ours.join(" "));
+            crate::outln!("# systemctl{u} disable --now {}", ours.join(" "));
         }
         for l in &links {
-            println!("# remove {}", l.display());
+            crate::outln!("# remove {}", l.display());
         }
         for unit in &ours {
-            println!("# remove {}", dir.join(unit).display());
+            crate::outln!("# remove {}", dir.join(unit).display());
         }
         if online {
-            println!("# systemctl{u} daemon-reload");
+            crate::outln!("# systemctl{u} daemon-reload");
         }
         return Ok(0);
     }
@@ -316,17 +316,17 @@ pub fn uninstall(api: &Api, o: &UninstallArgs) -> Result<i32> {
     for l in links {
         if l.symlink_metadata().is_ok() {
             fs::remove_file(&l).with_context(|| format!("removing {}", l.display()))?;
-            println!("removed {}", l.display());
+            crate::outln!("removed {}", l.display());
         }
     }
     for unit in &ours {
         let path = dir.join(unit);
         fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
-        println!("removed {}", path.display());
+        crate::outln!("removed {}", path.display());
     }
     if online {
         systemctl(user, &["daemon-reload"])?;
-        println!(
+        crate::outln!(
             "vessel's units are stopped and removed; its containers keep running: \
              `vessel system start` finds them again under the built-in supervisor, \
              `vessel system stop` stops them"

@@ -60,7 +60,7 @@ fn create(
         internal,
     };
     let info: NetworkInfo = api.call("POST", "/v1/networks", Some(&serde_json::to_value(&req)?))?;
-    println!("{}", info.id);
+    crate::outln!("{}", info.id);
     Ok(0)
 }
 
@@ -69,14 +69,14 @@ fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
     list.sort_by(|a, b| a.name.cmp(&b.name));
     if quiet {
         for n in &list {
-            println!("{}", n.name);
+            crate::outln!("{}", n.name);
         }
         return Ok(0);
     }
     match format {
         Some("json") => {
             for n in &list {
-                println!("{}", serde_json::to_string(n)?);
+                crate::outln!("{}", serde_json::to_string(n)?);
             }
         }
         None | Some("table") => {
@@ -100,7 +100,7 @@ fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
                     n.containers.len().to_string(),
                 ]);
             }
-            print!("{}", table(&rows));
+            crate::out!("{}", table(&rows));
         }
         Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
     }
@@ -123,7 +123,7 @@ fn inspect(api: &Api, names: &[String]) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(code)
 }
 
@@ -135,7 +135,7 @@ fn rm(api: &Api, names: &[String]) -> Result<i32> {
             &format!("/v1/networks/{}", percent_encode(n)),
             None,
         ) {
-            Ok(_) => println!("{n}"),
+            Ok(_) => crate::outln!("{n}"),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
                 code = 1;
@@ -156,9 +156,9 @@ fn prune(api: &Api, force: bool) -> Result<i32> {
     }
     let r: RemovedNetworks = api.call("POST", "/v1/networks/prune", None)?;
     if !r.removed.is_empty() {
-        println!("Deleted Networks:");
+        crate::outln!("Deleted Networks:");
         for n in &r.removed {
-            println!("{n}");
+            crate::outln!("{n}");
         }
     }
     Ok(0)

@@ -77,7 +77,7 @@ fn restore_on_interrupt(saved: libc::termios) {
 fn login(api: &Api, a: LoginArgs) -> Result<i32> {
     match login_inner(api, a) {
         Ok(()) => {
-            println!("Login Succeeded");
+            crate::outln!("Login Succeeded");
             Ok(0)
         }
         Err(e) => Ok(fail(&e)),
@@ -176,7 +176,7 @@ fn logout(a: LogoutArgs) -> Result<i32> {
     let key = auth::config_key(&server);
     match auth::erase(&sources, &server) {
         Ok(true) => {
-            println!("Removing login credentials for {key}");
+            crate::outln!("Removing login credentials for {key}");
             Ok(0)
         }
         Ok(false) => Ok(fail(&anyhow!("Not logged in to {key}"))),

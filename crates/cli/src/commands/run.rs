@@ -153,7 +153,7 @@ fn create_container(api: &Api, a: &RunArgs) -> Result<String> {
 /// `vessel create`: create the container and print its ID.
 pub fn create(api: &Api, a: RunArgs) -> Result<i32> {
     let id = create_container(api, &a)?;
-    println!("{id}");
+    crate::outln!("{id}");
     Ok(0)
 }
 
@@ -176,7 +176,7 @@ pub fn run(api: &Api, a: RunArgs) -> Result<i32> {
                 return Ok(info.state.exit_code.unwrap_or(VESSEL_ERROR));
             }
         }
-        println!("{id}");
+        crate::outln!("{id}");
         return Ok(0);
     }
     let info: ContainerInfo = api.call("GET", &container_path(&id, ""), None)?;

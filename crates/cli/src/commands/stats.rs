@@ -318,7 +318,7 @@ pub fn top(api: &Api, a: TopArgs) -> Result<i32> {
             p.command.clone(),
         ]);
     }
-    print!("{}", table(&rows));
+    crate::out!("{}", table(&rows));
     Ok(0)
 }
 

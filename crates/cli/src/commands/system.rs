@@ -23,7 +23,7 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
             // Under systemd the apiserver writes to the journal; its
             // helpers keep their files.
             if let Some((user, unit)) = super::install::managed_by_systemd(&api.home) {
-                println!("==> journalctl -u {unit}.service <==");
+                crate::outln!("==> journalctl -u {unit}.service <==");
                 let mut cmd = std::process::Command::new("journalctl");
                 if user {
                     cmd.arg("--user");
@@ -43,7 +43,7 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
             ] {
                 let p = api.home.logs_dir().join(name);
                 if let Ok(text) = fs::read_to_string(&p) {
-                    println!("==> {} <==\n{text}", p.display());
+                    crate::outln!("==> {} <==\n{text}", p.display());
                 }
             }
             Ok(0)
@@ -61,7 +61,7 @@ fn start(api: &Api, group: Option<&str>, subnet: Option<&str>) -> Result<i32> {
     }
     if api.is_up() {
         let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
-        println!(
+        crate::outln!(
             "vessel is already running (apiserver pid {}, VESSEL_HOME={})",
             info.apiserver_pid,
             info.home.display()
@@ -117,9 +117,11 @@ fn start(api: &Api, group: Option<&str>, subnet: Option<&str>) -> Result<i32> {
     while Instant::now() < deadline {
         if api.is_up() {
             let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
-            println!(
+            crate::outln!(
                 "vessel started: apiserver pid {}, accelerator {} ({})",
-                info.apiserver_pid, info.accel, info.accel_reason
+                info.apiserver_pid,
+                info.accel,
+                info.accel_reason
             );
             return Ok(0);
         }
@@ -146,7 +148,7 @@ fn stop(api: &Api) -> Result<i32> {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGTERM) };
     } else {
-        println!("vessel is not running");
+        crate::outln!("vessel is not running");
         return Ok(0);
     }
     let started = Instant::now();
@@ -156,7 +158,7 @@ fn stop(api: &Api) -> Result<i32> {
         if gone(supervisor) && gone(apiserver) && !api.is_up() {
             // An apiserver ended by a signal leaves its socket behind.
             let _ = fs::remove_file(home.api_socket());
-            println!("vessel stopped");
+            crate::outln!("vessel stopped");
             return Ok(0);
         }
         // Containers get 5 s each (in parallel); past that, end the services
@@ -206,13 +208,13 @@ fn stop_systemd(apiserver: i32, unit: &str) -> Result<i32> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let user = unsafe { libc::geteuid() } != 0;
     super::install::stop_socket(user, unit)?;
-    println!("vessel stopped ({unit}.socket too; `vessel system start` starts it again)");
+    crate::outln!("vessel stopped ({unit}.socket too; `vessel system start` starts it again)");
     Ok(0)
 }
 
 fn status(api: &Api, format: Option<&str>) -> Result<i32> {
     if !api.is_up() {
-        println!(
+        crate::outln!(
             "vessel is not running (VESSEL_HOME={}); start it with `vessel system start`",
             api.home.root().display()
         );
@@ -220,15 +222,16 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
     }
     let info: SystemInfo = api.call("GET", "/v1/system/info", None)?;
     if format == Some("json") {
-        println!("{}", serde_json::to_string_pretty(&info)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&info)?);
         return Ok(0);
     }
-    println!(
+    crate::outln!(
         "apiserver:    running (pid {}, version {})",
-        info.apiserver_pid, info.version
+        info.apiserver_pid,
+        info.version
     );
-    println!("supervisor:   {}", info.supervisor);
-    println!("home:         {}", info.home.display());
+    crate::outln!("supervisor:   {}", info.supervisor);
+    crate::outln!("home:         {}", info.home.display());
     for h in &info.helpers {
         let state = match (h.running, h.pid, &h.error) {
             (true, Some(pid), _) => format!("running (pid {pid})"),
@@ -237,24 +240,25 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
             (false, _, None) => "not running".to_string(),
         };
         let label = format!("{}:", h.name);
-        println!("{label:<13} {state}");
+        crate::outln!("{label:<13} {state}");
     }
-    println!("accelerator:  {} ({})", info.accel, info.accel_reason);
+    crate::outln!("accelerator:  {} ({})", info.accel, info.accel_reason);
     let exists = |p: &std::path::Path| if p.is_file() { "" } else { " (MISSING)" };
-    println!(
+    crate::outln!(
         "kernel:       {}{}",
         info.kernel.display(),
         exists(&info.kernel)
     );
-    println!(
+    crate::outln!(
         "initramfs:    {}{}",
         info.initrd.display(),
         exists(&info.initrd)
     );
-    println!("agent:        {}", info.agent_protocol);
-    println!(
+    crate::outln!("agent:        {}", info.agent_protocol);
+    crate::outln!(
         "containers:   {} running, {} in all",
-        info.containers_running, info.containers_total
+        info.containers_running,
+        info.containers_total
     );
     let mut nets: Vec<String> = info
         .networks
@@ -279,7 +283,7 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         .as_deref()
         .is_some_and(|m| m.starts_with("rootless"));
     if let Some(mode) = &info.network_mode {
-        println!("network:      {mode}");
+        crate::outln!("network:      {mode}");
     }
     if rootless {
         nets = vec![
@@ -295,7 +299,7 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         nets.push("none yet (the default network is created on first use)".into());
     }
     for (i, n) in nets.iter().enumerate() {
-        println!(
+        crate::outln!(
             "{}{n}",
             if i == 0 {
                 "networks:     "
@@ -377,7 +381,7 @@ fn df(api: &Api, verbose: bool, format: Option<&str>) -> Result<i32> {
     match format {
         Some("json") => {
             for r in &rows {
-                println!("{}", serde_json::to_string(r)?);
+                crate::outln!("{}", serde_json::to_string(r)?);
             }
             return Ok(0);
         }
@@ -401,9 +405,9 @@ fn df(api: &Api, verbose: bool, format: Option<&str>) -> Result<i32> {
             size(r.reclaimable_bytes),
         ]);
     }
-    print!("{}", table(&t));
+    crate::out!("{}", table(&t));
     if verbose {
-        println!("\nLocal Volumes space usage:\n");
+        crate::outln!("\nLocal Volumes space usage:\n");
         let mut t = vec![vec![
             "VOLUME NAME".to_string(),
             "BACKING".into(),
@@ -418,7 +422,7 @@ fn df(api: &Api, verbose: bool, format: Option<&str>) -> Result<i32> {
                 human_size(v.usage_bytes),
             ]);
         }
-        print!("{}", table(&t));
+        crate::out!("{}", table(&t));
     }
     Ok(0)
 }

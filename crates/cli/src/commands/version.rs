@@ -30,31 +30,31 @@ pub fn version(api: &Api, a: VersionArgs) -> Result<i32> {
                 "accel": s.accel,
             })
         });
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"client": client, "server": server}))?
         );
     } else {
-        println!("Client:");
-        println!(" Version:         {}", env!("CARGO_PKG_VERSION"));
-        println!(" Agent protocol:  {}", agent_protocol::PACKAGE);
-        println!(
+        crate::outln!("Client:");
+        crate::outln!(" Version:         {}", env!("CARGO_PKG_VERSION"));
+        crate::outln!(" Agent protocol:  {}", agent_protocol::PACKAGE);
+        crate::outln!(
             " OS/Arch:         {}/{}",
             std::env::consts::OS,
             std::env::consts::ARCH
         );
         if let Ok(s) = &server {
-            println!();
-            println!("Server (vessel-apiserver):");
-            println!(" Version:         {}", s.version);
-            println!(" Agent protocol:  {}", s.agent_protocol);
-            println!(
+            crate::outln!();
+            crate::outln!("Server (vessel-apiserver):");
+            crate::outln!(" Version:         {}", s.version);
+            crate::outln!(" Agent protocol:  {}", s.agent_protocol);
+            crate::outln!(
                 " Guest kernel:    {} ({})",
                 s.kernel_version.as_deref().unwrap_or("unknown"),
                 s.kernel.display()
             );
-            println!(" Initramfs:       {}", s.initrd.display());
-            println!(" Accelerator:     {}", s.accel);
+            crate::outln!(" Initramfs:       {}", s.initrd.display());
+            crate::outln!(" Accelerator:     {}", s.accel);
         }
     }
     match server {

@@ -49,7 +49,7 @@ fn create(api: &Api, name: Option<String>, opt: &[String], label: &[String]) -> 
         labels: key_values("--label", label)?,
     };
     let info: VolumeInfo = api.call("POST", "/v1/volumes", Some(&serde_json::to_value(&req)?))?;
-    println!("{}", info.name);
+    crate::outln!("{}", info.name);
     Ok(0)
 }
 
@@ -57,14 +57,14 @@ fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
     let list: Vec<VolumeInfo> = api.call("GET", "/v1/volumes", None)?;
     if quiet {
         for v in &list {
-            println!("{}", v.name);
+            crate::outln!("{}", v.name);
         }
         return Ok(0);
     }
     match format {
         Some("json") => {
             for v in &list {
-                println!("{}", serde_json::to_string(v)?);
+                crate::outln!("{}", serde_json::to_string(v)?);
             }
         }
         None | Some("table") => {
@@ -72,7 +72,7 @@ fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
             for v in &list {
                 rows.push(vec![v.driver.clone(), v.name.clone()]);
             }
-            print!("{}", table(&rows));
+            crate::out!("{}", table(&rows));
         }
         Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
     }
@@ -95,7 +95,7 @@ fn inspect(api: &Api, names: &[String]) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(code)
 }
 
@@ -104,7 +104,7 @@ fn rm(api: &Api, force: bool, names: &[String]) -> Result<i32> {
     for n in names {
         match api.call::<VolumePruneResponse>("DELETE", &format!("{}?force={force}", path(n)), None)
         {
-            Ok(_) => println!("{n}"),
+            Ok(_) => crate::outln!("{n}"),
             Err(e) => {
                 eprintln!("vessel: error: {e:#}");
                 code = 1;
@@ -129,13 +129,13 @@ fn prune(api: &Api, all: bool, force: bool) -> Result<i32> {
     }
     let r: VolumePruneResponse = api.call("POST", &format!("/v1/volumes/prune?all={all}"), None)?;
     if !r.removed.is_empty() {
-        println!("Deleted Volumes:");
+        crate::outln!("Deleted Volumes:");
         for n in &r.removed {
-            println!("{n}");
+            crate::outln!("{n}");
         }
-        println!();
+        crate::outln!();
     }
-    println!(
+    crate::outln!(
         "Total reclaimed space: {}",
         crate::format::human_size(r.reclaimed_bytes)
     );
