@@ -63,3 +63,79 @@ pub fn dispatch(cli: Cli, api: &Api) -> Result<i32> {
         Command::System(c) => system::dispatch(api, c),
     }
 }
+
+/// An `ls` of named objects (networks, volumes): their names alone with
+/// `quiet`, one JSON object per line with `--format json`, else a table of
+/// `header` and a `row` per object.
+pub(crate) fn print_list<T: serde::Serialize>(
+    list: &[T],
+    quiet: bool,
+    format: Option<&str>,
+    name: impl Fn(&T) -> &str,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<i32> {
+    if quiet {
+        for item in list {
+            crate::outln!("{}", name(item));
+        }
+        return Ok(0);
+    }
+    match format {
+        Some("json") => {
+            for item in list {
+                crate::outln!("{}", serde_json::to_string(item)?);
+            }
+        }
+        None | Some("table") => {
+            let mut rows = vec![header.iter().map(|h| h.to_string()).collect()];
+            rows.extend(list.iter().map(row));
+            crate::out!("{}", crate::format::table(&rows));
+        }
+        Some(other) => anyhow::bail!("unknown --format {other:?}: use `table` or `json`"),
+    }
+    Ok(0)
+}
+
+/// `inspect` of named objects: `GET` each `path(name)`, print them as one
+/// JSON array; a name that fails is an error line and exit code 1, the
+/// others are still shown.
+pub(crate) fn inspect_each(
+    api: &Api,
+    names: &[String],
+    path: impl Fn(&str) -> String,
+) -> Result<i32> {
+    let mut out = Vec::new();
+    let mut code = 0;
+    for n in names {
+        match api.call::<serde_json::Value>("GET", &path(n), None) {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(code)
+}
+
+/// `rm` of named objects: `DELETE` each `path(name)`, print the names
+/// removed; a name that fails is an error line and exit code 1.
+pub(crate) fn remove_each(
+    api: &Api,
+    names: &[String],
+    path: impl Fn(&str) -> String,
+) -> Result<i32> {
+    let mut code = 0;
+    for n in names {
+        match api.call::<serde_json::Value>("DELETE", &path(n), None) {
+            Ok(_) => crate::outln!("{n}"),
+            Err(e) => {
+                eprintln!("vessel: error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}

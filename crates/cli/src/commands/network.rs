@@ -2,7 +2,6 @@
 
 use crate::api::Api;
 use crate::cli::NetworkCommand;
-use crate::format::table;
 use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use vessel_api::http::percent_encode;
@@ -67,82 +66,44 @@ fn create(
 fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
     let mut list: Vec<NetworkInfo> = api.call("GET", "/v1/networks", None)?;
     list.sort_by(|a, b| a.name.cmp(&b.name));
-    if quiet {
-        for n in &list {
-            crate::outln!("{}", n.name);
-        }
-        return Ok(0);
-    }
-    match format {
-        Some("json") => {
-            for n in &list {
-                crate::outln!("{}", serde_json::to_string(n)?);
-            }
-        }
-        None | Some("table") => {
-            let mut rows = vec![vec![
-                "NETWORK ID".to_string(),
-                "NAME".into(),
-                "DRIVER".into(),
-                "SUBNET".into(),
-                "GATEWAY".into(),
-                "INTERNAL".into(),
-                "CONTAINERS".into(),
-            ]];
-            for n in &list {
-                rows.push(vec![
-                    n.id.chars().take(12).collect(),
-                    n.name.clone(),
-                    "bridge".into(),
-                    n.subnet.clone(),
-                    n.gateway.clone(),
-                    n.internal.to_string(),
-                    n.containers.len().to_string(),
-                ]);
-            }
-            crate::out!("{}", table(&rows));
-        }
-        Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
-    }
-    Ok(0)
+    super::print_list(
+        &list,
+        quiet,
+        format,
+        |n| &n.name,
+        &[
+            "NETWORK ID",
+            "NAME",
+            "DRIVER",
+            "SUBNET",
+            "GATEWAY",
+            "INTERNAL",
+            "CONTAINERS",
+        ],
+        |n| {
+            vec![
+                n.id.chars().take(12).collect(),
+                n.name.clone(),
+                "bridge".into(),
+                n.subnet.clone(),
+                n.gateway.clone(),
+                n.internal.to_string(),
+                n.containers.len().to_string(),
+            ]
+        },
+    )
+}
+
+fn path(name: &str) -> String {
+    format!("/v1/networks/{}", percent_encode(name))
 }
 
 fn inspect(api: &Api, names: &[String]) -> Result<i32> {
-    let mut out = Vec::new();
-    let mut code = 0;
-    for n in names {
-        match api.call::<serde_json::Value>(
-            "GET",
-            &format!("/v1/networks/{}", percent_encode(n)),
-            None,
-        ) {
-            Ok(v) => out.push(v),
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(code)
+    super::inspect_each(api, names, path)
 }
 
 fn rm(api: &Api, names: &[String]) -> Result<i32> {
-    let mut code = 0;
-    for n in names {
-        match api.call::<RemovedNetworks>(
-            "DELETE",
-            &format!("/v1/networks/{}", percent_encode(n)),
-            None,
-        ) {
-            Ok(_) => crate::outln!("{n}"),
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    Ok(code)
+    super::remove_each(api, names, path)
 }
 
 fn prune(api: &Api, force: bool) -> Result<i32> {

@@ -2,7 +2,6 @@
 
 use crate::api::Api;
 use crate::cli::VolumeCommand;
-use crate::format::table;
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -55,28 +54,14 @@ fn create(api: &Api, name: Option<String>, opt: &[String], label: &[String]) -> 
 
 fn ls(api: &Api, quiet: bool, format: Option<&str>) -> Result<i32> {
     let list: Vec<VolumeInfo> = api.call("GET", "/v1/volumes", None)?;
-    if quiet {
-        for v in &list {
-            crate::outln!("{}", v.name);
-        }
-        return Ok(0);
-    }
-    match format {
-        Some("json") => {
-            for v in &list {
-                crate::outln!("{}", serde_json::to_string(v)?);
-            }
-        }
-        None | Some("table") => {
-            let mut rows = vec![vec!["DRIVER".to_string(), "VOLUME NAME".into()]];
-            for v in &list {
-                rows.push(vec![v.driver.clone(), v.name.clone()]);
-            }
-            crate::out!("{}", table(&rows));
-        }
-        Some(other) => bail!("unknown --format {other:?}: use `table` or `json`"),
-    }
-    Ok(0)
+    super::print_list(
+        &list,
+        quiet,
+        format,
+        |v| &v.name,
+        &["DRIVER", "VOLUME NAME"],
+        |v| vec![v.driver.clone(), v.name.clone()],
+    )
 }
 
 fn path(name: &str) -> String {
@@ -84,34 +69,11 @@ fn path(name: &str) -> String {
 }
 
 fn inspect(api: &Api, names: &[String]) -> Result<i32> {
-    let mut out = Vec::new();
-    let mut code = 0;
-    for n in names {
-        match api.call::<serde_json::Value>("GET", &path(n), None) {
-            Ok(v) => out.push(v),
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    crate::outln!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(code)
+    super::inspect_each(api, names, path)
 }
 
 fn rm(api: &Api, force: bool, names: &[String]) -> Result<i32> {
-    let mut code = 0;
-    for n in names {
-        match api.call::<VolumePruneResponse>("DELETE", &format!("{}?force={force}", path(n)), None)
-        {
-            Ok(_) => crate::outln!("{n}"),
-            Err(e) => {
-                eprintln!("vessel: error: {e:#}");
-                code = 1;
-            }
-        }
-    }
-    Ok(code)
+    super::remove_each(api, names, |n| format!("{}?force={force}", path(n)))
 }
 
 fn prune(api: &Api, all: bool, force: bool) -> Result<i32> {
