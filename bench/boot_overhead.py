@@ -19,15 +19,10 @@ import sys
 import tempfile
 import time
 
+from sides import env_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "localhost/busybox:latest"
-
-
-def env_path(name):
-    v = os.environ.get(name)
-    if not v or not os.path.exists(v):
-        sys.exit(f"{name} must point at an existing file (see scripts/test.sh)")
-    return v
 
 
 def host_tsc_khz():

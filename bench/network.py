@@ -42,30 +42,18 @@ import ipaddress
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from sides import env_path, free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "localhost/busybox:latest"
 NETNS = "vessel-bench-net"
 VETH = "vsbench0"
-
-
-def env_path(name):
-    v = os.environ.get(name)
-    if not v or not os.path.exists(v):
-        sys.exit(f"{name} must point at an existing file (see scripts/test.sh)")
-    return v
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, env=None, check=True, timeout=300):

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,21 +30,10 @@ import threading
 import time
 import urllib.request
 
+from sides import env_path, free_port, kill_matching
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE = os.path.join(ROOT, "tests/fixtures/make_registry_images.py")
-
-
-def env_path(name):
-    v = os.environ.get(name)
-    if not v or not os.path.exists(v):
-        sys.exit(f"{name} must point at an existing file (see scripts/test.sh)")
-    return v
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd, env=None, quiet=True, check=True):
@@ -54,24 +42,6 @@ def run(cmd, env=None, quiet=True, check=True):
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.decode(errors='replace')}")
     return r
-
-
-def kill_matching(needle):
-    """SIGKILL every process whose command line contains `needle`."""
-    me = os.getpid()
-    for p in os.listdir("/proc"):
-        if not p.isdigit() or int(p) == me:
-            continue
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if needle in cmd:
-            try:
-                os.kill(int(p), signal.SIGKILL)
-            except OSError:
-                pass
 
 
 class Registry:
@@ -198,7 +168,7 @@ def vessel_round(vessel, work, i, ref, blobs, with_runs):
             res["base_allocated"] = st2.st_blocks * 512
     finally:
         run([vessel, "system", "stop"], env, check=False)
-        kill_matching(home)
+        kill_matching([home])
         shutil.rmtree(home, ignore_errors=True)
         shutil.rmtree(cfg, ignore_errors=True)
     return res

@@ -7,6 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,13 @@ def env_path(name):
     if not v or not os.path.exists(v):
         sys.exit(f"{name} must point at an existing file (see scripts/test.sh)")
     return os.path.abspath(v)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def pct(xs, p):
