@@ -14,7 +14,7 @@
 //! [`Upgraded::split`], with a half-close of the writing side.
 
 use crate::error::ErrorBody;
-use crate::http::{HttpError, MAX_JSON_BODY};
+use crate::http::{json_or_error, HttpError, MAX_JSON_BODY};
 use bytes::{Buf, Bytes};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -173,12 +173,7 @@ impl Response {
     /// error otherwise.
     pub fn json<T: DeserializeOwned>(self) -> Result<Result<T, ErrorBody>, HttpError> {
         let status = self.status;
-        let body = self.bytes()?;
-        if (200..300).contains(&status) {
-            Ok(Ok(serde_json::from_slice(&body)?))
-        } else {
-            Ok(Err(ErrorBody::decode(status, &body)))
-        }
+        json_or_error(status, &self.bytes()?)
     }
 
     /// The server's error when the status is not 2xx (the body is read);
@@ -188,8 +183,7 @@ impl Response {
             return Ok(Ok(self));
         }
         let status = self.status;
-        let body = self.bytes()?;
-        Ok(Err(ErrorBody::decode(status, &body)))
+        Ok(Err(ErrorBody::decode(status, &self.bytes()?)))
     }
 }
 

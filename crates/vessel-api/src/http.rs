@@ -297,12 +297,7 @@ impl Response {
     /// error otherwise.
     pub fn json<T: DeserializeOwned>(self) -> Result<Result<T, ErrorBody>, HttpError> {
         let status = self.status;
-        let body = self.bytes()?;
-        if (200..300).contains(&status) {
-            Ok(Ok(serde_json::from_slice(&body)?))
-        } else {
-            Ok(Err(ErrorBody::decode(status, &body)))
-        }
+        json_or_error(status, &self.bytes()?)
     }
 
     /// The server's error when the status is not 2xx (the body is read);
@@ -312,8 +307,20 @@ impl Response {
             return Ok(Ok(self));
         }
         let status = self.status;
-        let body = self.bytes()?;
-        Ok(Err(ErrorBody::decode(status, &body)))
+        Ok(Err(ErrorBody::decode(status, &self.bytes()?)))
+    }
+}
+
+/// A response body as the JSON `T` when `status` is 2xx, else as the
+/// server's error.
+pub(crate) fn json_or_error<T: DeserializeOwned>(
+    status: u16,
+    body: &[u8],
+) -> Result<Result<T, ErrorBody>, HttpError> {
+    if (200..300).contains(&status) {
+        Ok(Ok(serde_json::from_slice(body)?))
+    } else {
+        Ok(Err(ErrorBody::decode(status, body)))
     }
 }
 
