@@ -236,6 +236,18 @@ impl Instance {
         self.vessel(&a)
     }
 
+    /// `vessel run -d --name NAME --network none FLAGS... IMAGE sleep 1000`:
+    /// a container that stays up while a test looks at it. Asserts that it
+    /// started; its id.
+    pub fn run_idle(&self, name: &str, flags: &[&str], image: &str) -> String {
+        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
+        args.extend_from_slice(flags);
+        args.extend([image, "sleep", "1000"]);
+        let out = self.vessel(&args);
+        assert_ok(&out, &format!("run -d --name {name} {}", flags.join(" ")));
+        text(&out.stdout).trim().to_string()
+    }
+
     /// Poll `f` every 100 ms until it holds or `limit` passes.
     pub fn wait_for(&self, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + limit;

@@ -424,18 +424,7 @@ fn a_client_that_goes_away_frees_what_it_held() {
     assert_ok(&out, "logs -f of a created container");
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
-    let out = v.vessel(&[
-        "run",
-        "-d",
-        "--name",
-        "quiet",
-        "--network",
-        "none",
-        IMAGE,
-        "sleep",
-        "600",
-    ]);
-    assert_ok(&out, "run -d");
+    v.run_idle("quiet", &[], IMAGE);
     // Settle: the first requests start the runtime's threads.
     let _ = v.vessel(&["ls"]);
     let (fds0, threads0) = apiserver_load(&v);
@@ -534,20 +523,7 @@ fn events_show_each_run_as_it_happens_and_replay_with_since() {
         "exit 3",
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-    assert_ok(
-        &v.vessel(&[
-            "run",
-            "-d",
-            "--name",
-            "long",
-            "--network",
-            "none",
-            IMAGE,
-            "sleep",
-            "600",
-        ]),
-        "run -d",
-    );
+    v.run_idle("long", &[], IMAGE);
     // SIGWINCH: ignored by `sleep`, so it keeps running.
     assert_ok(&v.vessel(&["kill", "-s", "28", "long"]), "kill -s 28");
     assert_ok(&v.vessel(&["stop", "-t", "1", "long"]), "stop");

@@ -221,12 +221,8 @@ fn only_the_mounting_vm_reaches_the_directory_and_nothing_else() {
     std::os::unix::fs::symlink("/etc", data.join("etclink")).unwrap();
 
     let mount = format!("{}:/data", data.display());
-    for (name, extra) in [("aa", vec!["-v", mount.as_str()]), ("bb", vec![])] {
-        let mut args = vec!["run", "-d", "--name", name, "--network", "none"];
-        args.extend(extra);
-        args.extend([IMAGE, "sleep", "600"]);
-        assert_ok(&v.vessel(&args), "run -d");
-    }
+    v.run_idle("aa", &["-v", &mount], IMAGE);
+    v.run_idle("bb", &[], IMAGE);
     let a = inspect(&v, "aa");
     let id = a["config"]["id"].as_str().unwrap().to_string();
 
@@ -482,24 +478,7 @@ fn no_virtiofsd_outlives_its_container() {
     let mount = format!("{}:/data", data.display());
     let ro = format!("{}:/ro:ro", data.display());
     let start = |name: &str| -> (String, Value) {
-        assert_ok(
-            &v.vessel(&[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "none",
-                "-v",
-                &mount,
-                "-v",
-                &ro,
-                IMAGE,
-                "sleep",
-                "600",
-            ]),
-            "run -d",
-        );
+        v.run_idle(name, &["-v", &mount, "-v", &ro], IMAGE);
         let info = inspect(&v, name);
         let id = info["config"]["id"].as_str().unwrap().to_string();
         // Two mounts: two virtiofsd, each an outer process and its

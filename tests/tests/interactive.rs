@@ -966,20 +966,7 @@ fn load_of(pid: &str) -> (usize, usize) {
 #[test]
 fn clients_that_go_away_mid_stream_leave_the_container_running_and_nothing_held() {
     let v = Instance::started();
-    assert_ok(
-        &v.vessel(&[
-            "run",
-            "-d",
-            "--name",
-            "web",
-            "--network",
-            "none",
-            IMAGE,
-            "sleep",
-            "600",
-        ]),
-        "run -d",
-    );
+    v.run_idle("web", &[], IMAGE);
     let apiserver = std::fs::read_to_string(v.path().join("apiserver.pid")).unwrap();
     let apiserver = apiserver.trim().to_string();
     let info = v.vessel(&["inspect", "web"]);

@@ -650,18 +650,7 @@ fn python_and_bash_in_a_terminal_behave_as_under_podman() {
 fn exec_it_into_a_debian_container_runs_its_programs_in_a_terminal() {
     let v = vessel();
     let name = "deb-exec";
-    let out = v.vessel(&[
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "none",
-        debian::IMAGE,
-        "sleep",
-        "1000",
-    ]);
-    vessel_tests::assert_ok(&out, "run -d");
+    v.run_idle(name, &[], debian::IMAGE);
     let t = Tmux::start(90, 25, &v.shell_env());
     t.line(&format!(
         "vessel exec -it -e GREETING=hi {name} bash --norc; echo EXEC-EXIT=$?"

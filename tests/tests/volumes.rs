@@ -526,22 +526,7 @@ fn a_shared_volume_is_read_and_written_by_two_running_containers() {
     // (The Debian image: busybox has no `flock`.)
     vessel_tests::debian::import(&v);
     for (name, at) in [("va", "team:/etc"), ("vb", "team:/data")] {
-        assert_ok(
-            &v.vessel(&[
-                "run",
-                "-d",
-                "--name",
-                name,
-                "--network",
-                "none",
-                "-v",
-                at,
-                vessel_tests::debian::IMAGE,
-                "sleep",
-                "1000",
-            ]),
-            &format!("run -d {name} with the shared volume"),
-        );
+        v.run_idle(name, &["-v", at], vessel_tests::debian::IMAGE);
     }
     assert!(
         exec_sh(&v, "vb", "cat /data/passwd").contains("root:"),
