@@ -220,6 +220,10 @@ pub struct ContainerState {
     pub runtime_start_time: Option<u64>,
     #[serde(default)]
     pub vmm_pid: Option<i32>,
+    /// The uid (and gid) the VMM runs as, when it is confined to a user of
+    /// its own (root mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
     #[serde(default)]
     pub started_ms: Option<u64>,
     #[serde(default)]
@@ -257,6 +261,7 @@ impl ContainerState {
             runtime_pid: None,
             runtime_start_time: None,
             vmm_pid: None,
+            vmm_uid: None,
             started_ms: None,
             finished_ms: None,
             exit_code: None,
@@ -576,6 +581,11 @@ pub struct SystemInfo {
     /// (vessel-network): ...` as root, `rootless (passt): ...` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
+    /// What confines each container's VMM: seccomp, its own user, its own
+    /// mount namespace, and what enforces its ceilings (`cgroup v2`,
+    /// `cgroup v1` or `rlimits`); see docs/THREAT_MODEL.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_confinement: Option<String>,
 }
 
 /// Parse a Docker-style memory size: a number with an optional unit

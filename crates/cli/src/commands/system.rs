@@ -240,6 +240,9 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         println!("{label:<13} {state}");
     }
     println!("accelerator:  {} ({})", info.accel, info.accel_reason);
+    if let Some(c) = &info.vmm_confinement {
+        println!("vmm jail:     {c}");
+    }
     let exists = |p: &std::path::Path| if p.is_file() { "" } else { " (MISSING)" };
     println!(
         "kernel:       {}{}",
