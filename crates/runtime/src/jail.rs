@@ -269,8 +269,7 @@ impl Cgroup {
         pids: u64,
     ) -> Result<Option<Self>, JailError> {
         let w = |dir: &Path, file: &str, value: &str| {
-            std::fs::write(dir.join(file), value)
-                .map_err(|e| JailError::Cgroup(dir.join(file), e))
+            std::fs::write(dir.join(file), value).map_err(|e| JailError::Cgroup(dir.join(file), e))
         };
         let make = |parent: &Path| -> Result<PathBuf, JailError> {
             let dir = parent.join(CGROUP_PARENT).join(id);
@@ -444,7 +443,11 @@ impl VmJail {
         self.ids.as_ref().map(|i| Ids {
             uid: i.id,
             gid: i.id,
-            groups: if kvm { kvm_group().into_iter().collect() } else { vec![] },
+            groups: if kvm {
+                kvm_group().into_iter().collect()
+            } else {
+                vec![]
+            },
         })
     }
 
@@ -473,9 +476,7 @@ pub fn resolve_binary(binary: &Path) -> PathBuf {
     let found = if binary.is_absolute() {
         Some(binary.to_path_buf())
     } else {
-        binary
-            .to_str()
-            .and_then(vessel_api::paths::find_in_path)
+        binary.to_str().and_then(vessel_api::paths::find_in_path)
     };
     found
         .and_then(|p| p.canonicalize().ok())
@@ -613,12 +614,7 @@ impl Jail {
             if !b.device {
                 flags |= libc::MS_NODEV;
             }
-            binds.push((
-                cstr(&b.path)?,
-                cstr(&under(root, &b.path))?,
-                is_dir,
-                flags,
-            ));
+            binds.push((cstr(&b.path)?, cstr(&under(root, &b.path))?, is_dir, flags));
         }
         for d in dirs {
             jail.dirs.push(cstr(&under(root, &d))?);
@@ -711,16 +707,21 @@ impl Jail {
                         libc::MS_BIND,
                         std::ptr::null(),
                     ))?;
-                    check(libc::mount(none, dst.as_ptr(), none, *flags, std::ptr::null()))?;
+                    check(libc::mount(
+                        none,
+                        dst.as_ptr(),
+                        none,
+                        *flags,
+                        std::ptr::null(),
+                    ))?;
                 }
                 check(libc::chdir(root.as_ptr()))?;
                 // The new root stacks over the old; detaching the old one
                 // leaves the new one alone (no put_old directory needed).
-                check(libc::syscall(
-                    libc::SYS_pivot_root,
-                    c".".as_ptr(),
-                    c".".as_ptr(),
-                ) as libc::c_int)?;
+                check(
+                    libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr())
+                        as libc::c_int,
+                )?;
                 check(libc::umount2(c".".as_ptr(), libc::MNT_DETACH))?;
                 check(libc::chdir(c"/".as_ptr()))?;
                 check(libc::mount(
@@ -825,7 +826,13 @@ mod tests {
         assert!(!find("/h/containers/c1/boot.log").unwrap().readonly);
         assert!(!find("/h/run/c1").unwrap().readonly);
         // Not the container's directory, the images store or the home.
-        for absent in ["/h", "/h/containers/c1", "/h/images", "/h/containers", "/dev/kvm"] {
+        for absent in [
+            "/h",
+            "/h/containers/c1",
+            "/h/images",
+            "/h/containers",
+            "/dev/kvm",
+        ] {
             assert!(find(absent).is_none(), "{absent}");
         }
         let kvm = qemu_plan(
@@ -834,13 +841,20 @@ mod tests {
             Path::new("/h/images/base.ext4"),
             Path::new("/h/run/c1"),
         );
-        let dev = kvm.binds.iter().find(|b| b.path == Path::new("/dev/kvm")).unwrap();
+        let dev = kvm
+            .binds
+            .iter()
+            .find(|b| b.path == Path::new("/dev/kvm"))
+            .unwrap();
         assert!(dev.device && !dev.readonly);
     }
 
     #[test]
     fn vsock_jail_holds_its_sockets_only() {
-        let p = vsock_plan(Path::new("/usr/local/bin/vhost-device-vsock"), Path::new("/h/run/c1"));
+        let p = vsock_plan(
+            Path::new("/usr/local/bin/vhost-device-vsock"),
+            Path::new("/h/run/c1"),
+        );
         let paths: Vec<_> = p.binds.iter().map(|b| b.path.clone()).collect();
         assert!(paths.contains(&PathBuf::from("/h/run/c1")));
         assert!(paths.contains(&PathBuf::from("/usr/local/bin/vhost-device-vsock")));
@@ -870,13 +884,11 @@ mod tests {
         assert!(!paths.contains(&PathBuf::from("/etc")));
         assert!(!paths.contains(&PathBuf::from("/dev")));
         let p = Plan::base(Path::new("/opt/x/vhost-device-vsock"));
-        assert!(p
-            .binds
-            .contains(&Bind {
-                path: "/opt/x/vhost-device-vsock".into(),
-                readonly: true,
-                device: false
-            }));
+        assert!(p.binds.contains(&Bind {
+            path: "/opt/x/vhost-device-vsock".into(),
+            readonly: true,
+            device: false
+        }));
     }
 
     #[test]

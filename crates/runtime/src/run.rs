@@ -81,7 +81,9 @@ pub enum RunError {
     Agent(#[from] agent::AgentError),
     #[error(transparent)]
     Volume(#[from] crate::mounts::VolumeError),
-    #[error("Could not confine the VMM (set VESSEL_VMM_CONFINE=0 to run it unconfined while debugging)")]
+    #[error(
+        "Could not confine the VMM (set VESSEL_VMM_CONFINE=0 to run it unconfined while debugging)"
+    )]
     Jail(#[from] crate::jail::JailError),
     #[error("Could not block SIGTERM/SIGINT")]
     Signals(#[source] std::io::Error),
@@ -732,9 +734,10 @@ pub fn supervise(
             return Ok(());
         }
         if shared.vmm_exited() {
-            let (code, why) = shared
-                .vmm_end_reason()
-                .unwrap_or((EXIT_START_FAILED, "the VM exited before its agent answered".into()));
+            let (code, why) = shared.vmm_end_reason().unwrap_or((
+                EXIT_START_FAILED,
+                "the VM exited before its agent answered".into(),
+            ));
             let msg = format!("{why}; {see_boot_log}");
             if code != EXIT_START_FAILED {
                 shared.finish(code, Some(msg.clone()), false);
@@ -1094,7 +1097,9 @@ pub(crate) fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError
 
 /// The container id a container directory is named after.
 fn id_of(dir: &Path) -> &str {
-    dir.file_name().and_then(|n| n.to_str()).unwrap_or("unknown")
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("unknown")
 }
 
 /// Let the VM's user create its sockets in the run directory (group
@@ -1441,6 +1446,9 @@ fn launch(
         hand_over_dir(run_dir, uid)?;
         std::fs::create_dir(&mountpoint).map_err(|e| RunError::RunDir(mountpoint.clone(), e))?;
         hand_over(&overlay, uid)?;
+        // Only this VM's user (and root): qemu-img makes it world-readable.
+        std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| crate::jail::JailError::HandOver(overlay.clone(), e))?;
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)

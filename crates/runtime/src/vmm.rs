@@ -6,11 +6,11 @@
 
 use crate::jail::{Cgroup, Jail};
 use crate::proc::{die_with_parent, inherit_fds};
-use std::sync::Arc;
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors starting or controlling the VMM.
