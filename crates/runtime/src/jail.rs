@@ -651,8 +651,9 @@ impl Jail {
                 Ok(())
             }
         };
-        // SAFETY (whole function): every pointer passed is a NUL-terminated
-        // CString owned by `self` or a static byte string, alive for the call.
+        // SAFETY: every pointer passed is a NUL-terminated CString owned by
+        // `self` or a static string, alive for the call; `rlimit` and the
+        // group list are valid for reads; nothing is allocated.
         unsafe {
             for procs in &self.cgroup_procs {
                 let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
