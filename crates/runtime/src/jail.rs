@@ -853,12 +853,12 @@ mod tests {
     #[test]
     fn vsock_jail_holds_its_sockets_only() {
         let p = vsock_plan(
-            Path::new("/usr/local/bin/vhost-device-vsock"),
+            Path::new("/opt/v/vhost-device-vsock"),
             Path::new("/h/run/c1"),
         );
         let paths: Vec<_> = p.binds.iter().map(|b| b.path.clone()).collect();
         assert!(paths.contains(&PathBuf::from("/h/run/c1")));
-        assert!(paths.contains(&PathBuf::from("/usr/local/bin/vhost-device-vsock")));
+        assert!(paths.contains(&PathBuf::from("/opt/v/vhost-device-vsock")));
         assert!(!paths.iter().any(|x| x.starts_with("/h/containers")));
     }
 
