@@ -259,7 +259,8 @@ fn a_forbidden_system_call_kills_only_that_vm_and_says_why() {
     let error = state["error"].as_str().unwrap_or_default();
     assert!(error.contains("seccomp"), "{error}");
     let ls = text(&v.vessel(&["ls", "-a"]).stdout);
-    assert!(ls.contains("Exited (159"), "{ls}");
+    assert!(ls.contains("Exited (159, seccomp)"), "{ls}");
+    assert_eq!(state["killed_by"], "seccomp");
 
     // B runs on.
     assert_eq!(inspect(&v, &b)["state"]["status"], "running");

@@ -409,7 +409,7 @@ impl Shared {
 
     /// Why the jail killed the VMM, once it has exited (see
     /// [`Vmm::end_reason`]).
-    fn vmm_end_reason(&self) -> Option<(i32, String)> {
+    fn vmm_end_reason(&self) -> Option<crate::vmm::JailKill> {
         let mut vmm = lock(&self.vmm);
         let v = vmm.as_mut()?;
         v.try_wait().ok()??;
@@ -734,15 +734,13 @@ pub fn supervise(
             return Ok(());
         }
         if shared.vmm_exited() {
-            let (code, why) = shared.vmm_end_reason().unwrap_or((
-                EXIT_START_FAILED,
-                "the VM exited before its agent answered".into(),
-            ));
-            let msg = format!("{why}; {see_boot_log}");
-            if code != EXIT_START_FAILED {
+            if let Some((code, tag, why)) = shared.vmm_end_reason() {
+                let msg = format!("{why}; {see_boot_log}");
+                shared.update(|s| s.killed_by = Some(tag.to_string()));
                 shared.finish(code, Some(msg.clone()), false);
                 return Err(RunError::NoAgent(msg));
             }
+            let msg = format!("the VM exited before its agent answered; {see_boot_log}");
             shared.finish(EXIT_START_FAILED, Some(msg.clone()), false);
             return Err(RunError::NoAgent(msg));
         }
@@ -1020,9 +1018,10 @@ pub fn supervise(
             let jailed = shared.vmm_end_reason();
             if shared.stopping() {
                 shared.finish(EXIT_KILLED, None, true);
-            } else if let Some((code, why)) = jailed {
+            } else if let Some((code, tag, why)) = jailed {
                 log(&format!("the VMM was killed: {why}"));
                 let msg = format!("{why}; {see_boot_log}");
+                shared.update(|s| s.killed_by = Some(tag.to_string()));
                 shared.finish(code, Some(msg.clone()), false);
                 if phase != Phase::Running {
                     result = Err(RunError::NoAgent(msg));

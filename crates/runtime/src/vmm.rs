@@ -47,7 +47,7 @@ pub trait Vmm: Send {
     fn pause(&mut self, paused: bool) -> Result<(), VmmError>;
     /// Once exited: the exit code to record and why, when the VMM's jail
     /// killed it (seccomp, memory ceiling).
-    fn end_reason(&mut self) -> Option<(i32, String)> {
+    fn end_reason(&mut self) -> Option<JailKill> {
         None
     }
 
@@ -173,12 +173,17 @@ pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reli
 /// group of system calls denied.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
-/// What a VMM's end says about how it ended: `(exit code to record,
-/// reason)` when the jail killed it, `None` for an ordinary end.
-pub fn jail_end_reason(exit: VmmExit, oom_killed: bool) -> Option<(i32, String)> {
+/// How the jail killed a VMM: the exit code to record, a short tag
+/// (`seccomp`, `OOM`: `ls -a` shows it) and the reason.
+pub type JailKill = (i32, &'static str, String);
+
+/// What a VMM's end says about how it ended, when the jail killed it;
+/// `None` for an ordinary end.
+pub fn jail_end_reason(exit: VmmExit, oom_killed: bool) -> Option<JailKill> {
     if exit == -libc::SIGSYS {
         return Some((
             128 + libc::SIGSYS,
+            "seccomp",
             "the VMM made a forbidden system call and was killed by its seccomp filter (SIGSYS)"
                 .into(),
         ));
@@ -186,6 +191,7 @@ pub fn jail_end_reason(exit: VmmExit, oom_killed: bool) -> Option<(i32, String)>
     if exit == -libc::SIGKILL && oom_killed {
         return Some((
             128 + libc::SIGKILL,
+            "OOM",
             "the VMM was killed for going over its memory ceiling (OOM): guest RAM plus the VMM's overhead"
                 .into(),
         ));
@@ -409,7 +415,7 @@ impl Vmm for Qemu {
         self.child.as_ref().map(|c| c.id() as i32)
     }
 
-    fn end_reason(&mut self) -> Option<(i32, String)> {
+    fn end_reason(&mut self) -> Option<JailKill> {
         let exit = self.exit?;
         let oom = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
         jail_end_reason(exit, oom)
@@ -670,11 +676,11 @@ mod tests {
 
     #[test]
     fn jail_kills_have_reasons() {
-        let (code, why) = jail_end_reason(-libc::SIGSYS, false).unwrap();
-        assert_eq!(code, 159);
+        let (code, tag, why) = jail_end_reason(-libc::SIGSYS, false).unwrap();
+        assert_eq!((code, tag), (159, "seccomp"));
         assert!(why.contains("seccomp"));
-        let (code, why) = jail_end_reason(-libc::SIGKILL, true).unwrap();
-        assert_eq!(code, 137);
+        let (code, tag, why) = jail_end_reason(-libc::SIGKILL, true).unwrap();
+        assert_eq!((code, tag), (137, "OOM"));
         assert!(why.contains("OOM"));
         assert_eq!(jail_end_reason(-libc::SIGKILL, false), None);
         assert_eq!(jail_end_reason(0, true), None);

@@ -233,6 +233,10 @@ pub struct ContainerState {
     /// Why the container failed to start or ended abnormally.
     #[serde(default)]
     pub error: Option<String>,
+    /// What killed the VMM, when its jail did: `seccomp` (a forbidden
+    /// system call) or `OOM` (its memory ceiling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<String>,
     /// How many times its restart policy has started it again since a user
     /// last started it (Docker's `RestartCount`). The apiserver fills it in
     /// from `restart.json`.
@@ -262,6 +266,7 @@ impl ContainerState {
             runtime_start_time: None,
             vmm_pid: None,
             vmm_uid: None,
+            killed_by: None,
             started_ms: None,
             finished_ms: None,
             exit_code: None,
@@ -310,6 +315,9 @@ pub struct ContainerSummary {
     /// Ended, and to be started again by its restart policy.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restarting: bool,
+    /// What killed its VMM, when its jail did (`seccomp`, `OOM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<String>,
 }
 
 impl ContainerSummary {
@@ -336,6 +344,7 @@ impl ContainerSummary {
                 .filter(|_| info.state.status.is_active())
                 .map(|h| h.status),
             restarting: info.state.restarting,
+            killed_by: info.state.killed_by.clone(),
         }
     }
 }

@@ -474,6 +474,7 @@ mod df_tests {
             ports: vec![],
             health: None,
             restarting: false,
+            killed_by: None,
         };
         let volume = |name: &str, usage, users: usize| VolumeInfo {
             name: name.into(),
