@@ -366,3 +366,21 @@ fn confinement_can_be_turned_off_for_debugging() {
     assert!(cgroup_dirs(&a).iter().all(|d| !d.exists()));
     assert_ok(&v.vessel(&["rm", "-f", &a]), "rm");
 }
+
+#[test]
+fn a_killed_runtime_helper_leaves_no_cgroup() {
+    let v = Instance::started();
+    let a = run_d(&v, "orphan-a");
+    let dirs = cgroup_dirs(&a);
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    let runtime = inspect(&v, &a)["state"]["runtime_pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(runtime, libc::SIGKILL) }, 0);
+    assert!(
+        v.wait_for(Duration::from_secs(20), || {
+            inspect(&v, &a)["state"]["status"] == "exited" && dirs.iter().all(|d| !d.exists())
+        }),
+        "the apiserver finds the runtime gone and removes the VM's cgroup"
+    );
+    assert_ok(&v.vessel(&["rm", "-f", &a]), "rm");
+}

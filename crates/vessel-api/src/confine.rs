@@ -97,6 +97,41 @@ fn writable(dir: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::W_OK) == 0 }
 }
 
+/// The cgroup directories a VM of container `id` may have under `root`.
+pub fn cgroup_dirs(root: &Path, id: &str) -> Vec<PathBuf> {
+    ["", "unified", "memory", "pids"]
+        .iter()
+        .map(|h| root.join(h).join(CGROUP_PARENT).join(id))
+        .collect()
+}
+
+/// Remove what is left of container `id`'s cgroups (its runtime helper
+/// was killed before it could): SIGKILL any process still in them, then
+/// rmdir. Called by the apiserver when it finds a runtime helper gone and
+/// when it removes a container.
+pub fn remove_cgroups(id: &str) {
+    if id.is_empty() || id.contains('/') {
+        return;
+    }
+    for dir in cgroup_dirs(&cgroup_root(), id) {
+        if !dir.is_dir() {
+            continue;
+        }
+        for _ in 0..25 {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: kill has no memory-safety preconditions; the
+                // process is in this container's VM cgroup.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            if std::fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// One line for `vessel system status`: which confinement applies to the
 /// VMMs that start now.
 pub fn describe() -> String {
