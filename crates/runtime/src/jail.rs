@@ -70,6 +70,8 @@ pub enum JailError {
     Tap(String, #[source] io::Error),
     #[error("A path for the VM's jail contains a NUL byte: {}", .0.display())]
     Path(PathBuf),
+    #[error("The VM's own user cannot open /dev/kvm (mode {0:o}, group {1}): give /dev/kvm to a group with read-write access (Debian: root:kvm 0660, the udev default), or run with VESSEL_ACCEL=tcg or VESSEL_VMM_CONFINE=0")]
+    Kvm(u32, u32),
 }
 
 /// The memory ceiling of a VM with `guest_mib` of RAM under `accel`.
@@ -242,7 +244,16 @@ pub struct Ids {
 /// The group owning `/dev/kvm`, when it lets its group open it.
 pub fn kvm_group() -> Option<u32> {
     let m = std::fs::metadata("/dev/kvm").ok()?;
-    (m.mode() & 0o060 == 0o060 && m.gid() != 0).then_some(m.gid())
+    group_rw(m.mode(), m.gid()).then_some(m.gid())
+}
+
+fn group_rw(mode: u32, gid: u32) -> bool {
+    mode & 0o060 == 0o060 && gid != 0
+}
+
+/// Can a user of its own, with the device's group added, open `/dev/kvm`?
+fn kvm_usable(mode: u32, gid: u32) -> bool {
+    mode & 0o006 == 0o006 || group_rw(mode, gid)
 }
 
 /// One VM's cgroup(s): created before the VM, joined between fork and exec,
@@ -430,6 +441,22 @@ impl VmJail {
         let bytes = memory_ceiling_mib(memory_mib, accel) * 1024 * 1024;
         self.cgroup = Cgroup::create(&self.ceilings, container_id, bytes, PIDS_MAX)?.map(Arc::new);
         Ok(())
+    }
+
+    /// Under KVM, the VM's user must be able to open `/dev/kvm`: as "other",
+    /// or through its group (which the jail adds).
+    pub fn check_kvm(&self, accel: &str) -> Result<(), JailError> {
+        if self.ids.is_none() || accel != "kvm" {
+            return Ok(());
+        }
+        let Ok(m) = std::fs::metadata("/dev/kvm") else {
+            return Ok(());
+        };
+        if kvm_usable(m.mode(), m.gid()) {
+            Ok(())
+        } else {
+            Err(JailError::Kvm(m.mode() & 0o7777, m.gid()))
+        }
     }
 
     /// Remove the cgroup (after the VM's processes are reaped).
@@ -860,6 +887,15 @@ mod tests {
         assert!(paths.contains(&PathBuf::from("/h/run/c1")));
         assert!(paths.contains(&PathBuf::from("/opt/v/vhost-device-vsock")));
         assert!(!paths.iter().any(|x| x.starts_with("/h/containers")));
+    }
+
+    #[test]
+    fn kvm_must_be_open_to_the_vms_user() {
+        assert!(kvm_usable(0o20660, 108), "root:kvm 0660");
+        assert!(kvm_usable(0o20666, 0), "0666");
+        assert!(!kvm_usable(0o20600, 0), "root-only");
+        assert!(!kvm_usable(0o20660, 0), "group root is not added");
+        assert!(group_rw(0o20660, 108));
     }
 
     #[test]

@@ -1436,6 +1436,7 @@ fn launch(
     let mountpoint = run_dir.join(".jail");
     let vm_uid = jail.as_ref().and_then(|j| j.uid());
     if let Some(j) = jail.as_mut() {
+        j.check_kvm(&config.accel)?;
         j.make_cgroup(id_of(dir), config.memory_mib, &config.accel)?;
     }
     if let Some(uid) = vm_uid {
