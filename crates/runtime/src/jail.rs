@@ -403,6 +403,9 @@ pub struct VmJail {
     pub ids: Option<VmIds>,
     pub ceilings: Ceilings,
     pub cgroup: Option<Arc<Cgroup>>,
+    /// Rootless: the mount namespace is made inside a user namespace
+    /// that maps only the user itself.
+    pub userns: bool,
 }
 
 impl VmJail {
@@ -416,8 +419,10 @@ impl VmJail {
         } else {
             None
         };
+        let userns = ids.is_none() && vessel_api::confine::userns_allowed();
         Ok(Some(Self {
             ids,
+            userns,
             ceilings: Ceilings::detect(&vessel_api::confine::cgroup_root()),
             cgroup: None,
         }))
@@ -487,14 +492,28 @@ impl VmJail {
     /// The jail of a process with `plan`; the mount namespace (rooted at
     /// the empty directory `mountpoint`) only as root.
     pub fn jail(&self, plan: &Plan, mountpoint: &Path, kvm: bool) -> Result<Jail, JailError> {
-        let root = self.ids.is_some().then_some(mountpoint);
-        Jail::new(
+        let root = self.mount_ns().then_some(mountpoint);
+        let mut jail = Jail::new(
             root,
             plan,
             self.cgroup.as_deref(),
             self.process_ids(kvm),
             self.nproc(),
-        )
+        )?;
+        if self.userns {
+            // SAFETY: geteuid and getegid have no preconditions.
+            let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+            jail.userns = Some((
+                CString::new(format!("{uid} {uid} 1\n")).unwrap_or_default(),
+                CString::new(format!("{gid} {gid} 1\n")).unwrap_or_default(),
+            ));
+        }
+        Ok(jail)
+    }
+
+    /// Do its processes get a mount namespace of their own?
+    pub fn mount_ns(&self) -> bool {
+        self.ids.is_some() || self.userns
     }
 }
 
@@ -557,6 +576,40 @@ pub struct Jail {
     cgroup_procs: Vec<CString>,
     ids: Option<Ids>,
     nproc: Option<u64>,
+    /// Rootless: `uid_map` and `gid_map` lines of a user namespace mapping
+    /// only ourselves, made together with the mount namespace.
+    userns: Option<(CString, CString)>,
+}
+
+/// `MS_*` flags of the mount holding `path` that a bind mount of it must
+/// keep (locked in a user namespace): read-only, nosuid, nodev, noexec and
+/// the atime ones.
+fn locked_flags(path: &Path) -> libc::c_ulong {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: statvfs is plain data filled in by the call.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let f = st.f_flag;
+    let mut out = 0;
+    for (st_flag, ms_flag) in [
+        (libc::ST_RDONLY, libc::MS_RDONLY),
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f & st_flag != 0 {
+            out |= ms_flag;
+        }
+    }
+    out
 }
 
 fn cstr(p: &Path) -> Result<CString, JailError> {
@@ -594,6 +647,7 @@ impl Jail {
             cgroup_procs: Vec::new(),
             ids,
             nproc,
+            userns: None,
         };
         if let Some(c) = cgroup {
             for f in c.procs_files() {
@@ -634,7 +688,10 @@ impl Jail {
             } else if let Some(parent) = b.path.parent() {
                 want_dir(parent, &mut dirs);
             }
-            let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+            // Keep the source mount's flags: in a user namespace they are
+            // locked, and a remount without them fails.
+            let mut flags =
+                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID | locked_flags(&b.path);
             if b.readonly {
                 flags |= libc::MS_RDONLY;
             }
@@ -693,7 +750,27 @@ impl Jail {
             }
             if let Some(root) = &self.root {
                 let none = std::ptr::null();
-                check(libc::unshare(libc::CLONE_NEWNS))?;
+                match &self.userns {
+                    None => check(libc::unshare(libc::CLONE_NEWNS))?,
+                    Some((uid_map, gid_map)) => {
+                        check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS))?;
+                        let put = |file: &std::ffi::CStr, line: &std::ffi::CStr| {
+                            let fd = libc::open(file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                            check(fd)?;
+                            let len = line.to_bytes().len();
+                            let n = libc::write(fd, line.as_ptr().cast(), len);
+                            libc::close(fd);
+                            if n != len as isize {
+                                return Err(io::Error::last_os_error());
+                            }
+                            Ok(())
+                        };
+                        // An unprivileged gid_map needs setgroups denied.
+                        put(c"/proc/self/setgroups", c"deny")?;
+                        put(c"/proc/self/uid_map", uid_map)?;
+                        put(c"/proc/self/gid_map", gid_map)?;
+                    }
+                }
                 check(libc::mount(
                     none,
                     c"/".as_ptr(),

@@ -1190,6 +1190,8 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 "VMM confinement: seccomp, {}, ceilings by {}",
                 match j.uid() {
                     Some(uid) => format!("user {uid}, own mount namespace"),
+                    None if j.userns =>
+                        "rootless (runs as this user), own user and mount namespace".to_string(),
                     None => "rootless (runs as this user)".to_string(),
                 },
                 j.ceilings.name()
@@ -1439,21 +1441,24 @@ fn launch(
         j.check_kvm(&config.accel)?;
         j.make_cgroup(id_of(dir), config.memory_mib, &config.accel)?;
     }
-    if let Some(uid) = vm_uid {
-        // The VM's processes create their sockets here; the sticky bit
-        // keeps them from removing or replacing the runtime's own
-        // (control.sock).
-        hand_over_dir(run_dir, uid)?;
+    if jail.as_ref().is_some_and(|j| j.mount_ns()) {
         std::fs::create_dir(&mountpoint).map_err(|e| RunError::RunDir(mountpoint.clone(), e))?;
-        hand_over(&overlay, uid)?;
-        // Only this VM's user (and root): qemu-img makes it world-readable.
-        std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| crate::jail::JailError::HandOver(overlay.clone(), e))?;
+        // Bound into the jail, whose own root is read-only: it must exist.
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&boot_log)
             .map_err(|e| RunError::StdioLog(boot_log.clone(), e))?;
+    }
+    if let Some(uid) = vm_uid {
+        // The VM's processes create their sockets here; the sticky bit
+        // keeps them from removing or replacing the runtime's own
+        // (control.sock).
+        hand_over_dir(run_dir, uid)?;
+        hand_over(&overlay, uid)?;
+        // Only this VM's user (and root): qemu-img makes it world-readable.
+        std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| crate::jail::JailError::HandOver(overlay.clone(), e))?;
         hand_over(&boot_log, uid)?;
         for v in volumes {
             hand_over(&v.path, uid)?;

@@ -30,6 +30,19 @@ pub fn enabled() -> bool {
     }
 }
 
+/// May an unprivileged process make a user namespace here (for a mount
+/// namespace of its own)? `user.max_user_namespaces` above 0 and, on
+/// kernels with Debian's switch, `kernel.unprivileged_userns_clone` 1.
+pub fn userns_allowed() -> bool {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+    };
+    read("/proc/sys/user/max_user_namespaces").unwrap_or(0) > 0
+        && read("/proc/sys/kernel/unprivileged_userns_clone").unwrap_or(1) == 1
+}
+
 /// The root of the cgroup hierarchy.
 pub fn cgroup_root() -> PathBuf {
     std::env::var_os(CGROUP_ROOT_ENV)
@@ -148,7 +161,14 @@ pub fn describe() -> String {
     if root {
         format!("seccomp, per-VM user, mount namespace, ceilings: {ceilings}")
     } else {
-        format!("seccomp, no new privileges (rootless: the VMM runs as you), ceilings: {ceilings}")
+        let ns = if userns_allowed() {
+            "mount namespace (in a user namespace)"
+        } else {
+            "no mount namespace (user namespaces are off)"
+        };
+        format!(
+            "seccomp, no new privileges, {ns} (rootless: the VMM runs as you), ceilings: {ceilings}"
+        )
     }
 }
 
