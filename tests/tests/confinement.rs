@@ -384,3 +384,52 @@ fn a_killed_runtime_helper_leaves_no_cgroup() {
     );
     assert_ok(&v.vessel(&["rm", "-f", &a]), "rm");
 }
+
+#[test]
+fn a_vm_over_its_memory_ceiling_is_killed_alone_and_recorded_as_oom() {
+    if Ceilings::detect(Path::new("/sys/fs/cgroup")) == Ceilings::Rlimits {
+        eprintln!("no usable cgroup on this host: no memory ceiling to test");
+        return;
+    }
+    let mut v = Instance::new();
+    // A ceiling below the guest's RAM, so filling the guest's memory
+    // crosses it.
+    v.set_env("VESSEL_VMM_MEMORY_CEILING_MIB", "200");
+    v.start();
+    v.load_test_image();
+    let out = v.vessel(&[
+        "run",
+        "--name",
+        "oom-a",
+        "--network",
+        "none",
+        "--memory",
+        "256m",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo booted; dd if=/dev/zero of=/dev/shm/fill bs=1M count=230; echo filled",
+    ]);
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("booted"));
+    assert!(!text(&out.stdout).contains("filled"));
+    let state = inspect(&v, "oom-a")["state"].clone();
+    assert_eq!(state["exit_code"], 137);
+    assert_eq!(state["killed_by"], "OOM");
+    assert!(
+        state["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("memory ceiling"),
+        "{state}"
+    );
+    let ls = text(&v.vessel(&["ls", "-a"]).stdout);
+    assert!(ls.contains("Exited (137, OOM)"), "{ls}");
+    let id = inspect(&v, "oom-a")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(v.wait_for(Duration::from_secs(10), || cgroup_dirs(&id)
+        .iter()
+        .all(|d| !d.exists())));
+}

@@ -74,6 +74,10 @@ pub enum JailError {
     Kvm(u32, u32),
 }
 
+/// Sets every VM's memory ceiling (MiB) outright, instead of guest RAM +
+/// overhead: for tests (an OOM kill on purpose) and debugging.
+pub const CEILING_ENV: &str = "VESSEL_VMM_MEMORY_CEILING_MIB";
+
 /// The memory ceiling of a VM with `guest_mib` of RAM under `accel`.
 pub fn memory_ceiling_mib(guest_mib: u64, accel: &str) -> u64 {
     let tcg = if accel == "kvm" { 0 } else { TCG_TB_MIB };
@@ -443,7 +447,13 @@ impl VmJail {
         if let Some(old) = self.cgroup.take() {
             old.remove();
         }
-        let bytes = memory_ceiling_mib(memory_mib, accel) * 1024 * 1024;
+        // A fixed ceiling instead, for tests and debugging.
+        let mib = std::env::var(CEILING_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&m| m > 0)
+            .unwrap_or_else(|| memory_ceiling_mib(memory_mib, accel));
+        let bytes = mib * 1024 * 1024;
         self.cgroup = Cgroup::create(&self.ceilings, container_id, bytes, PIDS_MAX)?.map(Arc::new);
         Ok(())
     }
