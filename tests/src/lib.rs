@@ -289,6 +289,10 @@ impl Drop for Instance {
         let run_base = vessel_api::paths::Home::new(self.home.path()).run_base();
         let run = run_base.to_string_lossy().into_owned();
         kill_matching(&[&home, &run]);
+        // The VM cgroups of runtime helpers killed just now.
+        for id in self.container_dirs() {
+            vessel_api::confine::remove_cgroups(&id);
+        }
         let _ = std::fs::remove_dir_all(&run_base);
         // Bridges, TAPs and the nftables table of this instance, if a
         // failed test left any (`system stop` removes them otherwise).

@@ -592,6 +592,32 @@ fn rootless_containers_get_outbound_access_and_published_ports_through_passt() {
     let runtime = state["runtime_pid"].as_i64().unwrap() as i32;
     let vmm = state["vmm_pid"].as_i64().unwrap() as i32;
     assert_eq!(passt_pids(&id2).len(), 1);
+    // The VMM's jail, rootless: the user's own ids, seccomp, no new
+    // privileges, and (user namespaces allowing) its own mount namespace.
+    let field = |f: &str| {
+        std::fs::read_to_string(format!("/proc/{vmm}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{f}:"))
+                    .map(|x| x.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert!(
+        field("Uid").starts_with(&format!("{uid}\t")),
+        "{}",
+        field("Uid")
+    );
+    if vessel_api::confine::userns_allowed() {
+        let root = PathBuf::from(format!("/proc/{vmm}/root"));
+        assert!(!root.join("etc/shadow").exists());
+        assert!(!root.join("etc/passwd").exists());
+        assert!(root.join("usr/bin").exists());
+        assert!(state.get("vmm_uid").is_none());
+    }
     // SAFETY: kill has no memory-safety preconditions; the pid is the
     // container's runtime helper, read from its state.
     unsafe { libc::kill(runtime, libc::SIGKILL) };

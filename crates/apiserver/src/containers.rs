@@ -767,6 +767,9 @@ impl Containers {
                                 dir.join("runtime.log").display()
                             ));
                             write_json_atomic(&dir.join("state.json"), &state)?;
+                            // Its VM died with it (parent-death signal);
+                            // the VM's cgroup stayed.
+                            vessel_api::confine::remove_cgroups(id);
                         }
                     }
                 }
@@ -1455,6 +1458,7 @@ impl Containers {
         self.release_network(id, true);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
         let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
+        vessel_api::confine::remove_cgroups(id);
         let res = match fs::remove_dir_all(self.home.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),

@@ -363,6 +363,7 @@ impl Server {
                 }
                 .to_string(),
             ),
+            vmm_confinement: Some(vessel_api::confine::describe()),
         }
     }
 

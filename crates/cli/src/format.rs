@@ -45,8 +45,12 @@ pub fn status_text(c: &ContainerSummary) -> String {
             human_duration(since(c.finished_ms.unwrap_or(c.created_ms)))
         ),
         Status::Exited => format!(
-            "Exited ({}) {} ago",
+            "Exited ({}{}) {} ago",
             c.exit_code.unwrap_or(0),
+            c.killed_by
+                .as_deref()
+                .map(|k| format!(", {k}"))
+                .unwrap_or_default(),
             human_duration(since(c.finished_ms.unwrap_or(c.created_ms)))
         ),
     }
@@ -150,6 +154,7 @@ mod tests {
             ports: Vec::new(),
             health: None,
             restarting: false,
+            killed_by: None,
         };
         assert_eq!(status_text(&c), "Up Less than a second");
         for (h, text) in [
@@ -191,10 +196,18 @@ mod tests {
             finished_ms: Some(now_ms()),
             ports: vec![],
             restarting: true,
+            killed_by: None,
             health: None,
         };
         assert_eq!(status_text(&c), "Restarting (1) Less than a second ago");
         c.restarting = false;
         assert_eq!(status_text(&c), "Exited (1) Less than a second ago");
+        // A VMM its jail killed says how.
+        c.exit_code = Some(159);
+        c.killed_by = Some("seccomp".into());
+        assert_eq!(
+            status_text(&c),
+            "Exited (159, seccomp) Less than a second ago"
+        );
     }
 }

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod clock;
 pub mod control;
 pub mod health;
+pub mod jail;
 pub mod logs;
 pub mod maintenance;
 pub mod mounts;

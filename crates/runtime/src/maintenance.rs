@@ -445,6 +445,7 @@ fn boot_once(
         &uds,
         &files.dir.join("maintenance.vsock.log"),
         t.backend_socket,
+        None,
     )?;
     let mut gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
     let spec = QemuSpec {
@@ -464,6 +465,9 @@ fn boot_once(
         // volume is the directory or disk image on the host).
         volumes: Vec::new(),
         fs_devices: Vec::new(),
+        // QEMU's seccomp filter; the rest of the jail (own user, mount
+        // namespace, cgroup) is for container VMs only.
+        sandbox: vessel_api::confine::enabled(),
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, files.dir.join("maintenance.vmm.log"));
     let launched = Instant::now();

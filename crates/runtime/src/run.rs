@@ -81,6 +81,10 @@ pub enum RunError {
     Agent(#[from] agent::AgentError),
     #[error(transparent)]
     Volume(#[from] crate::mounts::VolumeError),
+    #[error(
+        "Could not confine the VMM (set VESSEL_VMM_CONFINE=0 to run it unconfined while debugging)"
+    )]
+    Jail(#[from] crate::jail::JailError),
     #[error("Could not block SIGTERM/SIGINT")]
     Signals(#[source] std::io::Error),
     #[error("{0}")]
@@ -403,6 +407,15 @@ impl Shared {
         }
     }
 
+    /// Why the jail killed the VMM, once it has exited (see
+    /// [`Vmm::end_reason`]).
+    fn vmm_end_reason(&self) -> Option<crate::vmm::JailKill> {
+        let mut vmm = lock(&self.vmm);
+        let v = vmm.as_mut()?;
+        v.try_wait().ok()??;
+        v.end_reason()
+    }
+
     fn kill_vmm(&self) {
         if let Some(v) = lock(&self.vmm).as_mut() {
             if let Err(e) = v.kill() {
@@ -721,6 +734,12 @@ pub fn supervise(
             return Ok(());
         }
         if shared.vmm_exited() {
+            if let Some((code, tag, why)) = shared.vmm_end_reason() {
+                let msg = format!("{why}; {see_boot_log}");
+                shared.update(|s| s.killed_by = Some(tag.to_string()));
+                shared.finish(code, Some(msg.clone()), false);
+                return Err(RunError::NoAgent(msg));
+            }
             let msg = format!("the VM exited before its agent answered; {see_boot_log}");
             shared.finish(EXIT_START_FAILED, Some(msg.clone()), false);
             return Err(RunError::NoAgent(msg));
@@ -996,8 +1015,17 @@ pub fn supervise(
                 log(&format!("agent connection lost: {d}"));
             }
             let _ = stdio.sync();
+            let jailed = shared.vmm_end_reason();
             if shared.stopping() {
                 shared.finish(EXIT_KILLED, None, true);
+            } else if let Some((code, tag, why)) = jailed {
+                log(&format!("the VMM was killed: {why}"));
+                let msg = format!("{why}; {see_boot_log}");
+                shared.update(|s| s.killed_by = Some(tag.to_string()));
+                shared.finish(code, Some(msg.clone()), false);
+                if phase != Phase::Running {
+                    result = Err(RunError::NoAgent(msg));
+                }
             } else if phase == Phase::Running {
                 shared.finish(
                     EXIT_VM_LOST,
@@ -1066,6 +1094,21 @@ pub(crate) fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError
         .map_err(|e| RunError::QemuImg(overlay.to_path_buf(), e.to_string()))
 }
 
+/// The container id a container directory is named after.
+fn id_of(dir: &Path) -> &str {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("unknown")
+}
+
+/// Let the VM's user create its sockets in the run directory (group
+/// `uid`, `rwx`), sticky so it cannot remove or replace the runtime's.
+fn hand_over_dir(dir: &Path, uid: u32) -> Result<(), RunError> {
+    let err = |e| RunError::RunDir(dir.to_path_buf(), e);
+    std::os::unix::fs::chown(dir, Some(0), Some(uid)).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1770)).map_err(err)
+}
+
 pub(crate) fn make_run_dir(dir: &Path) -> Result<(), RunError> {
     let err = |e| RunError::RunDir(dir.to_path_buf(), e);
     // A stale directory from a crashed runtime holds only dead sockets.
@@ -1118,6 +1161,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     }
 
     let run_dir = home.run_dir(id);
+    let mut jail = None;
     let mut backend = None;
     let mut passts = Vec::new();
     let mut shares = Vec::new();
@@ -1139,6 +1183,22 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     // Held until this helper ends (after the VM): one VM per block volume.
     let volumes = crate::mounts::volume_disks(home, &config);
     let mut _volume_locks = crate::mounts::VolumeLocks::default();
+    let result = result.and_then(|networks| {
+        jail = crate::jail::VmJail::prepare(id)?;
+        if let Some(j) = &jail {
+            log(&format!(
+                "VMM confinement: seccomp, {}, ceilings by {}",
+                match j.uid() {
+                    Some(uid) => format!("user {uid}, own mount namespace"),
+                    None if j.userns =>
+                        "rootless (runs as this user), own user and mount namespace".to_string(),
+                    None => "rootless (runs as this user)".to_string(),
+                },
+                j.ceilings.name()
+            ));
+        }
+        Ok(networks)
+    });
     let result = result.and_then(|networks| {
         // A container that has just ended on the same volume may still be
         // powering off: up to its shutdown grace and the kill after it.
@@ -1176,6 +1236,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 &mut backend,
                 &mut passts,
                 &mut shares,
+                jail.as_mut(),
                 &t,
             )
             .and_then(|(mut stdio, launched, mut gate)| {
@@ -1237,6 +1298,16 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
     }
     kill_passts(&mut passts);
     shares.clear();
+    if let Some(j) = jail.as_mut() {
+        if let Some(peak) = j.cgroup.as_ref().and_then(|c| c.peak_bytes()) {
+            log(&format!(
+                "the VM's peak memory: {} MiB (ceiling {} MiB)",
+                peak / (1024 * 1024),
+                crate::jail::memory_ceiling_mib(config.memory_mib, &config.accel)
+            ));
+        }
+        j.finish();
+    }
     let _ = std::fs::remove_dir_all(&run_dir);
     log(&format!(
         "container {id} ended with exit code {}",
@@ -1257,13 +1328,24 @@ fn start_nics(
     dir: &Path,
     run_dir: &Path,
     passts: &mut Vec<Passt>,
+    mut taps: Option<&mut Vec<std::os::fd::OwnedFd>>,
     t: &Timeouts,
 ) -> Result<Vec<Nic>, RunError> {
     let mut nics = Vec::new();
     let attachments = networks.map(|n| &n.attachments[..]).unwrap_or(&[]);
     for (i, a) in attachments.iter().enumerate() {
         let backend = match a.mode {
-            AttachmentMode::Bridge => NicBackend::Tap(a.tap.clone()),
+            AttachmentMode::Bridge => match taps.as_mut() {
+                // A confined QEMU cannot attach to a TAP by name.
+                Some(taps) => {
+                    use std::os::fd::AsRawFd;
+                    let fd = crate::jail::open_tap(&a.tap)?;
+                    let n = fd.as_raw_fd();
+                    taps.push(fd);
+                    NicBackend::TapFd(n)
+                }
+                None => NicBackend::Tap(a.tap.clone()),
+            },
             AttachmentMode::User => {
                 let spec = PasstSpec::from_attachment(a)?;
                 let name = if i == 0 {
@@ -1343,28 +1425,81 @@ fn launch(
     backend: &mut Option<VsockBackend>,
     passts: &mut Vec<Passt>,
     shares: &mut Vec<Virtiofsd>,
+    mut jail: Option<&mut crate::jail::VmJail>,
     t: &Timeouts,
 ) -> Result<(StdioLog, Instant, vsock::ReadyGate), RunError> {
+    use crate::jail::hand_over;
     make_run_dir(run_dir)?;
     let overlay = dir.join("overlay.qcow2");
     create_overlay(&config.rootfs_base, &overlay)?;
+    let boot_log = dir.join("boot.log");
+    // The empty directory each jail's root is mounted on (in its own mount
+    // namespace only).
+    let mountpoint = run_dir.join(".jail");
+    let vm_uid = jail.as_ref().and_then(|j| j.uid());
+    if let Some(j) = jail.as_mut() {
+        j.check_kvm(&config.accel)?;
+        j.make_cgroup(id_of(dir), config.memory_mib, &config.accel)?;
+    }
+    if jail.as_ref().is_some_and(|j| j.mount_ns()) {
+        std::fs::create_dir(&mountpoint).map_err(|e| RunError::RunDir(mountpoint.clone(), e))?;
+        // Bound into the jail, whose own root is read-only: it must exist.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&boot_log)
+            .map_err(|e| RunError::StdioLog(boot_log.clone(), e))?;
+    }
+    if let Some(uid) = vm_uid {
+        // The VM's processes create their sockets here; the sticky bit
+        // keeps them from removing or replacing the runtime's own
+        // (control.sock).
+        hand_over_dir(run_dir, uid)?;
+        hand_over(&overlay, uid)?;
+        // Only this VM's user (and root): qemu-img makes it world-readable.
+        std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| crate::jail::JailError::HandOver(overlay.clone(), e))?;
+        hand_over(&boot_log, uid)?;
+        for v in volumes {
+            hand_over(&v.path, uid)?;
+        }
+    }
     let stdio_path = dir.join("stdio.log");
     shared.set_stdio_path(stdio_path.clone());
     let stdio = StdioLog::open(&stdio_path).map_err(|e| RunError::StdioLog(stdio_path, e))?;
 
     let vhost = run_dir.join("vhost.sock");
     let uds = run_dir.join("vsock.sock");
+    let vsock_binary = vsock::backend_binary()?;
+    let vsock_jail = match jail.as_ref() {
+        Some(j) => Some(j.jail(
+            &crate::jail::vsock_plan(&crate::jail::resolve_binary(&vsock_binary), run_dir),
+            &mountpoint,
+            false,
+        )?),
+        None => None,
+    };
     *backend = Some(VsockBackend::start(
-        &vsock::backend_binary()?,
+        &vsock_binary,
         &vhost,
         &uds,
         &dir.join("vsock.log"),
         t.backend_socket,
+        vsock_jail,
     )?);
-    let nics = start_nics(networks, dir, run_dir, passts, t)?;
+    // Held until QEMU has its copies.
+    let mut taps = Vec::new();
+    let nics = start_nics(networks, dir, run_dir, passts, vm_uid.map(|_| &mut taps), t)?;
     let fs_devices = start_shares(home, config, dir, run_dir, shares, t)?;
     // Before the VM starts, so the guest's signal finds it.
     let gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
+    if let Some(uid) = vm_uid {
+        // Sockets the runtime or virtiofsd made that the VM connects to.
+        hand_over(&gate.path, uid)?;
+        for fs in &fs_devices {
+            hand_over(&fs.socket, uid)?;
+        }
+    }
     shared.set_dialer(GuestDialer {
         uds: uds.clone(),
         timeout: Duration::from_secs(10),
@@ -1387,10 +1522,25 @@ fn launch(
         nics,
         volumes: volumes.to_vec(),
         fs_devices,
+        sandbox: jail.is_some(),
     };
-    let mut qemu = Qemu::new(qemu_binary(), spec, dir.join("vmm.log"));
+    let binary = qemu_binary();
+    let mut qemu = match jail.as_ref() {
+        Some(j) => {
+            let plan = crate::jail::qemu_plan(
+                &spec,
+                &crate::jail::resolve_binary(&binary),
+                &config.rootfs_base,
+                run_dir,
+            );
+            let qemu_jail = j.jail(&plan, &mountpoint, spec.accel == "kvm")?;
+            Qemu::new(binary, spec, dir.join("vmm.log")).confined(qemu_jail, j.cgroup.clone())
+        }
+        None => Qemu::new(binary, spec, dir.join("vmm.log")),
+    };
     let launched = Instant::now();
     let started = qemu.start();
+    drop(taps);
     // QEMU holds its ends now (or failed): passt sees EOF when QEMU ends.
     for p in passts.iter_mut() {
         p.release_qemu_end();
@@ -1398,7 +1548,10 @@ fn launch(
     started?;
     let pid = qemu.pid();
     shared.set_vmm(Box::new(qemu));
-    shared.update(|s| s.vmm_pid = pid);
+    shared.update(|s| {
+        s.vmm_pid = pid;
+        s.vmm_uid = vm_uid;
+    });
     log(&format!("VMM started (pid {})", pid.unwrap_or(-1)));
     Ok((stdio, launched, gate))
 }

@@ -4,11 +4,13 @@
 //! [`Qemu`] runs it. The lifecycle only sees [`Vmm`], so it is tested with a
 //! fake.
 
+use crate::jail::{Cgroup, Jail};
 use crate::proc::{die_with_parent, inherit_fds};
 use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Errors starting or controlling the VMM.
@@ -43,6 +45,11 @@ pub trait Vmm: Send {
     /// Stop (`true`) or resume (`false`) the whole VM: its vCPUs and its
     /// clocks.
     fn pause(&mut self, paused: bool) -> Result<(), VmmError>;
+    /// Once exited: the exit code to record and why, when the VMM's jail
+    /// killed it (seccomp, memory ceiling).
+    fn end_reason(&mut self) -> Option<JailKill> {
+        None
+    }
 
     /// Wait up to `limit` for the VMM to exit.
     fn wait_timeout(&mut self, limit: Duration) -> Result<Option<VmmExit>, VmmError> {
@@ -89,6 +96,9 @@ pub struct QemuSpec {
     /// One vhost-user-fs device per host directory shared into the VM,
     /// each served by its own `virtiofsd` ([`crate::virtiofs`]).
     pub fs_devices: Vec<FsDevice>,
+    /// QEMU's own seccomp filter with everything it offers denied
+    /// (`-sandbox`): part of the VMM's jail ([`crate::jail`]).
+    pub sandbox: bool,
 }
 
 /// A virtio-fs device: a host directory the guest mounts by `tag`.
@@ -103,8 +113,12 @@ pub struct FsDevice {
 /// What carries a virtio-net device's frames on the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NicBackend {
-    /// An existing host TAP device, by name (root mode).
+    /// An existing host TAP device, by name (root mode, unconfined).
     Tap(String),
+    /// An existing host TAP device the runtime attached to as root
+    /// ([`crate::jail::open_tap`]), inherited as this descriptor number
+    /// (root mode, confined: an unprivileged QEMU cannot attach by name).
+    TapFd(i32),
     /// A connected stream socket QEMU inherits as this descriptor number,
     /// whose other end is passt (rootless mode): `-netdev stream` with
     /// `addr.type=fd`.
@@ -125,7 +139,7 @@ impl QemuSpec {
         self.nics
             .iter()
             .filter_map(|n| match n.backend {
-                NicBackend::Stream(fd) => Some(fd),
+                NicBackend::Stream(fd) | NicBackend::TapFd(fd) => Some(fd),
                 NicBackend::Tap(_) => None,
             })
             .collect()
@@ -154,6 +168,36 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
 /// back to the 4 ms `refined-jiffies` clock, which runs behind: the
 /// container's time was wrong by tens of milliseconds within seconds.
 pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable";
+
+/// QEMU's `-sandbox` argument: its seccomp filter, with every optional
+/// group of system calls denied.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// How the jail killed a VMM: the exit code to record, a short tag
+/// (`seccomp`, `OOM`: `ls -a` shows it) and the reason.
+pub type JailKill = (i32, &'static str, String);
+
+/// What a VMM's end says about how it ended, when the jail killed it;
+/// `None` for an ordinary end.
+pub fn jail_end_reason(exit: VmmExit, oom_killed: bool) -> Option<JailKill> {
+    if exit == -libc::SIGSYS {
+        return Some((
+            128 + libc::SIGSYS,
+            "seccomp",
+            "the VMM made a forbidden system call and was killed by its seccomp filter (SIGSYS)"
+                .into(),
+        ));
+    }
+    if exit == -libc::SIGKILL && oom_killed {
+        return Some((
+            128 + libc::SIGKILL,
+            "OOM",
+            "the VMM was killed for going over its memory ceiling (OOM): guest RAM plus the VMM's overhead"
+                .into(),
+        ));
+    }
+    None
+}
 
 /// QEMU splits option values at commas; a literal comma is written twice.
 fn opt_path(p: &Path) -> OsString {
@@ -191,9 +235,16 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
         push("host");
     } else {
         push("-accel");
-        push("tcg");
+        push(&format!("tcg,tb-size={}", crate::jail::TCG_TB_MIB));
         push("-cpu");
         push("max");
+    }
+    if spec.sandbox {
+        // Everything the filter offers is denied: obsolete system calls,
+        // setuid and friends, fork and exec, scheduler and affinity
+        // changes. A denied call kills QEMU (SIGSYS).
+        push("-sandbox");
+        push(SANDBOX);
     }
     for s in [
         "-nodefaults",
@@ -269,6 +320,7 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
                     "tap,id=n{i},ifname={},script=no,downscript=no",
                     tap.replace(',', ",,")
                 ),
+                NicBackend::TapFd(fd) => format!("tap,id=n{i},fd={fd}"),
                 NicBackend::Stream(fd) => {
                     format!("stream,id=n{i},server=off,addr.type=fd,addr.str={fd}")
                 }
@@ -310,6 +362,10 @@ pub struct Qemu {
     log: PathBuf,
     child: Option<Child>,
     exit: Option<VmmExit>,
+    /// Applied between fork and exec, once.
+    jail: Option<Jail>,
+    /// The VM's cgroup, for telling an OOM kill.
+    cgroup: Option<Arc<Cgroup>>,
 }
 
 impl Qemu {
@@ -320,7 +376,16 @@ impl Qemu {
             log,
             child: None,
             exit: None,
+            jail: None,
+            cgroup: None,
         }
+    }
+
+    /// Run QEMU in `jail`, its ceilings in `cgroup`.
+    pub fn confined(mut self, jail: Jail, cgroup: Option<Arc<Cgroup>>) -> Self {
+        self.jail = Some(jail);
+        self.cgroup = cgroup;
+        self
     }
 }
 
@@ -336,6 +401,9 @@ impl Vmm for Qemu {
             .stderr(err);
         die_with_parent(&mut cmd);
         inherit_fds(&mut cmd, self.spec.inherited_fds());
+        if let Some(jail) = self.jail.take() {
+            jail.apply_to(&mut cmd);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
@@ -345,6 +413,12 @@ impl Vmm for Qemu {
 
     fn pid(&self) -> Option<i32> {
         self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    fn end_reason(&mut self) -> Option<JailKill> {
+        let exit = self.exit?;
+        let oom = self.cgroup.as_ref().is_some_and(|c| c.oom_killed());
+        jail_end_reason(exit, oom)
     }
 
     fn try_wait(&mut self) -> Result<Option<VmmExit>, VmmError> {
@@ -425,6 +499,7 @@ mod tests {
             nics: vec![],
             volumes: vec![],
             fs_devices: vec![],
+            sandbox: false,
         }
     }
 
@@ -453,7 +528,7 @@ mod tests {
         assert!(line.starts_with(
             "-M microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem \
              -object memory-backend-memfd,id=mem,size=256M,share=on -m 256 -smp 2 \
-             -accel tcg -cpu max -nodefaults -no-user-config -display none -no-reboot \
+             -accel tcg,tb-size=256 -cpu max -nodefaults -no-user-config -display none -no-reboot \
              -serial file:/c/boot.log -qmp unix:/run/x/qmp.sock,server=on,wait=off \
              -kernel /k/vmlinux -initrd /k/initrd.img"
         ));
@@ -568,6 +643,47 @@ mod tests {
         ));
         // Guest memory must be shareable for any vhost-user device.
         assert!(line.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+    }
+
+    #[test]
+    fn sandboxed_qemu_denies_everything_seccomp_offers() {
+        let mut s = spec("tcg");
+        assert!(!strings(qemu_args(&s)).contains(&"-sandbox".to_string()));
+        s.sandbox = true;
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-accel tcg,tb-size=256 -cpu max -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -nodefaults"
+        ), "{line}");
+        s.accel = "kvm".into();
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains("-accel kvm -cpu host -sandbox on,"), "{line}");
+    }
+
+    #[test]
+    fn confined_tap_is_an_inherited_descriptor() {
+        let mut s = spec("tcg");
+        s.nics = vec![Nic {
+            backend: NicBackend::TapFd(9),
+            mac: "02:76:0a:58:00:02".into(),
+        }];
+        assert_eq!(s.inherited_fds(), vec![9]);
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-netdev tap,id=n0,fd=9 -device virtio-net-device,netdev=n0,mac=02:76:0a:58:00:02"
+        ));
+        assert!(!line.contains("ifname="));
+    }
+
+    #[test]
+    fn jail_kills_have_reasons() {
+        let (code, tag, why) = jail_end_reason(-libc::SIGSYS, false).unwrap();
+        assert_eq!((code, tag), (159, "seccomp"));
+        assert!(why.contains("seccomp"));
+        let (code, tag, why) = jail_end_reason(-libc::SIGKILL, true).unwrap();
+        assert_eq!((code, tag), (137, "OOM"));
+        assert!(why.contains("OOM"));
+        assert_eq!(jail_end_reason(-libc::SIGKILL, false), None);
+        assert_eq!(jail_end_reason(0, true), None);
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub enum VsockError {
 /// until `fallback` has passed, for an initramfs from before the signal)
 /// the host does not connect.
 pub struct ReadyGate {
+    /// The socket's path (`<uds>_<READY_PORT>`).
+    pub path: PathBuf,
     listener: UnixListener,
     since: Instant,
     fallback: Duration,
@@ -59,8 +61,9 @@ impl ReadyGate {
             UnixListener::bind(&path).map_err(|e| VsockError::Listen(path.clone(), e))?;
         listener
             .set_nonblocking(true)
-            .map_err(|e| VsockError::Listen(path, e))?;
+            .map_err(|e| VsockError::Listen(path.clone(), e))?;
         Ok(Self {
+            path,
             listener,
             since: Instant::now(),
             fallback,
@@ -118,6 +121,7 @@ impl VsockBackend {
         uds: &Path,
         log: &Path,
         limit: Duration,
+        jail: Option<crate::jail::Jail>,
     ) -> Result<Self, VsockError> {
         let open = || OpenOptions::new().create(true).append(true).open(log);
         let out = open().map_err(|e| VsockError::Log(log.to_path_buf(), e))?;
@@ -133,6 +137,9 @@ impl VsockBackend {
             .stdout(out)
             .stderr(err);
         die_with_parent(&mut cmd);
+        if let Some(jail) = jail {
+            jail.apply_to(&mut cmd);
+        }
         let child = cmd
             .spawn()
             .map_err(|e| VsockError::Spawn(binary.to_path_buf(), e))?;

@@ -6,6 +6,7 @@
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod confine;
 pub mod control;
 pub mod error;
 pub mod fsutil;

@@ -220,6 +220,10 @@ pub struct ContainerState {
     pub runtime_start_time: Option<u64>,
     #[serde(default)]
     pub vmm_pid: Option<i32>,
+    /// The uid (and gid) the VMM runs as, when it is confined to a user of
+    /// its own (root mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_uid: Option<u32>,
     #[serde(default)]
     pub started_ms: Option<u64>,
     #[serde(default)]
@@ -229,6 +233,10 @@ pub struct ContainerState {
     /// Why the container failed to start or ended abnormally.
     #[serde(default)]
     pub error: Option<String>,
+    /// What killed the VMM, when its jail did: `seccomp` (a forbidden
+    /// system call) or `OOM` (its memory ceiling).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<String>,
     /// How many times its restart policy has started it again since a user
     /// last started it (Docker's `RestartCount`). The apiserver fills it in
     /// from `restart.json`.
@@ -257,6 +265,8 @@ impl ContainerState {
             runtime_pid: None,
             runtime_start_time: None,
             vmm_pid: None,
+            vmm_uid: None,
+            killed_by: None,
             started_ms: None,
             finished_ms: None,
             exit_code: None,
@@ -305,6 +315,9 @@ pub struct ContainerSummary {
     /// Ended, and to be started again by its restart policy.
     #[serde(default, skip_serializing_if = "is_false")]
     pub restarting: bool,
+    /// What killed its VMM, when its jail did (`seccomp`, `OOM`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_by: Option<String>,
 }
 
 impl ContainerSummary {
@@ -331,6 +344,7 @@ impl ContainerSummary {
                 .filter(|_| info.state.status.is_active())
                 .map(|h| h.status),
             restarting: info.state.restarting,
+            killed_by: info.state.killed_by.clone(),
         }
     }
 }
@@ -576,6 +590,11 @@ pub struct SystemInfo {
     /// (vessel-network): ...` as root, `rootless (passt): ...` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
+    /// What confines each container's VMM: seccomp, its own user, its own
+    /// mount namespace, and what enforces its ceilings (`cgroup v2`,
+    /// `cgroup v1` or `rlimits`); see docs/THREAT_MODEL.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_confinement: Option<String>,
 }
 
 /// Parse a Docker-style memory size: a number with an optional unit

@@ -362,6 +362,7 @@ mod tests {
             ports: vec![],
             health: None,
             restarting: false,
+            killed_by: None,
         };
         let r = row(&c, None, &snap(1, 2));
         assert_eq!(r.cpu_percent, None, "one sample: no rate yet");

@@ -243,6 +243,9 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         crate::outln!("{label:<13} {state}");
     }
     crate::outln!("accelerator:  {} ({})", info.accel, info.accel_reason);
+    if let Some(c) = &info.vmm_confinement {
+        crate::outln!("vmm jail:     {c}");
+    }
     let exists = |p: &std::path::Path| if p.is_file() { "" } else { " (MISSING)" };
     crate::outln!(
         "kernel:       {}{}",
@@ -475,6 +478,7 @@ mod df_tests {
             ports: vec![],
             health: None,
             restarting: false,
+            killed_by: None,
         };
         let volume = |name: &str, usage, users: usize| VolumeInfo {
             name: name.into(),
