@@ -784,10 +784,12 @@ mod tests {
         }));
         assert_eq!(waiter.join().unwrap(), Ok(PathBuf::from("/guest")));
         // The end waits for the copy, then a linger.
+        // Timed from before the spawn: a thread that starts late must
+        // not shorten the measured wait.
+        let t = Instant::now();
         let ender = {
             let m = Arc::clone(&m);
             std::thread::spawn(move || {
-                let t = Instant::now();
                 m.wait_end(Duration::from_millis(100));
                 t.elapsed()
             })

@@ -936,6 +936,9 @@ pub fn supervise(
                         "process started: guest pid {pid}, guest uptime {uptime_ms} ms, {boot_ms} ms after launch"
                     ));
                     let health = lock(&shared.health).clone();
+                    // The sender first: whoever sees `Running` (a `kill`
+                    // right after `run -d`) must be able to signal.
+                    *lock(&shared.agent) = Some(tx.clone());
                     shared.update(|s| {
                         s.status = Status::Running;
                         s.started_ms = Some(now_ms());
@@ -945,7 +948,6 @@ pub fn supervise(
                             .as_ref()
                             .map(|_| vessel_api::health::Health::starting());
                     });
-                    *lock(&shared.agent) = Some(tx.clone());
                     phase = Phase::Running;
                     if let Some(spec) = health {
                         let (shared, done) = (Arc::clone(shared), Arc::clone(&done));
