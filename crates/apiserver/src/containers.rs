@@ -185,6 +185,7 @@ mod restart;
 
 pub use execs::Execs;
 pub use maintenance::{CopyStream, Gates};
+pub use restart::StartKind;
 
 /// All containers of one instance.
 pub struct Containers {
@@ -421,7 +422,7 @@ impl Containers {
     /// Start the bookkeeping: a watcher of `containers/` and of the
     /// runtime helpers, and the thread that acts on what it sees. The runs
     /// that ended before are taken as recorded (no `die` for them now).
-    pub fn start_bookkeeping(self: &Arc<Self>) -> anyhow::Result<()> {
+    pub fn start_bookkeeping(self: &Arc<Self>, start: restart::StartKind) -> anyhow::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let watcher = Watcher::start(
             &self.home.containers_dir(),
@@ -454,7 +455,7 @@ impl Containers {
                     me.check(&info.config.id);
                 }
                 // What restart policies owe since the last apiserver.
-                me.restarts_at_startup();
+                me.restarts_at_startup(start);
                 while let Ok(id) = rx.recv() {
                     me.check(&id);
                 }
