@@ -243,7 +243,11 @@ fn unclear(r: &Ran) -> Option<String> {
         return Some(format!("died of {:?}", r.out.status));
     }
     if !r.out.status.success() && err.trim().is_empty() {
-        return Some("failed without a message".into());
+        return Some(format!(
+            "failed ({}) without a message; its output: {:?}",
+            r.out.status,
+            text(&r.out.stdout)
+        ));
     }
     None
 }
@@ -334,6 +338,8 @@ struct Round<'a> {
     registry_ref: String,
     seq: AtomicU64,
     report: Mutex<Report>,
+    /// Problems already reported: one that persists is counted once.
+    reported: Mutex<BTreeSet<String>>,
 }
 
 /// A container in `ls -a --format json`.
@@ -356,6 +362,7 @@ impl<'a> Round<'a> {
             registry_ref,
             seq: AtomicU64::new(0),
             report: Mutex::new(Report::default()),
+            reported: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -755,7 +762,7 @@ impl<'a> Round<'a> {
                     if let Some(id) = self.owner(x) {
                         ids.push(id);
                     }
-                    if seen.insert(x.clone()) {
+                    if seen.insert(x.clone()) && self.reported.lock().unwrap().insert(x.clone()) {
                         if x.starts_with("leak:") {
                             self.report().leaks += 1;
                         }
@@ -799,7 +806,14 @@ impl<'a> Round<'a> {
     /// One random operation, as a user would make it.
     fn operation(&self, rng: &mut Rng) -> (String, Vec<String>) {
         let n = self.seq.fetch_add(1, Ordering::SeqCst);
-        let workers = self.worker_rows();
+        // `stop`, `rm -f` and `exec` only touch the `run -d` containers of
+        // the workers: a `run --rm` another worker follows would end with
+        // 137 and no message, as Docker's does.
+        let workers: Vec<Row> = self
+            .worker_rows()
+            .into_iter()
+            .filter(|r| r.name.starts_with("fw"))
+            .collect();
         let images = self.images();
         let image = rng.pick(&images).cloned().unwrap_or_else(|| IMAGE.into());
         let network = if rng.chance(50) { "default" } else { "none" };
@@ -940,7 +954,14 @@ impl<'a> Round<'a> {
 
     /// A CLI command killed in its middle.
     fn kill_cli(&self, rng: &mut Rng) -> String {
-        let (name, args) = self.operation(rng);
+        // A command with something to interrupt (not a quick `ls`).
+        let (mut name, mut args) = self.operation(rng);
+        for _ in 0..10 {
+            if matches!(name.as_str(), "run --rm" | "run -d" | "pull" | "exec") {
+                break;
+            }
+            (name, args) = self.operation(rng);
+        }
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let (child, finish) = spawn(self.v, &a);
         std::thread::sleep(rng.millis(100, 2500));
@@ -1109,10 +1130,10 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
                 let (round, stop) = (&round, &stop);
                 s.spawn(move || round.worker(*ws, stop));
             }
-            std::thread::sleep(rng.millis(300, 5000));
+            std::thread::sleep(rng.millis(300, 3500));
             let hit = round.inject(component, &mut rng);
             let at = Instant::now();
-            std::thread::sleep(rng.millis(0, 2000));
+            std::thread::sleep(rng.millis(0, 1500));
             stop.store(true, Ordering::SeqCst);
             (hit, at)
         });
