@@ -751,7 +751,15 @@ impl<'a> Round<'a> {
     fn recover(&self, limit: Duration, since: Instant, what: &str) -> Option<u64> {
         let deadline = Instant::now() + limit;
         loop {
-            let p = self.problems();
+            // A problem already reported (one that persists) does not hold
+            // every later injection up.
+            let p: Vec<String> = {
+                let known = self.reported.lock().unwrap().clone();
+                self.problems()
+                    .into_iter()
+                    .filter(|x| !known.contains(x))
+                    .collect()
+            };
             if p.is_empty() {
                 return Some(since.elapsed().as_millis() as u64);
             }

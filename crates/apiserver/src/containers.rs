@@ -523,6 +523,37 @@ impl Containers {
         if !info.networks.is_empty() {
             self.release_network(&info.config.id, true);
         }
+        if first {
+            self.remove_orphaned_run_dir(info);
+        }
+    }
+
+    /// A runtime helper removes its run directory (the VM's sockets) when
+    /// it ends; one that was killed leaves it. Removed here once the end
+    /// is recorded, if the helper is gone and no new run has begun since
+    /// (a new one makes the directory afresh).
+    fn remove_orphaned_run_dir(&self, info: &ContainerInfo) {
+        let id = &info.config.id;
+        if live_runtime(&info.state).is_some() {
+            return;
+        }
+        let dir = self.home.run_dir(id);
+        if !dir.exists() {
+            return;
+        }
+        let now: Option<ContainerState> = read_json(&self.state_path(id)).ok().flatten();
+        let same_run = now.is_some_and(|s| {
+            !s.status.is_active()
+                && run_key(&s) == run_key(&info.state)
+                && live_runtime(&s).is_none()
+        });
+        if same_run {
+            eprintln!(
+                "vessel-apiserver: removing the run directory of {} (its runtime helper was killed)",
+                &id[..12.min(id.len())]
+            );
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 
     /// Wait until the state counter moves past what `rx` has seen, the

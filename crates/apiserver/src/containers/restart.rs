@@ -694,6 +694,38 @@ mod tests {
         (dir, containers, id)
     }
 
+    /// Not a policy's, but this module has the container without a VM: the
+    /// run directory a killed runtime helper left (found by the
+    /// fault-injection suite) goes when the end is recorded, and only for
+    /// the run that ended.
+    #[test]
+    fn a_killed_runtime_s_run_directory_goes_with_the_recorded_end() {
+        let (_dir, c, id) = ended_container("no", 255);
+        let run_dir = c.home.run_dir(&id);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join("control.sock"), b"").unwrap();
+        let mut info = c.load(&id).unwrap();
+        // A helper that is gone (no such pid).
+        info.state.runtime_pid = Some(i32::MAX - 7);
+        c.note_exit(&info);
+        assert!(!run_dir.exists(), "the run directory stays");
+        let _ = std::fs::remove_dir_all(c.home.run_base());
+
+        // A new run has begun since (its helper made the directory): kept.
+        let (_dir, c, id) = ended_container("no", 255);
+        let run_dir = c.home.run_dir(&id);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let old = c.load(&id).unwrap();
+        let mut now = old.state.clone();
+        now.status = Status::Running;
+        now.started_ms = Some(2_000);
+        now.finished_ms = None;
+        write_json_atomic(&c.home.container_dir(&id).join("state.json"), &now).unwrap();
+        c.note_exit(&old);
+        assert!(run_dir.exists(), "the new run's directory was removed");
+        let _ = std::fs::remove_dir_all(c.home.run_base());
+    }
+
     fn policy_json(s: &str) -> serde_json::Value {
         serde_json::to_value(policy(s)).unwrap()
     }
