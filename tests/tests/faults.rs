@@ -21,7 +21,7 @@
 //! - every listed image still runs (checked at the end of each phase).
 //!
 //! Knobs: `VESSEL_FAULT_SEED` replays a round (the seed is printed first),
-//! `VESSEL_FAULT_INJECTIONS` sets its length (default 56: 8 per
+//! `VESSEL_FAULT_INJECTIONS` sets its length (default 50: 7 or 8 per
 //! component), `VESSEL_FAULT_RECOVERY_SECS` the recovery bound (default
 //! 20). The round ends with one line `FAULTS-REPORT {json}` on standard
 //! output (injections per component, violations, leaks, recoveries and
@@ -59,7 +59,7 @@ const COMPONENTS: [&str; 7] = [
 const CLI_LIMIT: Duration = Duration::from_secs(150);
 
 /// Injections per phase: every listed image is run at the end of each.
-const PHASE: usize = 8;
+const PHASE: usize = 10;
 
 /// At most this many worker containers are kept; more are removed.
 const MAX_WORKER_CONTAINERS: usize = 4;
@@ -106,7 +106,8 @@ fn env_u64(name: &str) -> Option<u64> {
 #[derive(Default)]
 struct Report {
     injections: BTreeMap<&'static str, u64>,
-    /// Injections that found nothing to hit (no container running).
+    /// Injections that found nothing to hit (no container running, a CLI
+    /// command that ended before its kill); made again later.
     skipped: BTreeMap<&'static str, u64>,
     violations: Vec<String>,
     leaks: u64,
@@ -750,6 +751,7 @@ impl<'a> Round<'a> {
     /// The time it took, when everything held.
     fn recover(&self, limit: Duration, since: Instant, what: &str) -> Option<u64> {
         let deadline = Instant::now() + limit;
+        let mut last = Vec::new();
         loop {
             // A problem already reported (one that persists) does not hold
             // every later injection up.
@@ -761,8 +763,13 @@ impl<'a> Round<'a> {
                     .collect()
             };
             if p.is_empty() {
-                return Some(since.elapsed().as_millis() as u64);
+                let ms = since.elapsed().as_millis() as u64;
+                if ms > limit.as_millis() as u64 / 2 {
+                    eprintln!("faults: slow recovery ({ms} ms) after {what}; last seen: {last:?}");
+                }
+                return Some(ms);
             }
+            last = p.clone();
             if Instant::now() > deadline {
                 let mut seen = BTreeSet::new();
                 let mut ids = Vec::new();
@@ -922,7 +929,7 @@ impl<'a> Round<'a> {
     /// to hit).
     fn inject(&self, component: &'static str, rng: &mut Rng) -> Option<String> {
         if component == "cli" {
-            return Some(self.kill_cli(rng));
+            return self.kill_cli(rng);
         }
         let procs = self.instance_procs();
         let mut targets: Vec<&Proc> = procs.iter().filter(|p| kind(p) == component).collect();
@@ -960,28 +967,47 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// A CLI command killed in its middle.
-    fn kill_cli(&self, rng: &mut Rng) -> String {
-        // A command with something to interrupt (not a quick `ls`).
-        let (mut name, mut args) = self.operation(rng);
-        for _ in 0..10 {
-            if matches!(name.as_str(), "run --rm" | "run -d" | "pull" | "exec") {
-                break;
+    /// A CLI command killed in its middle: a `run --rm` (its container
+    /// booting or running), a `run -d` (booting) or a `pull` (downloading).
+    /// None if it ended before the kill.
+    fn kill_cli(&self, rng: &mut Rng) -> Option<String> {
+        let n = self.seq.fetch_add(1, Ordering::SeqCst);
+        let name = format!("fw{n}");
+        let (what, args): (&str, Vec<&str>) = match rng.below(10) {
+            0..=3 => (
+                "run --rm",
+                vec!["run", "--rm", IMAGE, "sh", "-c", "sleep 2; echo fault-ok"],
+            ),
+            4..=6 => (
+                "run -d",
+                vec![
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--restart",
+                    "always",
+                    IMAGE,
+                    "sleep",
+                    "100000",
+                ],
+            ),
+            _ => {
+                let _ = vessel(self.v, &["image", "rm", &self.registry_ref]);
+                ("pull", vec!["image", "pull", &self.registry_ref])
             }
-            (name, args) = self.operation(rng);
-        }
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (child, finish) = spawn(self.v, &a);
-        std::thread::sleep(rng.millis(100, 2500));
+        };
+        let (child, finish) = spawn(self.v, &args);
+        std::thread::sleep(rng.millis(100, 2000));
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         let r = finish(child, false);
         if r.out.status.code().is_some() {
-            // It ended before the kill: judge it as any command.
-            self.judge(&name, &a, &r);
-            format!("cli `{name}` (had already ended)")
+            // It ended before the kill: judged as any command.
+            self.judge(what, &args, &r);
+            None
         } else {
-            format!("cli `{name}` mid-command")
+            Some(format!("cli `{what}` mid-command"))
         }
     }
 
@@ -1093,7 +1119,7 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
             .as_nanos() as u64
             ^ u64::from(std::process::id())
     });
-    let injections = env_u64("VESSEL_FAULT_INJECTIONS").unwrap_or(56) as usize;
+    let injections = env_u64("VESSEL_FAULT_INJECTIONS").unwrap_or(50) as usize;
     let limit = Duration::from_secs(env_u64("VESSEL_FAULT_RECOVERY_SECS").unwrap_or(20));
     eprintln!(
         "faults: seed {seed} (replay with VESSEL_FAULT_SEED={seed}), {injections} injections, recovery bound {}s",
@@ -1120,7 +1146,9 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
 
     let mut rng = Rng(seed);
     let mut order: Vec<&'static str> = Vec::new();
-    for i in 0..injections {
+    let (mut i, mut attempts) = (0, 0);
+    while i < injections && attempts < 2 * injections {
+        attempts += 1;
         if order.is_empty() {
             // Each component once per block of 7, in a random order.
             order = COMPONENTS.to_vec();
@@ -1138,16 +1166,17 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
                 let (round, stop) = (&round, &stop);
                 s.spawn(move || round.worker(*ws, stop));
             }
-            std::thread::sleep(rng.millis(300, 3500));
+            std::thread::sleep(rng.millis(300, 3000));
             let hit = round.inject(component, &mut rng);
             let at = Instant::now();
-            std::thread::sleep(rng.millis(0, 1500));
+            std::thread::sleep(rng.millis(0, 1000));
             stop.store(true, Ordering::SeqCst);
             (hit, at)
         });
         let Some(hit) = hit else {
-            eprintln!("faults: [{i}] {component}: nothing to hit");
+            eprintln!("faults: [{i}] {component}: nothing to hit (tried again later)");
             *round.report().skipped.entry(component).or_default() += 1;
+            order.insert(0, component);
             continue;
         };
         *round.report().injections.entry(component).or_default() += 1;
@@ -1169,7 +1198,8 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
             round.report().keeper_comebacks += 1;
         }
         round.trim();
-        if (i + 1) % PHASE == 0 || i + 1 == injections {
+        i += 1;
+        if i % PHASE == 0 || i == injections {
             round.images_run();
         }
     }
