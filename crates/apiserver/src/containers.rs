@@ -14,7 +14,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -53,6 +53,23 @@ fn live_runtime(state: &ContainerState) -> Option<i32> {
     let same = pid_alive(pid)
         && (state.runtime_start_time.is_none() || pid_start_time(pid) == state.runtime_start_time);
     same.then_some(pid)
+}
+
+/// `remove_dir_all` of a directory another thread or process may still
+/// write a file into (a state written atomically: a temporary file, then
+/// a rename): when it finds the directory not empty at its end, it tries
+/// again, a few times.
+fn remove_dir_racing(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Ask the runtime helper `state` names to end now and wait up to `limit`
@@ -1487,7 +1504,7 @@ impl Containers {
         self.release_network(id, true);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
         let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
-        let res = match fs::remove_dir_all(self.home.container_dir(id)) {
+        let res = match remove_dir_racing(&self.home.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
