@@ -84,6 +84,9 @@ def summary(r, log, wall):
     print()
     print(f"recovery (SIGKILL -> every invariant holds): n={rec['count']} mean {ms(rec['mean_ms'])}, "
           f"p50 {ms(rec['p50_ms'])}, p95 {ms(rec['p95_ms'])}, max {ms(rec['max_ms'])}")
+    st = r.get("settle", {})
+    print(f"of which after the workers' operations in flight had ended: mean {ms(st.get('mean_ms'))}, "
+          f"max {ms(st.get('max_ms'))} (the recovery bound is on this part)")
     print(f"violations: {r['violations']}   leaks: {r['leaks']}   "
           f"keeper (--restart always) came back: {r['keeper_comebacks']} times   "
           f"clear CLI errors while the apiserver was down: {r['cli_errors_while_apiserver_down']}   "

@@ -111,8 +111,12 @@ struct Report {
     skipped: BTreeMap<&'static str, u64>,
     violations: Vec<String>,
     leaks: u64,
-    /// Kill → everything checked clean, per component.
+    /// Kill → everything checked clean, per component (it includes the
+    /// workers' operations in flight at the kill, which end first).
     recoveries: BTreeMap<&'static str, Vec<u64>>,
+    /// Workers done → everything checked clean: the part of the recovery
+    /// the bound applies to.
+    settles: Vec<u64>,
     ops: BTreeMap<String, (u64, u64)>,
     image_runs: u64,
     keeper_comebacks: u64,
@@ -166,6 +170,10 @@ impl Report {
                 "p95_ms": pct(95),
                 "max_ms": all.last(),
                 "by_component": per,
+            },
+            "settle": {
+                "mean_ms": self.settles.iter().sum::<u64>() / self.settles.len().max(1) as u64,
+                "max_ms": self.settles.iter().max(),
             },
             "keeper_comebacks": self.keeper_comebacks,
             "cli_errors_while_apiserver_down": self.cli_errors_while_down,
@@ -1181,9 +1189,14 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
         };
         *round.report().injections.entry(component).or_default() += 1;
         let what = format!("injection {i} (SIGKILL {hit})");
+        let quiet = Instant::now();
         match round.recover(limit, at, &what) {
             Some(ms) => {
-                eprintln!("faults: [{i}] {hit}: clean after {ms} ms");
+                let settle = quiet.elapsed().as_millis() as u64;
+                eprintln!(
+                    "faults: [{i}] {hit}: clean after {ms} ms ({settle} ms after the workers stopped)"
+                );
+                round.report().settles.push(settle);
                 round
                     .report()
                     .recoveries
