@@ -500,12 +500,25 @@ impl<'a> Round<'a> {
             }
         }
         let mut has: BTreeSet<(String, &str)> = BTreeSet::new();
+        let by_pid: HashMap<i32, &Proc> = procs.iter().map(|x| (x.pid, x)).collect();
         for pr in &procs {
             let k = kind(pr);
             if !matches!(k, "qemu" | "vsock" | "virtiofsd" | "passt" | "runtime") {
                 continue;
             }
-            match self.owner(&pr.cmdline) {
+            // Named on its command line, or else by the nearest ancestor
+            // that names it (its runtime helper's `--id`).
+            let mut owner = self.owner(&pr.cmdline);
+            let mut up = pr.ppid;
+            for _ in 0..8 {
+                if owner.is_some() {
+                    break;
+                }
+                let Some(parent) = by_pid.get(&up) else { break };
+                owner = self.owner(&parent.cmdline);
+                up = parent.ppid;
+            }
+            match owner {
                 Some(id) if active(&id) => {
                     has.insert((id, k));
                 }
