@@ -345,6 +345,8 @@ struct Round<'a> {
     /// container is still recognised.
     ids: Mutex<BTreeSet<String>>,
     registry_ref: String,
+    /// A host directory some containers bind-mount.
+    bind_dir: String,
     seq: AtomicU64,
     report: Mutex<Report>,
     /// Problems already reported: one that persists is counted once.
@@ -361,7 +363,7 @@ struct Row {
 }
 
 impl<'a> Round<'a> {
-    fn new(v: &'a Instance, registry_ref: String) -> Self {
+    fn new(v: &'a Instance, registry_ref: String, bind_dir: &Path) -> Self {
         let run_base = vessel_api::paths::Home::new(v.path()).run_base();
         Self {
             v,
@@ -369,6 +371,7 @@ impl<'a> Round<'a> {
             run_base,
             ids: Mutex::new(BTreeSet::new()),
             registry_ref,
+            bind_dir: bind_dir.to_string_lossy().into_owned(),
             seq: AtomicU64::new(0),
             report: Mutex::new(Report::default()),
             reported: Mutex::new(BTreeSet::new()),
@@ -881,6 +884,10 @@ impl<'a> Round<'a> {
                     1 => a.extend(s(&["--restart", "on-failure:5"])),
                     _ => {}
                 }
+                if rng.chance(25) {
+                    // A bind mount: a virtiofsd for this VM.
+                    a.extend(s(&["-v", &format!("{}:/data", self.bind_dir)]));
+                }
                 if network == "default" && rng.chance(30) {
                     a.extend(s(&["-p", &format!("127.0.0.1:{}:80", free_port())]));
                 }
@@ -1158,7 +1165,9 @@ fn sigkill_anywhere_leaves_the_truth_and_no_leaks() {
         &[],
     );
     let v = Instance::started();
-    let round = Round::new(&v, reg.reference("faults/busybox:latest"));
+    let bind = tempfile::tempdir().unwrap();
+    std::fs::write(bind.path().join("hello"), b"from the host\n").unwrap();
+    let round = Round::new(&v, reg.reference("faults/busybox:latest"), bind.path());
     start_keeper_and_sleeper(&v);
     assert!(
         round.recover(limit, Instant::now(), "setup").is_some(),
