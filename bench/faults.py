@@ -27,6 +27,8 @@ it while nothing else heavy runs.
 import argparse
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -64,6 +66,39 @@ def find_built():
     if not cands:
         sys.exit("no built faults test in target/debug/deps: run without --no-build")
     return max(cands, key=os.path.getmtime)
+
+
+def cleanup(deps, home):
+    """Stop an interrupted round's instance: its containers, its services,
+    then every process whose command line names its home or its run
+    directory."""
+    bindir = os.path.dirname(deps)
+    env = dict(os.environ, VESSEL_HOME=home)
+    vessel = os.path.join(bindir, "vessel")
+    ids = subprocess.run([vessel, "ls", "-aq"], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                         timeout=60).stdout.decode().split()
+    if ids:
+        subprocess.run([vessel, "rm", "-f", *ids], env=env, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=120)
+    subprocess.run([vessel, "system", "stop"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120)
+    subprocess.run([os.path.join(bindir, "vessel-network"), "--home", home, "--cleanup"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        if home in cmd:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+    shutil.rmtree(home, ignore_errors=True)
+    print(f"interrupted: stopped the instance {home}", file=sys.stderr)
 
 
 def ms(v):
@@ -118,7 +153,7 @@ def main():
         env["VESSEL_FAULT_SEED"] = str(a.seed)
     log = a.log or os.path.join(ROOT, "build", f"faults-{time.strftime('%Y%m%d-%H%M%S')}.log")
     os.makedirs(os.path.dirname(os.path.abspath(log)), exist_ok=True)
-    report = None
+    report, home = None, None
     with open(log, "w") as f:
         p = subprocess.Popen([binary, TEST, "--exact", "--nocapture", "--test-threads=1"], cwd=ROOT,
                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -127,14 +162,19 @@ def main():
                 line = raw.decode(errors="replace")
                 f.write(line)
                 f.flush()
+                if line.startswith("faults: home "):
+                    home = line[len("faults: home "):].strip()
                 if line.startswith("FAULTS-REPORT "):
                     report = json.loads(line[len("FAULTS-REPORT "):])
                 elif line.startswith("faults: [") or "VIOLATION" in line or line.startswith("faults: seed"):
                     sys.stderr.write(line)
         except KeyboardInterrupt:
-            # A test killed by a signal runs no cleanup: its instance's VMs
-            # and helpers stay (their command lines name /tmp/vessel-e2e-*).
+            # A test killed by a signal runs no cleanup: stop its instance
+            # here (`system stop`, then whatever names its home).
             p.terminate()
+            p.wait()
+            if home:
+                cleanup(os.path.dirname(binary), home)
             raise
         finally:
             p.wait()
