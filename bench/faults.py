@@ -166,7 +166,7 @@ def main():
                     home = line[len("faults: home "):].strip()
                 if line.startswith("FAULTS-REPORT "):
                     report = json.loads(line[len("FAULTS-REPORT "):])
-                elif line.startswith("faults: [") or "VIOLATION" in line or line.startswith("faults: seed"):
+                elif line.startswith("faults: [") or "VIOLATION" in line or "faults: seed" in line:
                     sys.stderr.write(line)
         except KeyboardInterrupt:
             # A test killed by a signal runs no cleanup: stop its instance
