@@ -124,6 +124,7 @@ def summary(r, log, wall):
           f"max {ms(st.get('max_ms'))} (the recovery bound is on this part)")
     print(f"violations: {r['violations']}   leaks: {r['leaks']}   "
           f"keeper (--restart always) came back: {r['keeper_comebacks']} times   "
+          f"boots longer than the bound: {r.get('slow_boots', 0)}   "
           f"clear CLI errors while the apiserver was down: {r['cli_errors_while_apiserver_down']}   "
           f"image runs: {r['image_runs']}")
     ops = ", ".join(f"{k} {v['ok']}/{v['ok'] + v['failed']}" for k, v in sorted(r["ops"].items()))

@@ -64,6 +64,13 @@ const PHASE: usize = 10;
 /// At most this many worker containers are kept; more are removed.
 const MAX_WORKER_CONTAINERS: usize = 4;
 
+/// A problem that is a boot still under way: the runtime helper's own
+/// limits apply (a boot attempt that stalls is given up after 20 s and
+/// booted again), so it gets [`BOOT_LIMIT`] instead of the recovery bound.
+const SLOW: &str = "slow: ";
+/// How long a container may stay `starting` or `stopping`.
+const BOOT_LIMIT: Duration = Duration::from_secs(60);
+
 /// The long-lived `--restart always` container that must always come back.
 const KEEPER: &str = "fault-keeper";
 /// An `--restart always` container a user stopped: it must stay stopped.
@@ -121,6 +128,9 @@ struct Report {
     image_runs: u64,
     keeper_comebacks: u64,
     cli_errors_while_down: u64,
+    /// Recoveries that waited for a boot longer than the bound (within
+    /// [`BOOT_LIMIT`]).
+    slow_boots: u64,
 }
 
 impl Report {
@@ -176,6 +186,7 @@ impl Report {
                 "max_ms": self.settles.iter().max(),
             },
             "keeper_comebacks": self.keeper_comebacks,
+            "slow_boots": self.slow_boots,
             "cli_errors_while_apiserver_down": self.cli_errors_while_down,
             "image_runs": self.image_runs,
             "ops": ops,
@@ -483,14 +494,17 @@ impl<'a> Round<'a> {
         };
         let by_id: HashMap<&str, &Row> = rows.iter().map(|r| (r.id.as_str(), r)).collect();
         let active = |id: &str| {
-            by_id
-                .get(id)
-                .is_some_and(|r| matches!(r.status.as_str(), "running" | "paused"))
+            by_id.get(id).is_some_and(|r| {
+                matches!(
+                    r.status.as_str(),
+                    "running" | "paused" | "starting" | "stopping"
+                )
+            })
         };
         for r in &rows {
             if matches!(r.status.as_str(), "starting" | "stopping") {
                 p.push(format!(
-                    "container {} ({}) still {}",
+                    "{SLOW}container {} ({}) still {}",
                     r.name,
                     &r.id[..12],
                     r.status
@@ -784,6 +798,7 @@ impl<'a> Round<'a> {
     fn recover(&self, limit: Duration, since: Instant, what: &str) -> Option<u64> {
         let deadline = Instant::now() + limit;
         let mut last = Vec::new();
+        let mut slow_noted = false;
         loop {
             // A problem already reported (one that persists) does not hold
             // every later injection up.
@@ -802,6 +817,19 @@ impl<'a> Round<'a> {
                 return Some(ms);
             }
             last = p.clone();
+            let booting = !p.is_empty() && p.iter().all(|x| x.starts_with(SLOW));
+            let boot_deadline = deadline - limit + BOOT_LIMIT.max(limit);
+            if booting && Instant::now() <= boot_deadline {
+                if !slow_noted {
+                    slow_noted = Instant::now() > deadline;
+                    if slow_noted {
+                        self.report().slow_boots += 1;
+                        eprintln!("faults: a boot takes longer than the bound: {p:?}");
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(500));
+                continue;
+            }
             if Instant::now() > deadline {
                 let mut seen = BTreeSet::new();
                 let mut ids = Vec::new();
