@@ -728,6 +728,31 @@ impl Containers {
         }
     }
 
+    /// A container being removed whose start asked for a network but never
+    /// recorded the answer (`network.json`): vessel-network may have
+    /// leased it an address before it died mid-answer, and a reconcile made
+    /// while the container still counted as live kept that lease. Ask the
+    /// helper to drop whatever it holds for the container; a helper that
+    /// does not answer now drops it at its next reconcile.
+    fn release_unrecorded_network(&self, id: &str) {
+        let dir = self.home.container_dir(id);
+        if self.rootless || ContainerNetworks::path(&dir).exists() {
+            return;
+        }
+        let wants_network = read_json::<ContainerConfig>(&dir.join("config.json"))
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.network != "none");
+        if !wants_network {
+            return;
+        }
+        if let Some(client) = self.network.try_client() {
+            if let Err(e) = self.disconnect(&client.with_timeout(Duration::from_secs(10)), id) {
+                eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
+            }
+        }
+    }
+
     /// Wait (at most `limit`) until the runtime helper of `id` has exited.
     fn wait_runtime_gone(&self, id: &str, limit: Duration) {
         let Ok(Some(state)) = read_json::<ContainerState>(&self.state_path(id)) else {
@@ -1502,6 +1527,7 @@ impl Containers {
         // If the helper cannot be reached, its next reconcile drops what a
         // removed container held.
         self.release_network(id, true);
+        self.release_unrecorded_network(id);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
         let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
         let res = match remove_dir_racing(&self.home.container_dir(id)) {
