@@ -269,6 +269,54 @@ fn always_and_unless_stopped_come_back_with_system_start() {
     );
 }
 
+/// A crash of the apiserver is not a daemon start: an `always` container a
+/// user stopped stays stopped when the supervisor brings a new apiserver
+/// (found by the fault-injection suite, tests/faults.rs).
+#[test]
+fn a_stopped_always_container_stays_stopped_when_the_apiserver_crashes() {
+    let v = Instance::started();
+    let out = v.vessel(&[
+        "run",
+        "-d",
+        "--name",
+        "parked",
+        "--network",
+        "none",
+        "--restart",
+        "always",
+        IMAGE,
+        "sh",
+        "-c",
+        BOOT_ID_THEN_SLEEP,
+    ]);
+    assert_ok(&out, "run -d --restart always");
+    assert!(
+        v.wait_for(Duration::from_secs(90), || boot_ids(&v, "parked").len()
+            == 1)
+    );
+    assert_ok(&v.vessel(&["stop", "-t", "1", "parked"]), "stop");
+    let pid_file = v.path().join("apiserver.pid");
+    let old: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    kill9(old);
+    assert!(
+        v.wait_for(Duration::from_secs(30), || {
+            let new = std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok());
+            new.is_some() && new != Some(old) && v.vessel(&["ls"]).status.success()
+        }),
+        "the apiserver was not restarted"
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let (s, restarting, _) = status(&v, "parked");
+    assert_eq!((s.as_str(), restarting), ("exited", false), "started again");
+    assert_eq!(boot_ids(&v, "parked").len(), 1, "no boot after the crash");
+}
+
 #[test]
 fn update_changes_the_policy_of_an_existing_container() {
     let v = Instance::started();

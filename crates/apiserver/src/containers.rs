@@ -14,7 +14,7 @@ use std::fs::{self, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -53,6 +53,23 @@ fn live_runtime(state: &ContainerState) -> Option<i32> {
     let same = pid_alive(pid)
         && (state.runtime_start_time.is_none() || pid_start_time(pid) == state.runtime_start_time);
     same.then_some(pid)
+}
+
+/// `remove_dir_all` of a directory another thread or process may still
+/// write a file into (a state written atomically: a temporary file, then
+/// a rename): when it finds the directory not empty at its end, it tries
+/// again, a few times.
+fn remove_dir_racing(dir: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir_all(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Ask the runtime helper `state` names to end now and wait up to `limit`
@@ -185,6 +202,7 @@ mod restart;
 
 pub use execs::Execs;
 pub use maintenance::{CopyStream, Gates};
+pub use restart::StartKind;
 
 /// All containers of one instance.
 pub struct Containers {
@@ -421,7 +439,7 @@ impl Containers {
     /// Start the bookkeeping: a watcher of `containers/` and of the
     /// runtime helpers, and the thread that acts on what it sees. The runs
     /// that ended before are taken as recorded (no `die` for them now).
-    pub fn start_bookkeeping(self: &Arc<Self>) -> anyhow::Result<()> {
+    pub fn start_bookkeeping(self: &Arc<Self>, start: restart::StartKind) -> anyhow::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<String>();
         let watcher = Watcher::start(
             &self.home.containers_dir(),
@@ -454,7 +472,7 @@ impl Containers {
                     me.check(&info.config.id);
                 }
                 // What restart policies owe since the last apiserver.
-                me.restarts_at_startup();
+                me.restarts_at_startup(start);
                 while let Ok(id) = rx.recv() {
                     me.check(&id);
                 }
@@ -521,6 +539,37 @@ impl Containers {
         }
         if !info.networks.is_empty() {
             self.release_network(&info.config.id, true);
+        }
+        if first {
+            self.remove_orphaned_run_dir(info);
+        }
+    }
+
+    /// A runtime helper removes its run directory (the VM's sockets) when
+    /// it ends; one that was killed leaves it. Removed here once the end
+    /// is recorded, if the helper is gone and no new run has begun since
+    /// (a new one makes the directory afresh).
+    fn remove_orphaned_run_dir(&self, info: &ContainerInfo) {
+        let id = &info.config.id;
+        if live_runtime(&info.state).is_some() {
+            return;
+        }
+        let dir = self.home.run_dir(id);
+        if !dir.exists() {
+            return;
+        }
+        let now: Option<ContainerState> = read_json(&self.state_path(id)).ok().flatten();
+        let same_run = now.is_some_and(|s| {
+            !s.status.is_active()
+                && run_key(&s) == run_key(&info.state)
+                && live_runtime(&s).is_none()
+        });
+        if same_run {
+            eprintln!(
+                "vessel-apiserver: removing the run directory of {} (its runtime helper was killed)",
+                &id[..12.min(id.len())]
+            );
+            let _ = fs::remove_dir_all(dir);
         }
     }
 
@@ -675,6 +724,31 @@ impl Containers {
             Err(e) => {
                 eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
                 false
+            }
+        }
+    }
+
+    /// A container being removed whose start asked for a network but never
+    /// recorded the answer (`network.json`): vessel-network may have
+    /// leased it an address before it died mid-answer, and a reconcile made
+    /// while the container still counted as live kept that lease. Ask the
+    /// helper to drop whatever it holds for the container; a helper that
+    /// does not answer now drops it at its next reconcile.
+    fn release_unrecorded_network(&self, id: &str) {
+        let dir = self.home.container_dir(id);
+        if self.rootless || ContainerNetworks::path(&dir).exists() {
+            return;
+        }
+        let wants_network = read_json::<ContainerConfig>(&dir.join("config.json"))
+            .ok()
+            .flatten()
+            .is_some_and(|c| c.network != "none");
+        if !wants_network {
+            return;
+        }
+        if let Some(client) = self.network.try_client() {
+            if let Err(e) = self.disconnect(&client.with_timeout(Duration::from_secs(10)), id) {
+                eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
             }
         }
     }
@@ -1456,10 +1530,11 @@ impl Containers {
         // If the helper cannot be reached, its next reconcile drops what a
         // removed container held.
         self.release_network(id, true);
+        self.release_unrecorded_network(id);
         let _ = fs::remove_dir_all(self.home.run_dir(id));
         let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
         vessel_api::confine::remove_cgroups(id);
-        let res = match fs::remove_dir_all(self.home.container_dir(id)) {
+        let res = match remove_dir_racing(&self.home.container_dir(id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };

@@ -4,14 +4,14 @@
 
 use crate::accel::Accel;
 use crate::api::call::Call;
-use crate::containers::Containers;
+use crate::containers::{Containers, StartKind};
 use crate::error::{helper_answer, helper_failed, ApiError, ApiResult};
 use crate::helpers::{Helper, ImagesHelper};
 use anyhow::Context;
 use std::fs::{self, File};
 use std::io;
 use std::io::{Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,7 +123,23 @@ impl Server {
             &self.home.apiserver_pid(),
             std::process::id().to_string().as_bytes(),
         )?;
-        self.containers.start_bookkeeping()?;
+        // A mark left by an apiserver that did not shut down: this one
+        // takes over after a crash.
+        let mark = self.home.apiserver_live_mark();
+        let start = if mark.exists() {
+            StartKind::AfterCrash
+        } else {
+            StartKind::Fresh
+        };
+        if let Some(dir) = mark.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        vessel_api::fsutil::write_atomic(&mark, b"")?;
+        self.containers.start_bookkeeping(start)?;
         eprintln!(
             "vessel-apiserver: listening on {}{} (pid {}, accel {}: {})",
             sock.display(),
@@ -387,6 +403,7 @@ impl Server {
             let _ = fs::remove_file(self.home.api_socket());
         }
         let _ = fs::remove_file(self.home.apiserver_pid());
+        let _ = fs::remove_file(self.home.apiserver_live_mark());
         let supervisor = fs::read_to_string(self.home.supervisor_pid())
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());

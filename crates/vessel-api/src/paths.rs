@@ -131,6 +131,14 @@ impl Home {
         self.run_base().join(format!("{short}.m"))
     }
 
+    /// A mark that an apiserver of this instance has served since the host
+    /// booted and has not shut down (`system stop` removes it): an
+    /// apiserver that finds it at its start takes over from one that
+    /// crashed. It lives in the run directory, which a reboot empties.
+    pub fn apiserver_live_mark(&self) -> PathBuf {
+        self.run_base().join("apiserver.live")
+    }
+
     /// The per-instance base of [`Home::run_dir`].
     pub fn run_base(&self) -> PathBuf {
         let hash = hex::encode(&Sha256::digest(self.root.as_os_str().as_encoded_bytes())[..5]);

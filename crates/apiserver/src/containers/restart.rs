@@ -14,9 +14,10 @@
 //! - When the apiserver starts (`vessel system start`, a host reboot, a
 //!   crash the supervisor recovers from): restarts that were pending are
 //!   made, runs that ended while no apiserver watched are decided on now,
-//!   and `always` containers start again (even ones a user had stopped),
-//!   `unless-stopped` ones unless a user had stopped them. `system stop`
-//!   ends every container without marking it stopped by a user.
+//!   and `always` containers start again (even ones a user had stopped,
+//!   except after a crash: [`StartKind`]), `unless-stopped` ones unless a
+//!   user had stopped them. `system stop` ends every container without
+//!   marking it stopped by a user.
 //!
 //! The bookkeeping of each container is `restart.json` in its directory
 //! ([`RestartRecord`]), written atomically before anything is acted on, so
@@ -121,10 +122,27 @@ pub fn decide(policy: &RestartPolicy, rec: &mut RestartRecord, end: &End) -> Opt
     Some(Duration::from_millis(backoff))
 }
 
+/// How an apiserver starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartKind {
+    /// The first since the host booted or since `system stop`: Docker's
+    /// daemon start, which starts `always` containers even if a user had
+    /// stopped them.
+    Fresh,
+    /// Again after the last apiserver crashed (the supervisor or the
+    /// service manager restarted it): its containers kept running, and one
+    /// a user stopped stays stopped whatever its policy.
+    AfterCrash,
+}
+
 /// Does an ended container start again when the apiserver starts?
-pub fn starts_with_apiserver(policy: &RestartPolicy, rec: &RestartRecord) -> bool {
+pub fn starts_with_apiserver(
+    policy: &RestartPolicy,
+    rec: &RestartRecord,
+    start: StartKind,
+) -> bool {
     match policy.name {
-        RestartPolicyName::Always => true,
+        RestartPolicyName::Always => start == StartKind::Fresh || !rec.manually_stopped,
         RestartPolicyName::UnlessStopped => !rec.manually_stopped,
         RestartPolicyName::No | RestartPolicyName::OnFailure => false,
     }
@@ -432,8 +450,9 @@ impl Containers {
 
     /// When the apiserver starts (after the first look at every
     /// container): the restarts that were pending, and the `always` and
-    /// `unless-stopped` containers that ended, start again.
-    pub(super) fn restarts_at_startup(&self) {
+    /// `unless-stopped` containers that ended, start again (see
+    /// [`starts_with_apiserver`] for which).
+    pub(super) fn restarts_at_startup(&self, start: StartKind) {
         for info in self.list() {
             let policy = info.config.restart;
             if policy.is_no() || info.config.auto_remove || info.state.status != Status::Exited {
@@ -448,7 +467,7 @@ impl Containers {
                     }
                     rec.pending = None;
                 }
-                if !starts_with_apiserver(&policy, rec) {
+                if !starts_with_apiserver(&policy, rec, start) {
                     return None;
                 }
                 // As a user's start: counting from 0 again.
@@ -605,12 +624,38 @@ mod tests {
             ..Default::default()
         };
         let ended = RestartRecord::default();
-        assert!(starts_with_apiserver(&policy("always"), &stopped));
-        assert!(starts_with_apiserver(&policy("always"), &ended));
-        assert!(!starts_with_apiserver(&policy("unless-stopped"), &stopped));
-        assert!(starts_with_apiserver(&policy("unless-stopped"), &ended));
-        assert!(!starts_with_apiserver(&policy("on-failure"), &ended));
-        assert!(!starts_with_apiserver(&policy("no"), &ended));
+        use StartKind::{AfterCrash, Fresh};
+        assert!(starts_with_apiserver(&policy("always"), &stopped, Fresh));
+        assert!(starts_with_apiserver(&policy("always"), &ended, Fresh));
+        assert!(!starts_with_apiserver(
+            &policy("unless-stopped"),
+            &stopped,
+            Fresh
+        ));
+        assert!(starts_with_apiserver(
+            &policy("unless-stopped"),
+            &ended,
+            Fresh
+        ));
+        assert!(!starts_with_apiserver(&policy("on-failure"), &ended, Fresh));
+        assert!(!starts_with_apiserver(&policy("no"), &ended, Fresh));
+        // After a crash, a user's stop holds for `always` too.
+        assert!(!starts_with_apiserver(
+            &policy("always"),
+            &stopped,
+            AfterCrash
+        ));
+        assert!(starts_with_apiserver(&policy("always"), &ended, AfterCrash));
+        assert!(!starts_with_apiserver(
+            &policy("unless-stopped"),
+            &stopped,
+            AfterCrash
+        ));
+        assert!(starts_with_apiserver(
+            &policy("unless-stopped"),
+            &ended,
+            AfterCrash
+        ));
     }
 
     /// An instance with one ended container (no VM: its files only).
@@ -647,6 +692,38 @@ mod tests {
         state.exit_code = Some(exit_code);
         write_json_atomic(&cdir.join("state.json"), &state).unwrap();
         (dir, containers, id)
+    }
+
+    /// Not a policy's, but this module has the container without a VM: the
+    /// run directory a killed runtime helper left (found by the
+    /// fault-injection suite) goes when the end is recorded, and only for
+    /// the run that ended.
+    #[test]
+    fn a_killed_runtime_s_run_directory_goes_with_the_recorded_end() {
+        let (_dir, c, id) = ended_container("no", 255);
+        let run_dir = c.home.run_dir(&id);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        std::fs::write(run_dir.join("control.sock"), b"").unwrap();
+        let mut info = c.load(&id).unwrap();
+        // A helper that is gone (no such pid).
+        info.state.runtime_pid = Some(i32::MAX - 7);
+        c.note_exit(&info);
+        assert!(!run_dir.exists(), "the run directory stays");
+        let _ = std::fs::remove_dir_all(c.home.run_base());
+
+        // A new run has begun since (its helper made the directory): kept.
+        let (_dir, c, id) = ended_container("no", 255);
+        let run_dir = c.home.run_dir(&id);
+        std::fs::create_dir_all(&run_dir).unwrap();
+        let old = c.load(&id).unwrap();
+        let mut now = old.state.clone();
+        now.status = Status::Running;
+        now.started_ms = Some(2_000);
+        now.finished_ms = None;
+        write_json_atomic(&c.home.container_dir(&id).join("state.json"), &now).unwrap();
+        c.note_exit(&old);
+        assert!(run_dir.exists(), "the new run's directory was removed");
+        let _ = std::fs::remove_dir_all(c.home.run_base());
     }
 
     fn policy_json(s: &str) -> serde_json::Value {
@@ -692,7 +769,7 @@ mod tests {
         let (_dir, c, id) = ended_container("on-failure", 1);
         c.policy_on_end(&c.load(&id).unwrap());
         c.cancel_restart_timer(&id);
-        c.restarts_at_startup();
+        c.restarts_at_startup(StartKind::Fresh);
         assert!(due(&c, &id).is_some());
         assert_eq!(
             c.restart_record(&id).count,
@@ -705,23 +782,32 @@ mod tests {
         c.note_manual_stop(&id);
         c.policy_on_end(&c.load(&id).unwrap());
         assert_eq!(due(&c, &id), None);
-        c.restarts_at_startup();
+        c.restarts_at_startup(StartKind::Fresh);
         assert!(due(&c, &id).is_some());
         let rec = c.restart_record(&id);
         assert_eq!((rec.count, rec.manually_stopped), (0, false));
         assert!(c.load(&id).unwrap().state.restarting);
 
+        // The same after a crash of the last apiserver: it stays stopped.
+        let (_dir, c, id) = ended_container("always", 137);
+        c.note_manual_stop(&id);
+        c.policy_on_end(&c.load(&id).unwrap());
+        c.restarts_at_startup(StartKind::AfterCrash);
+        assert_eq!(due(&c, &id), None);
+        assert!(c.restart_record(&id).manually_stopped);
+        assert!(!c.load(&id).unwrap().state.restarting);
+
         // `unless-stopped`, stopped by a user: stays.
         let (_dir, c, id) = ended_container("unless-stopped", 137);
         c.note_manual_stop(&id);
-        c.restarts_at_startup();
+        c.restarts_at_startup(StartKind::Fresh);
         assert_eq!(due(&c, &id), None);
         assert!(!c.load(&id).unwrap().state.restarting);
 
         // `on-failure` that succeeded: stays.
         let (_dir, c, id) = ended_container("on-failure", 0);
         c.policy_on_end(&c.load(&id).unwrap());
-        c.restarts_at_startup();
+        c.restarts_at_startup(StartKind::Fresh);
         assert_eq!(due(&c, &id), None);
 
         // `system stop`: nothing restarts, `always` comes back next time.

@@ -8,7 +8,7 @@ use crate::exit::{CANNOT_EXECUTE, COMMAND_NOT_FOUND, VESSEL_ERROR};
 use crate::session::End;
 use anyhow::{bail, Result};
 use vessel_api::http::percent_encode;
-use vessel_api::types::{ContainerInfo, ExecCreate, ExecStarted, Status};
+use vessel_api::types::{ContainerInfo, ContainerState, ExecCreate, ExecStarted, Status};
 
 fn path(key: &str, rest: &str) -> String {
     format!("/v1/containers/{}{rest}", percent_encode(key))
@@ -85,11 +85,31 @@ pub fn exec(api: &Api, a: ExecArgs) -> Result<i32> {
         }
         End::Detached => Ok(0),
         End::Lost => {
+            // The container itself may have ended (its VM died): say so
+            // rather than blame the apiserver.
+            let now: Result<ContainerInfo> = api.call("GET", &path(&a.container, ""), None);
             eprintln!(
-                "vessel: lost the connection to the apiserver; the command got a hangup (or the end of its input) and may have ended"
+                "{}",
+                exec_lost_message(&a.container, now.ok().as_ref().map(|i| &i.state))
             );
             Ok(VESSEL_ERROR)
         }
+    }
+}
+
+/// What to tell when an exec's stream ended without the command's end:
+/// `now` is the container as the apiserver sees it afterwards, if it
+/// answered.
+fn exec_lost_message(container: &str, now: Option<&ContainerState>) -> String {
+    match now {
+        Some(s) if !s.status.is_active() => format!(
+            "vessel: error: container {container} ended while the command ran{}",
+            s.error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        _ => "vessel: lost the connection to the apiserver; the command got a hangup (or the end of its input) and may have ended".to_string(),
     }
 }
 
@@ -161,5 +181,19 @@ mod tests {
         );
         assert_eq!(start_failure_code("exec: \"/etc\": permission denied"), 126);
         assert_eq!(start_failure_code("container x is not running"), 125);
+    }
+
+    #[test]
+    fn an_exec_whose_container_died_says_so() {
+        let mut s = ContainerState::created();
+        s.status = Status::Exited;
+        s.error = Some("the VM stopped unexpectedly; see boot.log".into());
+        assert_eq!(
+            exec_lost_message("web", Some(&s)),
+            "vessel: error: container web ended while the command ran: the VM stopped unexpectedly; see boot.log"
+        );
+        s.status = Status::Running;
+        assert!(exec_lost_message("web", Some(&s)).contains("lost the connection to the apiserver"));
+        assert!(exec_lost_message("web", None).contains("lost the connection to the apiserver"));
     }
 }
