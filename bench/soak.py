@@ -52,8 +52,9 @@ def main():
     wall = time.monotonic() - started
     report = None
     for line in p.stdout.splitlines():
-        if line.startswith("SOAK_REPORT "):
-            report = json.loads(line[len("SOAK_REPORT "):])
+        # The test harness may print "test NAME ... " before it.
+        if "SOAK_REPORT " in line:
+            report = json.loads(line.split("SOAK_REPORT ", 1)[1])
     if report is None:
         sys.stdout.write(p.stdout)
         sys.exit(f"the soak test printed no report (exit {p.returncode})")

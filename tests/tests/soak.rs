@@ -132,16 +132,33 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[k]
 }
 
-/// TAP devices on the host whose name vessel gives them.
-fn taps() -> Vec<String> {
-    std::fs::read_dir("/sys/class/net")
-        .unwrap()
+/// The TAP devices on this instance's bridges (other instances, such as
+/// other tests running beside this one, have their own).
+fn taps(home: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(home.join("networks"))
+        .into_iter()
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.starts_with("vsl") && Path::new(&format!("/sys/class/net/{n}/tun_flags")).exists()
-        })
-        .collect()
+        .flatten()
+    {
+        if e.path().extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path()).unwrap()).unwrap();
+        let Some(bridge) = rec["bridge"].as_str() else {
+            continue;
+        };
+        for port in std::fs::read_dir(format!("/sys/class/net/{bridge}/brif"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(port.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found
 }
 
 /// Address leases held on the instance's networks (`networks/*.json`).
@@ -193,7 +210,6 @@ fn many_containers_fail_none_and_grow_nothing() {
     let rounds = knob("VESSEL_SOAK_ROUNDS", 3);
     let width = knob("VESSEL_SOAK_WIDTH", 8);
     let v = Instance::started();
-    let taps_before = taps();
 
     // Warm-up: the first containers create the default network, the
     // image's base and the services' caches; memory is measured after.
@@ -298,7 +314,11 @@ fn many_containers_fail_none_and_grow_nothing() {
         v.container_dirs(),
         container_processes(v.path())
     );
-    assert_eq!(taps(), taps_before, "TAP devices left behind");
+    assert_eq!(
+        taps(v.path()),
+        Vec::<String>::new(),
+        "TAP devices left behind"
+    );
     assert_eq!(leases(v.path()), 0, "address leases left behind");
     let ls = v.vessel(&["ls", "-a", "-q"]);
     assert_ok(&ls, "ls -a -q");
