@@ -131,8 +131,6 @@ struct Report {
     /// Recoveries that waited for a boot longer than the bound (within
     /// [`BOOT_LIMIT`]).
     slow_boots: u64,
-    /// Sightings of the open lease leak (docs/FAULTS.md).
-    open_lease_leaks: u64,
 }
 
 impl Report {
@@ -189,7 +187,6 @@ impl Report {
             },
             "keeper_comebacks": self.keeper_comebacks,
             "slow_boots": self.slow_boots,
-            "open_lease_leaks": self.open_lease_leaks,
             "cli_errors_while_apiserver_down": self.cli_errors_while_down,
             "image_runs": self.image_runs,
             "ops": ops,
@@ -637,15 +634,12 @@ impl<'a> Round<'a> {
             }
             for (cid, ep) in net["endpoints"].as_object().into_iter().flatten() {
                 if !by_id.contains_key(cid.as_str()) {
-                    // An open bug (docs/FAULTS.md): printed, counted as
-                    // `open_lease_leaks`, not failed on until it is fixed.
-                    eprintln!(
-                        "faults: OPEN BUG: lease {} on network {} of removed container {}",
+                    p.push(format!(
+                        "leak: lease {} on network {} of removed container {}",
                         ep["ip"],
                         net["name"],
                         &cid[..12.min(cid.len())]
-                    );
-                    self.report().open_lease_leaks += 1;
+                    ));
                 }
                 if let Some(ip) = ep["ip"].as_str() {
                     lease_ips.insert(ip.to_string());

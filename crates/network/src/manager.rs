@@ -704,6 +704,31 @@ impl Manager {
         )
     }
 
+    /// Drop the attachments of containers whose directory is gone: they
+    /// were removed, and whatever their removal did not give back (the
+    /// apiserver could not reach this helper then, or the answer to their
+    /// connect was lost) must not be held for good. Containers that exist
+    /// are left alone, ended or not: the apiserver releases those. Run
+    /// every few seconds by the server; the attachments dropped.
+    pub fn sweep_removed(&self) -> Vec<String> {
+        let mut st = self.lock();
+        let pairs: Vec<(String, String)> = st
+            .nets
+            .values()
+            .flat_map(|r| r.endpoints.keys().map(|c| (r.name.clone(), c.clone())))
+            .filter(|(_, c)| !self.opts.home.container_dir(c).is_dir())
+            .collect();
+        let mut removed = Vec::new();
+        for (net, cid) in pairs {
+            match self.disconnect_locked(&mut st, &net, &cid) {
+                Ok(true) => removed.push(format!("{net}/{cid}")),
+                Ok(false) => {}
+                Err(e) => eprintln!("vessel-network: releasing {net}/{cid}: {e}"),
+            }
+        }
+        removed
+    }
+
     /// Drop the attachments of containers that are not live (all but
     /// `live` when given, else judged from `VESSEL_HOME/containers`),
     /// delete TAPs on this instance's bridges that no lease claims, and

@@ -45,6 +45,10 @@ pub enum ServerError {
 }
 
 /// Bind the socket (replacing a stale one) and serve forever.
+/// How often attachments of removed containers are looked for
+/// ([`Manager::sweep_removed`]).
+const SWEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub fn run(home: &Home, manager: Manager) -> Result<(), ServerError> {
     let manager = Arc::new(manager);
     let path = socket_path(home);
@@ -53,6 +57,15 @@ pub fn run(home: &Home, manager: Manager) -> Result<(), ServerError> {
         source,
     })?;
     eprintln!("vessel-network: listening on {}", path.display());
+    {
+        let manager = Arc::clone(&manager);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(SWEEP_INTERVAL);
+            for r in manager.sweep_removed() {
+                eprintln!("vessel-network: released {r}, held by a removed container");
+            }
+        });
+    }
     vessel_api::http::serve_forever(listener, "vessel-network", manager, serve_connection);
     Ok(())
 }

@@ -711,6 +711,45 @@ fn a_killed_helper_restarts_without_duplicates_and_reconciles() {
 }
 
 #[test]
+fn the_attachment_of_a_removed_container_is_released_without_being_asked() {
+    need_root!();
+    let h = Helper::start();
+    h.create("s", &subnet(206), false);
+    let kept = h.connect("s", "kept", &[]).unwrap();
+    let containers = h.home.path().join("containers");
+    let kept_id = std::fs::read_dir(&containers)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name();
+    let gone = h.connect("s", "gone", &[]).unwrap();
+    // Removed without a disconnect (an apiserver that could not reach the
+    // helper then): its lease and TAP go within the sweep's interval.
+    for e in std::fs::read_dir(&containers).unwrap().flatten() {
+        if e.file_name() != kept_id {
+            std::fs::remove_dir_all(e.path()).unwrap();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while link_exists(&gone.tap) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!link_exists(&gone.tap), "the removed container's TAP stays");
+    let info: NetworkInfo = h
+        .client()
+        .request("GET", "/networks/s", None)
+        .unwrap()
+        .json()
+        .unwrap()
+        .unwrap();
+    assert_eq!(info.containers.len(), 1, "{info:?}");
+    // The container that still exists keeps everything.
+    assert!(link_exists(&kept.tap));
+    assert_eq!(info.containers[0].ip, kept.ip, "{info:?}");
+}
+
+#[test]
 fn helpers_choosing_subnets_at_once_never_take_the_same() {
     need_root!();
     // Independent instances (each its own helper and state), the way
