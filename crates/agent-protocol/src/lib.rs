@@ -488,6 +488,37 @@ pub enum HostMessage {
         mode: AdjustMode,
         max_error_ns: u64,
     },
+    /// This VM was restored from a template's saved state: make it this
+    /// container's own before anything else runs (needs [`FEATURE_ADOPT`];
+    /// see "VM templates"). Answered with [`GuestMessage::Adopted`].
+    Adopt(AdoptRequest),
+}
+
+/// What makes a VM restored from a template this container's own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AdoptRequest {
+    /// Random bytes from the host, hex: the guest mixes them into its
+    /// random pool and reseeds its generator from it, so no two clones of a
+    /// template draw the same numbers (nor the same `boot_id`, which the
+    /// kernel makes on its first read).
+    pub entropy: String,
+    /// The root disk (e.g. `/dev/vda`): the host has put the container's
+    /// disk behind it and resized it; the guest waits until it sees
+    /// `root_sectors` (512-byte sectors) and drops what it cached of the
+    /// template's placeholder.
+    pub root_device: String,
+    pub root_sectors: u64,
+    /// Network devices to give the container's MAC: the template's MAC
+    /// (`from`) and the container's (`to`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub macs: Vec<MacChange>,
+}
+
+/// One interface's new MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct MacChange {
+    pub from: String,
+    pub to: String,
 }
 
 /// The guest applies `StartRequest::network` (addresses, routes,
@@ -514,6 +545,8 @@ pub const FEATURE_MAINTENANCE: &str = "maintenance";
 pub const FEATURE_STDIN_CREDIT: &str = "stdin_credit";
 /// The guest applies `StartRequest::mounts` and `read_only_root`.
 pub const FEATURE_MOUNTS: &str = "mounts";
+/// The guest serves `Adopt` (a VM restored from a template).
+pub const FEATURE_ADOPT: &str = "adopt";
 
 /// One process in the guest, for `vessel top`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -588,6 +621,12 @@ pub enum GuestMessage {
     /// or dropped (feature [`FEATURE_STDIN_CREDIT`]).
     StdinCredit {
         bytes: u64,
+    },
+    /// The answer to [`HostMessage::Adopt`]: reseeded, disk and MACs in
+    /// place.
+    Adopted {
+        /// Guest uptime in milliseconds when done.
+        uptime_ms: u64,
     },
 }
 

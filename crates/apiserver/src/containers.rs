@@ -1069,6 +1069,7 @@ impl Containers {
             mounts,
             read_only: req.read_only,
             restart: req.restart,
+            no_template: req.no_template,
         };
         let dir = self.home.container_dir(&id);
         let written = (|| -> ApiResult<()> {

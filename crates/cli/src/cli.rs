@@ -169,6 +169,9 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only (its mounts stay writable)
     #[arg(long = "read-only")]
     pub read_only: bool,
+    /// Boot the VM's kernel instead of restoring a VM template (slower start)
+    #[arg(long = "no-template")]
+    pub no_template: bool,
     #[command(flatten)]
     pub health: HealthArgs,
     /// Restart policy when the container ends: no, on-failure[:MAX], always, unless-stopped

@@ -920,6 +920,7 @@ mod tests {
             }],
             fs_devices: vec![],
             sandbox: true,
+            restore_fd: None,
         }
     }
 

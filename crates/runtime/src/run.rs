@@ -1525,6 +1525,7 @@ fn launch(
         volumes: volumes.to_vec(),
         fs_devices,
         sandbox: jail.is_some(),
+        restore_fd: None,
     };
     let binary = qemu_binary();
     let mut qemu = match jail.as_ref() {

@@ -99,6 +99,10 @@ pub struct QemuSpec {
     /// QEMU's own seccomp filter with everything it offers denied
     /// (`-sandbox`): part of the VMM's jail ([`crate::jail`]).
     pub sandbox: bool,
+    /// Restore a template's saved state from this inherited descriptor
+    /// instead of booting ([`crate::template`]). Guest memory is then
+    /// private anonymous memory, which the saved state fills.
+    pub restore_fd: Option<i32>,
 }
 
 /// A virtio-fs device: a host directory the guest mounts by `tag`.
@@ -123,6 +127,9 @@ pub enum NicBackend {
     /// whose other end is passt (rootless mode): `-netdev stream` with
     /// `addr.type=fd`.
     Stream(i32),
+    /// Nothing: the device is there for the guest but carries no frames
+    /// (a template VM's network device, which each clone connects).
+    Unplugged,
 }
 
 /// A network device of the VM.
@@ -140,8 +147,9 @@ impl QemuSpec {
             .iter()
             .filter_map(|n| match n.backend {
                 NicBackend::Stream(fd) | NicBackend::TapFd(fd) => Some(fd),
-                NicBackend::Tap(_) => None,
+                NicBackend::Tap(_) | NicBackend::Unplugged => None,
             })
+            .chain(self.restore_fd)
             .collect()
     }
 }
@@ -220,10 +228,18 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     push("-M");
     push("microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem");
     push("-object");
-    push(&format!(
-        "memory-backend-memfd,id=mem,size={}M,share=on",
-        spec.memory_mib
-    ));
+    if spec.restore_fd.is_some() {
+        // A restored VM's memory is its own, filled from the saved state:
+        // pages the template never touched stay unallocated, and memory
+        // the guest gives back is dropped (MADV_DONTNEED). No vhost-user
+        // device needs it shared: a template has none.
+        push(&format!("memory-backend-ram,id=mem,size={}M", spec.memory_mib));
+    } else {
+        push(&format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            spec.memory_mib
+        ));
+    }
     push("-m");
     push(&spec.memory_mib.to_string());
     push("-smp");
@@ -313,6 +329,11 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
         );
     }
     for (i, nic) in spec.nics.iter().enumerate() {
+        if nic.backend == NicBackend::Unplugged {
+            a.push("-device".into());
+            a.push(format!("virtio-net-device,mac={}", nic.mac.replace(',', ",,")).into());
+            continue;
+        }
         a.push("-netdev".into());
         a.push(
             match &nic.backend {
@@ -324,6 +345,7 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
                 NicBackend::Stream(fd) => {
                     format!("stream,id=n{i},server=off,addr.type=fd,addr.str={fd}")
                 }
+                NicBackend::Unplugged => unreachable!("handled above"),
             }
             .into(),
         );
@@ -337,12 +359,21 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
         );
     }
     a.push("-append".into());
+    a.push(kernel_cmdline(spec.tsc_khz).into());
+    if let Some(fd) = spec.restore_fd {
+        a.push("-incoming".into());
+        a.push(format!("fd:{fd}").into());
+    }
+    a
+}
+
+/// The kernel command line for a host TSC of `tsc_khz`.
+pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
     let mut cmdline = KERNEL_CMDLINE.to_string();
-    if let Some(khz) = spec.tsc_khz {
+    if let Some(khz) = tsc_khz {
         cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
-    a.push(cmdline.into());
-    a
+    cmdline
 }
 
 /// The QEMU binary: `VESSEL_QEMU`, else `qemu-system-x86_64` from `PATH`.
@@ -500,6 +531,7 @@ mod tests {
             volumes: vec![],
             fs_devices: vec![],
             sandbox: false,
+            restore_fd: None,
         }
     }
 
@@ -691,6 +723,26 @@ mod tests {
         let line = strings(qemu_args(&spec("kvm"))).join(" ");
         assert!(line.contains("-accel kvm -cpu host"));
         assert!(!line.contains("tcg"));
+    }
+
+    #[test]
+    fn a_restore_reads_the_saved_state_into_private_memory() {
+        let mut s = spec("tcg");
+        s.nics = vec![Nic {
+            backend: NicBackend::Unplugged,
+            mac: "02:76:ff:ff:ff:fe".into(),
+        }];
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(line.contains("-device virtio-net-device,mac=02:76:ff:ff:ff:fe -append"));
+        assert!(!line.contains("-netdev") && !line.contains("-incoming"));
+        assert!(s.inherited_fds().is_empty());
+        s.restore_fd = Some(11);
+        let a = strings(qemu_args(&s));
+        let line = a.join(" ");
+        assert!(line.contains("-object memory-backend-ram,id=mem,size=256M -m 256"));
+        assert_eq!(a[a.len() - 2..], ["-incoming", "fd:11"]);
+        assert_eq!(s.inherited_fds(), vec![11]);
     }
 
     #[test]

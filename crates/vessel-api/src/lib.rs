@@ -16,6 +16,7 @@ pub mod mounts;
 pub mod network;
 pub mod paths;
 pub mod restart;
+pub mod template;
 pub mod types;
 pub mod ulimit;
 

@@ -80,6 +80,10 @@ pub struct CreateRequest {
     /// `--restart` (see [`crate::restart`]); absent: `no`.
     #[serde(default, skip_serializing_if = "crate::restart::RestartPolicy::is_no")]
     pub restart: crate::restart::RestartPolicy,
+    /// `--no-template`: always boot a kernel, never restore a VM template
+    /// (see [`crate::template`]).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_template: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -165,6 +169,9 @@ pub struct ContainerConfig {
     /// `--restart`; changed by `vessel update --restart`.
     #[serde(default, skip_serializing_if = "crate::restart::RestartPolicy::is_no")]
     pub restart: crate::restart::RestartPolicy,
+    /// `--no-template`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_template: bool,
 }
 
 fn default_attach() -> AttachStreams {
@@ -252,6 +259,10 @@ pub struct ContainerState {
     /// Host wall time (ms) from launching the VMM to the process running.
     #[serde(default)]
     pub boot_ms: Option<u64>,
+    /// The VM template this run's VM was restored from (its key); absent:
+    /// the VM booted its kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// The healthcheck's status and last results, for a container that
     /// has one (from its start on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +278,7 @@ impl ContainerState {
             vmm_pid: None,
             vmm_uid: None,
             killed_by: None,
+            template: None,
             started_ms: None,
             finished_ms: None,
             exit_code: None,

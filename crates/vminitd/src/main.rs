@@ -7,6 +7,7 @@
 //! collects every child ([`reaper`]). When the main process has ended and
 //! the host says so, it powers the VM off.
 
+mod adopt;
 mod clock;
 mod conn;
 mod copy;

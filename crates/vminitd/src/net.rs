@@ -141,6 +141,32 @@ fn find_interface(mac: &str) -> Result<String, String> {
     }
 }
 
+/// Give the interface whose MAC is `from` the address `to` (a VM restored
+/// from a template carries the template's MAC; see `adopt`).
+pub fn set_mac(from: &str, to: &str) -> Result<(), String> {
+    let name = find_interface(from)?;
+    let mac = parse_mac(to)?;
+    let fd = socket()?;
+    let mut req = IfReq::new(&name)?;
+    // struct sockaddr: family, then the address bytes.
+    req.data[..2].copy_from_slice(&(libc::ARPHRD_ETHER as libc::c_ushort).to_ne_bytes());
+    req.data[2..8].copy_from_slice(&mac);
+    ioctl(&fd, libc::SIOCSIFHWADDR, &mut req, &format!("set the MAC of {name}"))
+}
+
+/// `aa:bb:cc:dd:ee:ff` as six bytes.
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let mut out = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("invalid MAC address {s:?}"));
+    }
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = u8::from_str_radix(p, 16).map_err(|_| format!("invalid MAC address {s:?}"))?;
+    }
+    Ok(out)
+}
+
 fn parse_ip(s: &str) -> Result<Ipv4Addr, String> {
     s.parse().map_err(|_| format!("invalid address {s:?}"))
 }
@@ -285,6 +311,16 @@ mod tests {
                 names: vec!["abc".into(), "web".into()],
             }],
         }
+    }
+
+    #[test]
+    fn macs_parse() {
+        assert_eq!(
+            parse_mac("02:76:0A:58:00:ff").unwrap(),
+            [2, 0x76, 0x0a, 0x58, 0, 0xff]
+        );
+        assert!(parse_mac("02:76:0a:58:00").is_err());
+        assert!(parse_mac("02:76:0a:58:00:zz").is_err());
     }
 
     #[test]

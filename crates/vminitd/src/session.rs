@@ -83,6 +83,7 @@ pub fn features() -> Vec<String> {
         agent_protocol::FEATURE_MAINTENANCE,
         agent_protocol::FEATURE_STDIN_CREDIT,
         agent_protocol::FEATURE_MOUNTS,
+        agent_protocol::FEATURE_ADOPT,
     ]
     .map(String::from)
     .to_vec()
@@ -166,6 +167,12 @@ fn serve_inner(conn: &mut Conn, guest: &Guest, main: &mut bool) -> Result<Outcom
             }
             HostMessage::Shutdown => return Ok(Outcome::PowerOff),
             HostMessage::CloseStdin => {}
+            HostMessage::Adopt(req) => {
+                crate::adopt::adopt(&req)?;
+                conn.send(&GuestMessage::Adopted {
+                    uptime_ms: uptime_ms(),
+                })?;
+            }
             m => {
                 if !common_request(conn, &m)? {
                     return Err(format!("protocol error: {m:?} before a start"));

@@ -98,6 +98,7 @@ pub fn create_request(a: &RunArgs) -> Result<CreateRequest> {
         mounts,
         read_only: a.read_only,
         restart,
+        no_template: a.no_template,
     })
 }
 
