@@ -27,7 +27,7 @@ use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
     StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_MOUNTS, FEATURE_NETWORK,
-    FEATURE_RLIMITS, FEATURE_STDIN_CREDIT, VERSION,
+    FEATURE_ADOPT, FEATURE_RLIMITS, FEATURE_STDIN_CREDIT, VERSION,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -672,6 +672,8 @@ enum End {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Hello,
+    /// A VM restored from a template becoming the container's own.
+    Adopting,
     /// Setting the guest's clock before the start (see [`crate::clock`]).
     Clock,
     Starting,
@@ -717,6 +719,7 @@ fn keep_clock_in_step(
 pub fn supervise(
     shared: &Arc<Shared>,
     request: StartRequest,
+    mut adopt: Option<agent_protocol::AdoptRequest>,
     connect: &mut dyn FnMut() -> Result<UnixStream, VsockError>,
     stdio: &mut StdioLog,
     launched: Instant,
@@ -868,26 +871,33 @@ pub fn supervise(
                         shared.stdin_window.enable();
                     }
                     clock_feature = features.iter().any(|f| f == FEATURE_CLOCK);
-                    let first_probe = if clock_feature {
-                        lock(&clock).begin_round()
-                    } else {
-                        log(
-                            "the guest's vminitd cannot set its clock (an older initramfs?); \
-                             the container's clock starts at 1970",
-                        );
-                        None
-                    };
-                    let sent = match first_probe {
-                        Some(probe) => {
-                            phase = Phase::Clock;
-                            tx.send(&probe).map_err(|e| chain(&e))
+                    if let Some(a) = adopt.take() {
+                        if !features.iter().any(|f| f == FEATURE_ADOPT) {
+                            break End::Refused(
+                                "the VM template's vminitd cannot adopt a restored VM: its \
+                                 initramfs is older than this vessel-runtime"
+                                    .into(),
+                            );
                         }
-                        None => {
-                            phase = Phase::Starting;
-                            send_start(&tx, &mut request)
+                        phase = Phase::Adopting;
+                        if let Err(e) = tx.send(&HostMessage::Adopt(a)) {
+                            break End::Lost(Some(chain(&e)));
                         }
-                    };
-                    if let Err(e) = sent {
+                        continue;
+                    }
+                    if let Err(e) =
+                        begin(&tx, &clock, clock_feature, &mut request, &mut phase)
+                    {
+                        break End::Lost(Some(e));
+                    }
+                }
+                (Phase::Adopting, GuestMessage::Adopted { uptime_ms }) => {
+                    log(&format!(
+                        "the restored VM is the container's own (entropy, MAC, disk) at guest uptime {uptime_ms} ms"
+                    ));
+                    if let Err(e) =
+                        begin(&tx, &clock, clock_feature, &mut request, &mut phase)
+                    {
                         break End::Lost(Some(e));
                     }
                 }
@@ -1057,6 +1067,36 @@ pub fn supervise(
     done.store(true, Ordering::SeqCst);
     tx.shutdown();
     result
+}
+
+/// After the greeting (and a restored VM's adoption): the clock first when
+/// the guest can set it, then the start.
+fn begin(
+    tx: &AgentSender,
+    clock: &Mutex<ClockSync>,
+    clock_feature: bool,
+    request: &mut Option<StartRequest>,
+    phase: &mut Phase,
+) -> Result<(), String> {
+    let first_probe = if clock_feature {
+        lock(clock).begin_round()
+    } else {
+        log(
+            "the guest's vminitd cannot set its clock (an older initramfs?); \
+             the container's clock starts at 1970",
+        );
+        None
+    };
+    match first_probe {
+        Some(probe) => {
+            *phase = Phase::Clock;
+            tx.send(&probe).map_err(|e| chain(&e))
+        }
+        None => {
+            *phase = Phase::Starting;
+            send_start(tx, request)
+        }
+    }
 }
 
 /// Send `Start` with the request (once).
@@ -1260,6 +1300,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 supervise(
                     &shared,
                     request.clone(),
+                    None,
                     &mut connect,
                     &mut stdio,
                     launched,
@@ -1707,6 +1748,15 @@ mod tests {
         req: StartRequest,
         guest: impl FnOnce(UnixStream) + Send + 'static,
     ) -> (Result<(), RunError>, std::thread::JoinHandle<()>) {
+        run_adopted_with_guest(h, req, None, guest)
+    }
+
+    fn run_adopted_with_guest(
+        h: &Harness,
+        req: StartRequest,
+        adopt: Option<agent_protocol::AdoptRequest>,
+        guest: impl FnOnce(UnixStream) + Send + 'static,
+    ) -> (Result<(), RunError>, std::thread::JoinHandle<()>) {
         let (host, g) = UnixStream::pair().unwrap();
         let guest = std::thread::spawn(move || guest(g));
         let mut host = Some(host);
@@ -1725,6 +1775,7 @@ mod tests {
         let r = supervise(
             &h.shared,
             req,
+            adopt,
             &mut connect,
             &mut stdio,
             Instant::now(),
@@ -1732,6 +1783,70 @@ mod tests {
             &timeouts(),
         );
         (r, guest)
+    }
+
+    fn adopt_request() -> agent_protocol::AdoptRequest {
+        agent_protocol::AdoptRequest {
+            entropy: "ab".repeat(32),
+            root_device: "/dev/vda".into(),
+            root_sectors: 4096,
+            macs: vec![],
+        }
+    }
+
+    #[test]
+    fn a_restored_vm_is_adopted_before_its_process_starts() {
+        let h = harness();
+        let (r, guest) = run_adopted_with_guest(&h, request(), Some(adopt_request()), |mut g| {
+            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
+            send(
+                &mut g,
+                GuestMessage::Hello {
+                    version: VERSION,
+                    uptime_ms: 1,
+                    features: vec![FEATURE_ADOPT.into()],
+                },
+            );
+            assert_eq!(recv(&mut g), Some(HostMessage::Adopt(adopt_request())));
+            send(&mut g, GuestMessage::Adopted { uptime_ms: 2 });
+            assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));
+            send(&mut g, GuestMessage::Started { pid: 2, uptime_ms: 3 });
+            send(
+                &mut g,
+                GuestMessage::Exited {
+                    exit_code: 0,
+                    signal: None,
+                },
+            );
+            while recv(&mut g).is_some() {}
+        });
+        guest.join().unwrap();
+        r.unwrap();
+        assert_eq!(h.shared.snapshot().exit_code, Some(0));
+    }
+
+    #[test]
+    fn a_guest_that_cannot_adopt_is_not_started() {
+        let h = harness();
+        let (r, guest) = run_adopted_with_guest(&h, request(), Some(adopt_request()), |mut g| {
+            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
+            send(
+                &mut g,
+                GuestMessage::Hello {
+                    version: VERSION,
+                    uptime_ms: 1,
+                    features: vec![],
+                },
+            );
+            while let Some(m) = recv(&mut g) {
+                assert!(!matches!(m, HostMessage::Start(_)), "{m:?}");
+            }
+        });
+        guest.join().unwrap();
+        assert!(r.is_err());
+        let st = h.shared.snapshot();
+        assert_eq!(st.exit_code, Some(EXIT_START_FAILED));
+        assert!(st.error.unwrap().contains("adopt"));
     }
 
     #[test]
@@ -1948,6 +2063,7 @@ mod tests {
         let r = supervise(
             &h.shared,
             request(),
+            None,
             &mut connect,
             &mut stdio,
             Instant::now(),
@@ -1973,6 +2089,7 @@ mod tests {
         let r = supervise(
             &h.shared,
             request(),
+            None,
             &mut connect,
             &mut stdio,
             Instant::now(),
