@@ -380,6 +380,8 @@ impl Server {
                 .to_string(),
             ),
             vmm_confinement: Some(vessel_api::confine::describe()),
+            templates_enabled: vessel_api::template::enabled(),
+            templates: vessel_api::template::list(&self.home),
         }
     }
 

@@ -607,6 +607,12 @@ pub struct SystemInfo {
     /// `cgroup v1` or `rlimits`); see docs/THREAT_MODEL.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmm_confinement: Option<String>,
+    /// Whether containers start from VM templates (`VESSEL_TEMPLATES`),
+    /// and the templates built so far (see [`crate::template`]).
+    #[serde(default)]
+    pub templates_enabled: bool,
+    #[serde(default)]
+    pub templates: Vec<crate::template::TemplateMeta>,
 }
 
 /// Parse a Docker-style memory size: a number with an optional unit

@@ -212,6 +212,20 @@ fn stop_systemd(apiserver: i32, unit: &str) -> Result<i32> {
     Ok(0)
 }
 
+/// Whether containers start from VM templates, and how many there are.
+fn templates_line(info: &SystemInfo) -> String {
+    if !info.templates_enabled {
+        return "off (VESSEL_TEMPLATES=0): every VM boots its kernel".into();
+    }
+    match info.templates.len() {
+        0 => "on; none built yet (the first container of each size builds one)".into(),
+        n => format!(
+            "on; {n} built (containers with bind mounts, shared or block volumes or several \
+             networks boot their kernel)"
+        ),
+    }
+}
+
 fn status(api: &Api, format: Option<&str>) -> Result<i32> {
     if !api.is_up() {
         crate::outln!(
@@ -258,6 +272,19 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
         exists(&info.initrd)
     );
     crate::outln!("agent:        {}", info.agent_protocol);
+    crate::outln!("templates:    {}", templates_line(&info));
+    for t in &info.templates {
+        crate::outln!(
+            "  {}  {} CPU, {} MiB, {}: state {:.1} MiB, built in {:.1} s, {} ago",
+            t.key,
+            t.cpus,
+            t.memory_mib,
+            if t.nic { "network device" } else { "no network device" },
+            t.state_bytes as f64 / (1024.0 * 1024.0),
+            t.build_ms as f64 / 1000.0,
+            crate::format::human_duration(crate::format::since(t.created_ms))
+        );
+    }
     crate::outln!(
         "containers:   {} running, {} in all",
         info.containers_running,
