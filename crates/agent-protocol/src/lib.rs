@@ -105,6 +105,8 @@
 //! once when the host's own clock jumps or the host resumes from suspend.
 //! The policy is the host's ([`AdjustMode`]); the guest only executes it.
 
+pub mod mux;
+
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
