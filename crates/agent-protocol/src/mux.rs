@@ -427,8 +427,15 @@ impl Mux {
     }
 
     /// Host: open a stream to guest `port` carrying `local`, waiting up to
-    /// `limit` for the guest to accept it.
-    pub fn connect(self: &Arc<Self>, port: u32, local: UnixStream, limit: Duration) -> Result<(), MuxError> {
+    /// `limit` for the guest to accept it. Once it has, `greeting` is
+    /// written to `local` before any byte from the guest.
+    pub fn connect(
+        self: &Arc<Self>,
+        port: u32,
+        mut local: UnixStream,
+        limit: Duration,
+        greeting: &[u8],
+    ) -> Result<(), MuxError> {
         let handle = local.try_clone().map_err(MuxError::Write)?;
         let stream = {
             let mut t = self.table();
@@ -450,7 +457,13 @@ impl Mux {
             t.streams.insert(id, Arc::clone(&s));
             s
         };
-        self.send(None, &Frame::Open { stream: stream.id, port })?;
+        self.send(
+            None,
+            &Frame::Open {
+                stream: stream.id,
+                port,
+            },
+        )?;
         let deadline = Instant::now() + limit;
         let answer = {
             let mut st = stream.lock();
@@ -474,6 +487,10 @@ impl Mux {
         };
         match answer {
             Some(true) => {
+                if let Err(e) = local.write_all(greeting) {
+                    self.abort(&stream);
+                    return Err(MuxError::Write(e));
+                }
                 self.spawn_pumps(&stream, local);
                 Ok(())
             }
@@ -937,12 +954,14 @@ mod tests {
     /// A connection from the host to `port`: the test's end.
     fn dial(host: &Arc<Mux>, port: u32) -> Result<UnixStream, MuxError> {
         let (mine, theirs) = UnixStream::pair().unwrap();
-        host.connect(port, theirs, LIMIT)?;
+        host.connect(port, theirs, LIMIT, b"")?;
         Ok(mine)
     }
 
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     fn wait_until(mut f: impl FnMut() -> bool) -> bool {
@@ -980,7 +999,9 @@ mod tests {
         for w in workers {
             w.join().unwrap();
         }
-        assert!(wait_until(|| host.open_streams() == 0 && guest.open_streams() == 0));
+        assert!(wait_until(
+            || host.open_streams() == 0 && guest.open_streams() == 0
+        ));
     }
 
     #[test]
@@ -997,7 +1018,10 @@ mod tests {
         g.shutdown(Shutdown::Write).unwrap();
         got.clear();
         h.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "still open", "the host's read side outlives its write side");
+        assert_eq!(
+            got, "still open",
+            "the host's read side outlives its write side"
+        );
 
         // The other way round: the guest closes first.
         let mut h = dial(&host, HANDOFF).unwrap();
@@ -1043,7 +1067,10 @@ mod tests {
             s.read_exact(&mut back).unwrap();
             assert!(back == data);
         }
-        assert!(!flood.is_finished(), "the flooded stream is held by its window");
+        assert!(
+            !flood.is_finished(),
+            "the flooded stream is held by its window"
+        );
         // Its reader goes away: the host aborts the stream, the flood ends.
         drop(stalled);
         flood.join().unwrap();
@@ -1067,8 +1094,13 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(100));
         drop(h);
-        assert!(writer.join().unwrap(), "the guest's writes fail after the abort");
-        assert!(wait_until(|| host.open_streams() == 0 && guest.open_streams() == 0));
+        assert!(
+            writer.join().unwrap(),
+            "the guest's writes fail after the abort"
+        );
+        assert!(wait_until(
+            || host.open_streams() == 0 && guest.open_streams() == 0
+        ));
         // The link is fine: other streams go on.
         let mut s = dial(&host, ECHO).unwrap();
         s.write_all(b"ok").unwrap();
@@ -1103,7 +1135,10 @@ mod tests {
         let mut d = Decoder::new();
         d.feed(&header(DATA, 1, MAX_DATA + 1));
         assert!(d.next_frame().is_err(), "an oversized frame is refused");
-        let f = Frame::Open { stream: 3, port: 1024 };
+        let f = Frame::Open {
+            stream: 3,
+            port: 1024,
+        };
         let mut d = Decoder::new();
         let bytes = f.encode();
         d.feed(&bytes[..5]);
@@ -1126,7 +1161,7 @@ mod tests {
         assert!(wait_until(|| host.is_closed()), "garbage closes the link");
         let (_a, b) = UnixStream::pair().unwrap();
         assert!(matches!(
-            host.connect(ECHO, b, LIMIT),
+            host.connect(ECHO, b, LIMIT, b""),
             Err(MuxError::Closed)
         ));
     }
@@ -1159,8 +1194,14 @@ mod tests {
         h.write_all(b"garbage before any host").unwrap();
         raw_hello(&mut h, 1);
         assert_eq!(raw_next(&mut h, &mut dec), Frame::HelloAck(1));
-        h.write_all(&Frame::Open { stream: 5, port: HANDOFF }.encode())
-            .unwrap();
+        h.write_all(
+            &Frame::Open {
+                stream: 5,
+                port: HANDOFF,
+            }
+            .encode(),
+        )
+        .unwrap();
         assert_eq!(raw_next(&mut h, &mut dec), Frame::Accept(5));
         let mut local = rx.recv_timeout(LIMIT).unwrap();
         assert_eq!(guest.open_streams(), 1);
@@ -1193,7 +1234,11 @@ mod tests {
 
     impl Port {
         fn current(&self) -> Option<UnixStream> {
-            self.0.lock().unwrap().as_ref().map(|s| s.try_clone().unwrap())
+            self.0
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|s| s.try_clone().unwrap())
         }
     }
 
