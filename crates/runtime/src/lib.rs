@@ -19,9 +19,9 @@ mod proc;
 pub mod qmp;
 pub mod run;
 pub mod streams;
+pub mod transport;
 pub mod virtiofs;
 pub mod vmm;
-pub mod transport;
 
 pub use run::run;
 

@@ -32,8 +32,8 @@ use crate::clock::{self, ClockSync, Next};
 use crate::control::{self, ControlHandler, ControlRequest, ExecState};
 use crate::run::{create_overlay, make_run_dir, RunError, Timeouts};
 use crate::streams::GuestDialer;
-use crate::vmm::{qemu_binary, Qemu, QemuSpec, Vmm};
 use crate::transport::{self, AgentTransport, TransportError};
+use crate::vmm::{qemu_binary, Qemu, QemuSpec, Vmm};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_message, GuestMessage, HostMessage, WinSize, AGENT_PORT,

@@ -20,9 +20,9 @@ use crate::control::{self, AttachRequest, ControlHandler, ControlRequest, ExecSt
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
 use crate::streams::{Attachers, GuestDialer};
+use crate::transport::{self, AgentTransport, TransportError};
 use crate::virtiofs::{self, IdMapping, VirtiofsError, Virtiofsd};
 use crate::vmm::{qemu_binary, FsDevice, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
-use crate::transport::{self, AgentTransport, TransportError};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
@@ -1251,8 +1251,12 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                     if !logged {
                         logged = true;
                         match gate.signalled_after() {
-                            Some(d) => log(&format!("guest agent port up after {} ms", d.as_millis())),
-                            None => log("no answer on the guest's agent port yet; connecting anyway"),
+                            Some(d) => {
+                                log(&format!("guest agent port up after {} ms", d.as_millis()))
+                            }
+                            None => {
+                                log("no answer on the guest's agent port yet; connecting anyway")
+                            }
                         }
                     }
                     transport::hybrid_connect(&uds, AGENT_PORT, t.connect_reply)

@@ -311,7 +311,10 @@ mod tests {
         let _guest = Mux::guest(g.try_clone().unwrap(), g, |_| {}, acceptor).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !gate.open() {
-            assert!(Instant::now() < deadline, "the guest's answer opens the gate");
+            assert!(
+                Instant::now() < deadline,
+                "the guest's answer opens the gate"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         assert!(gate.signalled_after().is_some());

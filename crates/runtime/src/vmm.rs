@@ -304,7 +304,13 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push("-chardev".into());
     a.push(format!("socket,id=agent,fd={}", spec.agent_fd).into());
     a.push("-device".into());
-    a.push(format!("virtserialport,chardev=agent,name={}", agent_protocol::mux::PORT_NAME).into());
+    a.push(
+        format!(
+            "virtserialport,chardev=agent,name={}",
+            agent_protocol::mux::PORT_NAME
+        )
+        .into(),
+    );
     for (i, fs) in spec.fs_devices.iter().enumerate() {
         a.push("-chardev".into());
         a.push(joined(&format!("socket,id=fs{i},path="), &fs.socket, ""));
