@@ -105,16 +105,6 @@ def main():
         with open(os.path.join(home, "containers", cid, "state.json")) as f:
             state = json.load(f)
         procs = {"vessel-runtime": state.get("runtime_pid"), "qemu": state.get("vmm_pid")}
-        for p in os.listdir("/proc"):
-            if p.isdigit():
-                try:
-                    with open(f"/proc/{p}/cmdline", "rb") as f:
-                        cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    continue
-                if cmd.startswith("vhost-device-vsock") or "/vhost-device-vsock " in cmd:
-                    if cid[:12] in cmd:
-                        procs["vhost-device-vsock"] = int(p)
         rss = {k: rss_kb(v) for k, v in procs.items() if v}
         subprocess.run([vessel, "rm", "-f", cid], env=env, stdout=subprocess.DEVNULL)
     finally:

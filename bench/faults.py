@@ -3,8 +3,8 @@
 tests/tests/faults.rs run longer than CI's round. While worker threads run
 `run --rm`, `run -d` (some `--restart always` / `on-failure`), `stop`,
 `rm -f`, `pull` from a loopback registry, `exec` and `ls`, SIGKILL hits the
-apiserver, vessel-images, vessel-network, a vessel-runtime, a QEMU, a
-vhost-device-vsock or the CLI in the middle of a command; after each
+apiserver, vessel-images, vessel-network, a vessel-runtime, a QEMU or the
+CLI in the middle of a command; after each
 injection the test waits (bounded) for the instance to recover and checks
 its invariants (`ls` tells the truth, nothing leaks, restart policies hold,
 the CLI never panics, every listed image runs).
@@ -37,7 +37,7 @@ from sides import env_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST = "sigkill_anywhere_leaves_the_truth_and_no_leaks"
-COMPONENTS = ["apiserver", "images", "network", "runtime", "qemu", "vsock", "cli"]
+COMPONENTS = ["apiserver", "images", "network", "runtime", "qemu", "cli"]
 
 
 def build():

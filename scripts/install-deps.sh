@@ -33,7 +33,6 @@ TOOLS=(
     # the VMM and its disks
     "qemu-system-x86_64|qemu-system-x86|--version"
     "qemu-img|qemu-utils|--version"
-    "vhost-device-vsock|cargo:vhost-device-vsock|--version"
     # bind mounts and shared volumes: one virtiofsd per shared directory
     # (rust-vmm's; it builds against libseccomp and libcap-ng, see FILES)
     "virtiofsd|cargo:virtiofsd@1.14.0|--version"

@@ -1,7 +1,7 @@
 //! End-to-end test harness: each [`Instance`] is a real vessel instance with
 //! its own `VESSEL_HOME`, started through the CLI like a user would, booting
 //! real VMs. Dropping it stops the instance and kills anything it left
-//! (VMs, vsock backends, runtime helpers), even when the test failed.
+//! (VMs, runtime helpers), even when the test failed.
 //!
 //! Inputs, set by `scripts/test.sh`:
 //! - `VESSEL_KERNEL`, `VESSEL_INITRD`: the guest kernel and initramfs;

@@ -18,8 +18,8 @@ const GONE: Duration = Duration::from_secs(30);
 /// A boot under software emulation on a shared 2-core host.
 const BOOT: Duration = Duration::from_secs(120);
 
-/// The processes that make up a VM of this instance: QEMU, the vsock
-/// backend, runtime helpers (normal or maintenance). Their command lines
+/// The processes that make up a VM of this instance: QEMU, runtime
+/// helpers (normal or maintenance). Their command lines
 /// name the instance's home or its run directory.
 fn vm_processes(v: &Instance) -> Vec<String> {
     let home = v.path().to_string_lossy().into_owned();
@@ -37,7 +37,7 @@ fn vm_processes(v: &Instance) -> Vec<String> {
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         let exe = cmd.split(' ').next().unwrap_or("");
-        let vm_part = ["qemu-system", "vessel-runtime", "vhost-device-vsock"]
+        let vm_part = ["qemu-system", "vessel-runtime"]
             .iter()
             .any(|n| exe.ends_with(n) || exe.contains(&format!("/{n}")));
         if vm_part && (cmd.contains(&home) || cmd.contains(&run)) {

@@ -2,19 +2,18 @@
 //! (some with `--restart always` / `on-failure`), `stop`, `rm -f`, `pull`
 //! (from a loopback registry), `exec` and `ls`, SIGKILL hits, at a random
 //! moment, one of the apiserver, vessel-images, vessel-network, a
-//! vessel-runtime, a QEMU, a vhost-device-vsock or a CLI process in the
-//! middle of its command. After each injection the workers finish what
+//! vessel-runtime, a QEMU or a CLI process in the middle of its command. After each injection the workers finish what
 //! they were doing and the instance gets a bounded time to recover; then
 //! the invariants must hold:
 //!
 //! - `ls -a` tells the truth: every container shown running has its
-//!   runtime and its QEMU; every QEMU, vsock backend, virtiofsd, passt and
+//!   runtime and its QEMU; every QEMU, virtiofsd, passt and
 //!   runtime process belongs to a container shown running;
 //! - nothing leaks: TAP devices, nftables rules, DHCP/IPAM leases, run
 //!   directories (and their sockets), container directories (overlays),
 //!   mounts, loop devices, half-written downloads, duplicate helpers;
 //! - restart policies do what they say: an `always` container whose QEMU,
-//!   vsock backend or runtime was killed comes back; a stopped one stays
+//!   or runtime was killed comes back; a stopped one stays
 //!   stopped (also when the apiserver is killed and restarted);
 //! - the CLI gives a clear error and never panics, also while the
 //!   apiserver is down;
@@ -45,15 +44,7 @@ use vessel_tests::registry::{free_port, Registry};
 use vessel_tests::{assert_ok, required_env, text, Instance, IMAGE};
 
 /// The components SIGKILL hits, in the report's words.
-const COMPONENTS: [&str; 7] = [
-    "apiserver",
-    "images",
-    "network",
-    "runtime",
-    "qemu",
-    "vsock",
-    "cli",
-];
+const COMPONENTS: [&str; 6] = ["apiserver", "images", "network", "runtime", "qemu", "cli"];
 
 /// The longest any one CLI command may take before it counts as hung.
 const CLI_LIMIT: Duration = Duration::from_secs(150);
@@ -334,8 +325,6 @@ fn kind(p: &Proc) -> &'static str {
     let prog = p.prog.as_str();
     if prog.starts_with("qemu-system") {
         "qemu"
-    } else if prog == "vhost-device-vsock" {
-        "vsock"
     } else if prog == "virtiofsd" {
         "virtiofsd"
     } else if prog == "passt" {
@@ -528,7 +517,7 @@ impl<'a> Round<'a> {
         let by_pid: HashMap<i32, &Proc> = procs.iter().map(|x| (x.pid, x)).collect();
         for pr in &procs {
             let k = kind(pr);
-            if !matches!(k, "qemu" | "vsock" | "virtiofsd" | "passt" | "runtime") {
+            if !matches!(k, "qemu" | "virtiofsd" | "passt" | "runtime") {
                 continue;
             }
             // Named on its command line, or else by the nearest ancestor
@@ -997,7 +986,7 @@ impl<'a> Round<'a> {
         }
         let procs = self.instance_procs();
         let mut targets: Vec<&Proc> = procs.iter().filter(|p| kind(p) == component).collect();
-        if matches!(component, "runtime" | "qemu" | "vsock") {
+        if matches!(component, "runtime" | "qemu") {
             // Containers only, not maintenance boots of the test.
             targets.retain(|p| self.owner(&p.cmdline).is_some());
         }

@@ -176,7 +176,7 @@ fn leases(home: &Path) -> usize {
         .sum()
 }
 
-/// Processes (VMs, vsock backends, runtime helpers) that name a container of
+/// Processes (VMs, runtime helpers) that name a container of
 /// this instance on their command line.
 fn container_processes(home: &Path) -> Vec<String> {
     let run_base = vessel_api::paths::Home::new(home).run_base();

@@ -3,11 +3,14 @@
 //! This file is the single source of truth for the host ↔ guest channel.
 //!
 //! ## Transport
-//! The guest side is `AF_VSOCK`: vminitd listens on [`AGENT_PORT`]. The host
-//! side is *hybrid vsock* over a Unix socket: the runtime helper connects to
-//! the backend's socket, writes `CONNECT 1024\n`, reads `OK <port>\n`, and from
-//! then on the stream is the guest port (see [`hybrid_connect_line`] and
-//! [`parse_hybrid_ok`]).
+//! Each connection is a stream of the multiplexer [`mux`] over the VM's
+//! virtio-serial port [`mux::PORT_NAME`] (migratable, unlike vhost-user
+//! vsock): vminitd serves streams to [`AGENT_PORT`]. The host side is
+//! *hybrid vsock* over a Unix socket the runtime serves: a client connects,
+//! writes `CONNECT 1024\n`, reads `OK <n>\n`, and from then on the stream
+//! is the guest port (see [`hybrid_connect_line`] and [`parse_hybrid_ok`]).
+//! A guest without the serial port falls back to `AF_VSOCK` on the same
+//! port.
 //!
 //! ## Framing
 //! Every message is a frame: a 4-byte big-endian length `n` (the length of
@@ -34,7 +37,7 @@
 //! | `MountRoot { .. }` | a maintenance boot of a stopped container: its root filesystem mounted, no process; copies on other connections; power-off at `Shutdown` or when this connection ends (feature [`FEATURE_MAINTENANCE`]). Once per VM, instead of `Start`. |
 //!
 //! A process's streams belong to its connection, so each process has its own
-//! flow control (vsock credits per connection), and closing the connection
+//! flow control (the mux's credits per stream), and closing the connection
 //! ends what it started: an exec'd process loses its stdin and terminal
 //! (SIGHUP under a terminal, EOF and SIGPIPE otherwise), as under Docker.
 //!
@@ -63,10 +66,10 @@
 //! dropped them: stdin closed). The host keeps at most [`STDIN_WINDOW`]
 //! bytes of stdin sent and not yet credited, in frames of at most
 //! [`MAX_STDIO_CHUNK`]. So the guest never has to stop reading its
-//! connection while the process is slow to read stdin, and its vsock
-//! receive buffer never fills: with `vhost-device-vsock`, a connection whose
-//! guest-bound credit ran out while the guest was also sending stalled both
-//! ways for good (`run -i cat` of a few MiB hung).
+//! connection while the process is slow to read stdin, and its receive
+//! window never fills (with `vhost-device-vsock`, the transport before the
+//! mux, a connection whose guest-bound credit ran out while the guest was
+//! also sending stalled both ways for good: `run -i cat` of a few MiB hung).
 //!
 //! `Start` may carry a [`NetworkConfig`] (optional field: hosts without
 //! networking omit it). A peer ignores nothing silently: unknown control
@@ -105,6 +108,8 @@
 //! once when the host's own clock jumps or the host resumes from suspend.
 //! The policy is the host's ([`AdjustMode`]); the guest only executes it.
 
+pub mod mux;
+
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
@@ -112,22 +117,20 @@ use std::io::{self, Read, Write};
 pub const VERSION: u32 = 1;
 /// The package name of this protocol, for logs and `system status`.
 pub const PACKAGE: &str = "vessel.agent.v1";
-/// The vsock port vminitd listens on.
+/// The guest port vminitd serves.
 pub const AGENT_PORT: u32 = 1024;
-/// The host port vminitd connects to (and at once closes) once it listens
-/// on [`AGENT_PORT`]: the guest's vsock device is up, so the host may
-/// connect. A host connection that reaches `vhost-device-vsock` while the
-/// guest is still setting up its virtqueues can stop the backend's queue
-/// thread for good (the boot then stalls); waiting for this signal avoids
-/// that.
+/// The guest's "ready" signal: the host transport connects to the Unix
+/// socket `vsock.sock_<READY_PORT>` (and at once closes) when the guest
+/// answers the mux's `HELLO`, i.e. once vminitd accepts sessions; the
+/// `AF_VSOCK` fallback connects to this host port instead.
 pub const READY_PORT: u32 = 1025;
 /// Largest frame either side accepts (kind byte + payload).
 pub const MAX_FRAME: usize = 1 << 20;
 /// Largest stdio payload a writer puts in one frame.
 pub const MAX_STDIO_CHUNK: usize = 64 * 1024;
 /// Most stdin bytes a host has sent and the guest has not yet credited
-/// (see "Stdin flow control"); well under a guest socket's default vsock
-/// buffer (256 KiB).
+/// (see "Stdin flow control"); well under a stream's window
+/// ([`mux::WINDOW`]).
 pub const STDIN_WINDOW: usize = 128 * 1024;
 
 /// What a frame carries.

@@ -30,7 +30,6 @@ pub const PASSED_ENV: &[&str] = &[
     "VESSEL_DNS_UPSTREAM",
     "VESSEL_QEMU",
     "VESSEL_QEMU_IMG",
-    "VESSEL_VHOST_VSOCK",
     "VESSEL_VIRTIOFSD",
     "VESSEL_PASST",
     "VESSEL_NFT",

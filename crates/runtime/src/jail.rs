@@ -1,5 +1,4 @@
-//! The VMM's jail, after Firecracker's jailer: each container's QEMU and
-//! its `vhost-device-vsock` run
+//! The VMM's jail, after Firecracker's jailer: each container's QEMU runs
 //!
 //! - as a user and group of their own (a per-VM id from a reserved range,
 //!   [`VmIds`]), with no supplementary groups but the group of `/dev/kvm`
@@ -43,7 +42,7 @@ pub const VM_ID_BASE: u32 = 1_900_000_000;
 /// How many VMs can be confined at the same time on one host.
 pub const VM_ID_COUNT: u32 = 65_536;
 /// Threads and processes of one VM (QEMU's vCPU, I/O and worker threads
-/// plus the vsock backend's): the pids ceiling.
+/// and its helpers'): the pids ceiling.
 pub const PIDS_MAX: u64 = 512;
 /// Open files per process (QEMU: disks, sockets, eventfds, ioeventfds).
 pub const NOFILE_MAX: u64 = 4096;
@@ -563,14 +562,6 @@ pub fn qemu_plan(spec: &crate::vmm::QemuSpec, binary: &Path, base: &Path, run_di
     p
 }
 
-/// What the vsock backend's jail holds: the base and the run directory
-/// (its sockets).
-pub fn vsock_plan(binary: &Path, run_dir: &Path) -> Plan {
-    let mut p = Plan::base(binary);
-    p.rw(run_dir);
-    p
-}
-
 /// Everything the child needs between fork and exec, prepared before the
 /// fork.
 #[derive(Debug)]
@@ -907,7 +898,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.img".into(),
             disk: "/h/containers/c1/overlay.qcow2".into(),
-            vhost_socket: "/h/run/c1/vhost.sock".into(),
+            agent_fd: 5,
             boot_log: "/h/containers/c1/boot.log".into(),
             qmp_socket: "/h/run/c1/qmp.sock".into(),
             tsc_khz: None,
@@ -963,18 +954,6 @@ mod tests {
             .find(|b| b.path == Path::new("/dev/kvm"))
             .unwrap();
         assert!(dev.device && !dev.readonly);
-    }
-
-    #[test]
-    fn vsock_jail_holds_its_sockets_only() {
-        let p = vsock_plan(
-            Path::new("/opt/v/vhost-device-vsock"),
-            Path::new("/h/run/c1"),
-        );
-        let paths: Vec<_> = p.binds.iter().map(|b| b.path.clone()).collect();
-        assert!(paths.contains(&PathBuf::from("/h/run/c1")));
-        assert!(paths.contains(&PathBuf::from("/opt/v/vhost-device-vsock")));
-        assert!(!paths.iter().any(|x| x.starts_with("/h/containers")));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `vessel-runtime`: the helper that owns one container's VM for its whole
-//! life — the QEMU microVM ([`vmm`]), its vsock backend ([`vsock`]), its
+//! life — the QEMU microVM ([`vmm`]), its agent transport ([`transport`]), its
 //! rootless network ([`passt`]), its mounts ([`mounts`]), the
 //! conversation with vminitd ([`agent`]), the output log ([`logs`]), the
 //! control socket ([`control`]) and the lifecycle that ties them ([`run`]);
@@ -19,9 +19,10 @@ mod proc;
 pub mod qmp;
 pub mod run;
 pub mod streams;
+pub mod template;
+pub mod transport;
 pub mod virtiofs;
 pub mod vmm;
-pub mod vsock;
 
 pub use run::run;
 

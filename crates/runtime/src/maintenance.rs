@@ -32,8 +32,8 @@ use crate::clock::{self, ClockSync, Next};
 use crate::control::{self, ControlHandler, ControlRequest, ExecState};
 use crate::run::{create_overlay, make_run_dir, RunError, Timeouts};
 use crate::streams::GuestDialer;
+use crate::transport::{self, AgentTransport, TransportError};
 use crate::vmm::{qemu_binary, Qemu, QemuSpec, Vmm};
-use crate::vsock::{self, VsockBackend};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_message, GuestMessage, HostMessage, WinSize, AGENT_PORT,
@@ -408,7 +408,7 @@ fn greet(s: &mut UnixStream) -> Result<(), String> {
 /// A booted maintenance VM.
 struct Vm {
     qemu: Qemu,
-    _backend: VsockBackend,
+    _transport: AgentTransport,
     /// The `MountRoot` connection.
     conn: UnixStream,
 }
@@ -425,7 +425,7 @@ impl Files {
     }
 }
 
-/// One boot: the vsock backend, QEMU, the agent. `Err(BootAttempt)` when
+/// One boot: the agent transport, QEMU, the agent. `Err(BootAttempt)` when
 /// the agent did not answer within `limit` (the VM is killed; boot again).
 fn boot_once(
     config: &ContainerConfig,
@@ -434,20 +434,12 @@ fn boot_once(
     t: &Timeouts,
     limit: Duration,
 ) -> Result<Vm, RunError> {
-    let vhost = files.run_dir.join("vhost.sock");
     let uds = files.run_dir.join("vsock.sock");
-    for p in [&vhost, &uds] {
-        let _ = std::fs::remove_file(p);
-    }
-    let backend = VsockBackend::start(
-        &vsock::backend_binary()?,
-        &vhost,
-        &uds,
-        &files.dir.join("maintenance.vsock.log"),
-        t.backend_socket,
-        None,
-    )?;
-    let mut gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
+    let mut gate = transport::ReadyGate::bind(&uds, t.ready_fallback)?;
+    let mut agent = AgentTransport::start(&uds, gate.path.clone())?;
+    let agent_fd = agent
+        .qemu_fd()
+        .ok_or_else(|| TransportError::Pair(std::io::Error::other("closed")))?;
     let spec = QemuSpec {
         accel: config.accel.clone(),
         cpus: 1,
@@ -455,7 +447,7 @@ fn boot_once(
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
         disk: files.dir.join("overlay.qcow2"),
-        vhost_socket: vhost,
+        agent_fd,
         boot_log: files.boot_log(),
         qmp_socket: files.run_dir.join("qmp.sock"),
         tsc_khz: crate::vmm::host_tsc_khz(),
@@ -472,7 +464,9 @@ fn boot_once(
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, files.dir.join("maintenance.vmm.log"));
     let launched = Instant::now();
-    qemu.start()?;
+    let started = qemu.start();
+    agent.release_qemu_end();
+    started?;
     log(&format!(
         "maintenance VM started (pid {})",
         qemu.pid().unwrap_or(-1)
@@ -500,9 +494,9 @@ fn boot_once(
             );
         }
         let attempt = if gate.open() {
-            vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply)
+            transport::hybrid_connect(&uds, AGENT_PORT, t.connect_reply)
         } else {
-            Err(vsock::VsockError::GuestNotReady)
+            Err(TransportError::GuestNotReady)
         };
         match attempt {
             Ok(s) => break s,
@@ -520,8 +514,8 @@ fn boot_once(
         }
     };
     match gate.signalled_after() {
-        Some(d) => log(&format!("guest vsock up after {} ms", d.as_millis())),
-        None => log("no vsock signal from the guest (an older initramfs?); connected anyway"),
+        Some(d) => log(&format!("guest agent port up after {} ms", d.as_millis())),
+        None => log("no answer on the guest's agent port yet; connected anyway"),
     }
     if let Err(e) = greet(&mut conn) {
         return fail(&mut qemu, RunError::Maintenance(e));
@@ -532,7 +526,7 @@ fn boot_once(
     ));
     Ok(Vm {
         qemu,
-        _backend: backend,
+        _transport: agent,
         conn,
     })
 }
@@ -572,7 +566,7 @@ fn boot_and_serve(
     };
     let Vm {
         mut qemu,
-        _backend,
+        _transport,
         conn,
     } = vm;
     m.set_boot(Boot::Ready(GuestDialer {

@@ -1,4 +1,4 @@
-//! Child-process and signal plumbing shared by the VMM and the vsock backend.
+//! Child-process and signal plumbing for the VMM and its helpers.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;

@@ -1,8 +1,8 @@
 //! The lifecycle of one container, from `config.json` to the exit status.
 //!
 //! 1. `state.json` says `starting` with this process's pid.
-//! 2. The run directory (sockets), the qcow2 overlay, the vsock backend and
-//!    the VMM are set up by [`run`]; a failure there ends the container with
+//! 2. The run directory (sockets), the qcow2 overlay, the agent transport
+//!    and the VMM are set up by [`run`]; a failure there ends the container with
 //!    exit code 125 and a reason in `state.error`.
 //! 3. [`supervise`] connects to vminitd (retrying while the guest boots),
 //!    says `Hello`, sends `Start`, pumps output into `stdio.log`, and records
@@ -20,9 +20,9 @@ use crate::control::{self, AttachRequest, ControlHandler, ControlRequest, ExecSt
 use crate::logs::StdioLog;
 use crate::passt::{passt_binary, Passt, PasstError, PasstSpec};
 use crate::streams::{Attachers, GuestDialer};
+use crate::transport::{self, AgentTransport, TransportError};
 use crate::virtiofs::{self, IdMapping, VirtiofsError, Virtiofsd};
 use crate::vmm::{qemu_binary, FsDevice, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
-use crate::vsock::{self, VsockBackend, VsockError};
 use crate::{chain, log};
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
@@ -67,8 +67,8 @@ pub enum RunError {
     QemuImg(PathBuf, String),
     #[error("Could not open {}", .0.display())]
     StdioLog(PathBuf, #[source] std::io::Error),
-    #[error("Could not set up the vsock device")]
-    Vsock(#[from] VsockError),
+    #[error("Could not set up the agent's port")]
+    Transport(#[from] TransportError),
     #[error("Could not share a host directory with the VM (virtiofsd)")]
     Virtiofs(#[from] VirtiofsError),
     #[error("Could not start the user-mode network (passt)")]
@@ -104,9 +104,9 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Pause between connect attempts.
     pub retry: Duration,
-    /// Wait for the backend's `OK` line on one attempt.
+    /// Wait for the transport's `OK` line on one attempt.
     pub connect_reply: Duration,
-    /// For the vsock backend's socket to appear, and for passt to be ready.
+    /// For a helper's socket to appear (virtiofsd), and for passt to be ready.
     pub backend_socket: Duration,
     /// For the VM to power off after `Shutdown`.
     pub shutdown: Duration,
@@ -720,7 +720,7 @@ pub fn supervise(
     shared: &Arc<Shared>,
     request: StartRequest,
     mut adopt: Option<agent_protocol::AdoptRequest>,
-    connect: &mut dyn FnMut() -> Result<UnixStream, VsockError>,
+    connect: &mut dyn FnMut() -> Result<UnixStream, TransportError>,
     stdio: &mut StdioLog,
     launched: Instant,
     boot_log: &Path,
@@ -1105,6 +1105,14 @@ fn send_start(tx: &AgentSender, request: &mut Option<StartRequest>) -> Result<()
     tx.send(&HostMessage::Start(req)).map_err(|e| chain(&e))
 }
 
+/// `VESSEL_QEMU_IMG`, else `qemu-img` from `PATH`.
+pub(crate) fn qemu_img_binary() -> PathBuf {
+    std::env::var_os("VESSEL_QEMU_IMG")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-img"))
+}
+
 /// Create `overlay` as a qcow2 backed by the read-only `base`, unless it exists.
 pub(crate) fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError> {
     if overlay.exists() {
@@ -1113,10 +1121,7 @@ pub(crate) fn create_overlay(base: &Path, overlay: &Path) -> Result<(), RunError
     if !base.is_file() {
         return Err(RunError::NoRootfs(base.to_path_buf()));
     }
-    let qemu_img = std::env::var_os("VESSEL_QEMU_IMG")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("qemu-img"));
+    let qemu_img = qemu_img_binary();
     let tmp = overlay.with_extension("qcow2.tmp");
     let _ = std::fs::remove_file(&tmp);
     let out = Command::new(qemu_img)
@@ -1204,7 +1209,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
 
     let run_dir = home.run_dir(id);
     let mut jail = None;
-    let mut backend = None;
+    let mut transport = None;
     let mut passts = Vec::new();
     let mut shares = Vec::new();
     let networks = ContainerNetworks::read(&dir);
@@ -1275,7 +1280,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 &dir,
                 &run_dir,
                 &shared,
-                &mut backend,
+                &mut transport,
                 &mut passts,
                 &mut shares,
                 jail.as_mut(),
@@ -1286,16 +1291,20 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 let mut logged = false;
                 let mut connect = || {
                     if !gate.open() {
-                        return Err(vsock::VsockError::GuestNotReady);
+                        return Err(TransportError::GuestNotReady);
                     }
                     if !logged {
                         logged = true;
                         match gate.signalled_after() {
-                            Some(d) => log(&format!("guest vsock up after {} ms", d.as_millis())),
-                            None => log("no vsock signal from the guest (an older initramfs?); connecting anyway"),
+                            Some(d) => {
+                                log(&format!("guest agent port up after {} ms", d.as_millis()))
+                            }
+                            None => {
+                                log("no answer on the guest's agent port yet; connecting anyway")
+                            }
                         }
                     }
-                    vsock::hybrid_connect(&uds, AGENT_PORT, t.connect_reply)
+                    transport::hybrid_connect(&uds, AGENT_PORT, t.connect_reply)
                 };
                 supervise(
                     &shared,
@@ -1314,9 +1323,8 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                     // disk. The stalled boot's console is kept for diagnosis.
                     log(&format!("boot attempt {attempt}: {why}; booting again"));
                     shared.kill_vmm();
-                    if let Some(mut b) = backend.take() {
-                        VsockBackend::kill(&mut b);
-                    }
+                    // The next VM gets a new port.
+                    transport = None;
                     // Its published ports are bound again by the next one.
                     kill_passts(&mut passts);
                     // Each serves one connection: the next VM gets new ones.
@@ -1336,9 +1344,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
         shared.finish(EXIT_START_FAILED, Some(chain(e)), false);
     }
     shared.kill_vmm();
-    if let Some(mut b) = backend.take() {
-        VsockBackend::kill(&mut b);
-    }
+    drop(transport.take());
     kill_passts(&mut passts);
     shares.clear();
     if let Some(j) = jail.as_mut() {
@@ -1454,7 +1460,7 @@ fn start_shares(
         .collect())
 }
 
-/// Steps 2-5: run dir, overlay, vsock backend, passt for user-mode
+/// Steps 2-5: run dir, overlay, agent transport, passt for user-mode
 /// attachments, virtiofsd for shared directories, control socket, VMM.
 #[allow(clippy::too_many_arguments)]
 fn launch(
@@ -1465,12 +1471,12 @@ fn launch(
     dir: &Path,
     run_dir: &Path,
     shared: &Arc<Shared>,
-    backend: &mut Option<VsockBackend>,
+    transport: &mut Option<AgentTransport>,
     passts: &mut Vec<Passt>,
     shares: &mut Vec<Virtiofsd>,
     mut jail: Option<&mut crate::jail::VmJail>,
     t: &Timeouts,
-) -> Result<(StdioLog, Instant, vsock::ReadyGate), RunError> {
+) -> Result<(StdioLog, Instant, transport::ReadyGate), RunError> {
     use crate::jail::hand_over;
     make_run_dir(run_dir)?;
     let overlay = dir.join("overlay.qcow2");
@@ -1511,34 +1517,19 @@ fn launch(
     shared.set_stdio_path(stdio_path.clone());
     let stdio = StdioLog::open(&stdio_path).map_err(|e| RunError::StdioLog(stdio_path, e))?;
 
-    let vhost = run_dir.join("vhost.sock");
     let uds = run_dir.join("vsock.sock");
-    let vsock_binary = vsock::backend_binary()?;
-    let vsock_jail = match jail.as_ref() {
-        Some(j) => Some(j.jail(
-            &crate::jail::vsock_plan(&crate::jail::resolve_binary(&vsock_binary), run_dir),
-            &mountpoint,
-            false,
-        )?),
-        None => None,
-    };
-    *backend = Some(VsockBackend::start(
-        &vsock_binary,
-        &vhost,
-        &uds,
-        &dir.join("vsock.log"),
-        t.backend_socket,
-        vsock_jail,
-    )?);
     // Held until QEMU has its copies.
     let mut taps = Vec::new();
     let nics = start_nics(networks, dir, run_dir, passts, vm_uid.map(|_| &mut taps), t)?;
     let fs_devices = start_shares(home, config, dir, run_dir, shares, t)?;
     // Before the VM starts, so the guest's signal finds it.
-    let gate = vsock::ReadyGate::bind(&uds, t.ready_fallback)?;
+    let gate = transport::ReadyGate::bind(&uds, t.ready_fallback)?;
+    let agent = transport.insert(AgentTransport::start(&uds, gate.path.clone())?);
+    let agent_fd = agent
+        .qemu_fd()
+        .ok_or_else(|| TransportError::Pair(std::io::Error::other("closed")))?;
     if let Some(uid) = vm_uid {
-        // Sockets the runtime or virtiofsd made that the VM connects to.
-        hand_over(&gate.path, uid)?;
+        // Sockets virtiofsd made that the VM connects to.
         for fs in &fs_devices {
             hand_over(&fs.socket, uid)?;
         }
@@ -1558,7 +1549,7 @@ fn launch(
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
         disk: overlay,
-        vhost_socket: vhost,
+        agent_fd,
         boot_log: dir.join("boot.log"),
         qmp_socket: run_dir.join("qmp.sock"),
         tsc_khz: crate::vmm::host_tsc_khz(),
@@ -1588,6 +1579,9 @@ fn launch(
     // QEMU holds its ends now (or failed): passt sees EOF when QEMU ends.
     for p in passts.iter_mut() {
         p.release_qemu_end();
+    }
+    if let Some(a) = transport.as_mut() {
+        a.release_qemu_end();
     }
     started?;
     let pid = qemu.pid();
@@ -1767,7 +1761,7 @@ mod tests {
                 Some(s) if attempts >= 3 => Ok(s),
                 other => {
                     host = other;
-                    Err(VsockError::Connect(std::io::Error::other("not yet")))
+                    Err(TransportError::Connect(std::io::Error::other("not yet")))
                 }
             }
         };
@@ -2053,7 +2047,7 @@ mod tests {
     #[test]
     fn a_stalled_boot_that_may_be_retried_is_not_final() {
         let h = harness();
-        let mut connect = || Err(VsockError::Connect(std::io::Error::other("no")));
+        let mut connect = || Err(TransportError::Connect(std::io::Error::other("no")));
         let mut stdio = StdioLog::open(&h.stdio_path).unwrap();
         let t = Timeouts {
             boot_attempt: Duration::from_millis(100),
@@ -2084,7 +2078,7 @@ mod tests {
     fn vm_exit_before_agent_is_125() {
         let h = harness();
         h.exited.store(true, Ordering::SeqCst);
-        let mut connect = || Err(VsockError::Connect(std::io::Error::other("no")));
+        let mut connect = || Err(TransportError::Connect(std::io::Error::other("no")));
         let mut stdio = StdioLog::open(&h.stdio_path).unwrap();
         let r = supervise(
             &h.shared,

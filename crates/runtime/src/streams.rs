@@ -12,7 +12,7 @@
 //! own to the guest, so each has its own flow control, and closing the
 //! client's connection closes it (the process gets SIGHUP or EOF).
 
-use crate::vsock;
+use crate::transport;
 use agent_protocol::{
     decode_message, read_frame, write_frame, write_message, ExecRequest, Frame, FrameKind,
     GuestMessage, HostMessage, StatsSnapshot, AGENT_PORT, FEATURE_STDIN_CREDIT, MAX_STDIO_CHUNK,
@@ -125,7 +125,7 @@ pub struct GuestDialer {
 impl GuestDialer {
     /// A new connection, past the `Hello` exchange; the guest's features.
     pub fn open(&self) -> Result<(UnixStream, Vec<String>), String> {
-        let mut s = vsock::hybrid_connect(&self.uds, AGENT_PORT, self.timeout)
+        let mut s = transport::hybrid_connect(&self.uds, AGENT_PORT, self.timeout)
             .map_err(|e| format!("connecting to the guest: {}", crate::chain(&e)))?;
         s.set_read_timeout(Some(self.timeout))
             .map_err(|e| e.to_string())?;

@@ -77,8 +77,10 @@ pub struct QemuSpec {
     pub initrd: PathBuf,
     /// The container's qcow2 overlay (root filesystem).
     pub disk: PathBuf,
-    /// The vhost-user socket of the vsock backend.
-    pub vhost_socket: PathBuf,
+    /// The agent port's chardev: a connected stream socket QEMU inherits
+    /// as this descriptor number, whose other end is the runtime's
+    /// multiplexer ([`crate::transport`]).
+    pub agent_fd: i32,
     /// Where the guest's serial console goes.
     pub boot_log: PathBuf,
     /// QEMU's control socket (QMP), for pause and resume.
@@ -141,14 +143,14 @@ pub struct Nic {
 }
 
 impl QemuSpec {
-    /// The descriptors QEMU must inherit (the stream NICs' sockets).
+    /// The descriptors QEMU must inherit (the agent port's socket, the
+    /// stream NICs' sockets, the attached TAPs).
     pub fn inherited_fds(&self) -> Vec<i32> {
-        self.nics
-            .iter()
-            .filter_map(|n| match n.backend {
+        std::iter::once(self.agent_fd)
+            .chain(self.nics.iter().filter_map(|n| match n.backend {
                 NicBackend::Stream(fd) | NicBackend::TapFd(fd) => Some(fd),
                 NicBackend::Tap(_) | NicBackend::Unplugged => None,
-            })
+            }))
             .chain(self.restore_fd)
             .collect()
     }
@@ -221,7 +223,7 @@ fn joined(prefix: &str, p: &Path, suffix: &str) -> OsString {
 }
 
 /// The arguments (after the program name) that boot `spec` under QEMU's
-/// `microvm` machine with a vhost-user vsock device.
+/// `microvm` machine with the agent's virtio-serial port.
 pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(OsString::from(s));
@@ -312,10 +314,19 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
             .into(),
         );
     }
-    a.push("-chardev".into());
-    a.push(joined("socket,id=vs,path=", &spec.vhost_socket, ""));
+    // The agent's port: migratable, unlike vhost-user vsock.
     a.push("-device".into());
-    a.push("vhost-user-vsock-device,chardev=vs".into());
+    a.push("virtio-serial-device,max_ports=2".into());
+    a.push("-chardev".into());
+    a.push(format!("socket,id=agent,fd={}", spec.agent_fd).into());
+    a.push("-device".into());
+    a.push(
+        format!(
+            "virtserialport,chardev=agent,name={}",
+            agent_protocol::mux::PORT_NAME
+        )
+        .into(),
+    );
     for (i, fs) in spec.fs_devices.iter().enumerate() {
         a.push("-chardev".into());
         a.push(joined(&format!("socket,id=fs{i},path="), &fs.socket, ""));
@@ -523,7 +534,7 @@ mod tests {
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.img".into(),
             disk: "/c/a,b/overlay.qcow2".into(),
-            vhost_socket: "/run/x/vhost.sock".into(),
+            agent_fd: 5,
             boot_log: "/c/boot.log".into(),
             qmp_socket: "/run/x/qmp.sock".into(),
             tsc_khz: Some(2_596_120),
@@ -568,8 +579,8 @@ mod tests {
             &"id=root,file=/c/a,,b/overlay.qcow2,format=qcow2,if=none,discard=unmap,werror=report,rerror=report".to_string()
         ));
         assert!(line.contains(
-            "-device virtio-blk-device,drive=root -chardev socket,id=vs,path=/run/x/vhost.sock \
-             -device vhost-user-vsock-device,chardev=vs"
+            "-device virtio-blk-device,drive=root -device virtio-serial-device,max_ports=2 \
+             -chardev socket,id=agent,fd=5 -device virtserialport,chardev=agent,name=vessel.agent"
         ));
         assert_eq!(a[a.len() - 2], "-append");
         assert_eq!(
@@ -667,7 +678,7 @@ mod tests {
         ];
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
-            "-device vhost-user-vsock-device,chardev=vs \
+            "-device virtserialport,chardev=agent,name=vessel.agent \
              -chardev socket,id=fs0,path=/run/x/fs-m0.sock \
              -device vhost-user-fs-device,chardev=fs0,tag=m0 \
              -chardev socket,id=fs1,path=/run/x,,y/fs-m2.sock \

@@ -1,4 +1,4 @@
-//! One connection from the host: framed messages over a vsock stream.
+//! One connection from the host: framed messages over a stream socket.
 
 use agent_protocol::{
     decode_message, write_frame, write_message, Frame, FrameDecoder, FrameKind, GuestMessage,

@@ -1,7 +1,10 @@
 //! vminitd: PID 1 of every vessel VM.
 //!
-//! Mounts the basics, listens on vsock port [`agent_protocol::AGENT_PORT`],
-//! and serves each host connection on a thread of its own
+//! Mounts the basics, serves the host's streams to port
+//! [`agent_protocol::AGENT_PORT`] on the virtio-serial port
+//! [`agent_protocol::mux::PORT_NAME`] (multiplexed, see [`agent_protocol::mux`];
+//! an `AF_VSOCK` listener on that port only where the VM has no such
+//! serial port), and serves each connection on a thread of its own
 //! ([`session::serve`]): the container's main process, exec'd processes,
 //! copies, statistics (see the `agent-protocol` crate). One reaper thread
 //! collects every child ([`reaper`]). When the main process has ended and
@@ -23,6 +26,7 @@ mod stats;
 mod user;
 mod volumes;
 
+use agent_protocol::mux::{Mux, PORT_NAME};
 use agent_protocol::{GuestMessage, AGENT_PORT, READY_PORT};
 use conn::Conn;
 use nix::errno::Errno;
@@ -35,7 +39,10 @@ use session::{Guest, Outcome};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, OnceLock};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 static CONSOLE: OnceLock<Option<File>> = OnceLock::new();
@@ -147,6 +154,74 @@ fn main() {
     power_off(is_init);
 }
 
+/// The device of the virtio-serial port named [`PORT_NAME`]: its ports
+/// appear shortly after boot, so look for `wait` at most.
+fn find_agent_port(wait: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + wait;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for e in entries.flatten() {
+                let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if name.trim() == PORT_NAME {
+                    return Some(PathBuf::from("/dev").join(e.file_name()));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+type Done = Sender<Result<(), String>>;
+
+/// Serve one host connection on a thread of its own.
+fn spawn_session(mut conn: Conn, guest: &Arc<Guest>, done_tx: &Done) {
+    let (guest, done_tx) = (Arc::clone(guest), done_tx.clone());
+    let spawned = std::thread::Builder::new()
+        .name("session".into())
+        .spawn(move || match session::serve(&mut conn, &guest) {
+            Ok(Outcome::Closed) => {}
+            Ok(Outcome::PowerOff) => {
+                let _ = done_tx.send(Ok(()));
+            }
+            Err(e) => {
+                let _ = conn.send(&GuestMessage::Error { message: e.clone() });
+                let _ = done_tx.send(Err(e));
+            }
+        });
+    if let Err(e) = spawned {
+        log!("session thread: {e}");
+    }
+}
+
+/// The host's streams over the agent port at `dev`: each stream to
+/// [`AGENT_PORT`] becomes a session on one end of a socket pair, whose
+/// other end the multiplexer pumps. The answer to the host's `HELLO` is
+/// the readiness signal.
+fn serve_port(dev: &Path, guest: &Arc<Guest>, done_tx: &Done) -> Result<Arc<Mux>, String> {
+    let port = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("open {}: {e}", dev.display()))?;
+    let writer = port
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", dev.display()))?;
+    let (guest, done_tx) = (Arc::clone(guest), Mutex::new(done_tx.clone()));
+    let acceptor = Box::new(move |p: u32| {
+        if p != AGENT_PORT {
+            return None;
+        }
+        let (mine, theirs) = UnixStream::pair().ok()?;
+        let done_tx = done_tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        spawn_session(Conn::new(OwnedFd::from(mine)), &guest, &done_tx);
+        Some(theirs)
+    });
+    Mux::guest(port, writer, log_line, acceptor).map_err(|e| format!("agent port: {e}"))
+}
+
 fn run() -> Result<(), String> {
     // SIGCHLD goes to the reaper's signalfd: blocked before any thread
     // exists, so every thread inherits the mask. A process vminitd starts
@@ -156,48 +231,44 @@ fn run() -> Result<(), String> {
     mask.thread_block()
         .map_err(|e| format!("block SIGCHLD: {}", e.desc()))?;
     let guest = Arc::new(Guest::new(reaper::Reaper::start()?));
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    // Held for the VM's life.
+    let _mux = match find_agent_port(Duration::from_secs(2)) {
+        Some(dev) => Some(serve_port(&dev, &guest, &done_tx)?),
+        None => {
+            log!("no virtio-serial port {PORT_NAME}; listening on vsock");
+            serve_vsock(&guest, &done_tx)?;
+            None
+        }
+    };
+    // The first session that ends the VM decides.
+    done_rx
+        .recv()
+        .unwrap_or_else(|_| Err("every session thread is gone".into()))
+}
+
+/// The fallback: an `AF_VSOCK` listener on [`AGENT_PORT`].
+fn serve_vsock(guest: &Arc<Guest>, done_tx: &Done) -> Result<(), String> {
     let listener = listen_vsock()?;
     // In a thread: a host that does not listen answers at once, but a
     // connect can wait up to the kernel's vsock connect timeout.
     let _ = std::thread::Builder::new()
         .name("ready".into())
         .spawn(signal_ready);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    {
-        let guest = Arc::clone(&guest);
-        std::thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || loop {
-                let mut conn = match accept_conn(&listener) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = done_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let (guest, done_tx) = (Arc::clone(&guest), done_tx.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("session".into())
-                    .spawn(move || match session::serve(&mut conn, &guest) {
-                        Ok(Outcome::Closed) => {}
-                        Ok(Outcome::PowerOff) => {
-                            let _ = done_tx.send(Ok(()));
-                        }
-                        Err(e) => {
-                            let _ = conn.send(&GuestMessage::Error { message: e.clone() });
-                            let _ = done_tx.send(Err(e));
-                        }
-                    });
-                if let Err(e) = spawned {
-                    log!("session thread: {e}");
+    let (guest, done_tx) = (Arc::clone(guest), done_tx.clone());
+    std::thread::Builder::new()
+        .name("accept".into())
+        .spawn(move || loop {
+            match accept_conn(&listener) {
+                Ok(conn) => spawn_session(conn, &guest, &done_tx),
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                    return;
                 }
-            })
-            .map_err(|e| format!("accept thread: {e}"))?;
-    }
-    // The first session that ends the VM decides.
-    done_rx
-        .recv()
-        .unwrap_or_else(|_| Err("every session thread is gone".into()))
+            }
+        })
+        .map_err(|e| format!("accept thread: {e}"))?;
+    Ok(())
 }
 
 fn power_off(is_init: bool) -> ! {
