@@ -66,14 +66,21 @@ fn clones_of_one_template_share_no_secrets() {
         assert!(!la[i].is_empty(), "{what} of a: {pa}");
         assert_ne!(la[i], lb[i], "the two clones share their {what}");
     }
-    assert_ne!(la[3], "02:76:ff:ff:ff:fe", "the template's MAC was replaced");
+    assert_ne!(
+        la[3], "02:76:ff:ff:ff:fe",
+        "the template's MAC was replaced"
+    );
     // Each clone's MAC and address are the ones its network gave it.
     for (name, lines) in [("a", &la), ("b", &lb)] {
         let out = v.vessel(&["inspect", name]);
         let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let j = if j.is_array() { j[0].clone() } else { j };
         let s = j.to_string();
-        assert!(s.contains(lines[3]), "{name}'s MAC {} is not in inspect", lines[3]);
+        assert!(
+            s.contains(lines[3]),
+            "{name}'s MAC {} is not in inspect",
+            lines[3]
+        );
         let ip = lines[4].split('/').next().unwrap();
         assert!(s.contains(ip), "{name}'s IP {ip} is not in inspect");
     }
@@ -84,7 +91,11 @@ fn clones_of_one_template_share_no_secrets() {
     }
     // They talk to each other over the network.
     let ip_b = lb[4].split('/').next().unwrap();
-    exec(&v, "a", &format!("ping -c 1 -W 5 {ip_b} >/dev/null && echo ok"));
+    exec(
+        &v,
+        "a",
+        &format!("ping -c 1 -W 5 {ip_b} >/dev/null && echo ok"),
+    );
     assert_ok(&v.vessel(&["rm", "-f", "a", "b"]), "rm");
 }
 
@@ -92,23 +103,47 @@ fn clones_of_one_template_share_no_secrets() {
 fn a_clone_has_its_own_disk_and_exit_code() {
     let v = Instance::started();
     let out = v.vessel(&[
-        "run", "--rm", "--network", "none", IMAGE, "sh", "-c",
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        IMAGE,
+        "sh",
+        "-c",
         "test ! -e /marker && echo one > /marker && cat /marker && df -k / | tail -1 && exit 3",
     ]);
     assert_eq!(out.status.code(), Some(3), "stderr: {}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("one\n"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("one\n"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = v.vessel(&[
-        "run", "-d", "--name", "c", "--network", "none", IMAGE, "sleep", "1000",
+        "run",
+        "-d",
+        "--name",
+        "c",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "1000",
     ]);
     assert_ok(&out, "run -d");
     assert!(template_of(&v, "c").is_some());
     // Its own root filesystem, the image's, at its full size.
-    assert_eq!(exec(&v, "c", "test -e /marker && echo yes || echo no"), "no");
+    assert_eq!(
+        exec(&v, "c", "test -e /marker && echo yes || echo no"),
+        "no"
+    );
     exec(&v, "c", "echo two > /srv-marker && sync");
     let size_kib: u64 = exec(&v, "c", "df -k / | tail -1 | awk '{print $2}'")
         .parse()
         .unwrap();
-    assert!(size_kib > 1024, "the root disk is the image's, not the placeholder: {size_kib} KiB");
+    assert!(
+        size_kib > 1024,
+        "the root disk is the image's, not the placeholder: {size_kib} KiB"
+    );
     // No network device with --network none.
     assert_eq!(exec(&v, "c", "ls /sys/class/net"), "lo");
     assert_ok(&v.vessel(&["rm", "-f", "c"]), "rm");
@@ -121,7 +156,15 @@ fn templates_can_be_turned_off() {
     v.start();
     v.load_test_image();
     let out = v.vessel(&[
-        "run", "-d", "--name", "off", "--network", "none", IMAGE, "sleep", "1000",
+        "run",
+        "-d",
+        "--name",
+        "off",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
+        "1000",
     ]);
     assert_ok(&out, "run -d");
     assert_eq!(template_of(&v, "off"), None, "booted its kernel");
@@ -129,13 +172,25 @@ fn templates_can_be_turned_off() {
     assert_eq!(status["templates_enabled"], false);
     assert!(status["templates"].as_array().unwrap().is_empty());
     let out = v.vessel(&["system", "status"]);
-    assert!(text(&out.stdout).contains("templates:    off"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("templates:    off"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_ok(&v.vessel(&["rm", "-f", "off"]), "rm");
 
     // And per container.
     let v = Instance::started();
     let out = v.vessel(&[
-        "run", "-d", "--name", "cold", "--no-template", "--network", "none", IMAGE, "sleep",
+        "run",
+        "-d",
+        "--name",
+        "cold",
+        "--no-template",
+        "--network",
+        "none",
+        IMAGE,
+        "sleep",
         "1000",
     ]);
     assert_ok(&out, "run -d --no-template");
@@ -147,7 +202,17 @@ fn templates_can_be_turned_off() {
     std::fs::write(dir.path().join("f"), "shared").unwrap();
     let bind = format!("{}:/mnt", dir.path().display());
     let out = v.vessel(&[
-        "run", "-d", "--name", "bound", "--network", "none", "-v", &bind, IMAGE, "sleep", "1000",
+        "run",
+        "-d",
+        "--name",
+        "bound",
+        "--network",
+        "none",
+        "-v",
+        &bind,
+        IMAGE,
+        "sleep",
+        "1000",
     ]);
     assert_ok(&out, "run -d -v");
     assert_eq!(template_of(&v, "bound"), None);

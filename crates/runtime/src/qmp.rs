@@ -229,20 +229,28 @@ mod tests {
                 iov_base: buf.as_mut_ptr() as *mut libc::c_void,
                 iov_len: buf.len(),
             };
+            // SAFETY: msghdr is plain data; zeroed is a valid empty header.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = &mut iov;
             msg.msg_iovlen = 1;
             msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
             msg.msg_controllen = control.len() as _;
+            // SAFETY: `msg` points at `buf` and `control`, both alive.
             let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut msg, 0) };
             assert!(n > 0);
             let text = String::from_utf8_lossy(&buf[..n as usize]).into_owned();
-            assert!(text.contains("\"getfd\"") && text.contains("\"fdname\":\"x\""), "{text}");
+            assert!(
+                text.contains("\"getfd\"") && text.contains("\"fdname\":\"x\""),
+                "{text}"
+            );
+            // SAFETY: recvmsg filled `control`; the header is checked
+            // non-null before its data is read.
             let fd = unsafe {
                 let c = libc::CMSG_FIRSTHDR(&msg);
                 assert!(!c.is_null());
                 std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const RawFd)
             };
+            // SAFETY: the descriptor just received is ours alone.
             let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
             f.write_all(b"through the fd").unwrap();
             w.write_all(b"{\"return\": {\"n\": 1}}\n").unwrap();
@@ -251,7 +259,11 @@ mod tests {
         let f = std::fs::File::create(&file).unwrap();
         let mut s = Session::connect(&path, Duration::from_secs(5)).unwrap();
         let v = s
-            .call_with_fd("getfd", Some(serde_json::json!({"fdname": "x"})), f.as_raw_fd())
+            .call_with_fd(
+                "getfd",
+                Some(serde_json::json!({"fdname": "x"})),
+                f.as_raw_fd(),
+            )
             .unwrap();
         assert_eq!(v["n"], 1);
         server.join().unwrap();

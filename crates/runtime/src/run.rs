@@ -25,9 +25,9 @@ use crate::virtiofs::{self, IdMapping, VirtiofsError, Virtiofsd};
 use crate::vmm::{qemu_binary, FsDevice, Nic, NicBackend, Qemu, QemuSpec, Vmm, VmmError};
 use crate::{chain, log};
 use agent_protocol::{
-    decode_message, read_frame, write_frame, write_message, FrameKind, GuestMessage, HostMessage,
-    StartRequest, WinSize, AGENT_PORT, FEATURE_CLOCK, FEATURE_MOUNTS, FEATURE_NETWORK,
-    FEATURE_ADOPT, FEATURE_RLIMITS, FEATURE_STDIN_CREDIT, VERSION,
+    decode_message, read_frame, write_frame, write_message, AdoptRequest, FrameKind, GuestMessage,
+    HostMessage, StartRequest, WinSize, AGENT_PORT, FEATURE_ADOPT, FEATURE_CLOCK, FEATURE_MOUNTS,
+    FEATURE_NETWORK, FEATURE_RLIMITS, FEATURE_STDIN_CREDIT, VERSION,
 };
 use std::collections::HashMap;
 use std::io::Write;
@@ -667,6 +667,9 @@ enum End {
     Refused(String),
     /// The connection dropped, the VMM died, or the guest broke the protocol.
     Lost(Option<String>),
+    /// A VM restored from a template could not become the container's own:
+    /// nothing ran; the next boot attempt boots the kernel.
+    Retry(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -716,6 +719,7 @@ fn keep_clock_in_step(
 /// Steps 6-10: connect to vminitd, run the process, record its end, power
 /// the VM off. The VMM must already be in `shared`. `Err` only when the
 /// container never started (the state then says why, with exit code 125).
+#[allow(clippy::too_many_arguments)]
 pub fn supervise(
     shared: &Arc<Shared>,
     request: StartRequest,
@@ -885,9 +889,7 @@ pub fn supervise(
                         }
                         continue;
                     }
-                    if let Err(e) =
-                        begin(&tx, &clock, clock_feature, &mut request, &mut phase)
-                    {
+                    if let Err(e) = begin(&tx, &clock, clock_feature, &mut request, &mut phase) {
                         break End::Lost(Some(e));
                     }
                 }
@@ -895,9 +897,7 @@ pub fn supervise(
                     log(&format!(
                         "the restored VM is the container's own (entropy, MAC, disk) at guest uptime {uptime_ms} ms"
                     ));
-                    if let Err(e) =
-                        begin(&tx, &clock, clock_feature, &mut request, &mut phase)
-                    {
+                    if let Err(e) = begin(&tx, &clock, clock_feature, &mut request, &mut phase) {
                         break End::Lost(Some(e));
                     }
                 }
@@ -984,6 +984,9 @@ pub fn supervise(
                 (Phase::Running, GuestMessage::Error { message }) => {
                     log(&format!("guest agent error: {message}"));
                 }
+                (Phase::Adopting, GuestMessage::Error { message }) => {
+                    break End::Retry(format!("the restored VM could not be adopted: {message}"));
+                }
                 (_, GuestMessage::Error { message }) => {
                     break End::Refused(format!("the guest agent failed: {message}"));
                 }
@@ -993,17 +996,32 @@ pub fn supervise(
             }
         },
     };
+    let end = match end {
+        End::Lost(why) if phase == Phase::Adopting && !shared.stopping() => End::Retry(format!(
+            "the restored VM was lost while being adopted ({})",
+            why.unwrap_or_else(|| "connection closed".into())
+        )),
+        other => other,
+    };
+    if let End::Retry(why) = end {
+        // Attached clients wait for the next boot.
+        shared.kill_vmm();
+        done.store(true, Ordering::SeqCst);
+        tx.shutdown();
+        return Err(RunError::BootAttempt(why));
+    }
     *lock(&shared.agent) = None;
     shared.stdin_window.close();
     // Attached clients hear how it ended.
     match &end {
         End::Exited(code) | End::StartFailed(code, _) => shared.attachers.close(*code, None),
         End::Refused(_) => shared.attachers.close(EXIT_START_FAILED, None),
-        End::Lost(_) => shared.attachers.close(EXIT_VM_LOST, None),
+        End::Lost(_) | End::Retry(_) => shared.attachers.close(EXIT_VM_LOST, None),
     }
 
     let mut result = Ok(());
     let orderly = match end {
+        End::Retry(_) => unreachable!("returned above"),
         End::Exited(code) => {
             if let Err(e) = stdio.sync() {
                 log(&format!("syncing stdio.log: {e}"));
@@ -1284,9 +1302,11 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 &mut passts,
                 &mut shares,
                 jail.as_mut(),
+                // A VM that did not come up from a template boots its kernel.
+                attempt == 1,
                 &t,
             )
-            .and_then(|(mut stdio, launched, mut gate)| {
+            .and_then(|(mut stdio, launched, mut gate, adopt)| {
                 let uds = run_dir.join("vsock.sock");
                 let mut logged = false;
                 let mut connect = || {
@@ -1309,7 +1329,7 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
                 supervise(
                     &shared,
                     request.clone(),
-                    None,
+                    adopt,
                     &mut connect,
                     &mut stdio,
                     launched,
@@ -1475,8 +1495,17 @@ fn launch(
     passts: &mut Vec<Passt>,
     shares: &mut Vec<Virtiofsd>,
     mut jail: Option<&mut crate::jail::VmJail>,
+    allow_template: bool,
     t: &Timeouts,
-) -> Result<(StdioLog, Instant, transport::ReadyGate), RunError> {
+) -> Result<
+    (
+        StdioLog,
+        Instant,
+        transport::ReadyGate,
+        Option<AdoptRequest>,
+    ),
+    RunError,
+> {
     use crate::jail::hand_over;
     make_run_dir(run_dir)?;
     let overlay = dir.join("overlay.qcow2");
@@ -1542,23 +1571,64 @@ fn launch(
     let listener = control::bind(&run_dir.join("control.sock"))?;
     control::serve(listener, Arc::clone(shared) as Arc<dyn ControlHandler>);
 
-    let spec = QemuSpec {
-        accel: config.accel.clone(),
-        cpus: config.cpus,
-        memory_mib: config.memory_mib,
-        kernel: config.kernel.clone(),
-        initrd: config.initrd.clone(),
-        disk: overlay,
-        agent_fd,
-        boot_log: dir.join("boot.log"),
-        qmp_socket: run_dir.join("qmp.sock"),
-        tsc_khz: crate::vmm::host_tsc_khz(),
-        nics,
-        volumes: volumes.to_vec(),
-        fs_devices,
-        sandbox: jail.is_some(),
-        restore_fd: None,
+    let tsc_khz = crate::vmm::host_tsc_khz();
+    let template = if allow_template {
+        restorable(home, config, volumes, &nics, &fs_devices, tsc_khz)
+    } else {
+        None
     };
+    let adopt = template.as_ref().map(|(inputs, ready)| {
+        let disk_bytes = std::fs::metadata(&config.rootfs_base).map_or(0, |m| m.len());
+        (
+            AdoptRequest {
+                entropy: crate::template::entropy(),
+                root_device: "/dev/vda".into(),
+                root_sectors: disk_bytes / 512,
+                macs: nics
+                    .iter()
+                    .map(|n| agent_protocol::MacChange {
+                        from: ready.meta.mac.clone(),
+                        to: n.mac.clone(),
+                    })
+                    .collect(),
+            },
+            disk_bytes,
+            inputs.clone(),
+        )
+    });
+    let spec = match &template {
+        Some((inputs, ready)) => {
+            use std::os::fd::AsRawFd;
+            crate::template::layout(
+                inputs,
+                overlay,
+                agent_fd,
+                dir.join("boot.log"),
+                run_dir.join("qmp.sock"),
+                nics.into_iter().next().map(|n| n.backend),
+                jail.is_some(),
+                Some(ready.state.as_raw_fd()),
+            )
+        }
+        None => QemuSpec {
+            accel: config.accel.clone(),
+            cpus: config.cpus,
+            memory_mib: config.memory_mib,
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            disk: overlay,
+            agent_fd,
+            boot_log: dir.join("boot.log"),
+            qmp_socket: run_dir.join("qmp.sock"),
+            tsc_khz,
+            nics,
+            volumes: volumes.to_vec(),
+            fs_devices,
+            sandbox: jail.is_some(),
+            restore_fd: None,
+        },
+    };
+    let qmp_socket = spec.qmp_socket.clone();
     let binary = qemu_binary();
     let mut qemu = match jail.as_ref() {
         Some(j) => {
@@ -1583,15 +1653,88 @@ fn launch(
     if let Some(a) = transport.as_mut() {
         a.release_qemu_end();
     }
+    // QEMU has its copy of the saved state.
+    let template_key = template.map(|(_, ready)| ready.meta.key);
     started?;
     let pid = qemu.pid();
     shared.set_vmm(Box::new(qemu));
     shared.update(|s| {
         s.vmm_pid = pid;
         s.vmm_uid = vm_uid;
+        s.template = template_key.clone();
     });
-    log(&format!("VMM started (pid {})", pid.unwrap_or(-1)));
-    Ok((stdio, launched, gate))
+    log(&format!(
+        "VMM started (pid {}){}",
+        pid.unwrap_or(-1),
+        match &template_key {
+            Some(k) => format!(", restoring the VM template {k}"),
+            None => String::new(),
+        }
+    ));
+    let adopt = match adopt {
+        Some((request, disk_bytes, _)) => {
+            let mut alive = || !shared.vmm_exited();
+            crate::template::finish_restore(&qmp_socket, disk_bytes, &mut alive).map_err(|e| {
+                RunError::BootAttempt(format!("restoring the VM template failed: {}", chain(&e)))
+            })?;
+            log(&format!(
+                "VM restored and its disk swapped in {} ms after launch",
+                launched.elapsed().as_millis()
+            ));
+            Some(request)
+        }
+        None => None,
+    };
+    Ok((stdio, launched, gate, adopt))
+}
+
+/// The template a container's VM can be restored from, built first if
+/// need be; `None` (the VM boots its kernel) when templates are off for it,
+/// when it has devices a saved VM cannot have (virtio-fs shares, block
+/// volumes, more than one network), or when the template cannot be built.
+fn restorable(
+    home: &Home,
+    config: &ContainerConfig,
+    volumes: &[crate::mounts::VolumeDisk],
+    nics: &[Nic],
+    fs_devices: &[FsDevice],
+    tsc_khz: Option<u64>,
+) -> Option<(crate::template::Inputs, crate::template::Ready)> {
+    if config.no_template || !vessel_api::template::enabled() {
+        return None;
+    }
+    let why_not = if !fs_devices.is_empty() {
+        Some("it shares host directories (virtio-fs cannot be saved)")
+    } else if !volumes.is_empty() {
+        Some("it has block volumes")
+    } else if nics.len() > 1 {
+        Some("it has more than one network")
+    } else {
+        None
+    };
+    if let Some(why) = why_not {
+        log(&format!("booting the kernel, not a VM template: {why}"));
+        return None;
+    }
+    let inputs = crate::template::Inputs {
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        accel: config.accel.clone(),
+        cpus: config.cpus.max(1),
+        memory_mib: config.memory_mib,
+        nic: nics.len() == 1,
+        tsc_khz,
+    };
+    match crate::template::ensure(home, &inputs) {
+        Ok(ready) => Some((inputs, ready)),
+        Err(e) => {
+            log(&format!(
+                "no VM template ({}); booting the kernel",
+                chain(&e)
+            ));
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1804,7 +1947,13 @@ mod tests {
             assert_eq!(recv(&mut g), Some(HostMessage::Adopt(adopt_request())));
             send(&mut g, GuestMessage::Adopted { uptime_ms: 2 });
             assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));
-            send(&mut g, GuestMessage::Started { pid: 2, uptime_ms: 3 });
+            send(
+                &mut g,
+                GuestMessage::Started {
+                    pid: 2,
+                    uptime_ms: 3,
+                },
+            );
             send(
                 &mut g,
                 GuestMessage::Exited {

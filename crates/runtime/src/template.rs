@@ -249,13 +249,12 @@ fn build(
     let run_dir = home.run_base().join(format!("t-{}", &key[..10]));
     let _ = std::fs::remove_dir_all(&run_dir);
     let result = (|| {
-        crate::run::make_run_dir(&run_dir)
-            .map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
+        crate::run::make_run_dir(&run_dir).map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
         let placeholder = work.join("placeholder.qcow2");
         make_placeholder(&placeholder)?;
         let uds = run_dir.join("vsock.sock");
-        let mut gate = ReadyGate::bind(&uds, BOOT_LIMIT)
-            .map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
+        let mut gate =
+            ReadyGate::bind(&uds, BOOT_LIMIT).map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
         let mut transport = AgentTransport::start(&uds, gate.path.clone())
             .map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
         let agent_fd = transport
@@ -274,7 +273,8 @@ fn build(
         );
         let mut qemu = Qemu::new(qemu_binary(), spec, work.join("vmm.log"));
         let r = (|| {
-            qemu.start().map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
+            qemu.start()
+                .map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
             transport.release_qemu_end();
             let deadline = Instant::now() + BOOT_LIMIT;
             loop {
@@ -386,7 +386,8 @@ fn save(qmp_socket: &Path, path: &Path) -> Result<(), TemplateError> {
             _ => std::thread::sleep(Duration::from_millis(5)),
         }
     }
-    file.sync_all().map_err(io(format!("sync {}", path.display())))?;
+    file.sync_all()
+        .map_err(io(format!("sync {}", path.display())))?;
     Ok(())
 }
 
@@ -407,7 +408,11 @@ fn qemu_version() -> String {
 /// Once a clone's QEMU has started: wait for the state to be loaded and the
 /// VM running, then give the root disk its real size, which tells the guest
 /// (virtio's configuration change) what `Adopt` waits for.
-pub fn finish_restore(qmp_socket: &Path, disk_bytes: u64, vmm_alive: &mut dyn FnMut() -> bool) -> Result<(), TemplateError> {
+pub fn finish_restore(
+    qmp_socket: &Path,
+    disk_bytes: u64,
+    vmm_alive: &mut dyn FnMut() -> bool,
+) -> Result<(), TemplateError> {
     let deadline = Instant::now() + RESTORE_LIMIT;
     let mut qmp = loop {
         match Session::connect(qmp_socket, Duration::from_secs(10)) {
@@ -422,7 +427,9 @@ pub fn finish_restore(qmp_socket: &Path, disk_bytes: u64, vmm_alive: &mut dyn Fn
         let v = qmp.call("query-status", None)?;
         match v.get("status").and_then(|s| s.as_str()).unwrap_or("") {
             "running" => break,
-            "inmigrate" | "prelaunch" | "postmigrate" | "paused" | "restore-vm" if Instant::now() < deadline => {
+            "inmigrate" | "prelaunch" | "postmigrate" | "paused" | "restore-vm"
+                if Instant::now() < deadline =>
+            {
                 std::thread::sleep(Duration::from_millis(2))
             }
             other => {

@@ -235,7 +235,10 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
         // pages the template never touched stay unallocated, and memory
         // the guest gives back is dropped (MADV_DONTNEED). No vhost-user
         // device needs it shared: a template has none.
-        push(&format!("memory-backend-ram,id=mem,size={}M", spec.memory_mib));
+        push(&format!(
+            "memory-backend-ram,id=mem,size={}M",
+            spec.memory_mib
+        ));
     } else {
         push(&format!(
             "memory-backend-memfd,id=mem,size={}M,share=on",

@@ -70,7 +70,11 @@ pub fn list(home: &Home) -> Vec<TemplateMeta> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| crate::fsutil::read_json(&e.path().join("meta.json")).ok().flatten())
+        .filter_map(|e| {
+            crate::fsutil::read_json(&e.path().join("meta.json"))
+                .ok()
+                .flatten()
+        })
         .collect();
     out.sort_by_key(|m: &TemplateMeta| m.created_ms);
     out

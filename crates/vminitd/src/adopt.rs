@@ -38,7 +38,7 @@ pub fn adopt(req: &AdoptRequest) -> Result<(), String> {
 }
 
 fn decode_hex(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 || s.len() < 32 {
+    if !s.len().is_multiple_of(2) || s.len() < 32 {
         return Err("the host's entropy is missing or malformed".into());
     }
     (0..s.len())

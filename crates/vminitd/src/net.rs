@@ -151,7 +151,12 @@ pub fn set_mac(from: &str, to: &str) -> Result<(), String> {
     // struct sockaddr: family, then the address bytes.
     req.data[..2].copy_from_slice(&(libc::ARPHRD_ETHER as libc::c_ushort).to_ne_bytes());
     req.data[2..8].copy_from_slice(&mac);
-    ioctl(&fd, libc::SIOCSIFHWADDR, &mut req, &format!("set the MAC of {name}"))
+    ioctl(
+        &fd,
+        libc::SIOCSIFHWADDR,
+        &mut req,
+        &format!("set the MAC of {name}"),
+    )
 }
 
 /// `aa:bb:cc:dd:ee:ff` as six bytes.

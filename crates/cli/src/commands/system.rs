@@ -279,7 +279,11 @@ fn status(api: &Api, format: Option<&str>) -> Result<i32> {
             t.key,
             t.cpus,
             t.memory_mib,
-            if t.nic { "network device" } else { "no network device" },
+            if t.nic {
+                "network device"
+            } else {
+                "no network device"
+            },
             t.state_bytes as f64 / (1024.0 * 1024.0),
             t.build_ms as f64 / 1000.0,
             crate::format::human_duration(crate::format::since(t.created_ms))
