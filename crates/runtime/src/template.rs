@@ -405,9 +405,9 @@ fn qemu_version() -> String {
         .unwrap_or_default()
 }
 
-/// Once a clone's QEMU has started: wait for the state to be loaded and the
-/// VM running, then give the root disk its real size, which tells the guest
-/// (virtio's configuration change) what `Adopt` waits for.
+/// Once a clone's QEMU has started: wait for the state to be loaded, give
+/// the root disk its real size, which tells the guest (virtio's
+/// configuration change) what `Adopt` waits for, and let the VM run.
 pub fn finish_restore(
     qmp_socket: &Path,
     disk_bytes: u64,
@@ -423,27 +423,32 @@ pub fn finish_restore(
             Err(e) => return Err(e.into()),
         }
     };
-    loop {
+    // The template was saved stopped, so the restored VM stays paused once
+    // its state is in: the disk is swapped in then, and the guest sees the
+    // new size as soon as it runs.
+    let running = loop {
         let v = qmp.call("query-status", None)?;
         match v.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-            "running" => break,
-            "inmigrate" | "prelaunch" | "postmigrate" | "paused" | "restore-vm"
-                if Instant::now() < deadline =>
-            {
+            "running" => break true,
+            "paused" | "postmigrate" => break false,
+            "inmigrate" | "prelaunch" | "restore-vm" if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(2))
             }
             other => {
                 return Err(TemplateError::Vm(format!(
-                    "the restored VM is {other:?}, not running, after {} ms",
+                    "the restored VM is {other:?} after {} ms, not ready to run",
                     RESTORE_LIMIT.as_millis()
                 )))
             }
         }
-    }
+    };
     qmp.call(
         "block_resize",
         Some(serde_json::json!({ "device": "root", "size": disk_bytes })),
     )?;
+    if !running {
+        qmp.call("cont", None)?;
+    }
     Ok(())
 }
 
