@@ -1551,6 +1551,13 @@ fn launch(
     let mut taps = Vec::new();
     let nics = start_nics(networks, dir, run_dir, passts, vm_uid.map(|_| &mut taps), t)?;
     let fs_devices = start_shares(home, config, dir, run_dir, shares, t)?;
+    // Built first if need be (the first container of its size).
+    let tsc_khz = crate::vmm::host_tsc_khz();
+    let template = if allow_template {
+        restorable(home, config, volumes, &nics, &fs_devices, tsc_khz)
+    } else {
+        None
+    };
     // Before the VM starts, so the guest's signal finds it.
     let gate = transport::ReadyGate::bind(&uds, t.ready_fallback)?;
     let agent = transport.insert(AgentTransport::start(&uds, gate.path.clone())?);
@@ -1571,12 +1578,6 @@ fn launch(
     let listener = control::bind(&run_dir.join("control.sock"))?;
     control::serve(listener, Arc::clone(shared) as Arc<dyn ControlHandler>);
 
-    let tsc_khz = crate::vmm::host_tsc_khz();
-    let template = if allow_template {
-        restorable(home, config, volumes, &nics, &fs_devices, tsc_khz)
-    } else {
-        None
-    };
     let adopt = template.as_ref().map(|(inputs, ready)| {
         let disk_bytes = std::fs::metadata(&config.rootfs_base).map_or(0, |m| m.len());
         (
