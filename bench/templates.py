@@ -11,7 +11,11 @@
    default bridge network at once: the start rate, then each one answers
    `exec` and a ping from the host; the host memory they take.
 
-usage: bench/templates.py [--runs 10] [--idle 10] [--density 0] [--json]
+   With --ksm, the idle measurement from a template is made once more with
+   the host's KSM merging identical pages (turned on for it, then set back):
+   clones of one template hold the same kernel pages.
+
+usage: bench/templates.py [--runs 10] [--idle 10] [--density 0] [--ksm] [--json]
 Needs VESSEL_KERNEL, VESSEL_INITRD, VESSEL_TEST_IMAGE (scripts/test.sh
 builds them) and vessel's binaries in VESSEL_BIN_DIR (default
 target/release). Everything is torn down at the end, also on error.
@@ -93,6 +97,25 @@ def idle_memory(v, count, extra, label):
     }
 
 
+KSM = "/sys/kernel/mm/ksm"
+
+
+def with_ksm(f):
+    """Run `f` with KSM scanning (merging identical anonymous pages that
+    QEMU marks mergeable), and give KSM its settings back after."""
+    keys = ("run", "pages_to_scan", "sleep_millisecs")
+    old = {k: open(os.path.join(KSM, k)).read().strip() for k in keys}
+    try:
+        for k, val in (("pages_to_scan", "1000"), ("sleep_millisecs", "20"), ("run", "1")):
+            with open(os.path.join(KSM, k), "w") as fh:
+                fh.write(val)
+        return f()
+    finally:
+        for k in ("run", "pages_to_scan", "sleep_millisecs"):
+            with open(os.path.join(KSM, k), "w") as fh:
+                fh.write(old[k])
+
+
 def density(v, count):
     names = [f"d-{i}" for i in range(count)]
     settle()
@@ -133,6 +156,7 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--idle", type=int, default=10)
     ap.add_argument("--density", type=int, default=0)
+    ap.add_argument("--ksm", action="store_true")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     bindir, image = sides.prepare()
@@ -165,6 +189,8 @@ def main():
         if a.idle:
             out["idle_128m_template"] = idle_memory(v, a.idle, [], "t")
             out["idle_128m_cold"] = idle_memory(v, a.idle, ["--no-template"], "c")
+            if a.ksm:
+                out["idle_128m_template_ksm"] = with_ksm(lambda: idle_memory(v, a.idle, [], "k"))
         if a.density:
             out["density"] = density(v, a.density)
     finally:
@@ -180,7 +206,7 @@ def main():
         print(f"run --rm true, {k:9}: p50 {r[k]['p50_s']:.3f} s, mean {r[k]['mean_s']:.3f} s ({r[k]['runs']} runs)")
     print(f"template / cold {r['template_over_cold']:.2f}x, template / podman {r['template_over_podman']:.2f}x, "
           f"cold / podman {r['cold_over_podman']:.2f}x")
-    for k in ("idle_128m_template", "idle_128m_cold"):
+    for k in ("idle_128m_template", "idle_128m_cold", "idle_128m_template_ksm"):
         if k in out:
             m = out[k]
             print(f"{k}: {m['containers']} containers, PSS {m['pss_mib_per_container']:.1f} MiB each, "
