@@ -73,7 +73,7 @@ def settle():
     time.sleep(3)
 
 
-def idle_memory(v, count, extra, label):
+def idle_memory(v, count, extra, label, wait=5):
     """Start `count` idle 128 MiB containers; per container: PSS and the
     MemAvailable drop."""
     names = [f"{label}-{i}" for i in range(count)]
@@ -82,7 +82,7 @@ def idle_memory(v, count, extra, label):
     for n in names:
         v.run("run", "-d", "--name", n, "--network", "none", "--memory", "128m", *extra,
               sides.IMAGE, "sleep", "100000", timeout=300)
-    time.sleep(5)  # let the guests go idle
+    time.sleep(wait)  # let the guests go idle (and KSM scan them)
     settle()
     after = mem_available_kib()
     pss = [container_pss_kib(v, n) for n in names]
@@ -190,7 +190,7 @@ def main():
             out["idle_128m_template"] = idle_memory(v, a.idle, [], "t")
             out["idle_128m_cold"] = idle_memory(v, a.idle, ["--no-template"], "c")
             if a.ksm:
-                out["idle_128m_template_ksm"] = with_ksm(lambda: idle_memory(v, a.idle, [], "k"))
+                out["idle_128m_template_ksm"] = with_ksm(lambda: idle_memory(v, a.idle, [], "k", wait=40))
         if a.density:
             out["density"] = density(v, a.density)
     finally:
