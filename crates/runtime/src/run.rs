@@ -1554,7 +1554,7 @@ fn launch(
     // Built first if need be (the first container of its size).
     let tsc_khz = crate::vmm::host_tsc_khz();
     let template = if allow_template {
-        restorable(home, config, volumes, &nics, &fs_devices, tsc_khz)
+        restorable(home, config, volumes, &nics, &fs_devices, tsc_khz, run_dir)
     } else {
         None
     };
@@ -1700,6 +1700,7 @@ fn restorable(
     nics: &[Nic],
     fs_devices: &[FsDevice],
     tsc_khz: Option<u64>,
+    run_dir: &Path,
 ) -> Option<(crate::template::Inputs, crate::template::Ready)> {
     if config.no_template || !vessel_api::template::enabled() {
         return None;
@@ -1726,7 +1727,7 @@ fn restorable(
         nic: nics.len() == 1,
         tsc_khz,
     };
-    match crate::template::ensure(home, &inputs) {
+    match crate::template::ensure(home, &inputs, &run_dir.join("template")) {
         Ok(ready) => Some((inputs, ready)),
         Err(e) => {
             log(&format!(

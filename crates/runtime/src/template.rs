@@ -139,9 +139,11 @@ pub struct Ready {
     pub state: File,
 }
 
-/// The template for `inputs`, built first if there is none. Several
-/// runtimes needing the same template wait for one build.
-pub fn ensure(home: &Home, inputs: &Inputs) -> Result<Ready, TemplateError> {
+/// The template for `inputs`, built first if there is none (its VM's
+/// sockets in `sockets`, a directory of the container's run directory, so
+/// what a killed build leaves goes with the container's). Several runtimes
+/// needing the same template wait for one build.
+pub fn ensure(home: &Home, inputs: &Inputs, sockets: &Path) -> Result<Ready, TemplateError> {
     let root = template::dir(home);
     std::fs::create_dir_all(&root).map_err(io(format!("create {}", root.display())))?;
     let key = inputs.key()?;
@@ -159,7 +161,7 @@ pub fn ensure(home: &Home, inputs: &Inputs) -> Result<Ready, TemplateError> {
     let meta = match meta {
         Some(m) => m,
         None => {
-            let m = build(home, inputs, &key, &root)?;
+            let m = build(inputs, &key, &root, sockets)?;
             remove_stale(&root, &m);
             m
         }
@@ -231,10 +233,10 @@ pub fn layout(
 /// Boot a template VM in `root/<key>.building`, save it, and move it to
 /// `root/<key>`.
 fn build(
-    home: &Home,
     inputs: &Inputs,
     key: &str,
     root: &Path,
+    run_dir: &Path,
 ) -> Result<TemplateMeta, TemplateError> {
     let started = Instant::now();
     log(&format!(
@@ -246,10 +248,9 @@ fn build(
     let work = root.join(format!("{key}.building"));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io(format!("create {}", work.display())))?;
-    let run_dir = home.run_base().join(format!("t-{}", &key[..10]));
-    let _ = std::fs::remove_dir_all(&run_dir);
+    let _ = std::fs::remove_dir_all(run_dir);
     let result = (|| {
-        crate::run::make_run_dir(&run_dir).map_err(|e| TemplateError::Vm(crate::chain(&e)))?;
+        std::fs::create_dir(run_dir).map_err(io(format!("create {}", run_dir.display())))?;
         let placeholder = work.join("placeholder.qcow2");
         make_placeholder(&placeholder)?;
         let uds = run_dir.join("vsock.sock");
@@ -309,7 +310,7 @@ fn build(
         transport.close();
         r
     })();
-    let _ = std::fs::remove_dir_all(&run_dir);
+    let _ = std::fs::remove_dir_all(run_dir);
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&work);
         return Err(e);
