@@ -54,7 +54,9 @@ fn test_user() -> (u32, u32) {
     // One useradd at a time: tests run on threads, and a user half made by
     // another thread's useradd has been seen without its home.
     static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _making = MAKING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _making = MAKING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if !run("id", &["-u", USER]).status.success() {
         let out = run(
             "useradd",

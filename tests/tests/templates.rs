@@ -256,3 +256,47 @@ fn a_template_is_rebuilt_when_an_input_changes() {
     assert_eq!(second.len(), 1, "the outdated template is gone: {second:?}");
     assert_ne!(first, second, "a new template for the new initramfs");
 }
+
+/// Several idle 128 MiB clones at once (`VESSEL_DENSITY`, default 8; the
+/// 50 of the issue run in `bench/templates.py --density 50`): every one
+/// answers `exec`, and over the network from the host (an HTTP request to
+/// its address).
+#[test]
+fn idle_clones_at_once_all_answer() {
+    use std::io::{Read, Write};
+    let n: usize = std::env::var("VESSEL_DENSITY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8);
+    let v = Instance::started();
+    let names: Vec<String> = (0..n).map(|i| format!("idle-{i}")).collect();
+    let serve = "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w";
+    for name in &names {
+        let out = v.vessel(&[
+            "run", "-d", "--name", name, "--memory", "128m", IMAGE, "sh", "-c", serve,
+        ]);
+        assert_ok(&out, &format!("run -d {name}"));
+    }
+    for name in &names {
+        assert!(template_of(&v, name).is_some(), "{name} from a template");
+        let hostname = exec(&v, name, "hostname");
+        let ip = exec(&v, name, "ip -4 -o addr show eth0 | awk '{print $4}'");
+        let ip = ip.split('/').next().unwrap().to_string();
+        let addr: std::net::SocketAddr = format!("{ip}:80").parse().unwrap();
+        let mut body = String::new();
+        let answered = v.wait_for(Duration::from_secs(10), || {
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            else {
+                return false;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            body.clear();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_ok() && s.read_to_string(&mut body).is_ok()
+        });
+        assert!(answered, "{name} ({ip}) answers the host");
+        assert!(body.ends_with(&format!("{hostname}\n")), "{name}: {body}");
+    }
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    assert_ok(&v.vessel(&args), "rm");
+}
