@@ -472,10 +472,10 @@ impl Vmm for Qemu {
 
     /// The VMM process is stopped (SIGSTOP) and continued (SIGCONT), as a
     /// cgroup freezer stops a container's processes: its vCPUs stand
-    /// still, the devices keep their state. QMP's `stop`/`cont` stops the
-    /// vhost-user vsock device as well, and `vhost-device-vsock` 0.3.0 does
-    /// not take it up again after `cont`: every later vsock connection
-    /// failed (`EAGAIN`) and the guest's output stopped for good.
+    /// still, the devices keep their state. (Chosen when the agent
+    /// ran over vhost-user vsock: QMP's `stop`/`cont` stopped that device
+    /// for good. The virtio-serial transport has no such trouble, but a
+    /// stopped process is what a frozen container is.)
     fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
         if self.try_wait()?.is_some() {
             return Err(VmmError::Io(std::io::Error::other("the VMM has exited")));
