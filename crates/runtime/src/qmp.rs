@@ -1,8 +1,8 @@
 //! A minimal client of QEMU's machine protocol (QMP): one command per
 //! connection. Every VM has its QMP socket (`RUN/qmp.sock`), for a person
 //! diagnosing it and for the runtime. `vessel pause` does not use QMP's
-//! `stop`/`cont` (see `Qemu::pause` in `vmm.rs`: they leave the vsock
-//! device dead), it stops the VMM process.
+//! `stop`/`cont`, it stops the VMM process (see `Qemu::pause` in
+//! `vmm.rs`).
 //!
 //! QMP is line-delimited JSON: QEMU greets with `{"QMP": ...}`, the client
 //! sends `{"execute":"qmp_capabilities"}`, then commands; each answer is

@@ -1,6 +1,3 @@
-//! The host end of the guest's vsock: a `vhost-device-vsock` backend process
-//! per VM, and hybrid-vsock connections through its Unix socket.
-
 //! The host end of the agent transport: the VM's virtio-serial port
 //! [`agent_protocol::mux::PORT_NAME`], whose other end QEMU inherits as a connected socket,
 //! multiplexed into streams ([`agent_protocol::mux`]) by threads of the

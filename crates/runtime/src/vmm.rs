@@ -506,10 +506,10 @@ impl Vmm for Qemu {
 
     /// The VMM process is stopped (SIGSTOP) and continued (SIGCONT), as a
     /// cgroup freezer stops a container's processes: its vCPUs stand
-    /// still, the devices keep their state. QMP's `stop`/`cont` stops the
-    /// vhost-user vsock device as well, and `vhost-device-vsock` 0.3.0 does
-    /// not take it up again after `cont`: every later vsock connection
-    /// failed (`EAGAIN`) and the guest's output stopped for good.
+    /// still, the devices keep their state. (Chosen when the agent
+    /// ran over vhost-user vsock: QMP's `stop`/`cont` stopped that device
+    /// for good. The virtio-serial transport has no such trouble, but a
+    /// stopped process is what a frozen container is.)
     fn pause(&mut self, paused: bool) -> Result<(), VmmError> {
         if self.try_wait()?.is_some() {
             return Err(VmmError::Io(std::io::Error::other("the VMM has exited")));
@@ -615,7 +615,7 @@ mod tests {
              -drive id=vol0,file=/h/volumes/db/disk.img,format=raw,if=none,cache=writeback,discard=unmap,werror=report,rerror=report \
              -device virtio-blk-device,drive=vol0,serial=vessel-vol0 \
              -drive id=vol1,file=/h/volumes/r,,o/disk.img,format=raw,if=none,cache=writeback,discard=unmap,werror=report,rerror=report,readonly=on \
-             -device virtio-blk-device,drive=vol1,serial=vessel-vol1 -chardev"
+             -device virtio-blk-device,drive=vol1,serial=vessel-vol1 -device virtio-serial-device"
         ), "{line}");
     }
 
@@ -638,7 +638,7 @@ mod tests {
                 mac: "02:76:0a:59:00:02".into(),
             },
         ];
-        assert!(s.inherited_fds().is_empty());
+        assert_eq!(s.inherited_fds(), vec![5], "the agent port's socket only");
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
             "-netdev tap,id=n0,ifname=vsl0123456789a,script=no,downscript=no \
@@ -655,7 +655,7 @@ mod tests {
             backend: NicBackend::Stream(7),
             mac: "02:76:0a:00:02:0f".into(),
         }];
-        assert_eq!(s.inherited_fds(), vec![7]);
+        assert_eq!(s.inherited_fds(), vec![5, 7]);
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
             "-netdev stream,id=n0,server=off,addr.type=fd,addr.str=7 \
@@ -712,7 +712,7 @@ mod tests {
             backend: NicBackend::TapFd(9),
             mac: "02:76:0a:58:00:02".into(),
         }];
-        assert_eq!(s.inherited_fds(), vec![9]);
+        assert_eq!(s.inherited_fds(), vec![5, 9]);
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
             "-netdev tap,id=n0,fd=9 -device virtio-net-device,netdev=n0,mac=02:76:0a:58:00:02"

@@ -233,7 +233,7 @@ fn run() -> Result<(), String> {
     let guest = Arc::new(Guest::new(reaper::Reaper::start()?));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     // Held for the VM's life.
-    let _mux = match find_agent_port(Duration::from_secs(2)) {
+    let _mux = match find_agent_port(Duration::from_secs(10)) {
         Some(dev) => Some(serve_port(&dev, &guest, &done_tx)?),
         None => {
             log!("no virtio-serial port {PORT_NAME}; listening on vsock");
