@@ -51,6 +51,24 @@ pub const NOFILE_MAX: u64 = 4096;
 /// reserves up to 1 GiB (an eighth of the host's RAM) by default and fills
 /// it as it translates; a fixed size keeps the memory ceiling honest.
 pub const TCG_TB_MIB: u64 = 256;
+
+/// Sets every VM's TCG translation cache (MiB) outright: for measuring.
+pub const TCG_TB_ENV: &str = "VESSEL_TCG_TB_MIB";
+
+/// The translation cache of a VM with `guest_mib` of RAM (MiB): the
+/// [`TCG_TB_ENV`] override, else [`default_tcg_tb_mib`].
+pub fn tcg_tb_mib(guest_mib: u64) -> u64 {
+    std::env::var(TCG_TB_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&mib| mib > 0)
+        .unwrap_or_else(|| default_tcg_tb_mib(guest_mib))
+}
+
+/// The translation cache of a VM with `guest_mib` of RAM (MiB).
+pub fn default_tcg_tb_mib(_guest_mib: u64) -> u64 {
+    TCG_TB_MIB
+}
 /// QEMU's own memory besides the guest's RAM and the translation cache:
 /// its heap, libraries, device state, I/O buffers (MiB).
 pub const VMM_OVERHEAD_MIB: u64 = 256;
@@ -80,7 +98,11 @@ pub const CEILING_ENV: &str = "VESSEL_VMM_MEMORY_CEILING_MIB";
 
 /// The memory ceiling of a VM with `guest_mib` of RAM under `accel`.
 pub fn memory_ceiling_mib(guest_mib: u64, accel: &str) -> u64 {
-    let tcg = if accel == "kvm" { 0 } else { TCG_TB_MIB };
+    let tcg = if accel == "kvm" {
+        0
+    } else {
+        tcg_tb_mib(guest_mib)
+    };
     guest_mib + tcg + VMM_OVERHEAD_MIB
 }
 
