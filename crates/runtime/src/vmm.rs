@@ -633,7 +633,8 @@ mod tests {
             "-netdev tap,id=n0,ifname=vsl0123456789a,script=no,downscript=no \
              -device virtio-net-device,netdev=n0,mac=02:76:0a:58:00:02 \
              -netdev tap,id=n1,ifname=vslb,script=no,downscript=no \
-             -device virtio-net-device,netdev=n1,mac=02:76:0a:59:00:02 -append"
+             -device virtio-net-device,netdev=n1,mac=02:76:0a:59:00:02 \
+             -device virtio-balloon-device,free-page-reporting=on -append"
         ));
     }
 
@@ -648,7 +649,8 @@ mod tests {
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
             "-netdev stream,id=n0,server=off,addr.type=fd,addr.str=7 \
-             -device virtio-net-device,netdev=n0,mac=02:76:0a:00:02:0f -append"
+             -device virtio-net-device,netdev=n0,mac=02:76:0a:00:02:0f \
+             -device virtio-balloon-device,free-page-reporting=on -append"
         ));
         assert!(!line.contains("tap,"));
     }
@@ -674,7 +676,8 @@ mod tests {
              -chardev socket,id=fs0,path=/run/x/fs-m0.sock \
              -device vhost-user-fs-device,chardev=fs0,tag=m0 \
              -chardev socket,id=fs1,path=/run/x,,y/fs-m2.sock \
-             -device vhost-user-fs-device,chardev=fs1,tag=m2 -append"
+             -device vhost-user-fs-device,chardev=fs1,tag=m2 \
+             -device virtio-balloon-device,free-page-reporting=on -append"
         ));
         // Guest memory must be shareable for any vhost-user device.
         assert!(line.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -719,6 +722,26 @@ mod tests {
         assert!(why.contains("OOM"));
         assert_eq!(jail_end_reason(-libc::SIGKILL, false), None);
         assert_eq!(jail_end_reason(0, true), None);
+    }
+
+    #[test]
+    fn free_page_reporting_balloon_before_the_command_line() {
+        let a = strings(qemu_args(&spec("tcg")));
+        let at = a.iter().position(|s| s == BALLOON_DEVICE).unwrap();
+        assert_eq!(a[at - 1], "-device");
+        assert_eq!(a[at + 1], "-append");
+    }
+
+    #[test]
+    fn command_line_extras_go_at_the_end_of_the_kernel_command_line() {
+        let a = qemu_args(&spec("tcg"));
+        assert_eq!(with_cmdline_extra(a.clone(), "  "), a);
+        let b = strings(with_cmdline_extra(a, " initcall_debug printk.time=1 "));
+        assert_eq!(
+            b[b.len() - 1],
+            format!("{KERNEL_CMDLINE} tsc_early_khz=2596120 initcall_debug printk.time=1")
+        );
+        assert!(with_cmdline_extra(vec!["-m".into()], "x") == vec![OsString::from("-m")]);
     }
 
     #[test]
