@@ -51,7 +51,7 @@ def baseline_cmd(kernel, initrd):
         append += f" tsc_early_khz={khz}"
     acc = ["-accel", "kvm", "-cpu", "host"] if accel() == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     return [
-        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem",
+        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem",
         "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-m", "512", *acc,
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
         "-kernel", kernel, "-initrd", initrd, "-append", append,
