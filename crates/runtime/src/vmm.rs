@@ -574,7 +574,7 @@ mod tests {
         assert!(line.starts_with(
             "-M microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem \
              -object memory-backend-memfd,id=mem,size=256M,share=on -m 256 -smp 2 \
-             -accel tcg,tb-size=256 -cpu max -nodefaults -no-user-config -display none -no-reboot \
+             -accel tcg,tb-size=32 -cpu max -nodefaults -no-user-config -display none -no-reboot \
              -serial file:/c/boot.log -qmp unix:/run/x/qmp.sock,server=on,wait=off \
              -kernel /k/vmlinux -initrd /k/initrd.img"
         ));
@@ -701,7 +701,7 @@ mod tests {
         s.sandbox = true;
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
-            "-accel tcg,tb-size=256 -cpu max -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -nodefaults"
+            "-accel tcg,tb-size=32 -cpu max -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -nodefaults"
         ), "{line}");
         s.accel = "kvm".into();
         let line = strings(qemu_args(&s)).join(" ");
