@@ -45,13 +45,13 @@ def accel():
 
 
 def baseline_cmd(kernel, initrd):
-    append = "console=ttyS0 quiet panic=-1 reboot=t"
+    append = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable acpi=off"
     khz = host_tsc_khz()
     if khz:
         append += f" tsc_early_khz={khz}"
     acc = ["-accel", "kvm", "-cpu", "host"] if accel() == "kvm" else ["-accel", "tcg", "-cpu", "max"]
     return [
-        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem",
+        "qemu-system-x86_64", "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem",
         "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-m", "512", *acc,
         "-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
         "-kernel", kernel, "-initrd", initrd, "-append", append,
