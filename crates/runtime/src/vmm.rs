@@ -189,7 +189,9 @@ pub const MACHINE: &str =
     "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem";
 
 /// The virtio-balloon device, for free page reporting only: vessel never
-/// inflates it.
+/// inflates it. Only over the shared memfd: on a private mapping of a file
+/// (a VM template's memory) QEMU 7.2 punches the reported pages out of the
+/// file itself, which every clone maps (measured; docs/GUEST_KERNEL.md).
 pub const BALLOON_DEVICE: &str = "virtio-balloon-device,free-page-reporting=on";
 
 /// Words added to the kernel command line, for measuring and debugging
