@@ -1,7 +1,7 @@
 //! Keeping the guest's wall clock in step with the host's.
 //!
-//! A microVM has no RTC: the guest kernel boots at 1970 and its clock then
-//! runs on the TSC, whose frequency the host only estimates. So the runtime
+//! The guest kernel boots with the time of the microVM's RTC, to the second,
+//! and its clock then runs on the TSC, whose frequency the host only estimates. So the runtime
 //! sets the guest's `CLOCK_REALTIME` before the container's process starts
 //! and keeps it in step while it runs, over the agent connection:
 //!

@@ -46,10 +46,36 @@ pub const VM_ID_COUNT: u32 = 65_536;
 pub const PIDS_MAX: u64 = 512;
 /// Open files per process (QEMU: disks, sockets, eventfds, ioeventfds).
 pub const NOFILE_MAX: u64 = 4096;
-/// QEMU's TCG translation cache (MiB): `-accel tcg,tb-size=`. QEMU 7.2
-/// reserves up to 1 GiB (an eighth of the host's RAM) by default and fills
-/// it as it translates; a fixed size keeps the memory ceiling honest.
+/// The largest TCG translation cache of a VM (MiB): `-accel tcg,tb-size=`.
+/// QEMU 7.2 reserves up to 1 GiB (an eighth of the host's RAM) by default
+/// and fills it as it translates; a size of our own keeps the memory
+/// ceiling honest ([`default_tcg_tb_mib`]).
 pub const TCG_TB_MIB: u64 = 256;
+
+/// Sets every VM's TCG translation cache (MiB) outright: for measuring.
+pub const TCG_TB_ENV: &str = "VESSEL_TCG_TB_MIB";
+
+/// The translation cache of a VM with `guest_mib` of RAM (MiB): the
+/// [`TCG_TB_ENV`] override, else [`default_tcg_tb_mib`].
+pub fn tcg_tb_mib(guest_mib: u64) -> u64 {
+    std::env::var(TCG_TB_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&mib| mib > 0)
+        .unwrap_or_else(|| default_tcg_tb_mib(guest_mib))
+}
+
+/// The translation cache of a VM with `guest_mib` of RAM (MiB): an eighth
+/// of its RAM, between 16 and [`TCG_TB_MIB`]. The cache's pages stay
+/// resident once written (QEMU flushes a full cache and starts over, it
+/// never gives pages back), and booting and idling take 32 to 64 MiB of
+/// it: measured (bench/tb_size.py), an idle container's QEMU PSS is 139 MiB
+/// with 256 or 64, 130 with 32, 112 with 16, with no slowdown of `run` or
+/// of a CPU-bound container at 16. A VM with more memory runs larger
+/// programs, whose code gets the larger cache.
+pub fn default_tcg_tb_mib(guest_mib: u64) -> u64 {
+    (guest_mib / 8).clamp(16, TCG_TB_MIB)
+}
 /// QEMU's own memory besides the guest's RAM and the translation cache:
 /// its heap, libraries, device state, I/O buffers (MiB).
 pub const VMM_OVERHEAD_MIB: u64 = 256;
@@ -79,7 +105,11 @@ pub const CEILING_ENV: &str = "VESSEL_VMM_MEMORY_CEILING_MIB";
 
 /// The memory ceiling of a VM with `guest_mib` of RAM under `accel`.
 pub fn memory_ceiling_mib(guest_mib: u64, accel: &str) -> u64 {
-    let tcg = if accel == "kvm" { 0 } else { TCG_TB_MIB };
+    let tcg = if accel == "kvm" {
+        0
+    } else {
+        tcg_tb_mib(guest_mib)
+    };
     guest_mib + tcg + VMM_OVERHEAD_MIB
 }
 
@@ -882,11 +912,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn translation_cache_is_an_eighth_of_guest_ram_within_bounds() {
+        assert_eq!(default_tcg_tb_mib(64), 16);
+        assert_eq!(default_tcg_tb_mib(128), 16);
+        assert_eq!(default_tcg_tb_mib(512), 64);
+        assert_eq!(default_tcg_tb_mib(2048), 256);
+        assert_eq!(default_tcg_tb_mib(16384), TCG_TB_MIB);
+    }
+
+    #[test]
     fn ceiling_is_guest_ram_plus_overhead() {
-        assert_eq!(
-            memory_ceiling_mib(256, "tcg"),
-            256 + TCG_TB_MIB + VMM_OVERHEAD_MIB
-        );
+        assert_eq!(memory_ceiling_mib(256, "tcg"), 256 + 32 + VMM_OVERHEAD_MIB);
         assert_eq!(memory_ceiling_mib(256, "kvm"), 256 + VMM_OVERHEAD_MIB);
     }
 

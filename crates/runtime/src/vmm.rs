@@ -177,7 +177,52 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
 /// Under emulation one boot in three then marked the TSC unstable and fell
 /// back to the 4 ms `refined-jiffies` clock, which runs behind: the
 /// container's time was wrong by tens of milliseconds within seconds.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable";
+pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable acpi=off";
+
+/// QEMU's machine: `microvm` with its guest memory from the `mem` backend.
+///
+/// `rtc=on`: without a CMOS RTC the guest kernel still reads it at boot
+/// (`mach_get_cmos_time`), finds the update-in-progress bit stuck at 1 and
+/// waits in `mdelay` loops before giving up ("Unable to read current time
+/// from RTC"): measured under TCG, 2.4 s of wall time per boot (4.0 s
+/// against 1.6 s for a bare boot), before the guest's clock even starts, so
+/// its uptime did not show it. With the RTC the guest also boots at the
+/// host's time instead of 1970; the runtime still sets it ([`crate::clock`]).
+///
+/// `acpi=off`: QEMU then lists the virtio-mmio devices on the kernel command
+/// line (`virtio_mmio.device=`) and the CPUs in an MP table, and the guest
+/// skips ACPI: its tables, its interpreter and the drivers that probe its
+/// namespace took 60 to 90 ms of the boot's initcalls under TCG. The kernel
+/// is told too (`acpi=off` in [`KERNEL_CMDLINE`]), so it does not look for
+/// the tables at all.
+pub const MACHINE: &str =
+    "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem";
+
+/// The virtio-balloon device, for free page reporting only: vessel never
+/// inflates it. Only over the shared memfd: on a private mapping of a file
+/// (a VM template's memory) QEMU 7.2 punches the reported pages out of the
+/// file itself, which every clone maps (measured; docs/GUEST_KERNEL.md).
+pub const BALLOON_DEVICE: &str = "virtio-balloon-device,free-page-reporting=on";
+
+/// Words added to the kernel command line, for measuring and debugging
+/// the guest's boot (`initcall_debug printk.time=1`, without `quiet`'s
+/// effect on them: `loglevel=8`).
+pub const CMDLINE_EXTRA_ENV: &str = "VESSEL_KERNEL_CMDLINE_EXTRA";
+
+/// `args` (from [`qemu_args`]) with `extra` appended to the kernel command
+/// line, the value after `-append`.
+pub fn with_cmdline_extra(mut args: Vec<OsString>, extra: &str) -> Vec<OsString> {
+    let extra = extra.trim();
+    if extra.is_empty() {
+        return args;
+    }
+    let at = args.iter().rposition(|a| a == "-append").map(|i| i + 1);
+    if let Some(line) = at.and_then(|i| args.get_mut(i)) {
+        line.push(" ");
+        line.push(extra);
+    }
+    args
+}
 
 /// QEMU's `-sandbox` argument: its seccomp filter, with every optional
 /// group of system calls denied.
@@ -228,7 +273,7 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: &str| a.push(OsString::from(s));
     push("-M");
-    push("microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem");
+    push(MACHINE);
     push("-object");
     if spec.restore_fd.is_some() {
         // A restored VM's memory is its own, filled from the saved state:
@@ -256,7 +301,10 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
         push("host");
     } else {
         push("-accel");
-        push(&format!("tcg,tb-size={}", crate::jail::TCG_TB_MIB));
+        push(&format!(
+            "tcg,tb-size={}",
+            crate::jail::tcg_tb_mib(spec.memory_mib)
+        ));
         push("-cpu");
         push("max");
     }
@@ -372,6 +420,13 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
             .into(),
         );
     }
+    // Free page reporting: the guest tells QEMU which free 2 MiB blocks it
+    // has (about 2 s after they are freed) and QEMU gives them back to the
+    // host (hole punch in the memfd, then MADV_DONTNEED), so what a
+    // container frees stops costing host memory. `-m` stays the ceiling the
+    // guest sees.
+    a.push("-device".into());
+    a.push(BALLOON_DEVICE.into());
     a.push("-append".into());
     a.push(kernel_cmdline(spec.tsc_khz).into());
     if let Some(fd) = spec.restore_fd {
@@ -440,7 +495,8 @@ impl Vmm for Qemu {
         let out = open().map_err(|e| VmmError::Log(self.log.clone(), e))?;
         let err = open().map_err(|e| VmmError::Log(self.log.clone(), e))?;
         let mut cmd = Command::new(&self.binary);
-        cmd.args(qemu_args(&self.spec))
+        let extra = std::env::var(CMDLINE_EXTRA_ENV).unwrap_or_default();
+        cmd.args(with_cmdline_extra(qemu_args(&self.spec), &extra))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
@@ -572,9 +628,9 @@ mod tests {
         let a = strings(qemu_args(&spec("tcg")));
         let line = a.join(" ");
         assert!(line.starts_with(
-            "-M microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem \
+            "-M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem \
              -object memory-backend-memfd,id=mem,size=256M,share=on -m 256 -smp 2 \
-             -accel tcg,tb-size=256 -cpu max -nodefaults -no-user-config -display none -no-reboot \
+             -accel tcg,tb-size=32 -cpu max -nodefaults -no-user-config -display none -no-reboot \
              -serial file:/c/boot.log -qmp unix:/run/x/qmp.sock,server=on,wait=off \
              -kernel /k/vmlinux -initrd /k/initrd.img"
         ));
@@ -644,7 +700,8 @@ mod tests {
             "-netdev tap,id=n0,ifname=vsl0123456789a,script=no,downscript=no \
              -device virtio-net-device,netdev=n0,mac=02:76:0a:58:00:02 \
              -netdev tap,id=n1,ifname=vslb,script=no,downscript=no \
-             -device virtio-net-device,netdev=n1,mac=02:76:0a:59:00:02 -append"
+             -device virtio-net-device,netdev=n1,mac=02:76:0a:59:00:02 \
+             -device virtio-balloon-device,free-page-reporting=on -append"
         ));
     }
 
@@ -659,7 +716,8 @@ mod tests {
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
             "-netdev stream,id=n0,server=off,addr.type=fd,addr.str=7 \
-             -device virtio-net-device,netdev=n0,mac=02:76:0a:00:02:0f -append"
+             -device virtio-net-device,netdev=n0,mac=02:76:0a:00:02:0f \
+             -device virtio-balloon-device,free-page-reporting=on -append"
         ));
         assert!(!line.contains("tap,"));
     }
@@ -685,7 +743,8 @@ mod tests {
              -chardev socket,id=fs0,path=/run/x/fs-m0.sock \
              -device vhost-user-fs-device,chardev=fs0,tag=m0 \
              -chardev socket,id=fs1,path=/run/x,,y/fs-m2.sock \
-             -device vhost-user-fs-device,chardev=fs1,tag=m2 -append"
+             -device vhost-user-fs-device,chardev=fs1,tag=m2 \
+             -device virtio-balloon-device,free-page-reporting=on -append"
         ));
         // Guest memory must be shareable for any vhost-user device.
         assert!(line.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -698,7 +757,7 @@ mod tests {
         s.sandbox = true;
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains(
-            "-accel tcg,tb-size=256 -cpu max -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -nodefaults"
+            "-accel tcg,tb-size=32 -cpu max -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -nodefaults"
         ), "{line}");
         s.accel = "kvm".into();
         let line = strings(qemu_args(&s)).join(" ");
@@ -730,6 +789,26 @@ mod tests {
         assert!(why.contains("OOM"));
         assert_eq!(jail_end_reason(-libc::SIGKILL, false), None);
         assert_eq!(jail_end_reason(0, true), None);
+    }
+
+    #[test]
+    fn free_page_reporting_balloon_before_the_command_line() {
+        let a = strings(qemu_args(&spec("tcg")));
+        let at = a.iter().position(|s| s == BALLOON_DEVICE).unwrap();
+        assert_eq!(a[at - 1], "-device");
+        assert_eq!(a[at + 1], "-append");
+    }
+
+    #[test]
+    fn command_line_extras_go_at_the_end_of_the_kernel_command_line() {
+        let a = qemu_args(&spec("tcg"));
+        assert_eq!(with_cmdline_extra(a.clone(), "  "), a);
+        let b = strings(with_cmdline_extra(a, " initcall_debug printk.time=1 "));
+        assert_eq!(
+            b[b.len() - 1],
+            format!("{KERNEL_CMDLINE} tsc_early_khz=2596120 initcall_debug printk.time=1")
+        );
+        assert!(with_cmdline_extra(vec!["-m".into()], "x") == vec![OsString::from("-m")]);
     }
 
     #[test]
