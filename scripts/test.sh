@@ -63,5 +63,9 @@ log "Tests (kernel $VESSEL_KERNEL; the API fuzzer, schemathesis from build/venv,
 cargo build --workspace --bins --quiet
 cargo test --workspace --no-fail-fast -- --test-threads="${VESSEL_TEST_THREADS:-2}"
 
+log "Templates off: the run, process, interactive and network tests again, every VM booting its kernel (VESSEL_TEMPLATES=0)"
+VESSEL_TEMPLATES=0 cargo test -p vessel-tests --no-fail-fast --test run --test process --test interactive \
+    --test network -- --test-threads="${VESSEL_TEST_THREADS:-2}"
+
 log "Fuzzing: each target ${FUZZ_SECONDS:-20} s from its seed corpus (fuzz/run.sh)"
 fuzz/run.sh
