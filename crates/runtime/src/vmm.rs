@@ -827,15 +827,17 @@ mod tests {
         }];
         let line = strings(qemu_args(&s)).join(" ");
         assert!(line.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
-        assert!(line.contains("-device virtio-net-device,mac=02:76:ff:ff:ff:fe -append"));
+        assert!(line.contains(
+            "-device virtio-net-device,mac=02:76:ff:ff:ff:fe -device virtio-balloon-device"
+        ));
         assert!(!line.contains("-netdev") && !line.contains("-incoming"));
-        assert!(s.inherited_fds().is_empty());
+        assert_eq!(s.inherited_fds(), vec![5], "the agent port only");
         s.restore_fd = Some(11);
         let a = strings(qemu_args(&s));
         let line = a.join(" ");
         assert!(line.contains("-object memory-backend-ram,id=mem,size=256M -m 256"));
         assert_eq!(a[a.len() - 2..], ["-incoming", "fd:11"]);
-        assert_eq!(s.inherited_fds(), vec![11]);
+        assert_eq!(s.inherited_fds(), vec![5, 11]);
     }
 
     #[test]
