@@ -1045,6 +1045,13 @@ pub fn supervise(
                 log(&format!("agent connection lost: {d}"));
             }
             let _ = stdio.sync();
+            // The agent's link is a socket QEMU holds: it closes as QEMU
+            // dies, a moment before QEMU can be reaped. How QEMU ended
+            // (its jail's seccomp filter or memory ceiling) decides what
+            // is recorded.
+            if !shared.stopping() {
+                shared.wait_vmm(Duration::from_secs(1));
+            }
             let jailed = shared.vmm_end_reason();
             if shared.stopping() {
                 shared.finish(EXIT_KILLED, None, true);
