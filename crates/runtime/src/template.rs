@@ -87,8 +87,9 @@ pub struct Inputs {
 
 impl Inputs {
     /// The template's key: a hash of the inputs, the files by identity
-    /// (path, size, modification time, inode: a rebuilt kernel, initramfs
-    /// or QEMU is a new key), the kernel command line and the layout.
+    /// (path, size, modification time, inode: a rebuilt kernel, initramfs,
+    /// QEMU or vessel-runtime is a new key), the kernel command line (with
+    /// `VESSEL_KERNEL_CMDLINE_EXTRA`) and the layout.
     pub fn key(&self) -> Result<String, TemplateError> {
         self.key_for(&resolve(&qemu_binary()))
     }
@@ -111,13 +112,20 @@ impl Inputs {
                 m.ino()
             ));
         }
+        // This runtime itself: a rebuilt one may lay the devices out
+        // differently.
+        let me = std::env::current_exe()
+            .and_then(std::fs::metadata)
+            .map(|m| format!("{} {}.{} {}", m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+            .unwrap_or_default();
         h.update(format!(
-            "accel {}\ncpus {}\nmemory {}\nnic {}\ncmdline {}\nlayout {LAYOUT_VERSION}\nruntime {}\n",
+            "accel {}\ncpus {}\nmemory {}\nnic {}\ncmdline {} {}\nlayout {LAYOUT_VERSION}\nruntime {} {me}\n",
             self.accel,
             self.cpus.max(1),
             self.memory_mib,
             self.nic,
             crate::vmm::kernel_cmdline(self.tsc_khz),
+            std::env::var(crate::vmm::CMDLINE_EXTRA_ENV).unwrap_or_default(),
             env!("CARGO_PKG_VERSION"),
         ));
         Ok(hex::encode(&h.finalize()[..8]))
