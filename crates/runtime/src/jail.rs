@@ -255,7 +255,15 @@ impl Plan {
     }
 
     fn add(&mut self, path: PathBuf, readonly: bool, device: bool) {
-        if !self.binds.iter().any(|b| b.path == path) {
+        // A read-only file inside a directory already bound read-only (the
+        // kernel of an install under /usr/local/share) is there already; a
+        // mount point for it could not be made inside that read-only bind.
+        let covered = readonly
+            && self
+                .binds
+                .iter()
+                .any(|b| b.readonly && !b.device && path.starts_with(&b.path));
+        if !covered && !self.binds.iter().any(|b| b.path == path) {
             self.binds.push(Bind {
                 path,
                 readonly,
@@ -990,6 +998,33 @@ mod tests {
             .find(|b| b.path == Path::new("/dev/kvm"))
             .unwrap();
         assert!(dev.device && !dev.readonly);
+    }
+
+    #[test]
+    fn files_under_usr_need_no_bind_of_their_own() {
+        // An install's kernel and initramfs (scripts/setup.sh: /usr/local).
+        let mut s = qemu_spec("tcg");
+        s.kernel = "/usr/local/share/vessel/vmlinux".into();
+        s.initrd = "/usr/local/share/vessel/initramfs.img".into();
+        let p = qemu_plan(
+            &s,
+            Path::new("/usr/bin/qemu-system-x86_64"),
+            Path::new("/var/lib/vessel/rootfs/base.ext4"),
+            Path::new("/run/vessel/x/c1"),
+        );
+        let has = |x: &str| p.binds.iter().any(|b| b.path == Path::new(x));
+        assert!(has("/usr"));
+        assert!(!has("/usr/local/share/vessel/vmlinux"));
+        assert!(!has("/usr/local/share/vessel/initramfs.img"));
+        assert!(has("/var/lib/vessel/rootfs/base.ext4"));
+        // Writable paths are never dropped.
+        let mut q = Plan::default();
+        q.ro("/usr");
+        q.rw("/usr/x/overlay");
+        assert!(q
+            .binds
+            .iter()
+            .any(|b| b.path == Path::new("/usr/x/overlay")));
     }
 
     #[test]
