@@ -21,7 +21,13 @@ pub const CGROUP_PARENT: &str = "vessel";
 
 /// Is VMM confinement on? Default yes.
 pub fn enabled() -> bool {
-    match std::env::var(CONFINE_ENV) {
+    on_unless_off(CONFINE_ENV)
+}
+
+/// A switch that is on unless the variable `name` says `0`, `false`, `no`
+/// or `off`.
+pub(crate) fn on_unless_off(name: &str) -> bool {
+    match std::env::var(name) {
         Ok(v) => !matches!(
             v.trim().to_ascii_lowercase().as_str(),
             "0" | "false" | "no" | "off"

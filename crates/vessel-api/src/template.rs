@@ -22,13 +22,7 @@ pub const TEMPLATES_ENV: &str = "VESSEL_TEMPLATES";
 
 /// Are templates on? Default yes.
 pub fn enabled() -> bool {
-    match std::env::var(TEMPLATES_ENV) {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "0" | "false" | "no" | "off"
-        ),
-        Err(_) => true,
-    }
+    crate::confine::on_unless_off(TEMPLATES_ENV)
 }
 
 /// Where templates live.
