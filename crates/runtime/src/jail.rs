@@ -955,7 +955,7 @@ mod tests {
             }],
             fs_devices: vec![],
             sandbox: true,
-            restore_fd: None,
+            memory: crate::vmm::GuestMemory::Memfd,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod health;
 pub mod jail;
 pub mod logs;
 pub mod maintenance;
+pub mod memfile;
 pub mod mounts;
 pub mod passt;
 mod proc;

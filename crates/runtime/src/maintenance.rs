@@ -460,7 +460,7 @@ fn boot_once(
         // QEMU's seccomp filter; the rest of the jail (own user, mount
         // namespace, cgroup) is for container VMs only.
         sandbox: vessel_api::confine::enabled(),
-        restore_fd: None,
+        memory: crate::vmm::GuestMemory::Memfd,
     };
     let mut qemu = Qemu::new(qemu_binary(), spec, files.dir.join("maintenance.vmm.log"));
     let launched = Instant::now();

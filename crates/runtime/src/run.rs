@@ -1615,7 +1615,10 @@ fn launch(
                 run_dir.join("qmp.sock"),
                 nics.into_iter().next().map(|n| n.backend),
                 jail.is_some(),
-                Some(ready.state.as_raw_fd()),
+                crate::vmm::GuestMemory::Clone {
+                    memory: ready.memory.clone(),
+                    state_fd: ready.state.as_raw_fd(),
+                },
             )
         }
         None => QemuSpec {
@@ -1633,7 +1636,7 @@ fn launch(
             volumes: volumes.to_vec(),
             fs_devices,
             sandbox: jail.is_some(),
-            restore_fd: None,
+            memory: crate::vmm::GuestMemory::Memfd,
         },
     };
     let qmp_socket = spec.qmp_socket.clone();
@@ -1661,7 +1664,11 @@ fn launch(
     if let Some(a) = transport.as_mut() {
         a.release_qemu_end();
     }
-    // QEMU has its copy of the saved state.
+    // QEMU has its copy of the saved state, under the same number.
+    let state_fd = template.as_ref().map_or(-1, |(_, ready)| {
+        use std::os::fd::AsRawFd;
+        ready.state.as_raw_fd()
+    });
     let template_key = template.map(|(_, ready)| ready.meta.key);
     started?;
     let pid = qemu.pid();
@@ -1682,9 +1689,13 @@ fn launch(
     let adopt = match adopt {
         Some((request, disk_bytes, _)) => {
             let mut alive = || !shared.vmm_exited();
-            crate::template::finish_restore(&qmp_socket, disk_bytes, &mut alive).map_err(|e| {
-                RunError::BootAttempt(format!("restoring the VM template failed: {}", chain(&e)))
-            })?;
+            crate::template::finish_restore(&qmp_socket, state_fd, disk_bytes, &mut alive)
+                .map_err(|e| {
+                    RunError::BootAttempt(format!(
+                        "restoring the VM template failed: {}",
+                        chain(&e)
+                    ))
+                })?;
             log(&format!(
                 "VM restored and its disk swapped in {} ms after launch",
                 launched.elapsed().as_millis()
@@ -1718,6 +1729,8 @@ fn restorable(
         Some("it has block volumes")
     } else if nics.len() > 1 {
         Some("it has more than one network")
+    } else if !crate::memfile::supported() {
+        Some("this kernel cannot hand a clone its template's memory read-only (Linux 5.9 or later)")
     } else {
         None
     };

@@ -27,7 +27,7 @@
 use crate::log;
 use crate::qmp::{QmpError, Session};
 use crate::transport::{AgentTransport, ReadyGate};
-use crate::vmm::{qemu_binary, Nic, NicBackend, Qemu, QemuSpec, Vmm};
+use crate::vmm::{qemu_binary, GuestMemory, Nic, NicBackend, Qemu, QemuSpec, Vmm};
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -41,7 +41,7 @@ use vessel_api::types::now_ms;
 
 /// Bumped whenever the template device layout or what the guest does before
 /// it is saved changes: older templates are then rebuilt.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// The MAC of a template's network device; each clone's guest replaces it
 /// with the container's.
 pub const TEMPLATE_MAC: &str = "02:76:ff:ff:ff:fe";
@@ -140,11 +140,13 @@ fn resolve(p: &Path) -> PathBuf {
     vessel_api::paths::find_in_path(&p.to_string_lossy()).unwrap_or_else(|| p.to_path_buf())
 }
 
-/// A template ready to restore: what it is and its saved state, open.
+/// A template ready to restore: what it is, its saved device state (open)
+/// and its memory file.
 #[derive(Debug)]
 pub struct Ready {
     pub meta: TemplateMeta,
     pub state: File,
+    pub memory: PathBuf,
 }
 
 /// The template for `inputs`, built first if there is none (its VM's
@@ -176,7 +178,13 @@ pub fn ensure(home: &Home, inputs: &Inputs, sockets: &Path) -> Result<Ready, Tem
     };
     let state_path = dir.join("state");
     let state = File::open(&state_path).map_err(io(format!("open {}", state_path.display())))?;
-    Ok(Ready { meta, state })
+    let memory = dir.join("memory");
+    std::fs::metadata(&memory).map_err(io(format!("{}", memory.display())))?;
+    Ok(Ready {
+        meta,
+        state,
+        memory,
+    })
 }
 
 /// Templates for the same CPUs, memory, network device and accelerator
@@ -211,7 +219,7 @@ pub fn layout(
     qmp_socket: PathBuf,
     nic: Option<NicBackend>,
     sandbox: bool,
-    restore_fd: Option<i32>,
+    memory: GuestMemory,
 ) -> QemuSpec {
     QemuSpec {
         accel: inputs.accel.clone(),
@@ -234,7 +242,7 @@ pub fn layout(
         volumes: Vec::new(),
         fs_devices: Vec::new(),
         sandbox,
-        restore_fd,
+        memory,
     }
 }
 
@@ -278,7 +286,7 @@ fn build(
             qmp_socket.clone(),
             inputs.nic.then_some(NicBackend::Unplugged),
             true,
-            None,
+            GuestMemory::TemplateFile(work.join("memory")),
         );
         let mut qemu = Qemu::new(qemu_binary(), spec, work.join("vmm.log"));
         let r = (|| {
@@ -306,7 +314,7 @@ fn build(
                 std::thread::sleep(Duration::from_millis(10));
             }
             let booted = started.elapsed();
-            save(&qmp_socket, &work.join("state"))?;
+            save(&qmp_socket, &work.join("state"), &work.join("memory"))?;
             log(&format!(
                 "VM template {key}: booted in {} ms, saved in {} ms",
                 booted.as_millis(),
@@ -364,10 +372,24 @@ fn make_placeholder(path: &Path) -> Result<(), TemplateError> {
     Ok(())
 }
 
-/// Stop the VM and write its state to `path`.
-fn save(qmp_socket: &Path, path: &Path) -> Result<(), TemplateError> {
+/// The migration capability that leaves shared memory (the template's
+/// memory file) out of the saved state: both sides set it.
+fn ignore_shared(qmp: &mut Session) -> Result<(), QmpError> {
+    qmp.call(
+        "migrate-set-capabilities",
+        Some(serde_json::json!({
+            "capabilities": [{ "capability": "x-ignore-shared", "state": true }]
+        })),
+    )
+    .map(|_| ())
+}
+
+/// Stop the VM and write its device state to `path`; its memory is in
+/// `memory` already.
+fn save(qmp_socket: &Path, path: &Path, memory: &Path) -> Result<(), TemplateError> {
     let mut qmp = Session::connect(qmp_socket, Duration::from_secs(10))?;
     qmp.call("stop", None)?;
+    ignore_shared(&mut qmp)?;
     let file = File::create(path).map_err(io(format!("create {}", path.display())))?;
     qmp.call_with_fd(
         "getfd",
@@ -397,6 +419,9 @@ fn save(qmp_socket: &Path, path: &Path) -> Result<(), TemplateError> {
     }
     file.sync_all()
         .map_err(io(format!("sync {}", path.display())))?;
+    File::open(memory)
+        .and_then(|f| f.sync_all())
+        .map_err(io(format!("sync {}", memory.display())))?;
     Ok(())
 }
 
@@ -419,6 +444,7 @@ fn qemu_version() -> String {
 /// configuration change) what `Adopt` waits for, and let the VM run.
 pub fn finish_restore(
     qmp_socket: &Path,
+    state_fd: i32,
     disk_bytes: u64,
     vmm_alive: &mut dyn FnMut() -> bool,
 ) -> Result<(), TemplateError> {
@@ -432,6 +458,11 @@ pub fn finish_restore(
             Err(e) => return Err(e.into()),
         }
     };
+    ignore_shared(&mut qmp)?;
+    qmp.call(
+        "migrate-incoming",
+        Some(serde_json::json!({ "uri": format!("fd:{state_fd}") })),
+    )?;
     // The template was saved stopped, so the restored VM stays paused once
     // its state is in: the disk is swapped in then, and the guest sees the
     // new size as soon as it runs.

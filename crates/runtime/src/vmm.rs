@@ -101,10 +101,27 @@ pub struct QemuSpec {
     /// QEMU's own seccomp filter with everything it offers denied
     /// (`-sandbox`): part of the VMM's jail ([`crate::jail`]).
     pub sandbox: bool,
-    /// Restore a template's saved state from this inherited descriptor
-    /// instead of booting ([`crate::template`]). Guest memory is then
-    /// private anonymous memory, which the saved state fills.
-    pub restore_fd: Option<i32>,
+    /// Where guest memory lives: a memfd of its own (a VM that boots), a
+    /// template's file (a template being built), or a template's file
+    /// mapped copy-on-write with its device state restored (a clone).
+    pub memory: GuestMemory,
+}
+
+/// Guest memory ([`QemuSpec::memory`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum GuestMemory {
+    /// A shared memfd of its own (vhost-user devices map it).
+    #[default]
+    Memfd,
+    /// A template VM's: a file the template keeps (`share=on`), so its
+    /// saved state needs no memory of its own (`x-ignore-shared`).
+    TemplateFile(PathBuf),
+    /// A clone's: the template's memory file mapped copy-on-write
+    /// (`share=off`, opened read-only for QEMU by [`crate::memfile`]), and
+    /// the template's device state read from this inherited descriptor
+    /// (`-incoming defer`, then QMP `migrate-incoming`, see
+    /// [`crate::template::finish_restore`]).
+    Clone { memory: PathBuf, state_fd: i32 },
 }
 
 /// A virtio-fs device: a host directory the guest mounts by `tag`.
@@ -151,7 +168,10 @@ impl QemuSpec {
                 NicBackend::Stream(fd) | NicBackend::TapFd(fd) => Some(fd),
                 NicBackend::Tap(_) | NicBackend::Unplugged => None,
             }))
-            .chain(self.restore_fd)
+            .chain(match self.memory {
+                GuestMemory::Clone { state_fd, .. } => Some(state_fd),
+                _ => None,
+            })
             .collect()
     }
 }
@@ -275,20 +295,21 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     push("-M");
     push(MACHINE);
     push("-object");
-    if spec.restore_fd.is_some() {
-        // A restored VM's memory is its own, filled from the saved state:
-        // pages the template never touched stay unallocated, and memory
-        // the guest gives back is dropped (MADV_DONTNEED). No vhost-user
-        // device needs it shared: a template has none.
-        push(&format!(
-            "memory-backend-ram,id=mem,size={}M",
-            spec.memory_mib
-        ));
-    } else {
-        push(&format!(
+    match &spec.memory {
+        GuestMemory::Memfd => push(&format!(
             "memory-backend-memfd,id=mem,size={}M,share=on",
             spec.memory_mib
-        ));
+        )),
+        GuestMemory::TemplateFile(path) => push(&format!(
+            "memory-backend-file,id=mem,size={}M,share=on,mem-path={}",
+            spec.memory_mib,
+            opt_path(path).to_string_lossy()
+        )),
+        GuestMemory::Clone { memory, .. } => push(&format!(
+            "memory-backend-file,id=mem,size={}M,share=off,mem-path={}",
+            spec.memory_mib,
+            opt_path(memory).to_string_lossy()
+        )),
     }
     push("-m");
     push(&spec.memory_mib.to_string());
@@ -429,9 +450,10 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(BALLOON_DEVICE.into());
     a.push("-append".into());
     a.push(kernel_cmdline(spec.tsc_khz).into());
-    if let Some(fd) = spec.restore_fd {
+    if matches!(spec.memory, GuestMemory::Clone { .. }) {
+        // Capabilities first (x-ignore-shared), then `migrate-incoming`.
         a.push("-incoming".into());
-        a.push(format!("fd:{fd}").into());
+        a.push("defer".into());
     }
     a
 }
@@ -504,6 +526,13 @@ impl Vmm for Qemu {
         inherit_fds(&mut cmd, self.spec.inherited_fds());
         if let Some(jail) = self.jail.take() {
             jail.apply_to(&mut cmd);
+        }
+        if let GuestMemory::Clone { memory, .. } = &self.spec.memory {
+            // After the jail: its no-new-privileges lets an unprivileged
+            // child install the filter.
+            let (install, supervisor) = crate::memfile::pair(memory).map_err(VmmError::Io)?;
+            supervisor.spawn().map_err(VmmError::Io)?;
+            crate::memfile::install(&mut cmd, install);
         }
         let child = cmd
             .spawn()
@@ -601,7 +630,7 @@ mod tests {
             volumes: vec![],
             fs_devices: vec![],
             sandbox: false,
-            restore_fd: None,
+            memory: GuestMemory::Memfd,
         }
     }
 
@@ -819,7 +848,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restore_reads_the_saved_state_into_private_memory() {
+    fn a_clone_maps_its_templates_memory_and_restores_its_devices() {
         let mut s = spec("tcg");
         s.nics = vec![Nic {
             backend: NicBackend::Unplugged,
@@ -832,11 +861,22 @@ mod tests {
         ));
         assert!(!line.contains("-netdev") && !line.contains("-incoming"));
         assert_eq!(s.inherited_fds(), vec![5], "the agent port only");
-        s.restore_fd = Some(11);
+        s.memory = GuestMemory::TemplateFile("/t/k.building/memory".into());
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(line.contains(
+            "-object memory-backend-file,id=mem,size=256M,share=on,mem-path=/t/k.building/memory -m 256"
+        ));
+        assert!(!line.contains("-incoming"));
+        s.memory = GuestMemory::Clone {
+            memory: "/t/a,b/memory".into(),
+            state_fd: 11,
+        };
         let a = strings(qemu_args(&s));
         let line = a.join(" ");
-        assert!(line.contains("-object memory-backend-ram,id=mem,size=256M -m 256"));
-        assert_eq!(a[a.len() - 2..], ["-incoming", "fd:11"]);
+        assert!(line.contains(
+            "-object memory-backend-file,id=mem,size=256M,share=off,mem-path=/t/a,,b/memory -m 256"
+        ));
+        assert_eq!(a[a.len() - 2..], ["-incoming", "defer"]);
         assert_eq!(s.inherited_fds(), vec![5, 11]);
     }
 
