@@ -229,6 +229,23 @@ impl Instance {
         self.cmd(args).output().expect("running vessel")
     }
 
+    /// `vessel inspect NAME`, asserted to succeed: the container's record
+    /// (`config`, `state`...).
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        let out = self.vessel(&["inspect", name]);
+        assert_ok(&out, &format!("inspect {name}"));
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "inspect {name} printed no JSON ({e}): {}",
+                text(&out.stdout)
+            )
+        });
+        match all {
+            serde_json::Value::Array(mut v) if !v.is_empty() => v.swap_remove(0),
+            other => other,
+        }
+    }
+
     /// `vessel run --rm IMAGE ARGS...`; its output.
     pub fn run_rm(&self, args: &[&str]) -> Output {
         let mut a = vec!["run", "--rm", IMAGE];

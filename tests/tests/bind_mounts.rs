@@ -40,10 +40,7 @@ fn owner(p: &Path) -> (u32, u32) {
 }
 
 fn inspect(v: &Instance, name: &str) -> Value {
-    let out = v.vessel(&["inspect", name]);
-    assert_ok(&out, "inspect");
-    let all: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    all[0].clone()
+    v.inspect(name)
 }
 
 /// `vessel exec NAME sh -c SCRIPT`: its stdout, stderr and exit code.

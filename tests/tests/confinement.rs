@@ -17,10 +17,7 @@ use vessel_api::confine::Ceilings;
 use vessel_tests::{assert_ok, text, Instance, IMAGE};
 
 fn inspect(v: &Instance, c: &str) -> serde_json::Value {
-    let out = v.vessel(&["inspect", c]);
-    assert_ok(&out, "inspect");
-    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    all[0].clone()
+    v.inspect(c)
 }
 
 fn run_d(v: &Instance, name: &str) -> String {

@@ -70,18 +70,12 @@ fn actions(v: &Instance, since: &str, c: &str) -> Vec<String> {
 
 /// `vessel inspect`'s state of `c`.
 fn state(v: &Instance, c: &str) -> serde_json::Value {
-    let out = v.vessel(&["inspect", c]);
-    assert_ok(&out, "inspect");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    j[0]["state"].clone()
+    v.inspect(c)["state"].clone()
 }
 
 /// The full ID of container `c`.
 fn container_id(v: &Instance, c: &str) -> String {
-    let out = v.vessel(&["inspect", c]);
-    assert_ok(&out, "inspect");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    j[0]["config"]["id"].as_str().unwrap().to_string()
+    v.inspect(c)["config"]["id"].as_str().unwrap().to_string()
 }
 
 /// `vessel ARGS`, asserted to succeed; how long it took.

@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 use vessel_tests::{assert_ok, now_secs, text, Instance, IMAGE};
 
 fn inspect(v: &Instance, name: &str) -> Value {
-    let out = v.vessel(&["inspect", name]);
-    assert_ok(&out, "inspect");
-    let all: Value = serde_json::from_str(&text(&out.stdout)).unwrap();
-    all[0].clone()
+    v.inspect(name)
 }
 
 /// The container's health status as `inspect` tells it (`None`: no health).

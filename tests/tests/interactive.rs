@@ -24,10 +24,10 @@ fn names(events: &[serde_json::Value]) -> Vec<String> {
 
 /// `vessel inspect`'s state status of `c`.
 fn status(v: &Instance, c: &str) -> String {
-    let out = v.vessel(&["inspect", c]);
-    assert_ok(&out, "inspect");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    j[0]["state"]["status"].as_str().unwrap().to_string()
+    v.inspect(c)["state"]["status"]
+        .as_str()
+        .unwrap()
+        .to_string()
 }
 
 /// `vessel exec C ARGS...`, asserted to succeed; its stdout.

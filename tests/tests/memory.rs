@@ -57,10 +57,7 @@ fn memory_a_container_frees_goes_back_to_the_host() {
         &["--memory", "512m", "--tmpfs", "/fill:size=460m"],
         IMAGE,
     );
-    let out = v.vessel(&["inspect", &c]);
-    assert_ok(&out, "inspect");
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let qemu = info[0]["state"]["vmm_pid"].as_i64().expect("vmm_pid") as i32;
+    let qemu = v.inspect(&c)["state"]["vmm_pid"].as_i64().expect("vmm_pid") as i32;
     let total = guest_mem_total(&v, &c);
     // The kernel keeps a few MiB for itself; the ceiling is the guest's.
     assert!(

@@ -8,11 +8,9 @@ use vessel_tests::{assert_ok, text, Instance, IMAGE};
 
 /// The container's `state.template` (`None`: its VM booted its kernel).
 fn template_of(v: &Instance, name: &str) -> Option<String> {
-    let out = v.vessel(&["inspect", name]);
-    assert_ok(&out, "inspect");
-    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let j = if j.is_array() { j[0].clone() } else { j };
-    j["state"]["template"].as_str().map(str::to_string)
+    v.inspect(name)["state"]["template"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn exec(v: &Instance, name: &str, script: &str) -> String {
@@ -72,10 +70,7 @@ fn clones_of_one_template_share_no_secrets() {
     );
     // Each clone's MAC and address are the ones its network gave it.
     for (name, lines) in [("clone-a", &la), ("clone-b", &lb)] {
-        let out = v.vessel(&["inspect", name]);
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let j = if j.is_array() { j[0].clone() } else { j };
-        let s = j.to_string();
+        let s = v.inspect(name).to_string();
         assert!(
             s.contains(lines[3]),
             "{name}'s MAC {} is not in inspect",
