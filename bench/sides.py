@@ -34,6 +34,27 @@ def free_port():
         return sock.getsockname()[1]
 
 
+def meminfo_kib(field):
+    """A /proc/meminfo field (MemAvailable...), KiB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def pss_kib(pid):
+    """A process's proportional set size (smaps_rollup), KiB; 0 once gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def pct(xs, p):
     xs = sorted(xs)
     k = (len(xs) - 1) * p / 100

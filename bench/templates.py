@@ -43,22 +43,10 @@ def timed(argv, env):
 
 
 def mem_available_kib():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1])
-    return 0
+    return sides.meminfo_kib("MemAvailable")
 
 
-def pss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+pss_kib = sides.pss_kib
 
 
 def container_pss_kib(v, name):
