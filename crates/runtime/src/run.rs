@@ -1870,17 +1870,22 @@ mod tests {
         write_message(g, &m).unwrap();
     }
 
-    /// Hello and Start, answered with Started.
-    fn boot(g: &mut UnixStream) {
+    /// The host's Hello, answered with the guest's (with `features`).
+    fn hello(g: &mut UnixStream, uptime_ms: u64, features: &[&str]) {
         assert_eq!(recv(g), Some(HostMessage::Hello { version: VERSION }));
         send(
             g,
             GuestMessage::Hello {
                 version: VERSION,
-                uptime_ms: 400,
-                features: vec![],
+                uptime_ms,
+                features: features.iter().map(|f| f.to_string()).collect(),
             },
         );
+    }
+
+    /// Hello and Start, answered with Started.
+    fn boot(g: &mut UnixStream) {
+        hello(g, 400, &[]);
         match recv(g) {
             Some(HostMessage::Start(r)) => assert_eq!(r, request()),
             other => panic!("expected Start, got {other:?}"),
@@ -1957,15 +1962,7 @@ mod tests {
     fn a_restored_vm_is_adopted_before_its_process_starts() {
         let h = harness();
         let (r, guest) = run_adopted_with_guest(&h, request(), Some(adopt_request()), |mut g| {
-            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
-            send(
-                &mut g,
-                GuestMessage::Hello {
-                    version: VERSION,
-                    uptime_ms: 1,
-                    features: vec![FEATURE_ADOPT.into()],
-                },
-            );
+            hello(&mut g, 1, &[FEATURE_ADOPT]);
             assert_eq!(recv(&mut g), Some(HostMessage::Adopt(adopt_request())));
             send(&mut g, GuestMessage::Adopted { uptime_ms: 2 });
             assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));
@@ -1994,15 +1991,7 @@ mod tests {
     fn a_guest_that_cannot_adopt_is_not_started() {
         let h = harness();
         let (r, guest) = run_adopted_with_guest(&h, request(), Some(adopt_request()), |mut g| {
-            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
-            send(
-                &mut g,
-                GuestMessage::Hello {
-                    version: VERSION,
-                    uptime_ms: 1,
-                    features: vec![],
-                },
-            );
+            hello(&mut g, 1, &[]);
             while let Some(m) = recv(&mut g) {
                 assert!(!matches!(m, HostMessage::Start(_)), "{m:?}");
             }
@@ -2020,15 +2009,7 @@ mod tests {
         let mut req = request();
         req.network = Some(agent_protocol::NetworkConfig::default());
         let (r, guest) = run_request_with_guest(&h, req, move |mut g| {
-            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
-            send(
-                &mut g,
-                GuestMessage::Hello {
-                    version: VERSION,
-                    uptime_ms: 1,
-                    features: vec![],
-                },
-            );
+            hello(&mut g, 1, &[]);
             // Refused: the host sends no Start and shuts the guest down.
             while let Some(m) = recv(&mut g) {
                 assert!(!matches!(m, HostMessage::Start(_)), "{m:?}");
@@ -2055,15 +2036,7 @@ mod tests {
         let mut req = request();
         req.process.rlimits = Some(agent_protocol::default_rlimits());
         let (r, guest) = run_request_with_guest(&h, req, move |mut g| {
-            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
-            send(
-                &mut g,
-                GuestMessage::Hello {
-                    version: VERSION,
-                    uptime_ms: 1,
-                    features: vec![FEATURE_CLOCK.into(), FEATURE_RLIMITS.into()],
-                },
-            );
+            hello(&mut g, 1, &[FEATURE_CLOCK, FEATURE_RLIMITS]);
             // A guest one hour behind the host answers three probes.
             let behind = 3_600_000_000_000i64;
             let mut probes = 0;
@@ -2114,15 +2087,7 @@ mod tests {
         let mut req = request();
         req.process.rlimits = Some(agent_protocol::default_rlimits());
         let (r, guest) = run_request_with_guest(&h, req, move |mut g| {
-            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
-            send(
-                &mut g,
-                GuestMessage::Hello {
-                    version: VERSION,
-                    uptime_ms: 1,
-                    features: vec![],
-                },
-            );
+            hello(&mut g, 1, &[]);
             while let Some(m) = recv(&mut g) {
                 assert!(!matches!(m, HostMessage::Start(_)), "{m:?}");
             }
@@ -2187,15 +2152,7 @@ mod tests {
         let h = harness();
         let exited = h.exited.clone();
         let (r, guest) = run_with_guest(&h, move |mut g| {
-            assert!(matches!(recv(&mut g), Some(HostMessage::Hello { .. })));
-            send(
-                &mut g,
-                GuestMessage::Hello {
-                    version: VERSION,
-                    uptime_ms: 1,
-                    features: vec![],
-                },
-            );
+            hello(&mut g, 1, &[]);
             assert!(matches!(recv(&mut g), Some(HostMessage::Start(_))));
             send(
                 &mut g,
