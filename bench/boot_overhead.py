@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Side-by-side: `vessel run --rm IMAGE true` against a bare QEMU boot of the
-same kernel with an init that powers off at once, interleaved in one run.
+"""Side-by-side: `vessel run --rm --no-template IMAGE true` (a cold boot:
+VM templates, bench/templates.py, skip the boot) against a bare QEMU boot of
+the same kernel with an init that powers off at once, interleaved in one run.
 Also: guest uptime when the container's process starts, the host memory of
 one idle container's processes (RSS and PSS) beside its guest memory size,
 and how long the host takes to get back 300 MiB of the 400 MiB a container
@@ -28,7 +29,7 @@ import sys
 import tempfile
 import time
 
-from sides import env_path
+from sides import env_path, meminfo_kib as meminfo_kb, pss_kib as pss_kb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = "localhost/busybox:latest"
@@ -49,7 +50,7 @@ def accel():
 # The machine and command line of a container VM (crates/runtime/src/vmm.rs),
 # and those before issue 12 (no RTC, ACPI): the bare boots use them.
 MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off,memory-backend=mem"
-APPEND = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable acpi=off"
+APPEND = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable acpi=off lapic_bus_hz=1000000000"
 PREVIOUS_MACHINE = "microvm,x-option-roms=off,isa-serial=on,rtc=off,memory-backend=mem"
 PREVIOUS_APPEND = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable"
 
@@ -97,17 +98,6 @@ def rss_kb(pid):
 def vmm_kb(pid):
     """The memory a VMM holds: anonymous + shared (guest RAM) + file pages."""
     return sum(status_kb(pid, ["RssAnon", "RssShmem", "RssFile"]).values())
-
-
-def pss_kb(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 class Side:
@@ -179,14 +169,6 @@ class Side:
             self.cmd("rm", "-f", cid, stdout=subprocess.DEVNULL)
 
 
-def meminfo_kb(field):
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
@@ -217,10 +199,10 @@ def main():
             if args.previous_kernel:
                 bare_prev.append(timed(baseline_cmd(args.previous_kernel, base_initrd, previous=True))[0])
             for side in sides:
-                side.runs.append(timed([vessel, "run", "--rm", IMAGE, "true"], side.env)[0])
+                side.runs.append(timed([vessel, "run", "--rm", "--no-template", IMAGE, "true"], side.env)[0])
         for _ in range(max(3, args.runs // 2)):
             for side in sides:
-                _, out = timed([vessel, "run", "--rm", IMAGE, "cat", "/proc/uptime"], side.env)
+                _, out = timed([vessel, "run", "--rm", "--no-template", IMAGE, "cat", "/proc/uptime"], side.env)
                 side.uptimes.append(float(out.split()[0]))
         for side in sides:
             side.measure_idle()
@@ -243,7 +225,7 @@ def main():
 
     row("bare QEMU boot + poweroff, its machine line (s), median (min-max)",
         lambda s: f"{med(bare_of(s)):.3f} ({min(bare_of(s)):.3f}-{max(bare_of(s)):.3f})")
-    row("`vessel run --rm IMAGE true` (s), median (min-max)",
+    row("`vessel run --rm --no-template IMAGE true` (s), median (min-max)",
         lambda s: f"{med(s.runs):.3f} ({min(s.runs):.3f}-{max(s.runs):.3f})")
     row("ratio vessel / bare", lambda s: f"{med(s.runs) / med(bare_of(s)):.2f}")
     row("guest uptime when the process runs (s), median (min-max)",

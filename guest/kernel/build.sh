@@ -3,7 +3,8 @@
 # linux-source-6.1 package and the config fragment next to this script.
 #
 # The result is cached under ${VESSEL_CACHE:-/var/cache/vessel}/kernel/<key>/vmlinux
-# where <key> = sha256(fragment + linux-source package version + this script).
+# where <key> = sha256(fragment + linux-source package version + this script
+# + the patches in patches/, applied in name order).
 # Stdout: the path of vmlinux (last and only line). Everything else -> stderr
 # or the build log.
 #
@@ -17,6 +18,8 @@ die() { log "error: $*"; exit 1; }
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SCRIPT="$SCRIPT_DIR/$(basename "${BASH_SOURCE[0]}")"
 FRAGMENT="$SCRIPT_DIR/vessel.config"
+PATCHES=("$SCRIPT_DIR"/patches/*.patch)
+[[ -e "${PATCHES[0]}" ]] || PATCHES=()
 SRC_PKG=linux-source-6.1
 SRC_TARBALL=/usr/src/linux-source-6.1.tar.xz
 CACHE_ROOT="${VESSEL_CACHE:-/var/cache/vessel}"
@@ -30,7 +33,7 @@ SRC_VERSION=$(dpkg-query -W -f='${Version}' "$SRC_PKG" 2>/dev/null) ||
     die "package $SRC_PKG is not installed; run: apt-get install $SRC_PKG"
 [[ -n "$SRC_VERSION" ]] || die "cannot determine version of $SRC_PKG; run: apt-get install $SRC_PKG"
 
-KEY=$( { cat "$FRAGMENT"; printf '\n%s\n' "$SRC_VERSION"; cat "$SCRIPT"; } | sha256sum | cut -d' ' -f1)
+KEY=$( { cat "$FRAGMENT"; printf '\n%s\n' "$SRC_VERSION"; cat "$SCRIPT"; cat "${PATCHES[@]}" /dev/null; } | sha256sum | cut -d' ' -f1)
 KERNEL_DIR="$CACHE_ROOT/kernel"
 OUT_DIR="$KERNEL_DIR/$KEY"
 VMLINUX="$OUT_DIR/vmlinux"
@@ -41,7 +44,7 @@ if [[ -f "$VMLINUX" ]]; then
     exit 0
 fi
 
-for tool in make gcc flex bison bc xz tar; do
+for tool in make gcc flex bison bc xz tar patch; do
     command -v "$tool" >/dev/null 2>&1 ||
         die "missing build tool '$tool'; run: apt-get install build-essential flex bison bc libelf-dev libssl-dev xz-utils"
 done
@@ -78,6 +81,10 @@ tar -xJf "$SRC_TARBALL" -C "$WORK" --strip-components=1 >>"$BUILD_LOG" 2>&1 ||
     fail "extracting $SRC_TARBALL failed"
 
 cd "$WORK"
+for p in "${PATCHES[@]}"; do
+    log "applying $(basename "$p")"
+    patch -p1 --forward --quiet <"$p" >>"$BUILD_LOG" 2>&1 || fail "patch $p does not apply"
+done
 log "configuring (tinyconfig + fragment)"
 {
     make tinyconfig &&

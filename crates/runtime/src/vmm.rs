@@ -20,6 +20,11 @@ pub enum VmmError {
     Log(PathBuf, #[source] std::io::Error),
     #[error("Could not start {}; install QEMU (Debian: `apt install qemu-system-x86`) or set VESSEL_QEMU", .0.display())]
     Spawn(PathBuf, #[source] std::io::Error),
+    /// The child failed between fork and exec: in the jail's mounts, user
+    /// switch or limits, or the guest memory supervisor's filter; or the
+    /// exec itself. (The kernel reports one errno for all of them.)
+    #[error("Could not start {} in its jail (mount namespace, VM user, limits, seccomp listener) or exec it; the binary exists", .0.display())]
+    JailedSpawn(PathBuf, #[source] std::io::Error),
     #[error("The VMM has not been started")]
     NotStarted,
     #[error("Could not wait for or kill the VMM")]
@@ -197,7 +202,14 @@ fn parse_cpu_mhz(cpuinfo: &str) -> Option<u64> {
 /// Under emulation one boot in three then marked the TSC unstable and fell
 /// back to the 4 ms `refined-jiffies` clock, which runs behind: the
 /// container's time was wrong by tens of milliseconds within seconds.
-pub const KERNEL_CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable acpi=off";
+///
+/// `lapic_bus_hz=1000000000`: the local APIC timer's bus runs at 1 GHz in
+/// QEMU's emulated APIC and in KVM's. vessel's kernel
+/// (guest/kernel/patches) then skips calibrating the APIC timer against the
+/// PIT tick, which waited about 220 ms of every boot; another kernel ignores
+/// the parameter.
+pub const KERNEL_CMDLINE: &str =
+    "console=ttyS0 quiet panic=-1 reboot=t tsc=reliable acpi=off lapic_bus_hz=1000000000";
 
 /// QEMU's machine: `microvm` with its guest memory from the `mem` backend.
 ///
@@ -458,6 +470,14 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a
 }
 
+/// Whether `binary` names a file that exists (a path, or a name on `PATH`).
+fn resolves(binary: &Path) -> bool {
+    if binary.components().count() > 1 {
+        return binary.is_file();
+    }
+    vessel_api::paths::find_in_path(&binary.to_string_lossy()).is_some()
+}
+
 /// The kernel command line for a host TSC of `tsc_khz`.
 pub fn kernel_cmdline(tsc_khz: Option<u64>) -> String {
     let mut cmdline = KERNEL_CMDLINE.to_string();
@@ -524,6 +544,7 @@ impl Vmm for Qemu {
             .stderr(err);
         die_with_parent(&mut cmd);
         inherit_fds(&mut cmd, self.spec.inherited_fds());
+        let jailed = self.jail.is_some();
         if let Some(jail) = self.jail.take() {
             jail.apply_to(&mut cmd);
         }
@@ -534,9 +555,14 @@ impl Vmm for Qemu {
             supervisor.spawn().map_err(VmmError::Io)?;
             crate::memfile::install(&mut cmd, install);
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| VmmError::Spawn(self.binary.clone(), e))?;
+        let child = cmd.spawn().map_err(|e| {
+            // A binary that is there failed in the child's setup.
+            if jailed && resolves(&self.binary) {
+                VmmError::JailedSpawn(self.binary.clone(), e)
+            } else {
+                VmmError::Spawn(self.binary.clone(), e)
+            }
+        })?;
         self.child = Some(child);
         Ok(())
     }
@@ -878,6 +904,14 @@ mod tests {
         ));
         assert_eq!(a[a.len() - 2..], ["-incoming", "defer"]);
         assert_eq!(s.inherited_fds(), vec![5, 11]);
+    }
+
+    #[test]
+    fn a_binary_resolves_by_path_or_on_path() {
+        assert!(resolves(Path::new("sh")));
+        assert!(resolves(Path::new("/bin/sh")));
+        assert!(!resolves(Path::new("/nonexistent/qemu")));
+        assert!(!resolves(Path::new("no-such-binary-vessel")));
     }
 
     #[test]
