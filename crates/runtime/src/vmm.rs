@@ -75,8 +75,9 @@ pub struct QemuSpec {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// The container's qcow2 overlay (root filesystem).
-    pub disk: PathBuf,
+    /// The container's qcow2 overlay (root filesystem); none when the root
+    /// is a virtio-fs share (see `ContainerConfig::rootfs_dir`).
+    pub disk: Option<PathBuf>,
     /// The agent port's chardev: a connected stream socket QEMU inherits
     /// as this descriptor number, whose other end is the runtime's
     /// multiplexer ([`crate::transport`]).
@@ -332,16 +333,18 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(spec.kernel.clone().into_os_string());
     a.push("-initrd".into());
     a.push(spec.initrd.clone().into_os_string());
-    a.push("-drive".into());
-    a.push(joined(
-        "id=root,file=",
-        &spec.disk,
-        // A full host disk is an I/O error in the guest (QEMU's default
-        // pauses the VM on ENOSPC, so the container would hang).
-        ",format=qcow2,if=none,discard=unmap,werror=report,rerror=report",
-    ));
-    a.push("-device".into());
-    a.push("virtio-blk-device,drive=root".into());
+    if let Some(disk) = &spec.disk {
+        a.push("-drive".into());
+        a.push(joined(
+            "id=root,file=",
+            disk,
+            // A full host disk is an I/O error in the guest (QEMU's default
+            // pauses the VM on ENOSPC, so the container would hang).
+            ",format=qcow2,if=none,discard=unmap,werror=report,rerror=report",
+        ));
+        a.push("-device".into());
+        a.push("virtio-blk-device,drive=root".into());
+    }
     for (i, v) in spec.volumes.iter().enumerate() {
         // QEMU's default cache (writeback) tells the guest its disk has a
         // volatile cache, so the guest's fsync becomes a flush, which QEMU
@@ -592,7 +595,7 @@ mod tests {
             memory_mib: 256,
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.img".into(),
-            disk: "/c/a,b/overlay.qcow2".into(),
+            disk: Some("/c/a,b/overlay.qcow2".into()),
             agent_fd: 5,
             boot_log: "/c/boot.log".into(),
             qmp_socket: "/run/x/qmp.sock".into(),
