@@ -185,9 +185,59 @@ fn kernel_release(path: &Path) -> String {
     String::from_utf8_lossy(&rest[..end]).into_owned()
 }
 
+/// `ctr events` until killed: the task topics, in the order containerd
+/// published them.
+struct EventWatch(Child);
+
+impl EventWatch {
+    fn start(c: &Containerd) -> Self {
+        let child = c
+            .ctr_cmd(&["events"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        // It subscribes as it starts.
+        std::thread::sleep(Duration::from_millis(500));
+        EventWatch(child)
+    }
+
+    /// `(topic, container id, exec id or task id)` of each task event.
+    fn stop(mut self) -> Vec<(String, String, String)> {
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().expect("ctr events");
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let topic = l.split_whitespace().find(|w| w.starts_with("/tasks/"))?;
+                let json: serde_json::Value = serde_json::from_str(&l[l.find('{')?..]).ok()?;
+                let id = json["exec_id"]
+                    .as_str()
+                    .or(json["id"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                Some((
+                    topic.to_string(),
+                    json["container_id"].as_str().unwrap_or("").to_string(),
+                    id,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn topics_of(events: &[(String, String, String)], container: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.1 == container)
+        .map(|e| format!("{} {}", e.0, e.2))
+        .collect()
+}
+
 #[test]
 fn ctr_run_prints_from_a_vessel_vm_and_exit_codes_propagate() {
     let c = Containerd::start();
+    let events = EventWatch::start(&c);
     let out = c.run_rm("hello", &["sh", "-c", "echo hello; uname -r"]);
     assert!(
         out.status.success(),
@@ -197,7 +247,18 @@ fn ctr_run_prints_from_a_vessel_vm_and_exit_codes_propagate() {
     );
     let want = kernel_release(&required_env("VESSEL_KERNEL"));
     assert_eq!(text(&out.stdout), format!("hello\n{want}\n"));
-    // Not the host's kernel: it came from the VM.
+    // containerd's order: create, start, exit, delete.
+    let topics = topics_of(&events.stop(), "hello");
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create ",
+            "/tasks/start ",
+            "/tasks/exit hello",
+            "/tasks/delete hello"
+        ],
+        "{topics:?}"
+    );
     let out = c.run_rm("seven", &["sh", "-c", "echo out; echo err >&2; exit 7"]);
     assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "out\n");
@@ -251,7 +312,8 @@ fn ctr_task_commands_reach_the_vm() {
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     assert!(usage > 1 << 20, "{m}");
-    // exec: output, exit code, stdin, and a terminal.
+    // exec: output, exit code, stdin, and a terminal; its events in order.
+    let events = EventWatch::start(&c);
     let out = c.ctr(&[
         "task",
         "exec",
@@ -264,6 +326,16 @@ fn ctr_task_commands_reach_the_vm() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "in-vm\n");
+    let topics = topics_of(&events.stop(), "idle");
+    assert_eq!(
+        topics,
+        [
+            "/tasks/exec-added e1",
+            "/tasks/exec-started e1",
+            "/tasks/exit e1"
+        ],
+        "{topics:?}"
+    );
     let mut child = c
         .ctr_cmd(&["task", "exec", "--exec-id", "e2", "idle", "sh"])
         .stdin(Stdio::piped())
@@ -358,4 +430,58 @@ fn a_killed_shim_ends_its_task_and_leaves_nothing() {
     assert!(c.ctr(&["container", "rm", "doomed"]).status.success());
     let shim_home: PathBuf = c.path().join("shim/default/doomed");
     assert!(!shim_home.exists(), "{} left", shim_home.display());
+}
+
+#[test]
+fn a_killed_vm_ends_its_task_with_255() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "lost",
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "run -d: {}\n{}",
+        text(&out.stderr),
+        c.log()
+    );
+    let home = c.path().join("shim/default/lost").display().to_string();
+    // QEMU's command line names the task's files in the shim's home.
+    let qemu = c
+        .leftovers()
+        .into_iter()
+        .find(|l| l.contains("qemu-system") && l.contains(&home))
+        .expect("the task's QEMU");
+    let pid: i32 = qemu
+        .split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    // SAFETY: kill(2) on the QEMU this test's containerd started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.task_status("lost").as_deref()
+            == Some("STOPPED")),
+        "{:?}",
+        c.task_status("lost")
+    );
+    let out = c.ctr(&["task", "rm", "lost"]);
+    assert!(out.status.success(), "task rm: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("255"),
+        "the exit status: {}",
+        text(&out.stderr)
+    );
+    assert!(c.ctr(&["container", "rm", "lost"]).status.success());
+    assert!(
+        c.wait_for(Duration::from_secs(15), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
 }
