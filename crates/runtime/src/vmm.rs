@@ -111,7 +111,8 @@ pub struct QemuSpec {
 /// A virtio-fs device: a host directory the guest mounts by `tag`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsDevice {
-    /// Short and unique within the VM (`m0`, `m1`...).
+    /// Short and unique within the VM (`m0`, `m1`..., `root` for a root
+    /// filesystem shared from a host directory).
     pub tag: String,
     /// The vhost-user socket of its `virtiofsd`.
     pub socket: PathBuf,
@@ -624,6 +625,20 @@ mod tests {
         a.into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn a_virtio_fs_root_has_no_disk() {
+        let mut s = spec("tcg");
+        s.disk = None;
+        s.fs_devices = vec![FsDevice {
+            tag: "root".into(),
+            socket: "/run/x/fs-root.sock".into(),
+        }];
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(!line.contains("-drive"), "{line}");
+        assert!(!line.contains("virtio-blk"), "{line}");
+        assert!(line.contains("tag=root"), "{line}");
     }
 
     #[test]
