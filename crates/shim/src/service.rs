@@ -638,6 +638,20 @@ impl Task for Service {
             return Err(err(Code::NOT_FOUND, "process already finished"));
         }
         let signal = i32::try_from(req.signal).unwrap_or(libc::SIGKILL);
+        if state == State::Created && req.exec_id.is_empty() && control.is_none() {
+            // Created, never started: no VM yet; the process "dies" of the
+            // signal, as runc's waiting init would.
+            let (_, cv) = self.get(&req.id)?;
+            Service::exited(
+                &self.events,
+                &c,
+                &cv,
+                &req.id,
+                "",
+                exit_status(0, Some(signal)),
+            );
+            return Ok(Empty::new());
+        }
         if req.exec_id.is_empty() {
             let Some(control) = control else {
                 return Err(err(Code::FAILED_PRECONDITION, "the task is not running"));
