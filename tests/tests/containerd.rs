@@ -410,6 +410,8 @@ fn a_killed_shim_ends_its_task_and_leaves_nothing() {
     );
     assert!(!c.leftovers().is_empty(), "the VM should be running");
     let shim = format!("-id doomed -address {}/c.sock", c.path().display());
+    let socket = shim_socket(&shim);
+    assert!(socket.exists(), "{}", socket.display());
     assert_eq!(kill_matching(&[&shim]), 1, "one shim");
     // The runtime gets its parent-death signal and takes the VM down.
     assert!(
@@ -430,6 +432,34 @@ fn a_killed_shim_ends_its_task_and_leaves_nothing() {
     assert!(c.ctr(&["container", "rm", "doomed"]).status.success());
     let shim_home: PathBuf = c.path().join("shim/default/doomed");
     assert!(!shim_home.exists(), "{} left", shim_home.display());
+    assert!(
+        !socket.exists(),
+        "the shim's socket {} left",
+        socket.display()
+    );
+}
+
+/// The ttrpc socket of the shim whose command line contains `needle`
+/// (its `-socket unix://PATH` argument).
+fn shim_socket(needle: &str) -> PathBuf {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.join(" ").contains(needle) {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| a == "-socket") {
+            if let Some(s) = args.get(i + 1) {
+                return PathBuf::from(s.trim_start_matches("unix://"));
+            }
+        }
+    }
+    panic!("no shim with {needle}");
 }
 
 #[test]

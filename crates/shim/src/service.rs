@@ -60,6 +60,8 @@ pub struct VesselShim {
     exit: Arc<ExitSignal>,
     namespace: String,
     id: String,
+    /// containerd's socket (the shim's own socket address derives from it).
+    address: String,
 }
 
 impl containerd_shim::Shim for VesselShim {
@@ -70,6 +72,7 @@ impl containerd_shim::Shim for VesselShim {
             exit: Arc::new(ExitSignal::default()),
             namespace: args.namespace.clone(),
             id: args.id.clone(),
+            address: args.address.clone(),
         }
     }
 
@@ -83,6 +86,9 @@ impl containerd_shim::Shim for VesselShim {
         // The bare address on stdout (the library writes it): what
         // containerd 1.6 (Debian 12) reads; 1.7 and 2.x accept it too.
         let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // BUNDLE/address: where the serving shim finds its socket to remove
+        // at its end.
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -100,6 +106,12 @@ impl containerd_shim::Shim for VesselShim {
         }
         if let Ok(bundle) = std::env::current_dir() {
             unmount_rootfs(&bundle.join("rootfs"));
+        }
+        // A killed shim leaves its ttrpc socket; nobody answers on it now.
+        let socket = containerd_shim::socket_address(&self.address, &self.namespace, &self.id);
+        let socket = socket.trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(socket).is_err() {
+            let _ = std::fs::remove_file(socket);
         }
         if std::env::var_os("VESSEL_SHIM_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(home.root());
@@ -166,6 +178,8 @@ struct Proc {
     conn: Option<UnixStream>,
     /// An exec's process, as vminitd takes it.
     exec: Option<agent_protocol::ProcessSpec>,
+    /// The stdin FIFO, open from Create/Exec until the process starts.
+    stdin_file: Option<std::fs::File>,
 }
 
 impl Proc {
@@ -180,6 +194,7 @@ impl Proc {
             exit: None,
             conn: None,
             exec: None,
+            stdin_file: vm::open_stdin(stdin),
         }
     }
 }
@@ -313,9 +328,10 @@ impl Service {
                 vm::open_output(&stderr)
             },
         };
-        if !stdin.is_empty() {
+        let stdin_file = lock(c).procs.get_mut("").and_then(|p| p.stdin_file.take());
+        if let Some(f) = stdin_file {
             if let Ok(w) = conn.try_clone() {
-                vm::pump_stdin(PathBuf::from(&stdin), w);
+                vm::pump_stdin(f, w);
             }
         }
         let pid = runtime_pid;
@@ -450,9 +466,13 @@ impl Service {
                 ));
             }
         };
-        if !stdin.is_empty() {
+        let stdin_file = lock(c)
+            .procs
+            .get_mut(exec_id)
+            .and_then(|p| p.stdin_file.take());
+        if let (Some(f), false) = (stdin_file, stdin.is_empty()) {
             if let Ok(w) = conn.try_clone() {
-                vm::pump_stdin(PathBuf::from(&stdin), w);
+                vm::pump_stdin(f, w);
             }
         }
         {

@@ -254,23 +254,58 @@ pub fn pump_output(conn: &UnixStream, out: &mut Outputs, mut started: impl FnMut
     seen
 }
 
-/// Copy `stdin` (a FIFO, opened here: it blocks until containerd's side is
-/// open) to the stream as `Stdin` frames; `CloseStdin` at its end.
-pub fn pump_stdin(path: PathBuf, conn: UnixStream) {
+/// Open a stdin FIFO containerd gave (empty: none) without waiting for
+/// its writer: held from `Create`/`Exec` on, so what the client writes (and
+/// closes) before the process starts stays in the pipe, as with runc's shim.
+pub fn open_stdin(path: &str) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.is_empty() {
+        return None;
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()
+}
+
+/// Copy `stdin` (from [`open_stdin`]) to the stream as `Stdin` frames;
+/// `CloseStdin` once its writer has come and gone (a FIFO reports hang-up
+/// only after a writer was there, so an early read finds no false end).
+pub fn pump_stdin(f: std::fs::File, conn: UnixStream) {
+    use std::os::fd::AsRawFd;
     std::thread::spawn(move || {
-        let Ok(mut f) = std::fs::File::open(&path) else {
-            return;
-        };
+        let mut f = f;
         let mut w = &conn;
         let mut buf = vec![0u8; 32 * 1024];
         loop {
+            let mut pfd = libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            let r = unsafe { libc::poll(&mut pfd, 1, 1000) };
+            if r < 0 {
+                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                break;
+            }
+            if r == 0 {
+                continue;
+            }
             match f.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) if pfd.revents & libc::POLLHUP != 0 => break,
+                Ok(0) => continue,
                 Ok(n) => {
                     if write_frame(&mut w, FrameKind::Stdin, &buf[..n]).is_err() {
                         return;
                     }
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
             }
         }
         let _ = write_message(&mut w, &HostMessage::CloseStdin);
