@@ -130,7 +130,7 @@ impl containerd_shim::Shim for VesselShim {
     fn create_task_service(&self, publisher: RemotePublisher) -> Service {
         Service {
             exit: Arc::clone(&self.exit),
-            events: Arc::new(Events {
+            events: Arc::new(RemoteEvents {
                 publisher,
                 namespace: self.namespace.clone(),
             }),
@@ -140,13 +140,18 @@ impl containerd_shim::Shim for VesselShim {
     }
 }
 
-/// Publishes events to containerd, one at a time.
-pub struct Events {
+/// Where the task's events go: containerd (or a recorder in tests).
+pub trait Events: Send + Sync {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>);
+}
+
+/// Publishes events to containerd over its ttrpc socket.
+pub struct RemoteEvents {
     publisher: RemotePublisher,
     namespace: String,
 }
 
-impl Events {
+impl Events for RemoteEvents {
     fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Err(e) = self
             .publisher
@@ -212,7 +217,7 @@ type Tasks = Arc<Mutex<HashMap<String, (Arc<Mutex<Container>>, Arc<Condvar>)>>>;
 
 pub struct Service {
     exit: Arc<ExitSignal>,
-    events: Arc<Events>,
+    events: Arc<dyn Events>,
     namespace: String,
     tasks: Tasks,
 }
@@ -247,7 +252,7 @@ impl Service {
 
     /// Record a process's end and tell containerd (TaskExit).
     fn exited(
-        events: &Events,
+        events: &dyn Events,
         c: &Mutex<Container>,
         cv: &Condvar,
         id: &str,
@@ -378,7 +383,7 @@ impl Service {
                         .map_or(LOST, |code| exit_status(code, None))
                 }
             };
-            Service::exited(&events, &c2, &cv2, &id2, "", status);
+            Service::exited(&*events, &c2, &cv2, &id2, "", status);
         });
         Ok(pid)
     }
@@ -495,7 +500,7 @@ impl Service {
         std::thread::spawn(move || {
             let seen = handle.join().unwrap_or_default();
             let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
-            Service::exited(&events, &c2, &cv2, &id2, &exec2, status);
+            Service::exited(&*events, &c2, &cv2, &id2, &exec2, status);
         });
         Ok(pid)
     }
@@ -663,7 +668,7 @@ impl Task for Service {
             // signal, as runc's waiting init would.
             let (_, cv) = self.get(&req.id)?;
             Service::exited(
-                &self.events,
+                &*self.events,
                 &c,
                 &cv,
                 &req.id,
@@ -1022,4 +1027,73 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records (topic, event as text).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String)>>);
+
+    impl Events for Recorder {
+        fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+            let text = containerd_shim::protos::protobuf::text_format::print_to_string(&*event);
+            lock(&self.0).push((topic.to_string(), text));
+        }
+    }
+
+    fn container() -> Container {
+        let mut procs = HashMap::new();
+        let mut main = Proc::new("", "", "", false);
+        main.pid = 10;
+        main.state = State::Running;
+        procs.insert(String::new(), main);
+        let mut exec = Proc::new("", "", "", false);
+        exec.pid = 42;
+        exec.state = State::Running;
+        procs.insert("e1".to_string(), exec);
+        Container {
+            bundle: "/b".into(),
+            home: Home::new("/nonexistent"),
+            env: Vec::new(),
+            runtime: None,
+            procs,
+        }
+    }
+
+    #[test]
+    fn an_exit_is_published_once_with_its_ids_and_wakes_waiters() {
+        let rec = Recorder::default();
+        let c = Arc::new(Mutex::new(container()));
+        let cv = Arc::new(Condvar::new());
+        // A waiter for the exec, as containerd's Wait.
+        let (c2, cv2) = (Arc::clone(&c), Arc::clone(&cv));
+        let waiter = std::thread::spawn(move || {
+            let mut g = lock(&c2);
+            while g.procs["e1"].exit.is_none() {
+                g = cv2.wait(g).unwrap_or_else(PoisonError::into_inner);
+            }
+            g.procs["e1"].exit.as_ref().map(|e| e.0)
+        });
+        Service::exited(&rec, &c, &cv, "task", "e1", 3);
+        // A second report of the same end (the stream and the runtime both
+        // noticed) is not a second event.
+        Service::exited(&rec, &c, &cv, "task", "e1", 255);
+        assert_eq!(waiter.join().unwrap(), Some(3));
+        Service::exited(&rec, &c, &cv, "task", "", exit_status(0, Some(15)));
+        let events = lock(&rec.0).clone();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].0, topics::TASK_EXIT_EVENT_TOPIC);
+        assert!(events[0].1.contains("id: \"e1\""), "{}", events[0].1);
+        assert!(events[0].1.contains("pid: 42"), "{}", events[0].1);
+        assert!(events[0].1.contains("exit_status: 3"), "{}", events[0].1);
+        // The main process's exit carries the task id as its id.
+        assert!(events[1].1.contains("id: \"task\""), "{}", events[1].1);
+        assert!(events[1].1.contains("exit_status: 143"), "{}", events[1].1);
+        let g = lock(&c);
+        assert_eq!(g.procs[""].state, State::Stopped);
+        assert_eq!(g.procs["e1"].exit.as_ref().map(|e| e.0), Some(3));
+    }
 }
