@@ -62,6 +62,10 @@ TOOLS=(
     "docker-registry|docker-registry|--version"
     "podman|podman|--version"
     "runc|runc|--version"
+    # containerd and ctr for tests/tests/containerd.rs (the tests start
+    # their own containerd; the package's system service is not used)
+    "containerd|containerd|--version"
+    "ctr|containerd|--version"
     "debootstrap|debootstrap|--version"
     "htpasswd|apache2-utils|-nb probe probe"
     "openssl|openssl|version"

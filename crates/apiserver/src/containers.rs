@@ -1053,6 +1053,7 @@ impl Containers {
             memory_mib,
             auto_remove: req.auto_remove,
             rootfs_base: image.rootfs.clone(),
+            rootfs_dir: None,
             kernel,
             initrd,
             accel: accel.name.clone(),

@@ -586,8 +586,12 @@ pub fn qemu_plan(spec: &crate::vmm::QemuSpec, binary: &Path, base: &Path, run_di
     }
     p.ro(&spec.kernel);
     p.ro(&spec.initrd);
-    p.ro(base);
-    p.rw(&spec.disk);
+    if !base.as_os_str().is_empty() {
+        p.ro(base);
+    }
+    if let Some(disk) = &spec.disk {
+        p.rw(disk);
+    }
     for v in &spec.volumes {
         if v.readonly {
             p.ro(&v.path);
@@ -941,7 +945,7 @@ mod tests {
             memory_mib: 256,
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.img".into(),
-            disk: "/h/containers/c1/overlay.qcow2".into(),
+            disk: Some("/h/containers/c1/overlay.qcow2".into()),
             agent_fd: 5,
             boot_log: "/h/containers/c1/boot.log".into(),
             qmp_socket: "/h/run/c1/qmp.sock".into(),

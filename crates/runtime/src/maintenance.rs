@@ -446,7 +446,7 @@ fn boot_once(
         memory_mib: MEMORY_MIB,
         kernel: config.kernel.clone(),
         initrd: config.initrd.clone(),
-        disk: files.dir.join("overlay.qcow2"),
+        disk: Some(files.dir.join("overlay.qcow2")),
         agent_fd,
         boot_log: files.boot_log(),
         qmp_socket: files.run_dir.join("qmp.sock"),

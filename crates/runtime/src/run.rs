@@ -1281,8 +1281,8 @@ pub fn run(home: &Home, id: &str) -> Result<(), RunError> {
         let request = StartRequest {
             process: config.process.clone(),
             hostname: config.hostname.clone(),
-            root_device: "/dev/vda".into(),
-            root_fstype: "ext4".into(),
+            root_device: root_device(&config).into(),
+            root_fstype: root_fstype(&config).into(),
             network: networks
                 .as_ref()
                 .and_then(|n| n.guest_config(&config.hostname, &config.name)),
@@ -1456,8 +1456,29 @@ fn start_nics(
     Ok(nics)
 }
 
+/// The virtio-fs tag of a root filesystem shared from a host directory.
+pub const ROOT_TAG: &str = "root";
+
+/// Where vminitd finds the container's root: the first disk, or the
+/// virtio-fs share tagged [`ROOT_TAG`] (a virtiofs mount's source is its tag).
+fn root_device(config: &ContainerConfig) -> &'static str {
+    if config.rootfs_dir.is_some() {
+        ROOT_TAG
+    } else {
+        "/dev/vda"
+    }
+}
+
+fn root_fstype(config: &ContainerConfig) -> &'static str {
+    if config.rootfs_dir.is_some() {
+        "virtiofs"
+    } else {
+        "ext4"
+    }
+}
+
 /// One `virtiofsd` per host directory the container mounts; the VM's
-/// devices for them.
+/// devices for them. A directory root is the first share.
 fn start_shares(
     home: &Home,
     config: &ContainerConfig,
@@ -1467,7 +1488,19 @@ fn start_shares(
     t: &Timeouts,
 ) -> Result<Vec<FsDevice>, RunError> {
     let ids = IdMapping::for_this_process(virtiofs::numeric_user(&config.process.user));
-    let specs = crate::mounts::shares(home, config, run_dir, ids);
+    let mut specs = crate::mounts::shares(home, config, run_dir, ids);
+    if let Some(root) = &config.rootfs_dir {
+        specs.insert(
+            0,
+            virtiofs::ShareSpec {
+                tag: ROOT_TAG.to_string(),
+                dir: root.clone(),
+                readonly: false,
+                socket: run_dir.join(format!("fs-{ROOT_TAG}.sock")),
+                ids,
+            },
+        );
+    }
     *shares = virtiofs::start_all(&specs, dir, t.backend_socket)?;
     for s in shares.iter() {
         log(&format!(
@@ -1515,8 +1548,15 @@ fn launch(
 > {
     use crate::jail::hand_over;
     make_run_dir(run_dir)?;
-    let overlay = dir.join("overlay.qcow2");
-    create_overlay(&config.rootfs_base, &overlay)?;
+    // A virtio-fs root (a containerd bundle's rootfs) has no disk.
+    let overlay = match &config.rootfs_dir {
+        Some(_) => None,
+        None => {
+            let overlay = dir.join("overlay.qcow2");
+            create_overlay(&config.rootfs_base, &overlay)?;
+            Some(overlay)
+        }
+    };
     let boot_log = dir.join("boot.log");
     // The empty directory each jail's root is mounted on (in its own mount
     // namespace only).
@@ -1540,10 +1580,12 @@ fn launch(
         // keeps them from removing or replacing the runtime's own
         // (control.sock).
         hand_over_dir(run_dir, uid)?;
-        hand_over(&overlay, uid)?;
-        // Only this VM's user (and root): qemu-img makes it world-readable.
-        std::fs::set_permissions(&overlay, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| crate::jail::JailError::HandOver(overlay.clone(), e))?;
+        if let Some(overlay) = &overlay {
+            hand_over(overlay, uid)?;
+            // Only this VM's user (and root): qemu-img makes it world-readable.
+            std::fs::set_permissions(overlay, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| crate::jail::JailError::HandOver(overlay.clone(), e))?;
+        }
         hand_over(&boot_log, uid)?;
         for v in volumes {
             hand_over(&v.path, uid)?;
@@ -1560,7 +1602,7 @@ fn launch(
     let fs_devices = start_shares(home, config, dir, run_dir, shares, t)?;
     // Built first if need be (the first container of its size).
     let tsc_khz = crate::vmm::host_tsc_khz();
-    let template = if allow_template {
+    let template = if allow_template && overlay.is_some() {
         restorable(home, config, volumes, &nics, &fs_devices, tsc_khz, run_dir)
     } else {
         None
@@ -1609,7 +1651,7 @@ fn launch(
             use std::os::fd::AsRawFd;
             crate::template::layout(
                 inputs,
-                overlay,
+                overlay.unwrap_or_default(),
                 agent_fd,
                 dir.join("boot.log"),
                 run_dir.join("qmp.sock"),

@@ -227,7 +227,7 @@ pub fn layout(
         memory_mib: inputs.memory_mib,
         kernel: inputs.kernel.clone(),
         initrd: inputs.initrd.clone(),
-        disk,
+        disk: Some(disk),
         agent_fd,
         boot_log,
         qmp_socket,

@@ -80,8 +80,9 @@ pub struct QemuSpec {
     pub memory_mib: u64,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
-    /// The container's qcow2 overlay (root filesystem).
-    pub disk: PathBuf,
+    /// The container's qcow2 overlay (root filesystem); none when the root
+    /// is a virtio-fs share (see `ContainerConfig::rootfs_dir`).
+    pub disk: Option<PathBuf>,
     /// The agent port's chardev: a connected stream socket QEMU inherits
     /// as this descriptor number, whose other end is the runtime's
     /// multiplexer ([`crate::transport`]).
@@ -132,7 +133,8 @@ pub enum GuestMemory {
 /// A virtio-fs device: a host directory the guest mounts by `tag`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsDevice {
-    /// Short and unique within the VM (`m0`, `m1`...).
+    /// Short and unique within the VM (`m0`, `m1`..., `root` for a root
+    /// filesystem shared from a host directory).
     pub tag: String,
     /// The vhost-user socket of its `virtiofsd`.
     pub socket: PathBuf,
@@ -365,16 +367,18 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     a.push(spec.kernel.clone().into_os_string());
     a.push("-initrd".into());
     a.push(spec.initrd.clone().into_os_string());
-    a.push("-drive".into());
-    a.push(joined(
-        "id=root,file=",
-        &spec.disk,
-        // A full host disk is an I/O error in the guest (QEMU's default
-        // pauses the VM on ENOSPC, so the container would hang).
-        ",format=qcow2,if=none,discard=unmap,werror=report,rerror=report",
-    ));
-    a.push("-device".into());
-    a.push("virtio-blk-device,drive=root".into());
+    if let Some(disk) = &spec.disk {
+        a.push("-drive".into());
+        a.push(joined(
+            "id=root,file=",
+            disk,
+            // A full host disk is an I/O error in the guest (QEMU's default
+            // pauses the VM on ENOSPC, so the container would hang).
+            ",format=qcow2,if=none,discard=unmap,werror=report,rerror=report",
+        ));
+        a.push("-device".into());
+        a.push("virtio-blk-device,drive=root".into());
+    }
     for (i, v) in spec.volumes.iter().enumerate() {
         // QEMU's default cache (writeback) tells the guest its disk has a
         // volatile cache, so the guest's fsync becomes a flush, which QEMU
@@ -647,7 +651,7 @@ mod tests {
             memory_mib: 256,
             kernel: "/k/vmlinux".into(),
             initrd: "/k/initrd.img".into(),
-            disk: "/c/a,b/overlay.qcow2".into(),
+            disk: Some("/c/a,b/overlay.qcow2".into()),
             agent_fd: 5,
             boot_log: "/c/boot.log".into(),
             qmp_socket: "/run/x/qmp.sock".into(),
@@ -676,6 +680,20 @@ mod tests {
         a.into_iter()
             .map(|s| s.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn a_virtio_fs_root_has_no_disk() {
+        let mut s = spec("tcg");
+        s.disk = None;
+        s.fs_devices = vec![FsDevice {
+            tag: "root".into(),
+            socket: "/run/x/fs-root.sock".into(),
+        }];
+        let line = strings(qemu_args(&s)).join(" ");
+        assert!(!line.contains("-drive"), "{line}");
+        assert!(!line.contains("virtio-blk"), "{line}");
+        assert!(line.contains("tag=root"), "{line}");
     }
 
     #[test]

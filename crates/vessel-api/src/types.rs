@@ -136,7 +136,14 @@ pub struct ContainerConfig {
     pub memory_mib: u64,
     pub auto_remove: bool,
     /// The image's read-only ext4 base, backing this container's overlay.
+    /// Empty when [`ContainerConfig::rootfs_dir`] is the root instead.
     pub rootfs_base: PathBuf,
+    /// A host directory that is the container's root filesystem, shared
+    /// into the VM over virtio-fs instead of a disk: an OCI bundle's
+    /// `rootfs/` as containerd's snapshotter prepared it (the containerd
+    /// shim's containers). Such a VM boots its kernel (no template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_dir: Option<PathBuf>,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// `kvm` or `tcg`.

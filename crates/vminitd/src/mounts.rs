@@ -103,9 +103,10 @@ pub fn mount_root(device: &str, fstype: &str) -> Result<(), String> {
     if !mounted.is_empty() {
         return Err("the root filesystem is already mounted".into());
     }
-    // The block device node may show up a moment after boot.
+    // The block device node may show up a moment after boot. A virtio-fs
+    // root (a containerd bundle's rootfs) is named by its tag: no node.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while !Path::new(device).exists() && Instant::now() < deadline {
+    while fstype != "virtiofs" && !Path::new(device).exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     do_mount(device, root, fstype, MsFlags::empty(), None)

@@ -1,0 +1,1099 @@
+//! The shim (`start`, `delete`) and its ttrpc Task service.
+//!
+//! One shim per task for now (one VM per task); the grouping key is
+//! already the pod's sandbox id when the spec carries one, so a later
+//! milestone can run a pod's containers in one VM.
+//!
+//! Events, in containerd's order: `Create` publishes TaskCreate; `Start`
+//! publishes TaskStart once the process runs, before the thread that
+//! reports its end exists, so TaskExit always follows it; `Delete`
+//! publishes TaskDelete. An exec: `Exec` → TaskExecAdded, its `Start` →
+//! TaskExecStarted, its end → TaskExit with the exec id.
+
+use crate::exit::{exit_status, LOST};
+use crate::spec::{self, VmSettings};
+use crate::vm::{self, Outputs, Runtime};
+use containerd_shim::api::Empty;
+use containerd_shim::api::{
+    ConnectRequest, ConnectResponse, CreateTaskRequest, CreateTaskResponse, DeleteRequest,
+    DeleteResponse, ExecProcessRequest, KillRequest, PidsRequest, PidsResponse, StartRequest,
+    StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status, WaitRequest,
+    WaitResponse,
+};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskPaused, TaskResumed,
+    TaskStart,
+};
+use containerd_shim::protos::protobuf::well_known_types::any::Any;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::{Message, MessageDyn, MessageField};
+use containerd_shim::protos::topics;
+use containerd_shim::protos::types::task::ProcessInfo;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Context, ExitSignal, Flags, StartOpts, Task, TtrpcContext, TtrpcResult};
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use vessel_api::control::{AttachRequest, ControlRequest};
+use vessel_api::paths::Home;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn err(code: ttrpc_code::Code, msg: impl Into<String>) -> containerd_shim::protos::ttrpc::Error {
+    containerd_shim::protos::ttrpc::Error::RpcStatus(containerd_shim::protos::ttrpc::get_status(
+        code,
+        msg.into(),
+    ))
+}
+
+mod ttrpc_code {
+    pub use containerd_shim::protos::ttrpc::Code;
+}
+use ttrpc_code::Code;
+
+/// The shim process (the library calls it for `start`, `delete` and to serve).
+pub struct VesselShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+    id: String,
+    /// containerd's socket (the shim's own socket address derives from it).
+    address: String,
+}
+
+impl containerd_shim::Shim for VesselShim {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, _config: &mut containerd_shim::Config) -> Self {
+        VesselShim {
+            exit: Arc::new(ExitSignal::default()),
+            namespace: args.namespace.clone(),
+            id: args.id.clone(),
+            address: args.address.clone(),
+        }
+    }
+
+    fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // One shim per pod later: the sandbox id groups a pod's containers.
+        let grouping = std::env::current_dir()
+            .ok()
+            .and_then(|b| spec::read(&b).ok())
+            .and_then(|s| s.annotations.get("io.kubernetes.cri.sandbox-id").cloned())
+            .unwrap_or_else(|| opts.id.clone());
+        // The bare address on stdout (the library writes it): what
+        // containerd 1.6 (Debian 12) reads; 1.7 and 2.x accept it too.
+        let (_pid, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // BUNDLE/address: where the serving shim finds its socket to remove
+        // at its end.
+        containerd_shim::util::write_address(&address)?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        // The shim is gone: end what it left (its runtime dies with it, by
+        // the parent-death signal; make sure) and remove its files.
+        let home = vm::home_for(&self.namespace, &self.id);
+        let state: Option<vessel_api::types::ContainerState> =
+            vessel_api::fsutil::read_json(&home.container_dir(&self.id).join("state.json"))
+                .ok()
+                .flatten();
+        if let Some(pid) = state.and_then(|s| s.runtime_pid) {
+            // SAFETY: kill(2) with a pid read from our own record.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Ok(bundle) = std::env::current_dir() {
+            unmount_rootfs(&bundle.join("rootfs"));
+        }
+        // A killed shim leaves its ttrpc socket; nobody answers on it now.
+        let socket = containerd_shim::socket_address(&self.address, &self.namespace, &self.id);
+        let socket = socket.trim_start_matches("unix://");
+        if std::os::unix::net::UnixStream::connect(socket).is_err() {
+            let _ = std::fs::remove_file(socket);
+        }
+        if std::env::var_os("VESSEL_SHIM_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(home.root());
+        }
+        Ok(DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: MessageField::some(Timestamp::now()),
+            ..Default::default()
+        })
+    }
+
+    fn wait(&mut self) {
+        self.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Service {
+        Service {
+            exit: Arc::clone(&self.exit),
+            events: Arc::new(RemoteEvents {
+                publisher,
+                namespace: self.namespace.clone(),
+            }),
+            namespace: self.namespace.clone(),
+            tasks: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+}
+
+/// Where the task's events go: containerd (or a recorder in tests).
+pub trait Events: Send + Sync {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>);
+}
+
+/// Publishes events to containerd over its ttrpc socket.
+pub struct RemoteEvents {
+    publisher: RemotePublisher,
+    namespace: String,
+}
+
+impl Events for RemoteEvents {
+    fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .publisher
+            .publish(Context::default(), topic, &self.namespace, event)
+        {
+            log::warn!("publishing {topic}: {e}");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+/// A process of the task (the main one, or an exec).
+struct Proc {
+    stdin: String,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
+    pid: u32,
+    state: State,
+    exit: Option<(u32, Timestamp)>,
+    /// The stream to the process (stdin, resize, close).
+    conn: Option<UnixStream>,
+    /// An exec's process, as vminitd takes it.
+    exec: Option<agent_protocol::ProcessSpec>,
+    /// The stdin FIFO, open from Create/Exec until the process starts.
+    stdin_file: Option<std::fs::File>,
+}
+
+impl Proc {
+    fn new(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Self {
+        Proc {
+            stdin: stdin.into(),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            terminal,
+            pid: 0,
+            state: State::Created,
+            exit: None,
+            conn: None,
+            exec: None,
+            stdin_file: vm::open_stdin(stdin),
+        }
+    }
+}
+
+/// One container: its VM and its processes ("" is the main one).
+struct Container {
+    bundle: String,
+    home: Home,
+    env: Vec<String>,
+    runtime: Option<Runtime>,
+    procs: HashMap<String, Proc>,
+}
+
+type Tasks = Arc<Mutex<HashMap<String, (Arc<Mutex<Container>>, Arc<Condvar>)>>>;
+
+pub struct Service {
+    exit: Arc<ExitSignal>,
+    events: Arc<dyn Events>,
+    namespace: String,
+    tasks: Tasks,
+}
+
+fn vm_settings() -> VmSettings {
+    VmSettings {
+        kernel: vessel_apiserver::assets::kernel(),
+        initrd: vessel_apiserver::assets::initrd(),
+        accel: vessel_apiserver::accel::detect().name,
+        cpus: std::env::var("VESSEL_SHIM_CPUS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        memory_mib: std::env::var("VESSEL_SHIM_MEMORY_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(vessel_apiserver::containers::DEFAULT_MEMORY_MIB),
+    }
+}
+
+fn now_ms() -> u64 {
+    vessel_api::types::now_ms()
+}
+
+impl Service {
+    fn get(&self, id: &str) -> TtrpcResult<(Arc<Mutex<Container>>, Arc<Condvar>)> {
+        lock(&self.tasks)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| err(Code::NOT_FOUND, format!("task {id} not found")))
+    }
+
+    /// Record a process's end and tell containerd (TaskExit).
+    fn exited(
+        events: &dyn Events,
+        c: &Mutex<Container>,
+        cv: &Condvar,
+        id: &str,
+        exec_id: &str,
+        status: u32,
+    ) {
+        let pid = {
+            let mut c = lock(c);
+            let Some(p) = c.procs.get_mut(exec_id) else {
+                return;
+            };
+            if p.exit.is_some() {
+                return;
+            }
+            p.state = State::Stopped;
+            p.exit = Some((status, Timestamp::now()));
+            p.conn = None;
+            p.pid
+        };
+        cv.notify_all();
+        events.publish(
+            topics::TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.into(),
+                id: if exec_id.is_empty() { id } else { exec_id }.into(),
+                pid,
+                exit_status: status,
+                exited_at: MessageField::some(Timestamp::now()),
+                ..Default::default()
+            }),
+        );
+    }
+
+    fn start_main(
+        &self,
+        id: &str,
+        c: &Arc<Mutex<Container>>,
+        cv: &Arc<Condvar>,
+    ) -> TtrpcResult<u32> {
+        let (home, stdin, stdout, stderr, terminal) = {
+            let c = lock(c);
+            let p = &c.procs[""];
+            if p.state != State::Created {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    "the task was started already",
+                ));
+            }
+            (
+                c.home.clone(),
+                p.stdin.clone(),
+                p.stdout.clone(),
+                p.stderr.clone(),
+                p.terminal,
+            )
+        };
+        let mut runtime = Runtime::spawn(&home, id).map_err(internal)?;
+        let up = runtime.wait_control(Duration::from_secs(120));
+        let control = runtime.control.clone();
+        let runtime_pid = runtime.child.id();
+        lock(c).runtime = Some(runtime);
+        up.map_err(internal)?;
+        let conn = vm::open_stream(
+            &control,
+            &ControlRequest::Attach(AttachRequest {
+                stdin: !stdin.is_empty(),
+                stdout: true,
+                stderr: true,
+                logs: true,
+            }),
+        )
+        .map_err(internal)?;
+        let mut out = Outputs {
+            stdout: vm::open_output(&stdout),
+            stderr: if terminal {
+                None
+            } else {
+                vm::open_output(&stderr)
+            },
+        };
+        let stdin_file = lock(c).procs.get_mut("").and_then(|p| p.stdin_file.take());
+        if let Some(f) = stdin_file {
+            if let Ok(w) = conn.try_clone() {
+                vm::pump_stdin(f, w);
+            }
+        }
+        let pid = runtime_pid;
+        {
+            let mut c = lock(c);
+            if let Some(p) = c.procs.get_mut("") {
+                p.pid = pid;
+                p.state = State::Running;
+                p.conn = conn.try_clone().ok();
+            }
+        }
+        self.events.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: id.into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        let (events, c2, cv2, id2) = (
+            Arc::clone(&self.events),
+            Arc::clone(c),
+            Arc::clone(cv),
+            id.to_string(),
+        );
+        std::thread::spawn(move || {
+            let seen = vm::pump_output(&conn, &mut out, |_| {});
+            drop(out);
+            let status = match seen.exit {
+                Some((code, signal)) => exit_status(code, signal),
+                None => {
+                    // The stream broke: the VM or the runtime died. Its
+                    // record may still say how the process ended.
+                    let state = lock(&c2).runtime.as_ref().and_then(|r| r.read_state());
+                    log::warn!(
+                        "task {id2}: the VM went away ({})",
+                        state
+                            .as_ref()
+                            .and_then(|s| s.error.clone())
+                            .unwrap_or_else(|| "no reason recorded".into())
+                    );
+                    state
+                        .and_then(|s| s.exit_code)
+                        .map_or(LOST, |code| exit_status(code, None))
+                }
+            };
+            Service::exited(&*events, &c2, &cv2, &id2, "", status);
+        });
+        Ok(pid)
+    }
+
+    fn start_exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        c: &Arc<Mutex<Container>>,
+        cv: &Arc<Condvar>,
+    ) -> TtrpcResult<u32> {
+        let (control, process, stdin, stdout, stderr, terminal) = {
+            let c = lock(c);
+            let control = c
+                .runtime
+                .as_ref()
+                .map(|r| r.control.clone())
+                .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the task is not running"))?;
+            let p = c
+                .procs
+                .get(exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {exec_id} not found")))?;
+            let process = p
+                .exec
+                .clone()
+                .ok_or_else(|| err(Code::INTERNAL, "exec without a process"))?;
+            (
+                control,
+                process,
+                p.stdin.clone(),
+                p.stdout.clone(),
+                p.stderr.clone(),
+                p.terminal,
+            )
+        };
+        let conn = vm::open_stream(
+            &control,
+            &ControlRequest::Exec(agent_protocol::ExecRequest {
+                exec_id: exec_id.to_string(),
+                process,
+                tty_size: None,
+            }),
+        )
+        .map_err(internal)?;
+        let mut out = Outputs {
+            stdout: vm::open_output(&stdout),
+            stderr: if terminal {
+                None
+            } else {
+                vm::open_output(&stderr)
+            },
+        };
+        // Up to `Started` (or an early end), on this thread.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (events, c2, cv2, id2, exec2) = (
+            Arc::clone(&self.events),
+            Arc::clone(c),
+            Arc::clone(cv),
+            id.to_string(),
+            exec_id.to_string(),
+        );
+        let reader = conn
+            .try_clone()
+            .map_err(|e| internal(vm::VmError::Control(e)))?;
+        let started_tx = tx.clone();
+        let handle = std::thread::spawn(move || {
+            let seen = vm::pump_output(&reader, &mut out, |pid| {
+                let _ = started_tx.send(Some(pid));
+            });
+            drop(out);
+            if seen.pid.is_none() {
+                let _ = tx.send(None);
+            }
+            seen
+        });
+        let pid = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(pid)) => u32::try_from(pid).unwrap_or(0),
+            _ => {
+                let seen = handle.join().unwrap_or_default();
+                let code = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
+                lock(c).procs.remove(exec_id);
+                return Err(err(
+                    Code::INTERNAL,
+                    format!("exec {exec_id} did not start (exit status {code})"),
+                ));
+            }
+        };
+        let stdin_file = lock(c)
+            .procs
+            .get_mut(exec_id)
+            .and_then(|p| p.stdin_file.take());
+        if let (Some(f), false) = (stdin_file, stdin.is_empty()) {
+            if let Ok(w) = conn.try_clone() {
+                vm::pump_stdin(f, w);
+            }
+        }
+        {
+            let mut c = lock(c);
+            if let Some(p) = c.procs.get_mut(exec_id) {
+                p.pid = pid;
+                p.state = State::Running;
+                p.conn = Some(conn);
+            }
+        }
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        std::thread::spawn(move || {
+            let seen = handle.join().unwrap_or_default();
+            let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
+            Service::exited(&*events, &c2, &cv2, &id2, &exec2, status);
+        });
+        Ok(pid)
+    }
+
+    fn control(&self, id: &str) -> TtrpcResult<PathBuf> {
+        let (c, _) = self.get(id)?;
+        let c = lock(&c);
+        c.runtime
+            .as_ref()
+            .map(|r| r.control.clone())
+            .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the task is not running"))
+    }
+}
+
+fn internal(e: vm::VmError) -> containerd_shim::protos::ttrpc::Error {
+    let mut msg = e.to_string();
+    let mut cur = std::error::Error::source(&e);
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    err(Code::INTERNAL, msg)
+}
+
+fn status_of(s: State) -> Status {
+    match s {
+        State::Created => Status::CREATED,
+        State::Running => Status::RUNNING,
+        State::Paused => Status::PAUSED,
+        State::Stopped => Status::STOPPED,
+    }
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = spec::read(&bundle).map_err(|e| err(Code::INVALID_ARGUMENT, chain(&e)))?;
+        let translated = spec::translate(
+            &req.id,
+            &bundle,
+            &spec,
+            !req.stdin.is_empty(),
+            &vm_settings(),
+            now_ms(),
+        )
+        .map_err(|e| err(Code::INVALID_ARGUMENT, chain(&e)))?;
+        for s in &translated.skipped {
+            log::warn!("task {}: mount {s}: skipped", req.id);
+        }
+        // containerd hands the snapshot over as mounts (overlayfs): the
+        // shim mounts them on BUNDLE/rootfs, as runc's shim does; virtiofsd
+        // then shares that directory into the VM.
+        let rootfs = bundle.join("rootfs");
+        for m in &req.rootfs {
+            crate::spec::mount(&m.type_, &m.source, &m.options, &rootfs)
+                .map_err(|e| err(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
+        }
+        let home = vm::home_for(&self.namespace, &req.id);
+        if let Err(e) = vm::write_record(&home, &translated.config) {
+            unmount_rootfs(&rootfs);
+            return Err(internal(e));
+        }
+        let env = translated.config.process.env.clone();
+        let mut procs = HashMap::new();
+        procs.insert(
+            String::new(),
+            Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+        );
+        let container = Container {
+            bundle: req.bundle.clone(),
+            home,
+            env,
+            runtime: None,
+            procs,
+        };
+        lock(&self.tasks).insert(
+            req.id.clone(),
+            (Arc::new(Mutex::new(container)), Arc::new(Condvar::new())),
+        );
+        let pid = std::process::id();
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        let (c, cv) = self.get(&req.id)?;
+        let pid = if req.exec_id.is_empty() {
+            self.start_main(&req.id, &c, &cv)?
+        } else {
+            self.start_exec(&req.id, &req.exec_id, &c, &cv)?
+        };
+        Ok(StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        let (c, _) = self.get(&req.id)?;
+        let c = lock(&c);
+        let p = c.procs.get(&req.exec_id).ok_or_else(|| {
+            err(
+                Code::NOT_FOUND,
+                format!("process {} not found", req.exec_id),
+            )
+        })?;
+        Ok(StateResponse {
+            id: req.id.clone(),
+            bundle: c.bundle.clone(),
+            pid: p.pid,
+            status: status_of(p.state).into(),
+            stdin: p.stdin.clone(),
+            stdout: p.stdout.clone(),
+            stderr: p.stderr.clone(),
+            terminal: p.terminal,
+            exit_status: p.exit.as_ref().map_or(0, |e| e.0),
+            exited_at: p
+                .exit
+                .as_ref()
+                .map_or(MessageField::none(), |e| MessageField::some(e.1.clone())),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        let (c, _) = self.get(&req.id)?;
+        let (state, control, conn) = {
+            let c = lock(&c);
+            let p = c.procs.get(&req.exec_id).ok_or_else(|| {
+                err(
+                    Code::NOT_FOUND,
+                    format!("process {} not found", req.exec_id),
+                )
+            })?;
+            (
+                p.state,
+                c.runtime.as_ref().map(|r| r.control.clone()),
+                p.conn.as_ref().and_then(|s| s.try_clone().ok()),
+            )
+        };
+        if state == State::Stopped {
+            return Err(err(Code::NOT_FOUND, "process already finished"));
+        }
+        let signal = i32::try_from(req.signal).unwrap_or(libc::SIGKILL);
+        if state == State::Created && req.exec_id.is_empty() && control.is_none() {
+            // Created, never started: no VM yet; the process "dies" of the
+            // signal, as runc's waiting init would.
+            let (_, cv) = self.get(&req.id)?;
+            Service::exited(
+                &*self.events,
+                &c,
+                &cv,
+                &req.id,
+                "",
+                exit_status(0, Some(signal)),
+            );
+            return Ok(Empty::new());
+        }
+        if req.exec_id.is_empty() {
+            let Some(control) = control else {
+                return Err(err(Code::FAILED_PRECONDITION, "the task is not running"));
+            };
+            if state == State::Paused {
+                let _ = vm::ask(&control, &ControlRequest::Unpause);
+            }
+            vm::ask(
+                &control,
+                &ControlRequest::Signal {
+                    signal,
+                    group: req.all,
+                },
+            )
+            .map_err(internal)?;
+        } else {
+            // The exec stream carries signals to its process.
+            let conn =
+                conn.ok_or_else(|| err(Code::FAILED_PRECONDITION, "the exec is not running"))?;
+            let mut w = &conn;
+            agent_protocol::write_message(
+                &mut w,
+                &agent_protocol::HostMessage::Signal {
+                    signal,
+                    group: req.all,
+                },
+            )
+            .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        }
+        Ok(Empty::new())
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        let (c, _) = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let p = lock(&c)
+                .procs
+                .remove(&req.exec_id)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("exec {} not found", req.exec_id)))?;
+            let (status, at) = p.exit.unwrap_or((0, Timestamp::now()));
+            return Ok(DeleteResponse {
+                pid: p.pid,
+                exit_status: status,
+                exited_at: MessageField::some(at),
+                ..Default::default()
+            });
+        }
+        let (runtime, home, main) = {
+            let mut c = lock(&c);
+            let main = c.procs.get("").map(|p| (p.pid, p.state, p.exit.clone()));
+            (c.runtime.take(), c.home.clone(), main)
+        };
+        if let Some((_, state, _)) = &main {
+            if matches!(state, State::Running | State::Paused) {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    "the task is running; kill it first",
+                ));
+            }
+        }
+        if let Some(mut r) = runtime {
+            // SIGTERM: the runtime kills the powering-off VM at once and
+            // cleans up (virtiofsd, sockets, run directory).
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(r.child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = r.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = r.child.try_wait() {
+                let _ = r.child.kill();
+                let _ = r.child.wait();
+            }
+        }
+        let bundle = lock(&c).bundle.clone();
+        unmount_rootfs(&PathBuf::from(bundle).join("rootfs"));
+        if std::env::var_os("VESSEL_SHIM_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(home.root());
+        }
+        lock(&self.tasks).remove(&req.id);
+        let (pid, status, at) = match main {
+            Some((pid, _, Some((status, at)))) => (pid, status, at),
+            Some((pid, _, None)) => (pid, 0, Timestamp::now()),
+            None => (0, 0, Timestamp::now()),
+        };
+        self.events.publish(
+            topics::TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: req.id.clone(),
+                pid,
+                exit_status: status,
+                exited_at: MessageField::some(at.clone()),
+                id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(DeleteResponse {
+            pid,
+            exit_status: status,
+            exited_at: MessageField::some(at),
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let (c, _) = self.get(&req.id)?;
+        let oci: spec::Process = req
+            .spec
+            .as_ref()
+            .map(|a| serde_json::from_slice(&a.value))
+            .transpose()
+            .map_err(|e| err(Code::INVALID_ARGUMENT, format!("the exec's process: {e}")))?
+            .unwrap_or_default();
+        let mut process = spec::process_spec(&oci, !req.stdin.is_empty())
+            .map_err(|e| err(Code::INVALID_ARGUMENT, chain(&e)))?;
+        {
+            let mut c = lock(&c);
+            if process.env.is_empty() {
+                process.env = c.env.clone();
+            }
+            if c.procs.contains_key(&req.exec_id) {
+                return Err(err(
+                    Code::ALREADY_EXISTS,
+                    format!("exec {} exists", req.exec_id),
+                ));
+            }
+            let mut p = Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+            p.exec = Some(process);
+            c.procs.insert(req.exec_id.clone(), p);
+        }
+        self.events.publish(
+            topics::TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: containerd_shim::api::ResizePtyRequest,
+    ) -> TtrpcResult<Empty> {
+        let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
+        let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
+        if req.exec_id.is_empty() {
+            let control = self.control(&req.id)?;
+            vm::ask(&control, &ControlRequest::Resize { rows, cols }).map_err(internal)?;
+        } else {
+            let (c, _) = self.get(&req.id)?;
+            let conn = lock(&c)
+                .procs
+                .get(&req.exec_id)
+                .and_then(|p| p.conn.as_ref().and_then(|s| s.try_clone().ok()));
+            if let Some(conn) = conn {
+                vm::resize(&conn, rows, cols).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+            }
+        }
+        Ok(Empty::new())
+    }
+
+    fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: containerd_shim::api::CloseIORequest,
+    ) -> TtrpcResult<Empty> {
+        let (c, _) = self.get(&req.id)?;
+        let conn = lock(&c)
+            .procs
+            .get(&req.exec_id)
+            .and_then(|p| p.conn.as_ref().and_then(|s| s.try_clone().ok()));
+        if let Some(conn) = conn {
+            let _ = vm::close_stdin(&conn);
+        }
+        Ok(Empty::new())
+    }
+
+    fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        let (c, cv) = self.get(&req.id)?;
+        let mut g = lock(&c);
+        loop {
+            match g.procs.get(&req.exec_id) {
+                None => {
+                    return Err(err(
+                        Code::NOT_FOUND,
+                        format!("process {} not found", req.exec_id),
+                    ))
+                }
+                Some(p) => {
+                    if let Some((status, at)) = &p.exit {
+                        return Ok(WaitResponse {
+                            exit_status: *status,
+                            exited_at: MessageField::some(at.clone()),
+                            ..Default::default()
+                        });
+                    }
+                }
+            }
+            g = cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        let control = self.control(&req.id)?;
+        let v = vm::ask(&control, &ControlRequest::Top).map_err(internal)?;
+        let processes: Vec<agent_protocol::ProcessInfo> =
+            serde_json::from_value(v["processes"].clone())
+                .map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        Ok(PidsResponse {
+            processes: processes
+                .into_iter()
+                .map(|p| ProcessInfo {
+                    pid: u32::try_from(p.pid).unwrap_or(0),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause(
+        &self,
+        _ctx: &TtrpcContext,
+        req: containerd_shim::api::PauseRequest,
+    ) -> TtrpcResult<Empty> {
+        self.set_paused(&req.id, true)?;
+        Ok(Empty::new())
+    }
+
+    fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: containerd_shim::api::ResumeRequest,
+    ) -> TtrpcResult<Empty> {
+        self.set_paused(&req.id, false)?;
+        Ok(Empty::new())
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let control = self.control(&req.id)?;
+        let v = vm::ask(&control, &ControlRequest::Stats).map_err(internal)?;
+        let s: vessel_api::types::ContainerStats =
+            serde_json::from_value(v).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
+        let metrics = crate::metrics::cgroup_v1(&s);
+        let any = Any {
+            type_url: "io.containerd.cgroups.v1.Metrics".into(),
+            value: metrics
+                .write_to_bytes()
+                .map_err(|e| err(Code::INTERNAL, e.to_string()))?,
+            ..Default::default()
+        };
+        Ok(StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        let task_pid = self
+            .get(&req.id)
+            .ok()
+            .and_then(|(c, _)| lock(&c).procs.get("").map(|p| p.pid))
+            .unwrap_or(0);
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").into(),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: containerd_shim::api::ShutdownRequest,
+    ) -> TtrpcResult<Empty> {
+        if lock(&self.tasks).is_empty() {
+            self.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+}
+
+impl Service {
+    fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
+        let (c, _) = self.get(id)?;
+        let control = self.control(id)?;
+        vm::ask(
+            &control,
+            &if paused {
+                ControlRequest::Pause
+            } else {
+                ControlRequest::Unpause
+            },
+        )
+        .map_err(internal)?;
+        if let Some(p) = lock(&c).procs.get_mut("") {
+            if p.state != State::Stopped {
+                p.state = if paused {
+                    State::Paused
+                } else {
+                    State::Running
+                };
+            }
+        }
+        if paused {
+            self.events.publish(
+                topics::TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: id.into(),
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.events.publish(
+                topics::TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: id.into(),
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Unmount what is mounted on (and under) a bundle's rootfs.
+fn unmount_rootfs(rootfs: &std::path::Path) {
+    if let Some(p) = rootfs.to_str() {
+        if let Err(e) = containerd_shim::mount::umount_recursive(Some(p), libc::MNT_DETACH) {
+            log::warn!("unmounting {p}: {e}");
+        }
+    }
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records (topic, event as text).
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(String, String)>>);
+
+    impl Events for Recorder {
+        fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+            let text = containerd_shim::protos::protobuf::text_format::print_to_string(&*event);
+            lock(&self.0).push((topic.to_string(), text));
+        }
+    }
+
+    fn container() -> Container {
+        let mut procs = HashMap::new();
+        let mut main = Proc::new("", "", "", false);
+        main.pid = 10;
+        main.state = State::Running;
+        procs.insert(String::new(), main);
+        let mut exec = Proc::new("", "", "", false);
+        exec.pid = 42;
+        exec.state = State::Running;
+        procs.insert("e1".to_string(), exec);
+        Container {
+            bundle: "/b".into(),
+            home: Home::new("/nonexistent"),
+            env: Vec::new(),
+            runtime: None,
+            procs,
+        }
+    }
+
+    #[test]
+    fn an_exit_is_published_once_with_its_ids_and_wakes_waiters() {
+        let rec = Recorder::default();
+        let c = Arc::new(Mutex::new(container()));
+        let cv = Arc::new(Condvar::new());
+        // A waiter for the exec, as containerd's Wait.
+        let (c2, cv2) = (Arc::clone(&c), Arc::clone(&cv));
+        let waiter = std::thread::spawn(move || {
+            let mut g = lock(&c2);
+            while g.procs["e1"].exit.is_none() {
+                g = cv2.wait(g).unwrap_or_else(PoisonError::into_inner);
+            }
+            g.procs["e1"].exit.as_ref().map(|e| e.0)
+        });
+        Service::exited(&rec, &c, &cv, "task", "e1", 3);
+        // A second report of the same end (the stream and the runtime both
+        // noticed) is not a second event.
+        Service::exited(&rec, &c, &cv, "task", "e1", 255);
+        assert_eq!(waiter.join().unwrap(), Some(3));
+        Service::exited(&rec, &c, &cv, "task", "", exit_status(0, Some(15)));
+        let events = lock(&rec.0).clone();
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(events[0].0, topics::TASK_EXIT_EVENT_TOPIC);
+        assert!(events[0].1.contains("id: \"e1\""), "{}", events[0].1);
+        assert!(events[0].1.contains("pid: 42"), "{}", events[0].1);
+        assert!(events[0].1.contains("exit_status: 3"), "{}", events[0].1);
+        // The main process's exit carries the task id as its id.
+        assert!(events[1].1.contains("id: \"task\""), "{}", events[1].1);
+        assert!(events[1].1.contains("exit_status: 143"), "{}", events[1].1);
+        let g = lock(&c);
+        assert_eq!(g.procs[""].state, State::Stopped);
+        assert_eq!(g.procs["e1"].exit.as_ref().map(|e| e.0), Some(3));
+    }
+}

@@ -1,0 +1,517 @@
+//! containerd runs tasks in vessel VMs through `containerd-shim-vessel-v2`:
+//! Debian's real containerd and `ctr`, started by each test with its own
+//! root, state and socket under a temporary directory (never the system's
+//! containerd).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use vessel_tests::{bin_dir, kill_matching, required_env, text, IMAGE};
+
+const RUNTIME: &str = "io.containerd.vessel.v2";
+
+/// One containerd of our own; everything it and its shims made goes at drop.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Containerd {
+    fn start() -> Self {
+        let kernel = required_env("VESSEL_KERNEL");
+        let initrd = required_env("VESSEL_INITRD");
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-ctrd-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path();
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "vessel"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
+  runtime_type = "{RUNTIME}"
+"#,
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config).expect("config");
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("VESSEL_KERNEL", kernel)
+            .env("VESSEL_INITRD", initrd)
+            .env("VESSEL_SHIM_ROOT", d.join("shim"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd (install it: scripts/install-deps.sh)");
+        let c = Containerd { dir, child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.dir.path().join("c.sock").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let image = required_env("VESSEL_TEST_IMAGE");
+        let out = c.ctr(&["images", "import", image.to_str().expect("path")]);
+        assert!(out.status.success(), "import: {}", text(&out.stderr));
+        c
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    fn ctr_cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a").arg(self.path().join("c.sock")).args(args);
+        cmd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr")
+    }
+
+    /// `ctr run --rm --runtime vessel IMAGE ID ARGS...`
+    fn run_rm(&self, id: &str, args: &[&str]) -> Output {
+        let mut a = vec!["run", "--rm", "--runtime", RUNTIME, IMAGE, id];
+        a.extend_from_slice(args);
+        self.ctr(&a)
+    }
+
+    fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr(&["task", "ls"]);
+        text(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+    }
+
+    /// Processes that belong to this containerd's tasks: runtimes, QEMU,
+    /// virtiofsd (their command lines name the shim's home or a bundle).
+    fn leftovers(&self) -> Vec<String> {
+        let needles = [
+            self.path().join("shim").display().to_string(),
+            self.path().join("state").display().to_string(),
+        ];
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if needles.iter().any(|n| cmd.contains(n.as_str())) {
+                found.push(format!("{pid}: {cmd}"));
+            }
+        }
+        found
+    }
+
+    fn wait_for(&self, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        f()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let d = self.path().display().to_string();
+        // Shims (their -address is our socket), runtimes, VMs, virtiofsd.
+        kill_matching(&[
+            &format!("{d}/c.sock"),
+            &format!("{d}/shim"),
+            &format!("{d}/state"),
+        ]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Snapshot mounts containerd or a shim left under our directory.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|t| t.starts_with(&d))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").arg("-l").arg(t).status();
+        }
+        let _ = Command::new("rm").arg("-rf").arg(self.path()).status();
+    }
+}
+
+/// The release in a kernel image's banner (`Linux version 6.1.192 ...`).
+fn kernel_release(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("kernel");
+    let needle = b"Linux version ";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("kernel banner");
+    let rest = &bytes[at + needle.len()..];
+    let end = rest.iter().position(|b| *b == b' ').unwrap_or(0);
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+/// `ctr events` until killed: the task topics, in the order containerd
+/// published them.
+struct EventWatch(Child);
+
+impl EventWatch {
+    fn start(c: &Containerd) -> Self {
+        let child = c
+            .ctr_cmd(&["events"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ctr events");
+        // It subscribes as it starts.
+        std::thread::sleep(Duration::from_millis(500));
+        EventWatch(child)
+    }
+
+    /// `(topic, container id, exec id or task id)` of each task event.
+    fn stop(mut self) -> Vec<(String, String, String)> {
+        let _ = self.0.kill();
+        let out = self.0.wait_with_output().expect("ctr events");
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let topic = l.split_whitespace().find(|w| w.starts_with("/tasks/"))?;
+                let json: serde_json::Value = serde_json::from_str(&l[l.find('{')?..]).ok()?;
+                let id = json["exec_id"]
+                    .as_str()
+                    .or(json["id"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                Some((
+                    topic.to_string(),
+                    json["container_id"].as_str().unwrap_or("").to_string(),
+                    id,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn topics_of(events: &[(String, String, String)], container: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.1 == container)
+        .map(|e| format!("{} {}", e.0, e.2))
+        .collect()
+}
+
+#[test]
+fn ctr_run_prints_from_a_vessel_vm_and_exit_codes_propagate() {
+    let c = Containerd::start();
+    let events = EventWatch::start(&c);
+    let out = c.run_rm("hello", &["sh", "-c", "echo hello; uname -r"]);
+    assert!(
+        out.status.success(),
+        "ctr run: {}\n{}",
+        text(&out.stderr),
+        c.log()
+    );
+    let want = kernel_release(&required_env("VESSEL_KERNEL"));
+    assert_eq!(text(&out.stdout), format!("hello\n{want}\n"));
+    // containerd's order: create, start, exit, delete.
+    let topics = topics_of(&events.stop(), "hello");
+    assert_eq!(
+        topics,
+        [
+            "/tasks/create ",
+            "/tasks/start ",
+            "/tasks/exit hello",
+            "/tasks/delete hello"
+        ],
+        "{topics:?}"
+    );
+    let out = c.run_rm("seven", &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert!(text(&out.stderr).contains("err\n"), "{}", text(&out.stderr));
+    // A process killed by a signal: 128 + n, as runc reports it.
+    let out = c.run_rm("sig", &["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(
+        c.wait_for(Duration::from_secs(15), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+}
+
+#[test]
+fn ctr_task_commands_reach_the_vm() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "idle",
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "run -d: {}\n{}",
+        text(&out.stderr),
+        c.log()
+    );
+    assert_eq!(c.task_status("idle").as_deref(), Some("RUNNING"));
+    // ps: the guest's processes (sleep).
+    let out = c.ctr(&["task", "ps", "idle"]);
+    assert!(out.status.success(), "ps: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).lines().count() >= 2,
+        "{}",
+        text(&out.stdout)
+    );
+    // metrics: the guest's memory and pids.
+    let out = c.ctr(&["task", "metrics", "idle"]);
+    assert!(out.status.success(), "metrics: {}", text(&out.stderr));
+    let m = text(&out.stdout);
+    let usage = m
+        .lines()
+        .find(|l| l.starts_with("memory.usage_in_bytes"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(usage > 1 << 20, "{m}");
+    // exec: output, exit code, stdin, and a terminal; its events in order.
+    let events = EventWatch::start(&c);
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "idle",
+        "sh",
+        "-c",
+        "echo in-vm; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "in-vm\n");
+    let topics = topics_of(&events.stop(), "idle");
+    assert_eq!(
+        topics,
+        [
+            "/tasks/exec-added e1",
+            "/tasks/exec-started e1",
+            "/tasks/exit e1"
+        ],
+        "{topics:?}"
+    );
+    let mut child = c
+        .ctr_cmd(&["task", "exec", "--exec-id", "e2", "idle", "sh"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("ctr exec");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(b"echo typed; exit 5\n").expect("write");
+    }
+    let out = child.wait_with_output().expect("exec");
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(text(&out.stdout), "typed\n");
+    let ctr = format!("ctr -a {}/c.sock", c.path().display());
+    let out = Command::new("script")
+        .args(["-qec"])
+        .arg(format!(
+            "{ctr} task exec -t --exec-id e3 idle sh -c 'tty; exit 4'"
+        ))
+        .arg("/dev/null")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("/dev/pts/"),
+        "{}",
+        text(&out.stdout)
+    );
+    // pause / resume: the whole VM.
+    assert!(c.ctr(&["task", "pause", "idle"]).status.success());
+    assert_eq!(c.task_status("idle").as_deref(), Some("PAUSED"));
+    assert!(c.ctr(&["task", "resume", "idle"]).status.success());
+    assert_eq!(c.task_status("idle").as_deref(), Some("RUNNING"));
+    // kill: SIGTERM ends sleep (PID 1 of the container gets it, as in runc).
+    assert!(c.ctr(&["task", "kill", "idle"]).status.success());
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.task_status("idle").as_deref()
+            == Some("STOPPED")),
+        "{:?}",
+        c.task_status("idle")
+    );
+    let out = c.ctr(&["task", "rm", "idle"]);
+    assert!(out.status.success(), "task rm: {}", text(&out.stderr));
+    assert!(c.ctr(&["container", "rm", "idle"]).status.success());
+    assert!(
+        c.wait_for(Duration::from_secs(15), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+}
+
+#[test]
+fn a_killed_shim_ends_its_task_and_leaves_nothing() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "doomed",
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "run -d: {}\n{}",
+        text(&out.stderr),
+        c.log()
+    );
+    assert!(!c.leftovers().is_empty(), "the VM should be running");
+    let shim = format!("-id doomed -address {}/c.sock", c.path().display());
+    let socket = shim_socket(&shim);
+    assert!(socket.exists(), "{}", socket.display());
+    assert_eq!(kill_matching(&[&shim]), 1, "one shim");
+    // The runtime gets its parent-death signal and takes the VM down.
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+    // containerd noticed: the task is gone or stopped, and can be removed.
+    assert!(
+        c.wait_for(Duration::from_secs(10), || c
+            .task_status("doomed")
+            .as_deref()
+            != Some("RUNNING")),
+        "{:?}",
+        c.task_status("doomed")
+    );
+    let _ = c.ctr(&["task", "rm", "-f", "doomed"]);
+    assert!(c.ctr(&["container", "rm", "doomed"]).status.success());
+    let shim_home: PathBuf = c.path().join("shim/default/doomed");
+    assert!(!shim_home.exists(), "{} left", shim_home.display());
+    assert!(
+        !socket.exists(),
+        "the shim's socket {} left",
+        socket.display()
+    );
+}
+
+/// The ttrpc socket of the shim whose command line contains `needle`
+/// (its `-socket unix://PATH` argument).
+fn shim_socket(needle: &str) -> PathBuf {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if !args.join(" ").contains(needle) {
+            continue;
+        }
+        if let Some(i) = args.iter().position(|a| a == "-socket") {
+            if let Some(s) = args.get(i + 1) {
+                return PathBuf::from(s.trim_start_matches("unix://"));
+            }
+        }
+    }
+    panic!("no shim with {needle}");
+}
+
+#[test]
+fn a_killed_vm_ends_its_task_with_255() {
+    let c = Containerd::start();
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "lost",
+        "sleep",
+        "1000",
+    ]);
+    assert!(
+        out.status.success(),
+        "run -d: {}\n{}",
+        text(&out.stderr),
+        c.log()
+    );
+    let home = c.path().join("shim/default/lost").display().to_string();
+    // QEMU's command line names the task's files in the shim's home.
+    let qemu = c
+        .leftovers()
+        .into_iter()
+        .find(|l| l.contains("qemu-system") && l.contains(&home))
+        .expect("the task's QEMU");
+    let pid: i32 = qemu
+        .split(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("pid");
+    // SAFETY: kill(2) on the QEMU this test's containerd started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.task_status("lost").as_deref()
+            == Some("STOPPED")),
+        "{:?}",
+        c.task_status("lost")
+    );
+    let out = c.ctr(&["task", "rm", "lost"]);
+    assert!(out.status.success(), "task rm: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("255"),
+        "the exit status: {}",
+        text(&out.stderr)
+    );
+    assert!(c.ctr(&["container", "rm", "lost"]).status.success());
+    assert!(
+        c.wait_for(Duration::from_secs(15), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+}
