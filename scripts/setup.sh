@@ -23,7 +23,7 @@ image=$(realpath "$(images/busybox/build.sh build/images/busybox.oci.tar | tail 
 prefix=${PREFIX:-/usr/local}
 log "Installing into $prefix"
 install -d "$prefix/bin" "$prefix/share/vessel"
-for b in vessel vessel-apiserver vessel-images vessel-network vessel-runtime; do
+for b in vessel vessel-apiserver vessel-images vessel-network vessel-runtime containerd-shim-vessel-v2; do
     install -m 0755 "target/release/$b" "$prefix/bin/$b.new"
     mv -f "$prefix/bin/$b.new" "$prefix/bin/$b"
 done

@@ -731,6 +731,10 @@ pub enum SystemCommand {
     /// Stop, disable and remove the units `system install` wrote for this
     /// instance (nothing else: its containers and data stay)
     Uninstall(UninstallArgs),
+    /// Let containerd run tasks and Kubernetes pods in vessel VMs: install
+    /// containerd-shim-vessel-v2 and add the runtime handler `vessel` to
+    /// containerd's configuration
+    InstallShim(InstallShimArgs),
     /// Show the apiserver, its helpers, the kernel and the accelerator
     Status {
         #[arg(long)]
@@ -779,6 +783,27 @@ pub struct InstallArgs {
     /// Enable the units without starting them now
     #[arg(long)]
     pub no_start: bool,
+}
+
+/// `vessel system install-shim`.
+#[derive(Args, Debug, Clone)]
+pub struct InstallShimArgs {
+    /// Where containerd finds the shim (on its PATH)
+    #[arg(long, value_name = "DIR", default_value = "/usr/local/bin")]
+    pub bin_dir: PathBuf,
+    /// containerd's configuration, to which the CRI runtime handler is added
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/containerd/config.toml"
+    )]
+    pub config: PathBuf,
+    /// Install the binaries only (enough for `ctr run --runtime io.containerd.vessel.v2`)
+    #[arg(long)]
+    pub no_config: bool,
+    /// Print what would be done; change nothing
+    #[arg(long, visible_alias = "print")]
+    pub dry_run: bool,
 }
 
 /// `vessel system uninstall`.

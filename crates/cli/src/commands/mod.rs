@@ -12,6 +12,7 @@ pub mod interactive;
 pub mod network;
 pub mod registry;
 pub mod run;
+pub mod shim;
 pub mod stats;
 pub mod stream;
 pub mod system;

@@ -17,6 +17,7 @@ pub fn dispatch(api: &Api, c: SystemCommand) -> Result<i32> {
         SystemCommand::Stop => stop(api),
         SystemCommand::Install(args) => super::install::install(api, &args),
         SystemCommand::Uninstall(args) => super::install::uninstall(api, &args),
+        SystemCommand::InstallShim(args) => super::shim::install_shim(&args),
         SystemCommand::Status { format } => status(api, format.as_deref()),
         SystemCommand::Df { verbose, format } => df(api, verbose, format.as_deref()),
         SystemCommand::Logs => {
