@@ -325,14 +325,7 @@ impl Service {
             }),
         )
         .map_err(internal)?;
-        let mut out = Outputs {
-            stdout: vm::open_output(&stdout),
-            stderr: if terminal {
-                None
-            } else {
-                vm::open_output(&stderr)
-            },
-        };
+        let mut out = Outputs::open(&stdout, &stderr, terminal);
         let stdin_file = lock(c).procs.get_mut("").and_then(|p| p.stdin_file.take());
         if let Some(f) = stdin_file {
             if let Ok(w) = conn.try_clone() {
@@ -428,14 +421,7 @@ impl Service {
             }),
         )
         .map_err(internal)?;
-        let mut out = Outputs {
-            stdout: vm::open_output(&stdout),
-            stderr: if terminal {
-                None
-            } else {
-                vm::open_output(&stderr)
-            },
-        };
+        let mut out = Outputs::open(&stdout, &stderr, terminal);
         // Up to `Started` (or an early end), on this thread.
         let (tx, rx) = std::sync::mpsc::channel();
         let (events, c2, cv2, id2, exec2) = (
@@ -542,7 +528,8 @@ impl Task for Service {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let bundle = PathBuf::from(&req.bundle);
-        let spec = spec::read(&bundle).map_err(|e| err(Code::INVALID_ARGUMENT, chain(&e)))?;
+        let spec = spec::read(&bundle)
+            .map_err(|e| err(Code::INVALID_ARGUMENT, vessel_api::error::error_chain(&e)))?;
         let translated = spec::translate(
             &req.id,
             &bundle,
@@ -551,7 +538,7 @@ impl Task for Service {
             &vm_settings(),
             now_ms(),
         )
-        .map_err(|e| err(Code::INVALID_ARGUMENT, chain(&e)))?;
+        .map_err(|e| err(Code::INVALID_ARGUMENT, vessel_api::error::error_chain(&e)))?;
         for s in &translated.skipped {
             log::warn!("task {}: mount {s}: skipped", req.id);
         }
@@ -794,7 +781,7 @@ impl Task for Service {
             .map_err(|e| err(Code::INVALID_ARGUMENT, format!("the exec's process: {e}")))?
             .unwrap_or_default();
         let mut process = spec::process_spec(&oci, !req.stdin.is_empty())
-            .map_err(|e| err(Code::INVALID_ARGUMENT, chain(&e)))?;
+            .map_err(|e| err(Code::INVALID_ARGUMENT, vessel_api::error::error_chain(&e)))?;
         {
             let mut c = lock(&c);
             if process.env.is_empty() {
@@ -1016,17 +1003,6 @@ fn unmount_rootfs(rootfs: &std::path::Path) {
             log::warn!("unmounting {p}: {e}");
         }
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -179,25 +179,27 @@ fn send(control: &Path, req: &ControlRequest) -> Result<UnixStream, VmError> {
 
 /// A one-shot request: its JSON answer, or the runtime's refusal.
 pub fn ask(control: &Path, req: &ControlRequest) -> Result<serde_json::Value, VmError> {
-    let mut conn = send(control, req)?;
-    let line = read_line(&mut conn).map_err(VmError::Control)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&line).map_err(|e| VmError::Control(e.into()))?;
-    match refused(&v) {
-        Some(e) => Err(VmError::Refused(e)),
-        None => Ok(v),
-    }
+    answered(control, req).map(|(_, v)| v)
 }
 
 /// A streaming request (attach, exec): the connection, after `{"ok":true}`.
 pub fn open_stream(control: &Path, req: &ControlRequest) -> Result<UnixStream, VmError> {
+    answered(control, req).map(|(conn, _)| conn)
+}
+
+/// Send `req` and read the runtime's first answer line: the connection and
+/// that answer, or the runtime's refusal.
+fn answered(
+    control: &Path,
+    req: &ControlRequest,
+) -> Result<(UnixStream, serde_json::Value), VmError> {
     let mut conn = send(control, req)?;
     let line = read_line(&mut conn).map_err(VmError::Control)?;
     let v: serde_json::Value =
         serde_json::from_str(&line).map_err(|e| VmError::Control(e.into()))?;
     match refused(&v) {
         Some(e) => Err(VmError::Refused(e)),
-        None => Ok(conn),
+        None => Ok((conn, v)),
     }
 }
 
@@ -205,6 +207,16 @@ pub fn open_stream(control: &Path, req: &ControlRequest) -> Result<UnixStream, V
 pub struct Outputs {
     pub stdout: Option<std::fs::File>,
     pub stderr: Option<std::fs::File>,
+}
+
+impl Outputs {
+    /// The FIFOs containerd gave; with a terminal, stderr is in stdout.
+    pub fn open(stdout: &str, stderr: &str, terminal: bool) -> Self {
+        Self {
+            stdout: open_output(stdout),
+            stderr: if terminal { None } else { open_output(stderr) },
+        }
+    }
 }
 
 /// What a stream said about its process.
