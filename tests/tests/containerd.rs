@@ -103,6 +103,27 @@ state = "{d}/state"
         self.ctr(&a)
     }
 
+    /// `ctr run -d --runtime vessel IMAGE ID sleep 1000`, asserted to
+    /// succeed: a task that stays up while a test looks at it.
+    fn run_idle(&self, id: &str) {
+        let out = self.ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            id,
+            "sleep",
+            "1000",
+        ]);
+        assert!(
+            out.status.success(),
+            "run -d: {}\n{}",
+            text(&out.stderr),
+            self.log()
+        );
+    }
+
     fn task_status(&self, id: &str) -> Option<String> {
         let out = self.ctr(&["task", "ls"]);
         text(&out.stdout)
@@ -276,22 +297,7 @@ fn ctr_run_prints_from_a_vessel_vm_and_exit_codes_propagate() {
 #[test]
 fn ctr_task_commands_reach_the_vm() {
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "idle",
-        "sleep",
-        "1000",
-    ]);
-    assert!(
-        out.status.success(),
-        "run -d: {}\n{}",
-        text(&out.stderr),
-        c.log()
-    );
+    c.run_idle("idle");
     assert_eq!(c.task_status("idle").as_deref(), Some("RUNNING"));
     // ps: the guest's processes (sleep).
     let out = c.ctr(&["task", "ps", "idle"]);
@@ -392,22 +398,7 @@ fn ctr_task_commands_reach_the_vm() {
 #[test]
 fn a_killed_shim_ends_its_task_and_leaves_nothing() {
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "doomed",
-        "sleep",
-        "1000",
-    ]);
-    assert!(
-        out.status.success(),
-        "run -d: {}\n{}",
-        text(&out.stderr),
-        c.log()
-    );
+    c.run_idle("doomed");
     assert!(!c.leftovers().is_empty(), "the VM should be running");
     let shim = format!("-id doomed -address {}/c.sock", c.path().display());
     let socket = shim_socket(&shim);
@@ -465,22 +456,7 @@ fn shim_socket(needle: &str) -> PathBuf {
 #[test]
 fn a_killed_vm_ends_its_task_with_255() {
     let c = Containerd::start();
-    let out = c.ctr(&[
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        IMAGE,
-        "lost",
-        "sleep",
-        "1000",
-    ]);
-    assert!(
-        out.status.success(),
-        "run -d: {}\n{}",
-        text(&out.stderr),
-        c.log()
-    );
+    c.run_idle("lost");
     let home = c.path().join("shim/default/lost").display().to_string();
     // QEMU's command line names the task's files in the shim's home.
     let qemu = c
