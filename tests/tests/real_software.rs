@@ -484,6 +484,20 @@ fn python_regression_tests_pass_as_under_podman() {
             None => worse.push((id.clone(), "did not run".to_string())),
         }
     }
+    // A case that fails once and passes when run again alone was a timing
+    // flake of this loaded, emulated machine (a test that reads the clock
+    // twice across a second's boundary), as CPython's runner itself treats
+    // it (`--rerun`); a behaviour that differs fails twice.
+    if !worse.is_empty() {
+        let again = rerun(&v, &worse);
+        worse.retain(|(id, why)| match again.get(id) {
+            Some((k, _)) if k == "ok" => {
+                eprintln!("flaky in vessel (passed when run again): {id}: {why}");
+                false
+            }
+            _ => true,
+        });
+    }
     // Known bugs explain some of them; each must still explain one.
     let mut fixed = Vec::new();
     for (bug, patterns) in KNOWN_BUGS {
@@ -532,6 +546,46 @@ fn python_regression_tests_pass_as_under_podman() {
          KNOWN_BUGS in tests/tests/real_software.rs so that the fix stays tested:\n{}",
         fixed.join("\n")
     );
+}
+
+/// Run `failed` (test ids with what they gave) again in vessel, alone.
+fn rerun(v: &Instance, failed: &[(String, String)]) -> BTreeMap<String, (String, String)> {
+    let modules: Vec<&str> = REGRTEST_ARGS
+        .iter()
+        .scan(false, |skip, a| {
+            let flag = *skip;
+            *skip = a.starts_with('-');
+            Some((flag, *a))
+        })
+        .filter(|(after_flag, a)| !after_flag && !a.starts_with('-'))
+        .map(|(_, a)| a)
+        .collect();
+    let mut args = vec!["python3".to_string(), "-c".into(), REGRTEST.into()];
+    let mut picked = std::collections::BTreeSet::new();
+    for (id, _) in failed {
+        let module = modules
+            .iter()
+            .filter(|m| id.starts_with(&format!("test.{m}.")))
+            .max_by_key(|m| m.len());
+        if let Some(m) = module {
+            picked.insert(m.to_string());
+            args.push("-m".into());
+            args.push(id.clone());
+        }
+    }
+    if picked.is_empty() {
+        return BTreeMap::new();
+    }
+    args.extend(picked);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = debian::run(
+        Runtime::Vessel(v),
+        &[],
+        "/tmp",
+        &args,
+        Duration::from_secs(300),
+    );
+    cases(&r.stdout)
 }
 
 /// Loopback with `--network none`: a server and a client on 127.0.0.1 and

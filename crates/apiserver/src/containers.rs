@@ -16,6 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -54,6 +55,12 @@ fn live_runtime(state: &ContainerState) -> Option<i32> {
         && (state.runtime_start_time.is_none() || pid_start_time(pid) == state.runtime_start_time);
     same.then_some(pid)
 }
+
+/// The name prefix of a container directory being made (renamed to the
+/// container's ID once whole).
+const STAGED: &str = ".new-";
+/// The name prefix of a container directory being removed.
+const REMOVING: &str = ".gone-";
 
 /// `remove_dir_all` of a directory another thread or process may still
 /// write a file into (a state written atomically: a temporary file, then
@@ -214,6 +221,10 @@ pub struct Containers {
     /// is written, for writing while reconciling, so a reconcile never
     /// drops an attachment it has not seen yet.
     net_lock: RwLock<()>,
+    /// A release the network helper did not take (it was restarting, or
+    /// died mid-answer): a reconcile is owed as soon as it answers
+    /// ([`Self::start_bookkeeping`]), not only at its next restart.
+    network_owed: AtomicBool,
     /// Not root: no vessel-network; each VM gets a passt network
     /// ([`crate::rootless`]).
     rootless: bool,
@@ -351,6 +362,7 @@ impl Containers {
             attached: Mutex::new(HashMap::new()),
             network,
             net_lock: RwLock::new(()),
+            network_owed: AtomicBool::new(false),
             rootless: crate::rootless::is_rootless(),
             rt,
             events,
@@ -464,6 +476,19 @@ impl Containers {
             }
         }
         self.start_restarter()?;
+        if !self.rootless {
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name("network-owed".into())
+                .spawn(move || loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if me.network_owed.load(Ordering::SeqCst) {
+                        if let Some(client) = me.network.try_client() {
+                            me.reconcile_network(&client);
+                        }
+                    }
+                })?;
+        }
         let me = self.clone();
         std::thread::Builder::new()
             .name("bookkeeper".into())
@@ -714,6 +739,7 @@ impl Containers {
             self.network.try_client()
         };
         let Some(client) = client else {
+            self.network_owed.store(true, Ordering::SeqCst);
             return false;
         };
         match self.disconnect(&client.with_timeout(Duration::from_secs(30)), id) {
@@ -723,6 +749,7 @@ impl Containers {
             }
             Err(e) => {
                 eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
+                self.network_owed.store(true, Ordering::SeqCst);
                 false
             }
         }
@@ -746,10 +773,12 @@ impl Containers {
         if !wants_network {
             return;
         }
-        if let Some(client) = self.network.try_client() {
-            if let Err(e) = self.disconnect(&client.with_timeout(Duration::from_secs(10)), id) {
-                eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}");
-            }
+        let released = self.network.try_client().map(|client| {
+            self.disconnect(&client.with_timeout(Duration::from_secs(10)), id)
+                .map_err(|e| eprintln!("vessel-apiserver: releasing the network of {id}: {e:#}"))
+        });
+        if !matches!(released, Some(Ok(()))) {
+            self.network_owed.store(true, Ordering::SeqCst);
         }
     }
 
@@ -779,6 +808,8 @@ impl Containers {
         let Ok(_g) = self.net_lock.write() else {
             return;
         };
+        // Whatever is released from here on is seen by this reconcile.
+        self.network_owed.store(false, Ordering::SeqCst);
         let live: Vec<String> = self
             .list()
             .into_iter()
@@ -795,7 +826,10 @@ impl Containers {
                     eprintln!("vessel-apiserver: network reconcile removed {x}");
                 }
             }
-            Err(e) => eprintln!("vessel-apiserver: network reconcile failed: {e:#}"),
+            Err(e) => {
+                eprintln!("vessel-apiserver: network reconcile failed: {e:#}");
+                self.network_owed.store(true, Ordering::SeqCst);
+            }
         }
     }
 
@@ -817,9 +851,50 @@ impl Containers {
         self.home.container_dir(id).join("state.json")
     }
 
+    /// Finish what an apiserver that died left half done in the containers
+    /// directory: a container it was creating (staged, never listed) is
+    /// dropped, one it was removing is removed, with its run directories
+    /// and cgroups (the network helper's reconcile gives its leases back).
+    /// A directory without `config.json` is no container either. Runs
+    /// before anything else reads the directory.
+    pub fn sweep_unfinished(&self) {
+        let Ok(rd) = fs::read_dir(self.home.containers_dir()) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name
+                .strip_prefix(STAGED)
+                .or_else(|| name.strip_prefix(REMOVING))
+                .unwrap_or(&name);
+            let unfinished = id.len() != name.len() || !e.path().join("config.json").exists();
+            if !unfinished || id.is_empty() || id.contains('/') {
+                continue;
+            }
+            eprintln!(
+                "vessel-apiserver: removing {} (a container an earlier apiserver did not finish creating or removing)",
+                e.path().display()
+            );
+            if id.len() == name.len() || name.starts_with(REMOVING) {
+                let _ = fs::remove_dir_all(self.home.run_dir(id));
+                let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
+                vessel_api::confine::remove_cgroups(id);
+            }
+            if let Err(err) = remove_dir_racing(&e.path()) {
+                eprintln!(
+                    "vessel-apiserver: cannot remove {}: {err}",
+                    e.path().display()
+                );
+            }
+        }
+    }
+
     /// Load one container by its full ID, reconciling a state whose runtime
     /// helper has died.
     pub fn load(&self, id: &str) -> ApiResult<ContainerInfo> {
+        if id.starts_with('.') {
+            return Err(ApiError::container_not_found(id));
+        }
         let dir = self.home.container_dir(id);
         let config: ContainerConfig = read_json(&dir.join("config.json"))?
             .ok_or_else(|| ApiError::container_not_found(id))?;
@@ -1072,15 +1147,19 @@ impl Containers {
             restart: req.restart,
             no_template: req.no_template,
         };
+        // Made whole under a staging name, then renamed: a container
+        // directory is complete or absent, whenever the apiserver dies.
         let dir = self.home.container_dir(&id);
+        let staged = self.home.containers_dir().join(format!("{STAGED}{id}"));
         let written = (|| -> ApiResult<()> {
-            fs::create_dir_all(&dir).context("creating the container directory")?;
-            write_json_atomic(&dir.join("state.json"), &ContainerState::created())?;
-            write_json_atomic(&dir.join("config.json"), &config)?;
+            fs::create_dir_all(&staged).context("creating the container directory")?;
+            write_json_atomic(&staged.join("state.json"), &ContainerState::created())?;
+            write_json_atomic(&staged.join("config.json"), &config)?;
+            fs::rename(&staged, &dir).context("creating the container directory")?;
             Ok(())
         })();
         if let Err(e) = written {
-            let _ = fs::remove_dir_all(&dir);
+            let _ = fs::remove_dir_all(&staged);
             mounts::forget_anonymous(&resolved.anonymous, &self.volumes, &volumes);
             return Err(e);
         }
@@ -1533,11 +1612,19 @@ impl Containers {
         // removed container held.
         self.release_network(id, true);
         self.release_unrecorded_network(id);
+        // Then renamed out of the list: a removal the apiserver dies in
+        // leaves a directory the next apiserver finishes removing
+        // ([`Self::sweep_unfinished`]), never half a container.
+        let gone = self.home.containers_dir().join(format!("{REMOVING}{id}"));
+        let renamed = match fs::rename(self.home.container_dir(id), &gone) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            r => r.is_ok(),
+        };
         let _ = fs::remove_dir_all(self.home.run_dir(id));
         let _ = fs::remove_dir_all(self.home.maintenance_run_dir(id));
         vessel_api::confine::remove_cgroups(id);
-        let res = match remove_dir_racing(&self.home.container_dir(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        let res = match renamed.then(|| remove_dir_racing(&gone)) {
+            Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         };
         if let Ok(mut e) = self.ended.lock() {

@@ -73,6 +73,7 @@ impl Server {
         let images = Helper::images(home.clone());
         let network = Helper::network(home.clone());
         let containers = Containers::new(home.clone(), network.clone(), rt.handle().clone());
+        containers.sweep_unfinished();
         // Each time vessel-network (re)starts, before it takes requests:
         // what ended while it was away gives its network back there.
         let c = containers.clone();

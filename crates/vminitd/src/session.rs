@@ -246,7 +246,7 @@ fn main_session(conn: &mut Conn, guest: &Guest, req: StartRequest) -> Result<Out
                 }
                 End::Exited((exit_code, signal)) => {
                     log!("process exited: {exit_code}");
-                    crate::volumes::sync_volumes();
+                    crate::volumes::sync_disks();
                     conn.send(&GuestMessage::Exited { exit_code, signal })?;
                 }
             }

@@ -205,15 +205,18 @@ fn mount_one(m: &GuestMount, at: &Path) -> Result<(), String> {
 /// The volume disks mounted, relative to the container's root.
 static VOLUMES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// Write what the container wrote to its volumes out to their disks
-/// (`syncfs` of each): called when its main process has ended, before the
-/// host hears of it. The host may end the VM at once then (`run --rm`,
-/// `rm`): a volume outlives the container, its data must not go with it.
-pub fn sync_volumes() {
-    let list = match VOLUMES.lock() {
+/// Write what the container wrote to its root and its volumes out to their
+/// disks (`syncfs` of each): called when its main process has ended, before
+/// the host hears of it. The host may end the VM at once then (`run --rm`,
+/// `rm`, a power-off that outlasts its grace on a loaded host): a volume
+/// outlives the container, and a stopped container keeps its writable
+/// layer; neither may lose what the process wrote.
+pub fn sync_disks() {
+    let mut list = match VOLUMES.lock() {
         Ok(l) => l.clone(),
-        Err(_) => return,
+        Err(_) => Vec::new(),
     };
+    list.insert(0, PathBuf::new());
     for rel in list {
         let p = mounts::root().join(&rel);
         match std::fs::File::open(&p) {
@@ -222,13 +225,13 @@ pub fn sync_volumes() {
                 // SAFETY: the descriptor is open for the call.
                 if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
                     crate::log_line(&format!(
-                        "syncing the volume at /{}: {}",
+                        "syncing the disk at /{}: {}",
                         rel.display(),
                         std::io::Error::last_os_error()
                     ));
                 }
             }
-            Err(e) => crate::log_line(&format!("syncing the volume at /{}: {e}", rel.display())),
+            Err(e) => crate::log_line(&format!("syncing the disk at /{}: {e}", rel.display())),
         }
     }
 }
