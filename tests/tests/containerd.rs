@@ -643,9 +643,30 @@ fn http_get(ip: &str) -> Option<String> {
 #[test]
 fn a_task_in_a_cni_network_namespace_answers_from_its_vm() {
     let netns = CniNetns::add();
-    let ip = netns.add_interface();
     let c = Containerd::start();
     let with_ns = format!("network:{}", netns.path());
+    // Before the plugin ran: nothing to connect, the task is refused and
+    // leaves nothing in the namespace.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "early",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no interface with an IPv4 address"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!netns.inside(&["ip", "-o", "link"]).contains("vsl-tap0"));
+    let _ = c.ctr(&["container", "rm", "early"]);
+    let ip = netns.add_interface();
     let script = "mkdir -p /www && echo served-from-vessel > /www/index.html && \
                   ip -4 addr show dev eth0 && ip route && exec httpd -f -p 80 -h /www";
     let mut run = c
@@ -714,6 +735,42 @@ fn a_task_in_a_cni_network_namespace_answers_from_its_vm() {
     let links = netns.inside(&["ip", "-o", "link"]);
     assert!(!links.contains("vsl-tap0"), "{links}");
     assert!(links.contains("eth0"), "{links}");
+    let qdiscs = netns.inside(&["tc", "qdisc", "show"]);
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    // A killed shim: containerd's `delete` call removes them too.
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "doomed",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert!(netns.inside(&["ip", "-o", "link"]).contains("vsl-tap0"));
+    let shim = format!("-id doomed -address {}/c.sock", c.path().display());
+    assert_eq!(kill_matching(&[&shim]), 1, "one shim");
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+    assert!(
+        c.wait_for(Duration::from_secs(10), || c
+            .task_status("doomed")
+            .as_deref()
+            != Some("RUNNING")),
+        "{:?}",
+        c.task_status("doomed")
+    );
+    let _ = c.ctr(&["task", "rm", "-f", "doomed"]);
+    let _ = c.ctr(&["container", "rm", "doomed"]);
+    let links = netns.inside(&["ip", "-o", "link"]);
+    assert!(!links.contains("vsl-tap0"), "{links}");
     let qdiscs = netns.inside(&["tc", "qdisc", "show"]);
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
 }
