@@ -543,7 +543,7 @@ impl CniNetns {
                 "bridge": "{bridge}", "isGateway": true, "ipMasq": false,
                 "ipam": {{"type": "host-local", "subnet": "10.231.{}.0/24",
                           "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}}"#,
-            pid % 250,
+            Self::free_third_octet(pid),
             dir.path().join("ipam").display()
         );
         let out = Command::new("ip")
@@ -557,6 +557,20 @@ impl CniNetns {
             config,
             dir,
         }
+    }
+
+    /// X of a 10.231.X.0/24 no route of the host covers yet (other tests'
+    /// and workers' networks), starting from one picked by `pid`.
+    fn free_third_octet(pid: u32) -> u32 {
+        let routes = Command::new("ip")
+            .args(["-4", "route", "show", "table", "all"])
+            .output()
+            .map(|o| text(&o.stdout))
+            .unwrap_or_default();
+        (0..250)
+            .map(|i| (pid + i) % 250)
+            .find(|x| !routes.contains(&format!("10.231.{x}.")))
+            .expect("a free 10.231.X.0/24")
     }
 
     fn path(&self) -> String {
