@@ -716,6 +716,21 @@ fn a_task_in_a_cni_network_namespace_answers_from_its_vm() {
     // The TAP and the redirects are there while the task runs.
     let links = netns.inside(&["ip", "-o", "link"]);
     let qdiscs = netns.inside(&["tc", "qdisc", "show"]);
+    // A second task in the namespace is refused, and takes nothing from
+    // the first.
+    let second = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "second",
+        "true",
+    ]);
+    let _ = c.ctr(&["container", "rm", "second"]);
+    let again = http_get(&ip);
     let _ = c.ctr(&["task", "kill", "-s", "KILL", "web"]);
     let out = run.wait_with_output().expect("ctr run");
     let stdout = text(&out.stdout);
@@ -739,6 +754,13 @@ fn a_task_in_a_cni_network_namespace_answers_from_its_vm() {
     );
     assert!(links.contains("vsl-tap0"), "{links}");
     assert_eq!(qdiscs.matches("ingress").count(), 2, "{qdiscs}");
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("already has vsl-tap0"),
+        "{}",
+        text(&second.stderr)
+    );
+    assert_eq!(again.as_deref(), Some("served-from-vessel\n"));
     // Deleted with the task: the TAP and the qdiscs; the namespace and its
     // CNI interface stay (they are CNI's).
     assert!(

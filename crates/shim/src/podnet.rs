@@ -44,6 +44,10 @@ pub enum PodNetError {
     NoInterface,
     #[error("The network namespace has several interfaces with an IPv4 address ({0}) and no eth0")]
     Ambiguous(String),
+    #[error(
+        "The network namespace already has {TAP}: another task's VM uses it (one VM per network namespace)"
+    )]
+    InUse,
 }
 
 /// Runs a command inside one network namespace and returns its stdout.
@@ -110,14 +114,17 @@ pub struct Link {
 
 impl Link {
     /// The CNI interface in `ip -j addr show`'s output: `eth0` when it has
-    /// an IPv4 address, else the one non-loopback interface that has one
-    /// (the shim's own TAP never counts).
+    /// an IPv4 address, else the one non-loopback interface that has one.
+    /// A namespace that has the shim's TAP already is another VM's.
     pub fn pick(ip_addr_json: &str) -> Result<Link, PodNetError> {
         let links: Vec<IpLink> = serde_json::from_str(ip_addr_json)
             .map_err(|e| PodNetError::Parse("ip -j addr show".into(), e))?;
+        if links.iter().any(|l| l.ifname == TAP) {
+            return Err(PodNetError::InUse);
+        }
         let usable: Vec<Link> = links
             .iter()
-            .filter(|l| l.link_type != "loopback" && l.ifname != "lo" && l.ifname != TAP)
+            .filter(|l| l.link_type != "loopback" && l.ifname != "lo")
             .filter_map(|l| {
                 let a = l.addr_info.iter().find(|a| a.family == "inet")?;
                 Some(Link {
@@ -337,6 +344,8 @@ mod tests {
             Link::pick("not json"),
             Err(PodNetError::Parse(..))
         ));
+        let taken = ADDRS.replace("\"lo\"", "\"vsl-tap0\"");
+        assert!(matches!(Link::pick(&taken), Err(PodNetError::InUse)));
     }
 
     #[test]

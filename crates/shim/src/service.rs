@@ -571,7 +571,17 @@ impl Task for Service {
             unmount_rootfs(&rootfs);
             return Err(internal(e));
         }
-        if let Some(netns) = spec.network_namespace() {
+        let netns = spec.network_namespace();
+        if let (Some(ns), true) = (netns, spec.is_pod_container()) {
+            // Until a pod's containers share its VM: the sandbox's VM has
+            // the namespace's one TAP.
+            log::warn!(
+                "task {}: a pod container: no network (the pod's namespace {} is the sandbox's VM's)",
+                req.id,
+                ns.display()
+            );
+        }
+        if let Some(netns) = netns.filter(|_| !spec.is_pod_container()) {
             let dir = home.container_dir(&req.id);
             if let Err(e) = wire_network(&dir, netns, &spec) {
                 unmount_rootfs(&rootfs);

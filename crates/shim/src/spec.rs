@@ -108,6 +108,14 @@ impl Spec {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// A CRI pod's application container (not its sandbox): it shares the
+    /// sandbox's network namespace, whose one TAP the sandbox's VM has.
+    pub fn is_pod_container(&self) -> bool {
+        self.annotations
+            .get("io.kubernetes.cri.container-type")
+            .is_some_and(|t| t == "container")
+    }
+
     /// The host file bind-mounted on `/etc/resolv.conf` (CRI's), if any.
     pub fn resolv_conf(&self) -> Option<&Path> {
         self.mounts
@@ -403,6 +411,8 @@ mod tests {
             spec.annotations["io.kubernetes.cri.container-type"],
             "container"
         );
+        assert!(spec.is_pod_container());
+        assert!(!Spec::default().is_pod_container());
     }
 
     #[test]
