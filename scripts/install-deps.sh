@@ -66,6 +66,11 @@ TOOLS=(
     # their own containerd; the package's system service is not used)
     "containerd|containerd|--version"
     "ctr|containerd|--version"
+    # the reference CNI plugins: tests/tests/containerd.rs runs `bridge`
+    # (with `host-local` IPAM) to give a task's network namespace an
+    # interface, as CRI does for a pod
+    "/usr/lib/cni/bridge|containernetworking-plugins|--version"
+    "/usr/lib/cni/host-local|containernetworking-plugins|--version"
     "debootstrap|debootstrap|--version"
     "htpasswd|apache2-utils|-nb probe probe"
     "openssl|openssl|version"

@@ -491,3 +491,298 @@ fn a_killed_vm_ends_its_task_with_255() {
         c.leftovers()
     );
 }
+
+/// A network namespace of the test's own with an interface from Debian's
+/// reference CNI `bridge` plugin (its own bridge and subnet, host-local
+/// IPAM in a temporary directory); everything goes at drop: CNI DEL, the
+/// namespace, the bridge.
+struct CniNetns {
+    name: String,
+    bridge: String,
+    config: String,
+    dir: tempfile::TempDir,
+}
+
+impl CniNetns {
+    const PLUGINS: &'static str = "/usr/lib/cni";
+
+    fn add() -> Self {
+        let pid = std::process::id();
+        let name = format!("vsl-test-{pid}");
+        let bridge = format!("vslcni{}", pid % 100_000);
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-cni-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let config = format!(
+            r#"{{"cniVersion": "0.4.0", "name": "vsl-test", "type": "bridge",
+                "bridge": "{bridge}", "isGateway": true, "ipMasq": false,
+                "ipam": {{"type": "host-local", "subnet": "10.231.{}.0/24",
+                          "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}}"#,
+            Self::free_third_octet(pid),
+            dir.path().join("ipam").display()
+        );
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip netns add: {}", text(&out.stderr));
+        CniNetns {
+            name,
+            bridge,
+            config,
+            dir,
+        }
+    }
+
+    /// X of a 10.231.X.0/24 no route of the host covers yet (other tests'
+    /// and workers' networks), starting from one picked by `pid`.
+    fn free_third_octet(pid: u32) -> u32 {
+        let routes = Command::new("ip")
+            .args(["-4", "route", "show", "table", "all"])
+            .output()
+            .map(|o| text(&o.stdout))
+            .unwrap_or_default();
+        (0..250)
+            .map(|i| (pid + i) % 250)
+            .find(|x| !routes.contains(&format!("10.231.{x}.")))
+            .expect("a free 10.231.X.0/24")
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Run the `bridge` plugin with `command` (ADD, DEL).
+    fn plugin(&self, command: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(Path::new(Self::PLUGINS).join("bridge"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", &self.name)
+            .env("CNI_NETNS", self.path())
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", Self::PLUGINS)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the CNI bridge plugin (install containernetworking-plugins)");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(self.config.as_bytes()).expect("config");
+        drop(stdin);
+        child.wait_with_output().expect("plugin")
+    }
+
+    /// ADD: the address the plugin gave eth0.
+    fn add_interface(&self) -> String {
+        let out = self.plugin("ADD");
+        assert!(
+            out.status.success(),
+            "CNI ADD: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("CNI result");
+        let cidr = result["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in {result}"));
+        cidr.split('/').next().expect("address").to_string()
+    }
+
+    /// What is in the namespace now (`ip -o link`, `tc qdisc`).
+    fn inside(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        text(&out.stdout)
+    }
+}
+
+impl Drop for CniNetns {
+    fn drop(&mut self) {
+        let _ = self.plugin("DEL");
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `GET /` from `ip:80`, the body (None until something answers).
+fn http_get(ip: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:80").parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: vessel\r\n\r\n")
+        .ok()?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).ok()?;
+    reply
+        .split_once("\r\n\r\n")
+        .filter(|(head, _)| head.starts_with("HTTP/1.") && head.contains(" 200 "))
+        .map(|(_, body)| body.to_string())
+}
+
+#[test]
+fn a_task_in_a_cni_network_namespace_answers_from_its_vm() {
+    let netns = CniNetns::add();
+    let c = Containerd::start();
+    let with_ns = format!("network:{}", netns.path());
+    // Before the plugin ran: nothing to connect, the task is refused and
+    // leaves nothing in the namespace.
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "early",
+        "true",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no interface with an IPv4 address"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!netns.inside(&["ip", "-o", "link"]).contains("vsl-tap0"));
+    let _ = c.ctr(&["container", "rm", "early"]);
+    let ip = netns.add_interface();
+    let script = "mkdir -p /www && echo served-from-vessel > /www/index.html && \
+                  ip -4 addr show dev eth0 && ip route && exec httpd -f -p 80 -h /www";
+    let mut run = c
+        .ctr_cmd(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--with-ns",
+            &with_ns,
+            IMAGE,
+            "web",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ctr");
+    let mut body = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while body.is_none() && Instant::now() < deadline {
+        if let Ok(Some(_)) = run.try_wait() {
+            break;
+        }
+        body = http_get(&ip);
+        if body.is_none() {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    // The TAP and the redirects are there while the task runs.
+    let links = netns.inside(&["ip", "-o", "link"]);
+    let qdiscs = netns.inside(&["tc", "qdisc", "show"]);
+    // A second task in the namespace is refused, and takes nothing from
+    // the first.
+    let second = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "second",
+        "true",
+    ]);
+    let _ = c.ctr(&["container", "rm", "second"]);
+    let again = http_get(&ip);
+    let _ = c.ctr(&["task", "kill", "-s", "KILL", "web"]);
+    let out = run.wait_with_output().expect("ctr run");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        body.as_deref(),
+        Some("served-from-vessel\n"),
+        "no answer from {ip}\nctr run: {stdout}{}\n{}",
+        text(&out.stderr),
+        c.log()
+    );
+    assert!(
+        stdout.contains(&format!("inet {ip}/24")),
+        "the guest's eth0 has {ip}: {stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "default via {}.1",
+            ip.rsplitn(2, '.').last().unwrap()
+        )),
+        "{stdout}"
+    );
+    assert!(links.contains("vsl-tap0"), "{links}");
+    assert_eq!(qdiscs.matches("ingress").count(), 2, "{qdiscs}");
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("already has vsl-tap0"),
+        "{}",
+        text(&second.stderr)
+    );
+    assert_eq!(again.as_deref(), Some("served-from-vessel\n"));
+    // Deleted with the task: the TAP and the qdiscs; the namespace and its
+    // CNI interface stay (they are CNI's).
+    assert!(
+        c.wait_for(Duration::from_secs(15), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+    let links = netns.inside(&["ip", "-o", "link"]);
+    assert!(!links.contains("vsl-tap0"), "{links}");
+    assert!(links.contains("eth0"), "{links}");
+    let qdiscs = netns.inside(&["tc", "qdisc", "show"]);
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    // A killed shim: containerd's `delete` call removes them too.
+    let out = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        "doomed",
+        "sleep",
+        "1000",
+    ]);
+    assert!(out.status.success(), "run -d: {}", text(&out.stderr));
+    assert!(netns.inside(&["ip", "-o", "link"]).contains("vsl-tap0"));
+    let shim = format!("-id doomed -address {}/c.sock", c.path().display());
+    assert_eq!(kill_matching(&[&shim]), 1, "one shim");
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+    assert!(
+        c.wait_for(Duration::from_secs(10), || c
+            .task_status("doomed")
+            .as_deref()
+            != Some("RUNNING")),
+        "{:?}",
+        c.task_status("doomed")
+    );
+    let _ = c.ctr(&["task", "rm", "-f", "doomed"]);
+    let _ = c.ctr(&["container", "rm", "doomed"]);
+    let links = netns.inside(&["ip", "-o", "link"]);
+    assert!(!links.contains("vsl-tap0"), "{links}");
+    let qdiscs = netns.inside(&["tc", "qdisc", "show"]);
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+}

@@ -866,6 +866,8 @@ fn attachment(rec: &NetworkRecord, ep: &Endpoint) -> Attachment {
         internal: rec.internal,
         mode: vessel_api::network::AttachmentMode::Bridge,
         dns_upstream: Vec::new(),
+        netns: None,
+        mtu: None,
     }
 }
 

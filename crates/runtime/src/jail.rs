@@ -93,6 +93,8 @@ pub enum JailError {
     Cgroup(PathBuf, #[source] io::Error),
     #[error("Could not open the TAP device {0}")]
     Tap(String, #[source] io::Error),
+    #[error("Could not enter the network namespace {}", .0.display())]
+    Netns(PathBuf, #[source] io::Error),
     #[error("A path for the VM's jail contains a NUL byte: {}", .0.display())]
     Path(PathBuf),
     #[error("The VM's own user cannot open /dev/kvm (mode {0:o}, group {1}): give /dev/kvm to a group with read-write access (Debian: root:kvm 0660, the udev default), or run with VESSEL_ACCEL=tcg or VESSEL_VMM_CONFINE=0")]
@@ -192,6 +194,32 @@ pub fn open_tap(name: &str) -> Result<OwnedFd, JailError> {
         return Err(err(io::Error::last_os_error()));
     }
     Ok(tun.into())
+}
+
+/// [`open_tap`] for a TAP in another network namespace (`netns`, a path
+/// such as `/var/run/netns/X`: a containerd task's CNI namespace). A
+/// short-lived thread enters the namespace and attaches; the descriptor
+/// stays bound to the device there, and the runtime's own threads never
+/// change namespace.
+pub fn open_tap_in(netns: &Path, name: &str) -> Result<OwnedFd, JailError> {
+    let path = netns.to_path_buf();
+    let ns = File::open(&path).map_err(|e| JailError::Netns(path.clone(), e))?;
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        // SAFETY: setns(2) on a descriptor we own; CLONE_NEWNET changes
+        // only this thread's network namespace, and the thread ends here.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(JailError::Netns(path, io::Error::last_os_error()));
+        }
+        open_tap(&name)
+    })
+    .join()
+    .unwrap_or_else(|_| {
+        Err(JailError::Netns(
+            netns.to_path_buf(),
+            io::Error::other("the namespace thread panicked"),
+        ))
+    })
 }
 
 /// What one bind mount of the jail holds.
@@ -922,6 +950,13 @@ impl Jail {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tap_in_a_missing_namespace_names_the_namespace() {
+        let e = open_tap_in(Path::new("/nonexistent/netns"), "vsl-tap0").unwrap_err();
+        assert!(matches!(e, JailError::Netns(ref p, _) if p == Path::new("/nonexistent/netns")));
+        assert!(e.to_string().contains("/nonexistent/netns"), "{e}");
+    }
 
     #[test]
     fn translation_cache_is_an_eighth_of_guest_ram_within_bounds() {

@@ -1404,24 +1404,27 @@ fn start_nics(
     dir: &Path,
     run_dir: &Path,
     passts: &mut Vec<Passt>,
-    mut taps: Option<&mut Vec<std::os::fd::OwnedFd>>,
+    taps: &mut Vec<std::os::fd::OwnedFd>,
+    confined: bool,
     t: &Timeouts,
 ) -> Result<Vec<Nic>, RunError> {
     let mut nics = Vec::new();
     let attachments = networks.map(|n| &n.attachments[..]).unwrap_or(&[]);
     for (i, a) in attachments.iter().enumerate() {
         let backend = match a.mode {
-            AttachmentMode::Bridge => match taps.as_mut() {
-                // A confined QEMU cannot attach to a TAP by name.
-                Some(taps) => {
-                    use std::os::fd::AsRawFd;
-                    let fd = crate::jail::open_tap(&a.tap)?;
-                    let n = fd.as_raw_fd();
-                    taps.push(fd);
-                    NicBackend::TapFd(n)
-                }
-                None => NicBackend::Tap(a.tap.clone()),
-            },
+            // A confined QEMU cannot attach to a TAP by name, nor any QEMU
+            // to one in another network namespace: the runtime attaches.
+            AttachmentMode::Bridge if confined || a.netns.is_some() => {
+                use std::os::fd::AsRawFd;
+                let fd = match &a.netns {
+                    Some(ns) => crate::jail::open_tap_in(ns, &a.tap)?,
+                    None => crate::jail::open_tap(&a.tap)?,
+                };
+                let n = fd.as_raw_fd();
+                taps.push(fd);
+                NicBackend::TapFd(n)
+            }
+            AttachmentMode::Bridge => NicBackend::Tap(a.tap.clone()),
             AttachmentMode::User => {
                 let spec = PasstSpec::from_attachment(a)?;
                 let name = if i == 0 {
@@ -1598,7 +1601,15 @@ fn launch(
     let uds = run_dir.join("vsock.sock");
     // Held until QEMU has its copies.
     let mut taps = Vec::new();
-    let nics = start_nics(networks, dir, run_dir, passts, vm_uid.map(|_| &mut taps), t)?;
+    let nics = start_nics(
+        networks,
+        dir,
+        run_dir,
+        passts,
+        &mut taps,
+        vm_uid.is_some(),
+        t,
+    )?;
     let fs_devices = start_shares(home, config, dir, run_dir, shares, t)?;
     // Built first if need be (the first container of its size).
     let tsc_khz = crate::vmm::host_tsc_khz();

@@ -4,6 +4,7 @@
 
 pub mod exit;
 pub mod metrics;
+pub mod podnet;
 pub mod service;
 pub mod spec;
 pub mod vm;

@@ -11,6 +11,7 @@
 //! TaskExecStarted, its end → TaskExit with the exec id.
 
 use crate::exit::{exit_status, LOST};
+use crate::podnet;
 use crate::spec::{self, VmSettings};
 use crate::vm::{self, Outputs, Runtime};
 use containerd_shim::api::Empty;
@@ -37,6 +38,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use vessel_api::control::{AttachRequest, ControlRequest};
+use vessel_api::network::ContainerNetworks;
 use vessel_api::paths::Home;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +109,7 @@ impl containerd_shim::Shim for VesselShim {
         if let Ok(bundle) = std::env::current_dir() {
             unmount_rootfs(&bundle.join("rootfs"));
         }
+        unwire_network(&home.container_dir(&self.id));
         // A killed shim leaves its ttrpc socket; nobody answers on it now.
         let socket = containerd_shim::socket_address(&self.address, &self.namespace, &self.id);
         let socket = socket.trim_start_matches("unix://");
@@ -555,6 +558,31 @@ impl Task for Service {
             unmount_rootfs(&rootfs);
             return Err(internal(e));
         }
+        let netns = spec.network_namespace();
+        if let (Some(ns), true) = (netns, spec.is_pod_container()) {
+            // Until a pod's containers share its VM: the sandbox's VM has
+            // the namespace's one TAP.
+            log::warn!(
+                "task {}: a pod container: no network (the pod's namespace {} is the sandbox's VM's)",
+                req.id,
+                ns.display()
+            );
+        }
+        if let Some(netns) = netns.filter(|_| !spec.is_pod_container()) {
+            let dir = home.container_dir(&req.id);
+            if let Err(e) = wire_network(&dir, netns, &spec) {
+                unmount_rootfs(&rootfs);
+                let _ = std::fs::remove_dir_all(home.root());
+                return Err(err(
+                    Code::INTERNAL,
+                    format!(
+                        "connecting the network namespace {} to the VM: {}",
+                        netns.display(),
+                        chain(&e)
+                    ),
+                ));
+            }
+        }
         let env = translated.config.process.env.clone();
         let mut procs = HashMap::new();
         procs.insert(
@@ -743,6 +771,7 @@ impl Task for Service {
         }
         let bundle = lock(&c).bundle.clone();
         unmount_rootfs(&PathBuf::from(bundle).join("rootfs"));
+        unwire_network(&home.container_dir(&req.id));
         if std::env::var_os("VESSEL_SHIM_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(home.root());
         }
@@ -993,6 +1022,61 @@ impl Service {
             );
         }
         Ok(())
+    }
+}
+
+/// Errors giving a task its network namespace.
+#[derive(Debug, thiserror::Error)]
+enum WireError {
+    #[error(transparent)]
+    PodNet(#[from] podnet::PodNetError),
+    #[error("Could not write the network record")]
+    Record(#[source] std::io::Error),
+}
+
+/// The task joins the network namespace `netns`: a TAP there, redirected
+/// to and from its CNI interface, and the attachment the runtime reads
+/// (`network.json`). See [`podnet`].
+fn wire_network(
+    dir: &std::path::Path,
+    netns: &std::path::Path,
+    spec: &spec::Spec,
+) -> Result<(), WireError> {
+    let dns = spec
+        .resolv_conf()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|t| podnet::nameservers(&t))
+        .unwrap_or_default();
+    let ns = podnet::Nsenter(netns.to_path_buf());
+    let (attachment, wiring) = podnet::setup(&ns, netns, dns)?;
+    log::info!(
+        "network namespace {}: {} ({}) on {} through {}",
+        netns.display(),
+        attachment.ip,
+        attachment.mac,
+        wiring.link,
+        wiring.tap
+    );
+    let written = wiring.write(dir).and_then(|()| {
+        ContainerNetworks {
+            attachments: vec![attachment],
+        }
+        .write(dir)
+    });
+    if let Err(e) = written {
+        podnet::teardown(&ns, &wiring);
+        let _ = std::fs::remove_file(dir.join(podnet::RECORD));
+        return Err(WireError::Record(e));
+    }
+    Ok(())
+}
+
+/// Undo [`wire_network`] for the task whose record is in `dir` (nothing
+/// when it had no network namespace).
+fn unwire_network(dir: &std::path::Path) {
+    if let Some(w) = podnet::Wiring::read(dir) {
+        podnet::teardown(&podnet::Nsenter(w.netns.clone()), &w);
+        let _ = std::fs::remove_file(dir.join(podnet::RECORD));
     }
 }
 

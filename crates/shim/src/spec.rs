@@ -80,6 +80,49 @@ pub struct Mount {
 pub struct Linux {
     #[serde(default)]
     pub resources: Option<Resources>,
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+}
+
+/// One of `linux.namespaces`: a type, and the path of an existing one to
+/// join (absent: a new one).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl Spec {
+    /// The existing network namespace the task joins (CNI's, or
+    /// `ctr run --with-ns network:PATH`): the VM's network comes from it.
+    pub fn network_namespace(&self) -> Option<&Path> {
+        self.linux
+            .as_ref()?
+            .namespaces
+            .iter()
+            .find(|n| n.kind == "network")?
+            .path
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
+    }
+
+    /// A CRI pod's application container (not its sandbox): it shares the
+    /// sandbox's network namespace, whose one TAP the sandbox's VM has.
+    pub fn is_pod_container(&self) -> bool {
+        self.annotations
+            .get("io.kubernetes.cri.container-type")
+            .is_some_and(|t| t == "container")
+    }
+
+    /// The host file bind-mounted on `/etc/resolv.conf` (CRI's), if any.
+    pub fn resolv_conf(&self) -> Option<&Path> {
+        self.mounts
+            .iter()
+            .find(|m| m.destination == "/etc/resolv.conf" && !m.source.is_empty())
+            .map(|m| Path::new(m.source.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -368,6 +411,32 @@ mod tests {
             spec.annotations["io.kubernetes.cri.container-type"],
             "container"
         );
+        assert!(spec.is_pod_container());
+        assert!(!Spec::default().is_pod_container());
+    }
+
+    #[test]
+    fn the_network_namespace_to_join_and_resolv_conf() {
+        let spec: Spec = serde_json::from_str(
+            r#"{"mounts": [{"destination": "/etc/resolv.conf", "type": "bind",
+                            "source": "/var/lib/sandboxes/x/resolv.conf"}],
+                "linux": {"namespaces": [{"type": "pid"}, {"type": "ipc"},
+                    {"type": "network", "path": "/var/run/netns/cni-1"}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spec.network_namespace(),
+            Some(Path::new("/var/run/netns/cni-1"))
+        );
+        assert_eq!(
+            spec.resolv_conf(),
+            Some(Path::new("/var/lib/sandboxes/x/resolv.conf"))
+        );
+        // A new namespace (ctr run without --with-ns): no network.
+        let spec: Spec =
+            serde_json::from_str(r#"{"linux": {"namespaces": [{"type": "network"}]}}"#).unwrap();
+        assert_eq!(spec.network_namespace(), None);
+        assert_eq!(Spec::default().network_namespace(), None);
     }
 
     #[test]

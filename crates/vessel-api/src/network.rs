@@ -356,6 +356,15 @@ pub struct Attachment {
     /// empty means the host's `/etc/resolv.conf`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_upstream: Vec<String>,
+    /// Bridge mode: the network namespace (a path such as
+    /// `/var/run/netns/X`) the TAP lives in, when not the runtime's own
+    /// (a containerd task's CNI namespace); the runtime attaches to the TAP
+    /// from inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
+    /// The guest interface's MTU; the device default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
 }
 
 impl Attachment {
@@ -375,6 +384,8 @@ impl Attachment {
             internal: false,
             mode: AttachmentMode::User,
             dns_upstream,
+            netns: None,
+            mtu: None,
         }
     }
 }
@@ -418,7 +429,7 @@ impl ContainerNetworks {
                 address: a.ip.clone(),
                 prefix_len: a.prefix_len,
                 gateway,
-                mtu: None,
+                mtu: a.mtu,
             });
             for d in &a.dns {
                 if !cfg.nameservers.contains(d) {
@@ -535,6 +546,8 @@ mod tests {
             internal: false,
             mode: AttachmentMode::Bridge,
             dns_upstream: vec![],
+            netns: None,
+            mtu: None,
         };
         let n = ContainerNetworks {
             attachments: vec![
