@@ -578,7 +578,7 @@ impl Task for Service {
                     format!(
                         "connecting the network namespace {} to the VM: {}",
                         netns.display(),
-                        chain(&e)
+                        vessel_api::error::error_chain(&e)
                     ),
                 ));
             }
