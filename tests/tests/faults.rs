@@ -609,6 +609,16 @@ impl<'a> Round<'a> {
             .flatten()
             .flatten()
         {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // A save's temporary copy: only for the moment of a save; one
+            // left by a killed helper goes when the next one starts.
+            if name.starts_with('.') && name.contains(".tmp-") {
+                p.push(format!("leak: temporary file networks/{name}"));
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
             let Ok(j) = std::fs::read(e.path()) else {
                 continue;
             };

@@ -335,6 +335,11 @@ impl Store {
         let r = f(&mut index)?;
         if serde_json::to_vec(&index).unwrap_or_default() != before {
             let p = self.index_path();
+            // Under the lock no other save is under way: a temporary copy
+            // here was left by a writer killed mid-save.
+            if let Some(dir) = p.parent() {
+                vessel_api::fsutil::remove_atomic_temporaries(dir);
+            }
             write_json_atomic(&p, &index).map_err(io_err(&p))?;
         }
         Ok(r)

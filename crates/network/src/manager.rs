@@ -210,6 +210,12 @@ impl Manager {
             }),
         };
         std::fs::create_dir_all(m.dir()).map_err(io_err("cannot create the networks directory"))?;
+        // A helper killed mid-save left its temporary copy: never read, but
+        // not to be kept either.
+        let stale = vessel_api::fsutil::remove_atomic_temporaries(&m.dir());
+        if stale > 0 {
+            eprintln!("vessel-network: removed {stale} temporary file(s) a killed helper left");
+        }
         let mut nets = BTreeMap::new();
         let entries =
             std::fs::read_dir(m.dir()).map_err(io_err("cannot read the networks directory"))?;

@@ -87,6 +87,25 @@ fn write_via_rename(path: &Path, data: &[u8]) -> io::Result<()> {
     res
 }
 
+/// Whether `name` is one of [`write_atomic`]'s temporary files.
+pub fn is_atomic_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
+/// Remove the temporary files of [`write_atomic`] that a writer killed
+/// between its write and its rename left in `dir`; the number removed.
+/// Only for a directory nobody else writes into at the time (a helper's
+/// own, when it starts).
+pub fn remove_atomic_temporaries(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .filter(|e| is_atomic_temporary(&e.file_name().to_string_lossy()))
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 /// Serialize `value` as pretty JSON and write it atomically.
 pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
     let mut data = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
@@ -157,6 +176,23 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
         assert_eq!(fs::read(&p).unwrap(), b"{\"status\":\"exited\"}\n");
         assert!(rewrite_in_place(&dir.path().join("missing"), b"{}").is_err());
+    }
+
+    #[test]
+    fn a_killed_writer_s_temporaries_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        write_json_atomic(&dir.path().join("default.json"), &1).unwrap();
+        // What write_via_rename names its copy, left as a kill leaves it.
+        fs::write(dir.path().join(".default.json.tmp-0a1b2c3d4e5f"), b"{}").unwrap();
+        fs::write(dir.path().join(".hidden"), b"").unwrap();
+        assert_eq!(remove_atomic_temporaries(dir.path()), 1);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".hidden", "default.json"]);
     }
 
     #[test]
