@@ -32,14 +32,6 @@ pub(crate) fn log(msg: &str) {
     eprintln!("{} vessel-runtime: {msg}", vessel_api::types::now_ms());
 }
 
-/// An error and its causes, `: `-separated.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// An error and its causes, `: `-separated (vessel-api's, under the name
+/// the runtime's modules use).
+pub use vessel_api::error::error_chain as chain;
