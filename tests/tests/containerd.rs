@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use vessel_api::confine::{cgroup_dirs, cgroup_root};
+use vessel_api::paths::Home;
 use vessel_tests::{bin_dir, kill_matching, required_env, text, IMAGE};
 
 const RUNTIME: &str = "io.containerd.vessel.v2";
@@ -155,6 +157,35 @@ state = "{d}/state"
         found
     }
 
+    /// What task `id` may leave on the host besides processes: the
+    /// runtime's run directory (under the shim home's run base), the VM's
+    /// cgroups (`vessel/<id>` in each hierarchy), mounts under the task's
+    /// bundle or the shim's home.
+    fn task_leftovers(&self, id: &str) -> Vec<String> {
+        let home = Home::new(self.path().join("shim/default").join(id));
+        let mut found: Vec<String> = [home.run_dir(id), home.run_base()]
+            .into_iter()
+            .chain(cgroup_dirs(&cgroup_root(), id))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let under = [
+            self.path().join("shim/default").join(id),
+            self.path()
+                .join("state/io.containerd.runtime.v2.task/default")
+                .join(id),
+        ];
+        found.extend(
+            mounts
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter(|t| under.iter().any(|u| Path::new(t).starts_with(u)))
+                .map(|t| format!("mount {t}")),
+        );
+        found
+    }
+
     fn wait_for(&self, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -292,6 +323,9 @@ fn ctr_run_prints_from_a_vessel_vm_and_exit_codes_propagate() {
         "left behind: {:?}",
         c.leftovers()
     );
+    for id in ["hello", "seven", "sig"] {
+        assert_eq!(c.task_leftovers(id), Vec::<String>::new(), "task {id}");
+    }
 }
 
 #[test]
@@ -428,6 +462,9 @@ fn a_killed_shim_ends_its_task_and_leaves_nothing() {
         "the shim's socket {} left",
         socket.display()
     );
+    // Nor the run directory, the cgroups, a mount or a process.
+    assert_eq!(c.task_leftovers("doomed"), Vec::<String>::new());
+    assert!(c.leftovers().is_empty(), "left behind: {:?}", c.leftovers());
 }
 
 /// The ttrpc socket of the shim whose command line contains `needle`

@@ -102,13 +102,15 @@ impl containerd_shim::Shim for VesselShim {
             vessel_api::fsutil::read_json(&home.container_dir(&self.id).join("state.json"))
                 .ok()
                 .flatten();
-        if let Some(pid) = state.and_then(|s| s.runtime_pid) {
-            // SAFETY: kill(2) with a pid read from our own record.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        if let Some(s) = state {
+            if let Some(pid) = s.runtime_pid {
+                end_runtime(pid, s.runtime_start_time);
+            }
         }
         if let Ok(bundle) = std::env::current_dir() {
             unmount_rootfs(&bundle.join("rootfs"));
         }
+        sweep_runtime(&home, &self.id);
         unwire_network(&home.container_dir(&self.id));
         // A killed shim leaves its ttrpc socket; nobody answers on it now.
         let socket = containerd_shim::socket_address(&self.address, &self.namespace, &self.id);
@@ -771,6 +773,7 @@ impl Task for Service {
         }
         let bundle = lock(&c).bundle.clone();
         unmount_rootfs(&PathBuf::from(bundle).join("rootfs"));
+        sweep_runtime(&home, &req.id);
         unwire_network(&home.container_dir(&req.id));
         if std::env::var_os("VESSEL_SHIM_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(home.root());
@@ -1078,6 +1081,40 @@ fn unwire_network(dir: &std::path::Path) {
         podnet::teardown(&podnet::Nsenter(w.netns.clone()), &w);
         let _ = std::fs::remove_file(dir.join(podnet::RECORD));
     }
+}
+
+/// SIGKILL the runtime `pid` of a shim that is gone (its parent-death
+/// SIGTERM may have it halfway through stopping the VM) and wait, up to
+/// 5 s, until it has ended: only then is what it left ours to sweep. A pid
+/// whose start time is not the recorded one is another process: left alone.
+fn end_runtime(pid: i32, start_time: Option<u64>) {
+    use vessel_api::fsutil::{pid_alive, pid_start_time};
+    if start_time.is_some() && pid_start_time(pid) != start_time {
+        return;
+    }
+    // SAFETY: kill(2) on the runtime our record names, checked above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pid_alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Remove what a runtime that did not finish its own cleanup left of task
+/// `id` (it was killed with the shim, or its VMM was): the VM's cgroups
+/// (`vessel/<id>`, SIGKILLing any VM process still in them) and its run
+/// directory with the per-task run base around it. Nothing when the
+/// runtime cleaned up.
+fn sweep_runtime(home: &Home, id: &str) {
+    vessel_api::confine::remove_cgroups(id);
+    let run_dir = home.run_dir(id);
+    if let Err(e) = std::fs::remove_dir_all(&run_dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            log::warn!("removing {}: {e}", run_dir.display());
+        }
+    }
+    // The shim's home is per task, so is its run base: gone once empty.
+    let _ = std::fs::remove_dir(home.run_base());
 }
 
 /// Unmount what is mounted on (and under) a bundle's rootfs.
