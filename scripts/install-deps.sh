@@ -71,6 +71,11 @@ TOOLS=(
     # interface, as CRI does for a pod
     "/usr/lib/cni/bridge|containernetworking-plugins|--version"
     "/usr/lib/cni/host-local|containernetworking-plugins|--version"
+    # containerd's CRI plugin (tests/tests/cri.rs) also sets up each pod's lo
+    "/usr/lib/cni/loopback|containernetworking-plugins|--version"
+    # the CRI v1 client of tests/tests/cri.rs: the k8s-cri crate's build
+    # generates it from the .proto files with protoc
+    "protoc|protobuf-compiler|--version"
     "debootstrap|debootstrap|--version"
     "htpasswd|apache2-utils|-nb probe probe"
     "openssl|openssl|version"

@@ -1,0 +1,707 @@
+//! A pod through containerd's CRI endpoint, as the kubelet drives it: the
+//! test is the CRI v1 client (k8s-cri's generated API over tonic, on
+//! containerd's unix socket); Debian's containerd runs with the CRI plugin,
+//! the runtime handler `vessel` (`containerd-shim-vessel-v2`) and Debian's
+//! CNI `bridge` + `host-local` plugins on a bridge and subnet of the test's
+//! own. No registry: the images are imported into containerd's `k8s.io`
+//! namespace, the sandbox ("pause") image is the test image with `sleep`
+//! as its command.
+
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use vessel_tests::{bin_dir, kill_matching, required_env, text, IMAGE};
+
+const RUNTIME: &str = "io.containerd.vessel.v2";
+/// What the test's containerd has as `sandbox_image` (made by
+/// [`pause_image`], imported before the first pod).
+const PAUSE: &str = "localhost/vessel-pause:test";
+const PLUGINS: &str = "/usr/lib/cni";
+/// How long one CRI call may take (a VM boots under TCG in ~2 s; the CRI
+/// plugin's first pod also mounts the image's snapshot).
+const CALL: Duration = Duration::from_secs(120);
+
+/// One containerd with the CRI plugin; everything it, its shims and CNI
+/// made goes at drop (pods removed through CRI first, then by force).
+struct Cri {
+    dir: tempfile::TempDir,
+    child: Child,
+    bridge: String,
+    rt: tokio::runtime::Runtime,
+    client: RuntimeServiceClient<Channel>,
+    /// Network namespaces of the pods this test made (CRI's `cni-…`).
+    netns: Vec<PathBuf>,
+}
+
+impl Cri {
+    fn start() -> Self {
+        let kernel = required_env("VESSEL_KERNEL");
+        let initrd = required_env("VESSEL_INITRD");
+        let image = required_env("VESSEL_TEST_IMAGE");
+        let dir = tempfile::Builder::new()
+            .prefix("vessel-cri-")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        let d = dir.path().to_path_buf();
+        let pid = std::process::id();
+        let bridge = format!("vslcri{}", pid % 100_000);
+        let subnet = format!("10.231.{}.0/24", free_third_octet(pid + 97));
+        std::fs::create_dir(d.join("net.d")).expect("net.d");
+        std::fs::write(
+            d.join("net.d/10-vessel-cri.conflist"),
+            format!(
+                r#"{{"cniVersion": "0.4.0", "name": "vsl-cri",
+  "plugins": [{{"type": "bridge", "bridge": "{bridge}", "isGateway": true, "ipMasq": false,
+    "ipam": {{"type": "host-local", "subnet": "{subnet}",
+              "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}}]}}
+"#,
+                d.join("ipam").display()
+            ),
+        )
+        .expect("CNI config");
+        let config = format!(
+            r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/c.sock"
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE}"
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
+  runtime_type = "{RUNTIME}"
+[plugins."io.containerd.grpc.v1.cri".cni]
+  bin_dir = "{PLUGINS}"
+  conf_dir = "{d}/net.d"
+  max_conf_num = 1
+"#,
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config).expect("config");
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::File::create(d.join("containerd.log")).expect("log");
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .env("PATH", path)
+            .env("VESSEL_KERNEL", kernel)
+            .env("VESSEL_INITRD", initrd)
+            .env("VESSEL_SHIM_ROOT", d.join("shim"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("containerd (install it: scripts/install-deps.sh)");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let socket = d.join("c.sock");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                std::fs::read_to_string(d.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let client = rt.block_on(connect(socket)).expect("CRI connect");
+        let c = Cri {
+            dir,
+            child,
+            bridge,
+            rt,
+            client,
+            netns: Vec::new(),
+        };
+        let pause = d.join("pause.oci.tar");
+        pause_image(&image, &pause, PAUSE);
+        for tar in [&image, &pause] {
+            let out = c.ctr(&["images", "import", tar.to_str().expect("path")]);
+            assert!(out.status.success(), "import: {}", text(&out.stderr));
+        }
+        c
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.path().join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr -n k8s.io ARGS` against this containerd.
+    fn ctr(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(self.path().join("c.sock"))
+            .args(["-n", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr")
+    }
+
+    /// One CRI call, bounded by [`CALL`].
+    fn call<T, F: Future<Output = Result<tonic::Response<T>, tonic::Status>>>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<T, String> {
+        let client = self.client.clone();
+        self.rt
+            .block_on(async { tokio::time::timeout(CALL, f(client)).await })
+            .map_err(|_| format!("{what}: no answer in {CALL:?}"))?
+            .map(tonic::Response::into_inner)
+            .map_err(|s| format!("{what}: {:?}: {}", s.code(), s.message()))
+    }
+
+    /// The CRI plugin's network is ready (it read the CNI config).
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.call("Status", |mut c| async move {
+                c.status(cri::StatusRequest { verbose: false }).await
+            });
+            let ready = status
+                .as_ref()
+                .ok()
+                .and_then(|s| s.status.as_ref())
+                .map(|s| {
+                    ["RuntimeReady", "NetworkReady"]
+                        .iter()
+                        .all(|t| s.conditions.iter().any(|c| c.r#type == *t && c.status))
+                })
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRI not ready: {status:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Processes of this containerd's tasks: shims, runtimes, QEMU,
+    /// virtiofsd (their command lines name our socket, the shim's home or
+    /// a bundle under our state).
+    fn leftovers(&self) -> Vec<String> {
+        let d = self.path().display().to_string();
+        let needles = [
+            format!("{d}/c.sock"),
+            format!("{d}/shim"),
+            format!("{d}/state"),
+        ];
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if pid == self.child.id() {
+                continue;
+            }
+            let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if needles.iter().any(|n| cmd.contains(n.as_str())) {
+                found.push(format!("{pid}: {cmd}"));
+            }
+        }
+        found
+    }
+
+    fn wait_for(&self, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        f()
+    }
+}
+
+impl Drop for Cri {
+    fn drop(&mut self) {
+        // Pods through CRI first: CNI DEL, the netns, the shims.
+        if let Ok(pods) = self.call("ListPodSandbox", |mut c| async move {
+            c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                .await
+        }) {
+            for p in pods.items {
+                let id = p.id.clone();
+                let _ = self.call("StopPodSandbox", |mut c| async move {
+                    c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
+                        .await
+                });
+                let id = p.id;
+                let _ = self.call("RemovePodSandbox", |mut c| async move {
+                    c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+                        .await
+                });
+            }
+        }
+        let d = self.path().display().to_string();
+        kill_matching(&[
+            &format!("{d}/c.sock"),
+            &format!("{d}/shim"),
+            &format!("{d}/state"),
+        ]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|t| t.starts_with(&d))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").arg("-l").arg(t).status();
+        }
+        for ns in &self.netns {
+            if ns.exists() {
+                let _ = Command::new("umount").arg(ns).status();
+                let _ = std::fs::remove_file(ns);
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "delete", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("rm").arg("-rf").arg(self.path()).status();
+    }
+}
+
+/// A tonic channel over containerd's unix socket (the URI is not used).
+async fn connect(
+    socket: PathBuf,
+) -> Result<RuntimeServiceClient<Channel>, tonic::transport::Error> {
+    let channel = tonic::transport::Endpoint::from_static("http://[::1]:1")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(RuntimeServiceClient::new(channel))
+}
+
+/// X of a 10.231.X.0/24 no route of the host covers yet, from `seed` on.
+fn free_third_octet(seed: u32) -> u32 {
+    let routes = Command::new("ip")
+        .args(["-4", "route", "show", "table", "all"])
+        .output()
+        .map(|o| text(&o.stdout))
+        .unwrap_or_default();
+    (0..250)
+        .map(|i| (seed + i) % 250)
+        .find(|x| !routes.contains(&format!("10.231.{x}.")))
+        .expect("a free 10.231.X.0/24")
+}
+
+/// `src` (an OCI layout archive of one image) as the image `name` whose
+/// command is `sleep`: a sandbox ("pause") image. The config and manifest
+/// are rewritten (new digests), the layers are the same blobs.
+fn pause_image(src: &Path, dst: &Path, name: &str) {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(src).expect("image"));
+    for e in archive.entries().expect("tar") {
+        let mut e = e.expect("entry");
+        if !e.header().entry_type().is_file() {
+            continue;
+        }
+        let path = e.path().expect("path").to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        e.read_to_end(&mut data).expect("read");
+        files.push((path, data));
+    }
+    let file = |p: &str| -> Vec<u8> {
+        files
+            .iter()
+            .find(|(n, _)| n.trim_start_matches("./") == p)
+            .unwrap_or_else(|| panic!("{p} not in {}", src.display()))
+            .1
+            .clone()
+    };
+    let blob = |digest: &str| file(&format!("blobs/sha256/{}", &digest["sha256:".len()..]));
+    let json = |b: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&b).expect("json") };
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let mut index = json(file("index.json"));
+    let mut manifest = json(blob(
+        index["manifests"][0]["digest"].as_str().expect("digest"),
+    ));
+    let mut config = json(blob(manifest["config"]["digest"].as_str().expect("digest")));
+    config["config"]["Cmd"] = serde_json::json!(["sleep", "86400"]);
+    let config = serde_json::to_vec(&config).expect("json");
+    manifest["config"]["digest"] = digest(&config).into();
+    manifest["config"]["size"] = config.len().into();
+    let manifest = serde_json::to_vec(&manifest).expect("json");
+    let m = &mut index["manifests"][0];
+    m["digest"] = digest(&manifest).into();
+    m["size"] = manifest.len().into();
+    let tag = name.rsplit_once(':').expect("name:tag").1;
+    m["annotations"] = serde_json::json!({
+        "org.opencontainers.image.ref.name": tag,
+        "io.containerd.image.name": name,
+    });
+    let index = serde_json::to_vec(&index).expect("json");
+    files.retain(|(n, _)| n.trim_start_matches("./") != "index.json");
+    for b in [&config, &manifest] {
+        files.push((
+            format!("blobs/sha256/{}", &digest(b)["sha256:".len()..]),
+            b.clone(),
+        ));
+    }
+    files.push(("index.json".into(), index));
+    let mut out = tar::Builder::new(std::fs::File::create(dst).expect("pause image"));
+    for (path, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.append_data(&mut h, path, data.as_slice())
+            .expect("append");
+    }
+    out.finish().expect("tar");
+}
+
+/// The release in a kernel image's banner (`Linux version 6.1.192 ...`).
+fn kernel_release(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("kernel");
+    let needle = b"Linux version ";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("kernel banner");
+    let rest = &bytes[at + needle.len()..];
+    let end = rest.iter().position(|b| *b == b' ').unwrap_or(0);
+    String::from_utf8_lossy(&rest[..end]).into_owned()
+}
+
+/// `GET /` from `addr`: the body of a 200, or the error of the connect.
+fn http_get(addr: &str) -> Result<String, std::io::Error> {
+    use std::io::Write;
+    let addr: std::net::SocketAddr = addr.parse().expect("addr");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET /index.html HTTP/1.0\r\nHost: vessel\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    Ok(reply)
+}
+
+fn pod_config(d: &Path) -> cri::PodSandboxConfig {
+    let pid = std::process::id();
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: "web".into(),
+            uid: format!("uid-vessel-cri-{pid}"),
+            namespace: "vessel-test".into(),
+            attempt: 0,
+        }),
+        hostname: "web".into(),
+        log_directory: d.join("pods").display().to_string(),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_cri_pod_runs_in_vessel_vms() {
+    let t0 = Instant::now();
+    let mut c = Cri::start();
+    c.wait_ready();
+    let version = c
+        .call("Version", |mut c| async move {
+            c.version(cri::VersionRequest::default()).await
+        })
+        .expect("Version");
+    assert_eq!(version.runtime_name, "containerd", "{version:?}");
+    let ready_at = t0.elapsed();
+
+    // RunPodSandbox: the sandbox's VM with the pod's network namespace.
+    let pod = pod_config(c.path());
+    let t = Instant::now();
+    let p = pod.clone();
+    let sandbox = c
+        .call("RunPodSandbox", |mut c| async move {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(p),
+                runtime_handler: "vessel".into(),
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+        .pod_sandbox_id;
+    let run_pod = t.elapsed();
+    let id = sandbox.clone();
+    let status = c
+        .call("PodSandboxStatus", |mut c| async move {
+            c.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: id,
+                verbose: true,
+            })
+            .await
+        })
+        .expect("PodSandboxStatus");
+    let s = status.status.as_ref().expect("status");
+    assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32, "{s:?}");
+    assert_eq!(s.runtime_handler, "vessel");
+    let ip = s.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
+    assert!(ip.starts_with("10.231."), "pod IP {ip:?}: {s:?}");
+    let info: serde_json::Value =
+        serde_json::from_str(status.info.get("info").expect("verbose info")).expect("info");
+    let netns = PathBuf::from(
+        info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .expect("the pod's netns path"),
+    );
+    c.netns.push(netns.clone());
+    assert!(netns.exists(), "{}", netns.display());
+    assert_eq!(info["runtimeHandler"], "vessel", "{info}");
+    // The sandbox's task runs in a vessel VM: its QEMU names the task.
+    let qemus = |c: &Cri| {
+        c.leftovers()
+            .into_iter()
+            .filter(|l| l.contains("qemu-system"))
+            .count()
+    };
+    assert_eq!(qemus(&c), 1, "{:?}", c.leftovers());
+    let ns_links = |ns: &Path| {
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", ns.display()))
+            .args(["ip", "-o", "link"])
+            .output()
+            .expect("nsenter");
+        text(&out.stdout)
+    };
+    let links = ns_links(&netns);
+    assert!(links.contains("vsl-tap0"), "{links}");
+
+    // CreateContainer + StartContainer: httpd in busybox.
+    let script = "mkdir -p /www && echo served-through-cri > /www/index.html && \
+                  exec httpd -f -p 8080 -h /www";
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: "httpd".into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: "httpd.log".into(),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (id, p) = (sandbox.clone(), pod.clone());
+    let container = c
+        .call("CreateContainer", |mut c| async move {
+            c.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id,
+                config: Some(config),
+                sandbox_config: Some(p),
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+        .container_id;
+    let id = container.clone();
+    c.call("StartContainer", |mut c| async move {
+        c.start_container(cri::StartContainerRequest { container_id: id })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let start_container = t.elapsed();
+    let id = container.clone();
+    let cs = c
+        .call("ContainerStatus", |mut c| async move {
+            c.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+        })
+        .expect("ContainerStatus");
+    let state = cs.status.as_ref().map(|s| s.state);
+    assert_eq!(
+        state,
+        Some(cri::ContainerState::ContainerRunning as i32),
+        "{cs:?}"
+    );
+    assert_eq!(qemus(&c), 2, "one VM per task: {:?}", c.leftovers());
+
+    // ExecSync: the container's VM runs vessel's kernel, not the host's.
+    let exec = |c: &mut Cri, cmd: &[&str]| {
+        let (id, cmd) = (
+            container.clone(),
+            cmd.iter().map(|s| s.to_string()).collect(),
+        );
+        c.call("ExecSync", |mut c| async move {
+            c.exec_sync(cri::ExecSyncRequest {
+                container_id: id,
+                cmd,
+                timeout: 60,
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+    };
+    let t = Instant::now();
+    let uname = exec(&mut c, &["uname", "-r"]);
+    let exec_sync = t.elapsed();
+    assert_eq!(uname.exit_code, 0, "{uname:?}");
+    let want = kernel_release(&required_env("VESSEL_KERNEL"));
+    let host = text(
+        &Command::new("uname")
+            .arg("-r")
+            .output()
+            .expect("uname")
+            .stdout,
+    );
+    assert_eq!(text(&uname.stdout).trim(), want);
+    assert_ne!(text(&uname.stdout).trim(), host.trim(), "the host's kernel");
+    let failed = exec(&mut c, &["sh", "-c", "echo err >&2; exit 3"]);
+    assert_eq!(failed.exit_code, 3, "{failed:?}");
+    assert_eq!(text(&failed.stderr), "err\n");
+    // httpd answers inside the container's VM.
+    let mut local = exec(&mut c, &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"]);
+    for _ in 0..20 {
+        if local.exit_code == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        local = exec(&mut c, &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"]);
+    }
+    assert_eq!(text(&local.stdout), "served-through-cri\n", "{local:?}");
+    // The application container's VM has no interface with the pod's IP:
+    // the pod's namespace has one TAP and the sandbox's VM has it.
+    let addrs = exec(&mut c, &["ip", "-o", "-4", "addr"]);
+    assert!(
+        !text(&addrs.stdout).contains(&ip),
+        "{}",
+        text(&addrs.stdout)
+    );
+
+    // ContainerStats: what the shim fills (the guest's counters).
+    let id = container.clone();
+    let stats = c
+        .call("ContainerStats", |mut c| async move {
+            c.container_stats(cri::ContainerStatsRequest { container_id: id })
+                .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+        .stats
+        .expect("stats");
+    let cpu = stats
+        .cpu
+        .as_ref()
+        .and_then(|c| c.usage_core_nano_seconds.as_ref())
+        .map_or(0, |v| v.value);
+    let memory = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map_or(0, |v| v.value);
+    assert!(cpu > 0, "{stats:?}");
+    assert!(memory > 1 << 20, "{stats:?}");
+    assert_eq!(
+        stats.attributes.as_ref().map(|a| a.id.as_str()),
+        Some(container.as_str())
+    );
+
+    // The pod's IP from the host: the sandbox's VM has it (a refused
+    // connection is its kernel's answer: nothing listens there); the
+    // container's httpd is in the other VM and is not reached.
+    let reached = http_get(&format!("{ip}:8080"));
+    assert_eq!(
+        reached.as_ref().map_err(std::io::Error::kind).err(),
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{reached:?}"
+    );
+
+    // Stop and remove: the pod, its VMs, TAP and netns go.
+    let t = Instant::now();
+    let id = sandbox.clone();
+    c.call("StopPodSandbox", |mut c| async move {
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let id = sandbox.clone();
+    c.call("RemovePodSandbox", |mut c| async move {
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let teardown = t.elapsed();
+    let pods = c
+        .call("ListPodSandbox", |mut c| async move {
+            c.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                .await
+        })
+        .expect("ListPodSandbox");
+    assert!(pods.items.is_empty(), "{pods:?}");
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+    assert!(!netns.exists(), "{} left", netns.display());
+    let ports = Command::new("ip")
+        .args(["-o", "link", "show", "master", &c.bridge])
+        .output()
+        .expect("ip");
+    assert_eq!(text(&ports.stdout), "", "the pod's veth is gone");
+    eprintln!(
+        "cri timings: containerd+CRI ready {ready_at:?}, RunPodSandbox {run_pod:?}, \
+         Create+StartContainer {start_container:?}, ExecSync {exec_sync:?}, \
+         Stop+RemovePodSandbox {teardown:?}, total {:?}",
+        t0.elapsed()
+    );
+}
