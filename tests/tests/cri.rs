@@ -231,6 +231,13 @@ state = "{d}/state"
                 found.push(format!("{pid}: {cmd}"));
             }
         }
+        // Mounts: bundles' rootfs, the pod directory and its containers.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for line in mounts.lines() {
+            if line.split(' ').nth(4).is_some_and(|m| m.starts_with(&d)) {
+                found.push(format!("mount: {line}"));
+            }
+        }
         found
     }
 
@@ -447,7 +454,7 @@ fn pod_config(d: &Path) -> cri::PodSandboxConfig {
 }
 
 #[test]
-fn a_cri_pod_runs_in_vessel_vms() {
+fn a_cri_pod_runs_in_one_vessel_vm() {
     let t0 = Instant::now();
     let mut c = Cri::start();
     c.wait_ready();
@@ -522,64 +529,73 @@ fn a_cri_pod_runs_in_vessel_vms() {
     let links = ns_links(&netns);
     assert!(links.contains("vsl-tap0"), "{links}");
 
-    // CreateContainer + StartContainer: httpd in busybox.
-    let script = "mkdir -p /www && echo served-through-cri > /www/index.html && \
-                  exec httpd -f -p 8080 -h /www";
-    let config = cri::ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: "httpd".into(),
-            attempt: 0,
-        }),
-        image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
+    // CreateContainer + StartContainer: httpd in busybox, and a sidecar.
+    let run_container = |c: &mut Cri, name: &str, script: &str| {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: name.into(),
+                attempt: 0,
+            }),
+            image: Some(cri::ImageSpec {
+                image: IMAGE.into(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            log_path: format!("{name}.log"),
             ..Default::default()
-        }),
-        command: vec!["sh".into(), "-c".into(), script.into()],
-        log_path: "httpd.log".into(),
-        ..Default::default()
+        };
+        let (id, p) = (sandbox.clone(), pod.clone());
+        let container = c
+            .call("CreateContainer", |mut c| async move {
+                c.create_container(cri::CreateContainerRequest {
+                    pod_sandbox_id: id,
+                    config: Some(config),
+                    sandbox_config: Some(p),
+                })
+                .await
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+            .container_id;
+        let id = container.clone();
+        c.call("StartContainer", |mut c| async move {
+            c.start_container(cri::StartContainerRequest { container_id: id })
+                .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+        let id = container.clone();
+        let cs = c
+            .call("ContainerStatus", |mut c| async move {
+                c.container_status(cri::ContainerStatusRequest {
+                    container_id: id,
+                    verbose: false,
+                })
+                .await
+            })
+            .expect("ContainerStatus");
+        let state = cs.status.as_ref().map(|s| s.state);
+        assert_eq!(
+            state,
+            Some(cri::ContainerState::ContainerRunning as i32),
+            "{cs:?}"
+        );
+        container
     };
     let t = Instant::now();
-    let (id, p) = (sandbox.clone(), pod.clone());
-    let container = c
-        .call("CreateContainer", |mut c| async move {
-            c.create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: id,
-                config: Some(config),
-                sandbox_config: Some(p),
-            })
-            .await
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
-        .container_id;
-    let id = container.clone();
-    c.call("StartContainer", |mut c| async move {
-        c.start_container(cri::StartContainerRequest { container_id: id })
-            .await
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-    let start_container = t.elapsed();
-    let id = container.clone();
-    let cs = c
-        .call("ContainerStatus", |mut c| async move {
-            c.container_status(cri::ContainerStatusRequest {
-                container_id: id,
-                verbose: false,
-            })
-            .await
-        })
-        .expect("ContainerStatus");
-    let state = cs.status.as_ref().map(|s| s.state);
-    assert_eq!(
-        state,
-        Some(cri::ContainerState::ContainerRunning as i32),
-        "{cs:?}"
+    let container = run_container(
+        &mut c,
+        "httpd",
+        "mkdir -p /www && echo served-through-cri > /www/index.html && \
+         exec httpd -f -p 8080 -h /www",
     );
-    assert_eq!(qemus(&c), 2, "one VM per task: {:?}", c.leftovers());
+    let start_container = t.elapsed();
+    let sidecar = run_container(&mut c, "sidecar", "exec sleep 86400");
+    // One VM per pod: the sandbox's VM runs both containers.
+    assert_eq!(qemus(&c), 1, "one VM per pod: {:?}", c.leftovers());
 
     // ExecSync: the container's VM runs vessel's kernel, not the host's.
-    let exec = |c: &mut Cri, cmd: &[&str]| {
+    let exec_in = |c: &mut Cri, container: &str, cmd: &[&str]| {
         let (id, cmd) = (
-            container.clone(),
+            container.to_string(),
             cmd.iter().map(|s| s.to_string()).collect(),
         );
         c.call("ExecSync", |mut c| async move {
@@ -592,6 +608,7 @@ fn a_cri_pod_runs_in_vessel_vms() {
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
     };
+    let exec = |c: &mut Cri, cmd: &[&str]| exec_in(c, &container, cmd);
     let t = Instant::now();
     let uname = exec(&mut c, &["uname", "-r"]);
     let exec_sync = t.elapsed();
@@ -619,14 +636,39 @@ fn a_cri_pod_runs_in_vessel_vms() {
         local = exec(&mut c, &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"]);
     }
     assert_eq!(text(&local.stdout), "served-through-cri\n", "{local:?}");
-    // The application container's VM has no interface with the pod's IP:
-    // the pod's namespace has one TAP and the sandbox's VM has it.
+    // The pod's network is the VM's: the container has the pod's IP.
     let addrs = exec(&mut c, &["ip", "-o", "-4", "addr"]);
     assert!(
-        !text(&addrs.stdout).contains(&ip),
+        text(&addrs.stdout).contains(&ip),
         "{}",
         text(&addrs.stdout)
     );
+    // The sidecar shares the network (httpd on localhost) but not the
+    // root: /www is httpd's alone; no container sees the pod directory.
+    let shared = exec_in(
+        &mut c,
+        &sidecar,
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+    );
+    assert_eq!(text(&shared.stdout), "served-through-cri\n", "{shared:?}");
+    let own_root = exec_in(&mut c, &sidecar, &["ls", "/www"]);
+    assert_ne!(own_root.exit_code, 0, "{own_root:?}");
+    for id in [&container, &sidecar] {
+        let hidden = exec_in(&mut c, id, &["ls", "/.vessel-pod"]);
+        assert_ne!(hidden.exit_code, 0, "{hidden:?}");
+        // Its own /proc (a mount namespace of its own, the VM's processes).
+        let proc_ok = exec_in(&mut c, id, &["cat", "/proc/self/mountinfo"]);
+        assert_eq!(proc_ok.exit_code, 0, "{proc_ok:?}");
+        // Its root is a real root (pivot_root), not a chroot, which the
+        // kernel would refuse a user namespace.
+        let userns = exec_in(&mut c, id, &["unshare", "-U", "-r", "id", "-u"]);
+        assert_eq!(text(&userns.stdout).trim(), "0", "{userns:?}");
+    }
+    // What one container writes, the other does not see.
+    let wrote = exec_in(&mut c, &sidecar, &["sh", "-c", "echo x > /sidecar-only"]);
+    assert_eq!(wrote.exit_code, 0, "{wrote:?}");
+    let seen = exec(&mut c, &["ls", "/sidecar-only"]);
+    assert_ne!(seen.exit_code, 0, "{seen:?}");
 
     // ContainerStats: what the shim fills (the guest's counters).
     let id = container.clone();
@@ -655,15 +697,49 @@ fn a_cri_pod_runs_in_vessel_vms() {
         Some(container.as_str())
     );
 
-    // The pod's IP from the host: the sandbox's VM has it (a refused
-    // connection is its kernel's answer: nothing listens there); the
-    // container's httpd is in the other VM and is not reached.
+    // The pod's IP from the host reaches the container's httpd.
     let reached = http_get(&format!("{ip}:8080"));
-    assert_eq!(
-        reached.as_ref().map_err(std::io::Error::kind).err(),
-        Some(std::io::ErrorKind::ConnectionRefused),
+    assert!(
+        reached.as_ref().is_ok_and(|r| r.contains("served-through-cri")),
         "{reached:?}"
     );
+
+    // StopContainer: the sidecar ends (SIGTERM, then SIGKILL after the
+    // timeout); httpd and the pod go on.
+    let id = sidecar.clone();
+    c.call("StopContainer", |mut c| async move {
+        c.stop_container(cri::StopContainerRequest {
+            container_id: id,
+            timeout: 5,
+        })
+        .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let id = sidecar.clone();
+    let cs = c
+        .call("ContainerStatus", |mut c| async move {
+            c.container_status(cri::ContainerStatusRequest {
+                container_id: id,
+                verbose: false,
+            })
+            .await
+        })
+        .expect("ContainerStatus");
+    let st = cs.status.as_ref().expect("status");
+    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!(st.exit_code, 128 + 15, "sleep dies of SIGTERM: {st:?}");
+    let id = sidecar.clone();
+    c.call("RemoveContainer", |mut c| async move {
+        c.remove_container(cri::RemoveContainerRequest { container_id: id })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let again = http_get(&format!("{ip}:8080"));
+    assert!(
+        again.as_ref().is_ok_and(|r| r.contains("served-through-cri")),
+        "{again:?}"
+    );
+    assert_eq!(qemus(&c), 1, "{:?}", c.leftovers());
 
     // Stop and remove: the pod, its VMs, TAP and netns go.
     let t = Instant::now();

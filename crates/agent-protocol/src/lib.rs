@@ -194,6 +194,14 @@ pub struct ProcessSpec {
     /// the terminal, which nobody types into).
     #[serde(default, skip_serializing_if = "is_false")]
     pub stdin: bool,
+    /// A container of a pod that runs in the pod's VM (the containerd
+    /// shim): the directory of the VM's root that is this container's own
+    /// root filesystem (`/.vessel-pod/ID`). The first process given a root
+    /// gets a mount namespace of its own with the API filesystems mounted
+    /// in it; later ones (execs) join that namespace while the first runs.
+    /// Absent: the VM's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -772,6 +780,7 @@ mod tests {
                 rlimits: Some(default_rlimits()),
                 terminal: true,
                 stdin: true,
+                root: None,
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),

@@ -348,6 +348,7 @@ pub fn build_process(
         rlimits,
         terminal: req.tty,
         stdin: req.stdin,
+        root: None,
     })
 }
 

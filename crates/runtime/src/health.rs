@@ -58,6 +58,7 @@ impl HealthSpec {
                 rlimits: None,
                 terminal: false,
                 stdin: false,
+                root: None,
             },
             tty_size: None,
         }

@@ -1903,6 +1903,7 @@ mod tests {
                 rlimits: None,
                 terminal: false,
                 stdin: false,
+                root: None,
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),

@@ -171,6 +171,10 @@ pub fn virtiofsd_args(spec: &ShareSpec) -> Vec<OsString> {
         "auto".into(),
         "--log-level".into(),
         "warn".into(),
+        // Directories mounted under the shared one (a bind's submounts, a
+        // pod's containers' roots) show in the guest as mounts of their
+        // own: their inode numbers cannot clash with the parent's.
+        "--announce-submounts".into(),
     ];
     if spec.readonly {
         a.push("--readonly".into());

@@ -4,6 +4,7 @@
 
 pub mod exit;
 pub mod metrics;
+pub mod pod;
 pub mod podnet;
 pub mod service;
 pub mod spec;

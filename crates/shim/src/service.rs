@@ -1,8 +1,9 @@
 //! The shim (`start`, `delete`) and its ttrpc Task service.
 //!
-//! One shim per task for now (one VM per task); the grouping key is
-//! already the pod's sandbox id when the spec carries one, so a later
-//! milestone can run a pod's containers in one VM.
+//! One shim per pod (the grouping key is the pod's sandbox id) and one VM
+//! per pod: the sandbox's task starts the VM, the pod's other containers
+//! run in it, each in its own root and mount namespace (see [`crate::pod`]).
+//! A task outside a pod has a shim and a VM of its own.
 //!
 //! Events, in containerd's order: `Create` publishes TaskCreate; `Start`
 //! publishes TaskStart once the process runs, before the thread that
@@ -11,6 +12,7 @@
 //! TaskExecStarted, its end → TaskExit with the exec id.
 
 use crate::exit::{exit_status, LOST};
+use crate::pod;
 use crate::podnet;
 use crate::spec::{self, VmSettings};
 use crate::vm::{self, Outputs, Runtime};
@@ -34,7 +36,7 @@ use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Context, ExitSignal, Flags, StartOpts, Task, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use vessel_api::control::{AttachRequest, ControlRequest};
@@ -108,6 +110,15 @@ impl containerd_shim::Shim for VesselShim {
             }
         }
         if let Ok(bundle) = std::env::current_dir() {
+            // A pod's container: its place in the pod directory; a pod's
+            // sandbox: the pod directory.
+            if let Some(sandbox) = spec::read(&bundle)
+                .ok()
+                .and_then(|s| pod::sandbox_of(&s.annotations).map(str::to_string))
+            {
+                pod::remove_container(&pod::host_dir(&self.namespace, &sandbox), &self.id);
+            }
+            pod::remove_dir(&pod::host_dir(&self.namespace, &self.id));
             unmount_rootfs(&bundle.join("rootfs"));
         }
         sweep_runtime(&home, &self.id);
@@ -216,6 +227,20 @@ struct Container {
     env: Vec<String>,
     runtime: Option<Runtime>,
     procs: HashMap<String, Proc>,
+    /// A pod's sandbox: the pod directory its VM shares.
+    pod_dir: Option<PathBuf>,
+    /// A pod's container in its sandbox's VM.
+    in_pod: Option<InPod>,
+}
+
+/// Where a pod's container runs: its sandbox's VM.
+struct InPod {
+    /// The sandbox's task id (in this shim).
+    sandbox: String,
+    /// The pod directory, where its root is bound.
+    pod_dir: PathBuf,
+    /// Its main process, with its root in the VM.
+    process: agent_protocol::ProcessSpec,
 }
 
 type Tasks = Arc<Mutex<HashMap<String, (Arc<Mutex<Container>>, Arc<Condvar>)>>>;
@@ -297,6 +322,10 @@ impl Service {
         c: &Arc<Mutex<Container>>,
         cv: &Arc<Condvar>,
     ) -> TtrpcResult<u32> {
+        let in_pod = lock(c).in_pod.as_ref().map(|p| p.process.clone());
+        if let Some(process) = in_pod {
+            return self.start_in_pod(id, c, cv, process);
+        }
         let (home, stdin, stdout, stderr, terminal) = {
             let c = lock(c);
             let p = &c.procs[""];
@@ -393,12 +422,10 @@ impl Service {
         c: &Arc<Mutex<Container>>,
         cv: &Arc<Condvar>,
     ) -> TtrpcResult<u32> {
-        let (control, process, stdin, stdout, stderr, terminal) = {
+        let (control, process) = {
             let c = lock(c);
-            let control = c
-                .runtime
-                .as_ref()
-                .map(|r| r.control.clone())
+            let control = self
+                .control_of(&c)
                 .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the task is not running"))?;
             let p = c
                 .procs
@@ -408,9 +435,101 @@ impl Service {
                 .exec
                 .clone()
                 .ok_or_else(|| err(Code::INTERNAL, "exec without a process"))?;
+            (control, process)
+        };
+        let (pid, handle) = match self.launch(&control, exec_id, exec_id, process, c) {
+            Ok(started) => started,
+            Err(e) => {
+                lock(c).procs.remove(exec_id);
+                return Err(e);
+            }
+        };
+        self.events.publish(
+            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
+            Box::new(TaskExecStarted {
+                container_id: id.into(),
+                exec_id: exec_id.into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        let (events, c2, cv2, id2, exec2) = (
+            Arc::clone(&self.events),
+            Arc::clone(c),
+            Arc::clone(cv),
+            id.to_string(),
+            exec_id.to_string(),
+        );
+        std::thread::spawn(move || {
+            let seen = handle.join().unwrap_or_default();
+            let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
+            Service::exited(&*events, &c2, &cv2, &id2, &exec2, status);
+        });
+        Ok(pid)
+    }
+
+    /// A pod's container: its main process starts in the sandbox's VM,
+    /// in its own root ([`crate::pod`]).
+    fn start_in_pod(
+        &self,
+        id: &str,
+        c: &Arc<Mutex<Container>>,
+        cv: &Arc<Condvar>,
+        process: agent_protocol::ProcessSpec,
+    ) -> TtrpcResult<u32> {
+        let control = {
+            let c = lock(c);
+            if c.procs[""].state != State::Created {
+                return Err(err(
+                    Code::FAILED_PRECONDITION,
+                    "the task was started already",
+                ));
+            }
+            self.control_of(&c)
+                .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the pod's VM is not running"))?
+        };
+        let (pid, handle) = self.launch(&control, id, "", process, c)?;
+        self.events.publish(
+            topics::TASK_START_EVENT_TOPIC,
+            Box::new(TaskStart {
+                container_id: id.into(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        let (events, c2, cv2, id2) = (
+            Arc::clone(&self.events),
+            Arc::clone(c),
+            Arc::clone(cv),
+            id.to_string(),
+        );
+        std::thread::spawn(move || {
+            let seen = handle.join().unwrap_or_default();
+            let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
+            Service::exited(&*events, &c2, &cv2, &id2, "", status);
+        });
+        Ok(pid)
+    }
+
+    /// Start `process` in the VM behind `control` (vminitd knows it as
+    /// `vm_id`) as process `key` of `c` (an exec, or a pod container's main
+    /// process): its pid once it runs, and the thread that copies its
+    /// output and returns how it ended.
+    fn launch(
+        &self,
+        control: &Path,
+        vm_id: &str,
+        key: &str,
+        process: agent_protocol::ProcessSpec,
+        c: &Arc<Mutex<Container>>,
+    ) -> TtrpcResult<(u32, std::thread::JoinHandle<vm::Seen>)> {
+        let (stdin, stdout, stderr, terminal) = {
+            let c = lock(c);
+            let p = c
+                .procs
+                .get(key)
+                .ok_or_else(|| err(Code::NOT_FOUND, format!("process {key} not found")))?;
             (
-                control,
-                process,
                 p.stdin.clone(),
                 p.stdout.clone(),
                 p.stderr.clone(),
@@ -418,9 +537,9 @@ impl Service {
             )
         };
         let conn = vm::open_stream(
-            &control,
+            control,
             &ControlRequest::Exec(agent_protocol::ExecRequest {
-                exec_id: exec_id.to_string(),
+                exec_id: vm_id.to_string(),
                 process,
                 tty_size: None,
             }),
@@ -429,13 +548,6 @@ impl Service {
         let mut out = Outputs::open(&stdout, &stderr, terminal);
         // Up to `Started` (or an early end), on this thread.
         let (tx, rx) = std::sync::mpsc::channel();
-        let (events, c2, cv2, id2, exec2) = (
-            Arc::clone(&self.events),
-            Arc::clone(c),
-            Arc::clone(cv),
-            id.to_string(),
-            exec_id.to_string(),
-        );
         let reader = conn
             .try_clone()
             .map_err(|e| internal(vm::VmError::Control(e)))?;
@@ -455,17 +567,13 @@ impl Service {
             _ => {
                 let seen = handle.join().unwrap_or_default();
                 let code = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
-                lock(c).procs.remove(exec_id);
                 return Err(err(
                     Code::INTERNAL,
-                    format!("exec {exec_id} did not start (exit status {code})"),
+                    format!("{vm_id} did not start (exit status {code})"),
                 ));
             }
         };
-        let stdin_file = lock(c)
-            .procs
-            .get_mut(exec_id)
-            .and_then(|p| p.stdin_file.take());
+        let stdin_file = lock(c).procs.get_mut(key).and_then(|p| p.stdin_file.take());
         if let (Some(f), false) = (stdin_file, stdin.is_empty()) {
             if let Ok(w) = conn.try_clone() {
                 vm::pump_stdin(f, w);
@@ -473,35 +581,31 @@ impl Service {
         }
         {
             let mut c = lock(c);
-            if let Some(p) = c.procs.get_mut(exec_id) {
+            if let Some(p) = c.procs.get_mut(key) {
                 p.pid = pid;
                 p.state = State::Running;
                 p.conn = Some(conn);
             }
         }
-        self.events.publish(
-            topics::TASK_EXEC_STARTED_EVENT_TOPIC,
-            Box::new(TaskExecStarted {
-                container_id: id.into(),
-                exec_id: exec_id.into(),
-                pid,
-                ..Default::default()
-            }),
-        );
-        std::thread::spawn(move || {
-            let seen = handle.join().unwrap_or_default();
-            let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
-            Service::exited(&*events, &c2, &cv2, &id2, &exec2, status);
-        });
-        Ok(pid)
+        Ok((pid, handle))
+    }
+
+    /// The control socket of the VM `c` runs in: its own, or its pod's.
+    fn control_of(&self, c: &Container) -> Option<PathBuf> {
+        match &c.in_pod {
+            None => c.runtime.as_ref().map(|r| r.control.clone()),
+            Some(p) => {
+                let (sandbox, _) = self.get(&p.sandbox).ok()?;
+                let sandbox = lock(&sandbox);
+                sandbox.runtime.as_ref().map(|r| r.control.clone())
+            }
+        }
     }
 
     fn control(&self, id: &str) -> TtrpcResult<PathBuf> {
         let (c, _) = self.get(id)?;
         let c = lock(&c);
-        c.runtime
-            .as_ref()
-            .map(|r| r.control.clone())
+        self.control_of(&c)
             .ok_or_else(|| err(Code::FAILED_PRECONDITION, "the task is not running"))
     }
 }
@@ -535,7 +639,7 @@ impl Task for Service {
         let bundle = PathBuf::from(&req.bundle);
         let spec = spec::read(&bundle)
             .map_err(|e| err(Code::INVALID_ARGUMENT, vessel_api::error::error_chain(&e)))?;
-        let translated = spec::translate(
+        let mut translated = spec::translate(
             &req.id,
             &bundle,
             &spec,
@@ -556,16 +660,66 @@ impl Task for Service {
                 .map_err(|e| err(Code::INTERNAL, format!("mounting the rootfs: {e}")))?;
         }
         let home = vm::home_for(&self.namespace, &req.id);
-        if let Err(e) = vm::write_record(&home, &translated.config) {
+        // A pod's container whose sandbox this shim runs: into the
+        // sandbox's VM (its rootfs bound into the pod directory).
+        let in_pod = pod::sandbox_of(&spec.annotations).and_then(|sandbox| {
+            let (sc, _) = self.get(sandbox).ok()?;
+            let pod_dir = lock(&sc).pod_dir.clone()?;
+            Some(InPod {
+                sandbox: sandbox.to_string(),
+                pod_dir,
+                process: agent_protocol::ProcessSpec {
+                    root: Some(pod::guest_root(&req.id)),
+                    ..translated.config.process.clone()
+                },
+            })
+        });
+        if let Some(p) = &in_pod {
+            if let Err(e) = pod::add_container(&p.pod_dir, &req.id, &rootfs) {
+                unmount_rootfs(&rootfs);
+                return Err(err(Code::INTERNAL, vessel_api::error::error_chain(&e)));
+            }
+            return Ok(self.created(&req, translated.config.process.env, None, in_pod));
+        }
+        // A pod's sandbox: the pod directory, shared into its VM.
+        let pod_dir =
+            pod::is_sandbox(&spec.annotations).then(|| pod::host_dir(&self.namespace, &req.id));
+        if let Some(dir) = &pod_dir {
+            let share: Result<vessel_api::mounts::MountSpec, _> =
+                serde_json::from_value(serde_json::json!({
+                    "type": "bind",
+                    "source": dir,
+                    "target": pod::GUEST_DIR,
+                }));
+            let made = pod::make_dir(dir)
+                .map_err(|e| vessel_api::error::error_chain(&e))
+                .and_then(|()| share.map_err(|e| e.to_string()));
+            match made {
+                Ok(m) => translated.config.mounts.push(m),
+                Err(e) => {
+                    pod::remove_dir(dir);
+                    unmount_rootfs(&rootfs);
+                    return Err(err(Code::INTERNAL, format!("the pod directory: {e}")));
+                }
+            }
+        }
+        let undo = |home: &Home| {
+            if let Some(dir) = &pod_dir {
+                pod::remove_dir(dir);
+            }
             unmount_rootfs(&rootfs);
+            let _ = std::fs::remove_dir_all(home.root());
+        };
+        if let Err(e) = vm::write_record(&home, &translated.config) {
+            undo(&home);
             return Err(internal(e));
         }
         let netns = spec.network_namespace();
         if let (Some(ns), true) = (netns, spec.is_pod_container()) {
-            // Until a pod's containers share its VM: the sandbox's VM has
-            // the namespace's one TAP.
+            // A pod's container outside its sandbox's VM (its sandbox is
+            // not this shim's): the sandbox's VM has the namespace's TAP.
             log::warn!(
-                "task {}: a pod container: no network (the pod's namespace {} is the sandbox's VM's)",
+                "task {}: a pod container outside its pod's VM: no network (the pod's namespace {} is the sandbox's VM's)",
                 req.id,
                 ns.display()
             );
@@ -573,8 +727,7 @@ impl Task for Service {
         if let Some(netns) = netns.filter(|_| !spec.is_pod_container()) {
             let dir = home.container_dir(&req.id);
             if let Err(e) = wire_network(&dir, netns, &spec) {
-                unmount_rootfs(&rootfs);
-                let _ = std::fs::remove_dir_all(home.root());
+                undo(&home);
                 return Err(err(
                     Code::INTERNAL,
                     format!(
@@ -586,37 +739,7 @@ impl Task for Service {
             }
         }
         let env = translated.config.process.env.clone();
-        let mut procs = HashMap::new();
-        procs.insert(
-            String::new(),
-            Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
-        );
-        let container = Container {
-            bundle: req.bundle.clone(),
-            home,
-            env,
-            runtime: None,
-            procs,
-        };
-        lock(&self.tasks).insert(
-            req.id.clone(),
-            (Arc::new(Mutex::new(container)), Arc::new(Condvar::new())),
-        );
-        let pid = std::process::id();
-        self.events.publish(
-            topics::TASK_CREATE_EVENT_TOPIC,
-            Box::new(TaskCreate {
-                container_id: req.id.clone(),
-                bundle: req.bundle.clone(),
-                rootfs: req.rootfs.clone(),
-                pid,
-                ..Default::default()
-            }),
-        );
-        Ok(CreateTaskResponse {
-            pid,
-            ..Default::default()
-        })
+        Ok(self.created(&req, env, pod_dir, None))
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
@@ -662,7 +785,7 @@ impl Task for Service {
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         let (c, _) = self.get(&req.id)?;
-        let (state, control, conn) = {
+        let (state, control, conn, in_pod) = {
             let c = lock(&c);
             let p = c.procs.get(&req.exec_id).ok_or_else(|| {
                 err(
@@ -674,6 +797,7 @@ impl Task for Service {
                 p.state,
                 c.runtime.as_ref().map(|r| r.control.clone()),
                 p.conn.as_ref().and_then(|s| s.try_clone().ok()),
+                c.in_pod.is_some(),
             )
         };
         if state == State::Stopped {
@@ -694,7 +818,7 @@ impl Task for Service {
             );
             return Ok(Empty::new());
         }
-        if req.exec_id.is_empty() {
+        if req.exec_id.is_empty() && !in_pod {
             let Some(control) = control else {
                 return Err(err(Code::FAILED_PRECONDITION, "the task is not running"));
             };
@@ -710,9 +834,10 @@ impl Task for Service {
             )
             .map_err(internal)?;
         } else {
-            // The exec stream carries signals to its process.
+            // The stream of an exec (or of a pod's container, which runs
+            // as one in the pod's VM) carries signals to its process.
             let conn =
-                conn.ok_or_else(|| err(Code::FAILED_PRECONDITION, "the exec is not running"))?;
+                conn.ok_or_else(|| err(Code::FAILED_PRECONDITION, "the process is not running"))?;
             let mut w = &conn;
             agent_protocol::write_message(
                 &mut w,
@@ -741,10 +866,17 @@ impl Task for Service {
                 ..Default::default()
             });
         }
-        let (runtime, home, main) = {
+        let (runtime, home, main, pod_dir, in_pod) = {
             let mut c = lock(&c);
             let main = c.procs.get("").map(|p| (p.pid, p.state, p.exit.clone()));
-            (c.runtime.take(), c.home.clone(), main)
+            let in_pod = c.in_pod.as_ref().map(|p| p.pod_dir.clone());
+            (
+                c.runtime.take(),
+                c.home.clone(),
+                main,
+                c.pod_dir.clone(),
+                in_pod,
+            )
         };
         if let Some((_, state, _)) = &main {
             if matches!(state, State::Running | State::Paused) {
@@ -770,6 +902,12 @@ impl Task for Service {
                 let _ = r.child.kill();
                 let _ = r.child.wait();
             }
+        }
+        if let Some(dir) = in_pod {
+            pod::remove_container(&dir, &req.id);
+        }
+        if let Some(dir) = pod_dir {
+            pod::remove_dir(&dir);
         }
         let bundle = lock(&c).bundle.clone();
         unmount_rootfs(&PathBuf::from(bundle).join("rootfs"));
@@ -819,6 +957,8 @@ impl Task for Service {
             if process.env.is_empty() {
                 process.env = c.env.clone();
             }
+            // An exec in a pod's container: in its root and namespace.
+            process.root = c.in_pod.as_ref().and_then(|p| p.process.root.clone());
             if c.procs.contains_key(&req.exec_id) {
                 return Err(err(
                     Code::ALREADY_EXISTS,
@@ -847,11 +987,12 @@ impl Task for Service {
     ) -> TtrpcResult<Empty> {
         let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
         let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
-        if req.exec_id.is_empty() {
+        let (c, _) = self.get(&req.id)?;
+        let in_pod = lock(&c).in_pod.is_some();
+        if req.exec_id.is_empty() && !in_pod {
             let control = self.control(&req.id)?;
             vm::ask(&control, &ControlRequest::Resize { rows, cols }).map_err(internal)?;
         } else {
-            let (c, _) = self.get(&req.id)?;
             let conn = lock(&c)
                 .procs
                 .get(&req.exec_id)
@@ -988,6 +1129,12 @@ impl Task for Service {
 impl Service {
     fn set_paused(&self, id: &str, paused: bool) -> TtrpcResult<()> {
         let (c, _) = self.get(id)?;
+        if lock(&c).in_pod.is_some() {
+            return Err(err(
+                Code::UNIMPLEMENTED,
+                "a container of a pod pauses with its pod (the sandbox's task)",
+            ));
+        }
         let control = self.control(id)?;
         vm::ask(
             &control,
@@ -1025,6 +1172,51 @@ impl Service {
             );
         }
         Ok(())
+    }
+}
+
+impl Service {
+    /// Record a created task and tell containerd (TaskCreate).
+    fn created(
+        &self,
+        req: &CreateTaskRequest,
+        env: Vec<String>,
+        pod_dir: Option<PathBuf>,
+        in_pod: Option<InPod>,
+    ) -> CreateTaskResponse {
+        let mut procs = HashMap::new();
+        procs.insert(
+            String::new(),
+            Proc::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+        );
+        let container = Container {
+            bundle: req.bundle.clone(),
+            home: vm::home_for(&self.namespace, &req.id),
+            env,
+            runtime: None,
+            procs,
+            pod_dir,
+            in_pod,
+        };
+        lock(&self.tasks).insert(
+            req.id.clone(),
+            (Arc::new(Mutex::new(container)), Arc::new(Condvar::new())),
+        );
+        let pid = std::process::id();
+        self.events.publish(
+            topics::TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                pid,
+                ..Default::default()
+            }),
+        );
+        CreateTaskResponse {
+            pid,
+            ..Default::default()
+        }
     }
 }
 

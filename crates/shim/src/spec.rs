@@ -235,6 +235,7 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, SpecError> 
         rlimits: (!rlimits.is_empty()).then_some(rlimits),
         terminal: p.terminal,
         stdin,
+        root: None,
     })
 }
 

@@ -4,10 +4,10 @@ use crate::user::ExecUser;
 use agent_protocol::{rlimit_resource, Rlimit};
 use std::ffi::CString;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// `PATH` when the process environment has none (Docker's default).
@@ -207,12 +207,135 @@ pub enum StdioSetup {
     Terminal(OwnedFd),
 }
 
+/// Where a process's root is, and how it gets there.
+#[derive(Debug)]
+pub enum RootSetup {
+    /// `chroot` into the directory (the VM's container: its root is `/`).
+    Chroot(PathBuf),
+    /// A pod container's first process (the containerd shim's pods): a
+    /// mount namespace of its own, in which `proc`, `sysfs`, the VM's
+    /// `/dev` (its terminals and the pod's shared `/dev/shm`) and
+    /// `cgroup2` are mounted in the directory, which becomes the root
+    /// (`pivot_root`; `chroot` if that fails). The mounts end with the
+    /// namespace's last process.
+    NewNamespace(PathBuf),
+    /// A later process of a pod container: join the mount namespace and the
+    /// root of a process of it (`/proc/PID/ns/mnt`, `/proc/PID/root`).
+    Join { ns: OwnedFd, root: OwnedFd },
+}
+
+/// One mount a [`RootSetup::NewNamespace`] child makes, prepared before
+/// the fork: (source, target, type, flags, data).
+type PreparedMount = (
+    CString,
+    CString,
+    Option<CString>,
+    libc::c_ulong,
+    Option<CString>,
+);
+
+/// The mounts of a pod container's namespace, in order; the first (proc)
+/// must succeed, the others may fail (a root without `/sys`).
+fn pod_mounts(root: &Path) -> Result<Vec<PreparedMount>, StartError> {
+    let nse = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+    let list: [(&str, &str, Option<&str>, libc::c_ulong); 4] = [
+        ("proc", "proc", Some("proc"), nse),
+        ("sysfs", "sys", Some("sysfs"), nse),
+        ("/dev", "dev", None, libc::MS_BIND | libc::MS_REC),
+        ("cgroup2", "sys/fs/cgroup", Some("cgroup2"), nse),
+    ];
+    list.iter()
+        .map(|(src, rel, fstype, flags)| {
+            Ok((
+                cstring(src.as_bytes())?,
+                cstring(root.join(rel).as_os_str().as_bytes())?,
+                fstype.map(|t| cstring(t.as_bytes())).transpose()?,
+                *flags,
+                None,
+            ))
+        })
+        .collect()
+}
+
+/// In the child, between fork and exec: enter the process's root as
+/// `setup` says. Only system calls on data prepared before the fork.
+fn enter_root(
+    setup: &RootSetup,
+    root_c: &std::ffi::CStr,
+    mounts: &[PreparedMount],
+) -> io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r != 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    let dot = c".";
+    // SAFETY: system calls on NUL-terminated strings and descriptors that
+    // live as long as `setup` and `mounts`; no memory is handed over.
+    unsafe {
+        match setup {
+            RootSetup::Chroot(_) => check(libc::chroot(root_c.as_ptr())),
+            RootSetup::NewNamespace(_) => {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // Nothing mounted here reaches the VM's other processes.
+                libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                );
+                // The root a mount of its own, which `pivot_root` needs.
+                check(libc::mount(
+                    root_c.as_ptr(),
+                    root_c.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ))?;
+                for (i, (src, target, fstype, flags, data)) in mounts.iter().enumerate() {
+                    libc::mkdir(target.as_ptr(), 0o755);
+                    let r = libc::mount(
+                        src.as_ptr(),
+                        target.as_ptr(),
+                        fstype.as_ref().map_or(std::ptr::null(), |t| t.as_ptr()),
+                        *flags,
+                        data.as_ref()
+                            .map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+                    );
+                    if r != 0 && i == 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                // pivot_root, not chroot: the VM's root (the sandbox's, the
+                // pod's other containers) leaves the namespace, and the
+                // process is not "chrooted" (user namespaces work in it).
+                // The old root lands on top of the new one and is detached.
+                check(libc::chdir(root_c.as_ptr()))?;
+                if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
+                    libc::umount2(dot.as_ptr(), libc::MNT_DETACH);
+                    check(libc::chdir(c"/".as_ptr()))
+                } else {
+                    check(libc::chroot(root_c.as_ptr()))
+                }
+            }
+            RootSetup::Join { ns, root } => {
+                check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;
+                check(libc::fchdir(root.as_raw_fd()))?;
+                check(libc::chroot(dot.as_ptr()))
+            }
+        }
+    }
+}
+
 /// Start `args` chrooted into `root` as `user`, in `cwd` (created if missing),
 /// with `env` exactly and the resource limits `rlimits`, in the state
 /// [`reset_process_state`] describes, its standard streams as `stdio` says,
 /// in a session (and process group) of its own.
 pub fn spawn(
-    root: &Path,
+    setup: RootSetup,
     args: &[String],
     env: &[(String, String)],
     cwd: &str,
@@ -231,7 +354,11 @@ pub fn spawn(
     }
     let cwd = if cwd.is_empty() { "/" } else { cwd };
     // Everything the child needs is allocated before fork.
-    let root_c = cstring(root.as_os_str().as_bytes())?;
+    let (root_c, mounts) = match &setup {
+        RootSetup::Chroot(root) => (cstring(root.as_os_str().as_bytes())?, Vec::new()),
+        RootSetup::NewNamespace(root) => (cstring(root.as_os_str().as_bytes())?, pod_mounts(root)?),
+        RootSetup::Join { .. } => (cstring(b".")?, Vec::new()),
+    };
     let slash = cstring(b"/")?;
     let cwd_c = cstring(cwd.as_bytes())?;
     let prefixes = cwd_prefixes(cwd)
@@ -270,7 +397,8 @@ pub fn spawn(
         // SAFETY: plain system calls on valid NUL-terminated strings and a
         // valid gid array, all allocated before the fork and alive here.
         unsafe {
-            if libc::chroot(root_c.as_ptr()) != 0 || libc::chdir(slash.as_ptr()) != 0 {
+            enter_root(&setup, &root_c, &mounts)?;
+            if libc::chdir(slash.as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());
             }
             for p in &prefixes {
@@ -399,7 +527,16 @@ mod tests {
             groups: vec![],
             home: "/".into(),
         };
-        let e = spawn(Path::new("/"), &[], &[], "/", &u, &[], pipes()).unwrap_err();
+        let e = spawn(
+            RootSetup::Chroot("/".into()),
+            &[],
+            &[],
+            "/",
+            &u,
+            &[],
+            pipes(),
+        )
+        .unwrap_err();
         assert_eq!(e, StartError::new(125, "no command specified"));
     }
 
@@ -437,7 +574,15 @@ mod tests {
         }];
         let run = |args: &[&str], cwd: &str| -> Result<String, StartError> {
             let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-            let mut child = spawn(r, &args, &env, cwd, &user, &limits, pipes())?;
+            let mut child = spawn(
+                RootSetup::Chroot(r.to_path_buf()),
+                &args,
+                &env,
+                cwd,
+                &user,
+                &limits,
+                pipes(),
+            )?;
             let mut out = String::new();
             child
                 .stdout
@@ -503,7 +648,16 @@ mod tests {
             hard: 1,
         }];
         let args = vec!["true".to_string()];
-        let e = spawn(r, &args, &env, "/", &user, &bad, pipes()).unwrap_err();
+        let e = spawn(
+            RootSetup::Chroot(r.to_path_buf()),
+            &args,
+            &env,
+            "/",
+            &user,
+            &bad,
+            pipes(),
+        )
+        .unwrap_err();
         assert_eq!(e.exit_code, 125);
         assert!(e.message.contains("above hard limit"), "{}", e.message);
         assert_eq!(run(&["nothere"], "/").unwrap_err().exit_code, 127);

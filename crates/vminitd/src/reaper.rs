@@ -49,6 +49,12 @@ impl ExitSlot {
         self.notify_r.as_raw_fd()
     }
 
+    /// Whether the process has ended, leaving the notification to
+    /// [`Self::status`]'s caller.
+    pub fn ended(&self) -> bool {
+        lock(&self.status).is_some()
+    }
+
     /// The process's end, if it came.
     pub fn status(&self) -> Option<ExitStatus> {
         let s = *lock(&self.status);

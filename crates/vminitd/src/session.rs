@@ -3,7 +3,7 @@
 //! "Connections").
 
 use crate::conn::{decode_host, Conn};
-use crate::process::{self, StartError, StdioSetup};
+use crate::process::{self, RootSetup, StartError, StdioSetup};
 use crate::reaper::{ExitSlot, ExitStatus, Reaper};
 use crate::{clock, copy, log_line, mounts, net, pty, stats, user};
 use agent_protocol::{
@@ -11,9 +11,12 @@ use agent_protocol::{
     MAX_STDIO_CHUNK, STDIN_WINDOW, VERSION,
 };
 use nix::errno::Errno;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -36,6 +39,9 @@ const EOT: u8 = 4;
 pub struct Guest {
     pub reaper: Arc<Reaper>,
     container: Mutex<Option<Container>>,
+    /// A pod's containers in this VM (the containerd shim): root directory
+    /// → the first process, whose mount namespace later ones join.
+    pods: Mutex<HashMap<String, (i32, Arc<ExitSlot>)>>,
 }
 
 /// What an exec'd process inherits from the container.
@@ -50,7 +56,62 @@ impl Guest {
         Self {
             reaper,
             container: Mutex::new(None),
+            pods: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// How a process given `root` (a pod container's directory) enters it:
+    /// a new mount namespace for its first process, else that process's.
+    fn pod_root(&self, root: &str) -> Result<RootSetup, StartError> {
+        let rel = Path::new(root);
+        let plain = rel.is_absolute()
+            && rel.components().count() > 1
+            && rel
+                .components()
+                .skip(1)
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain {
+            return Err(StartError::new(
+                125,
+                format!("a container's root must be a plain absolute path: {root:?}"),
+            ));
+        }
+        let dir = mounts::root().join(root.trim_start_matches('/'));
+        if !dir.is_dir() {
+            return Err(StartError::new(
+                125,
+                format!("the container's root {root} is not in the VM"),
+            ));
+        }
+        let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        match pods.get(root) {
+            None => Ok(RootSetup::NewNamespace(dir)),
+            Some((_, exit)) if exit.ended() => Err(StartError::new(
+                125,
+                format!("the container of {root} is not running"),
+            )),
+            Some((pid, _)) => {
+                let open = |p: String, flags: i32| {
+                    std::fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(flags | libc::O_CLOEXEC)
+                        .open(&p)
+                        .map(OwnedFd::from)
+                        .map_err(|e| StartError::new(125, format!("{p}: {e}")))
+                };
+                Ok(RootSetup::Join {
+                    ns: open(format!("/proc/{pid}/ns/mnt"), 0)?,
+                    root: open(format!("/proc/{pid}/root"), libc::O_DIRECTORY)?,
+                })
+            }
+        }
+    }
+
+    /// Remember a pod container's first process; forget those that ended.
+    fn pod_started(&self, root: &str, pid: i32, exit: Arc<ExitSlot>) {
+        let mut pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
+        pods.retain(|_, (_, e)| !e.ended());
+        pods.insert(root.to_string(), (pid, exit));
     }
 
     fn container(&self) -> Option<Container> {
@@ -296,7 +357,8 @@ fn start_container(req: &StartRequest, reaper: &Reaper) -> Result<Proc, StartErr
         .rlimits
         .clone()
         .unwrap_or_else(agent_protocol::default_rlimits);
-    start_process(p, &req.hostname, &rlimits, req.tty_size, reaper)
+    let root = RootSetup::Chroot(mounts::root().to_path_buf());
+    start_process(p, &req.hostname, &rlimits, req.tty_size, reaper, root)
 }
 
 /// One more process in the started container; the connection ends with it.
@@ -305,13 +367,25 @@ fn exec_session(conn: &mut Conn, guest: &Guest, req: ExecRequest) -> Result<Outc
         None => Err(StartError::new(125, "the container is not running")),
         Some(c) => {
             let rlimits = req.process.rlimits.clone().unwrap_or(c.rlimits);
-            start_process(
-                &req.process,
-                &c.hostname,
-                &rlimits,
-                req.tty_size,
-                &guest.reaper,
-            )
+            let setup = match &req.process.root {
+                None => Ok(RootSetup::Chroot(mounts::root().to_path_buf())),
+                Some(root) => guest.pod_root(root),
+            };
+            setup.and_then(|setup| {
+                let first = matches!(setup, RootSetup::NewNamespace(_));
+                let p = start_process(
+                    &req.process,
+                    &c.hostname,
+                    &rlimits,
+                    req.tty_size,
+                    &guest.reaper,
+                    setup,
+                )?;
+                if let (true, Some(root)) = (first, &req.process.root) {
+                    guest.pod_started(root, p.pid, Arc::clone(&p.exit));
+                }
+                Ok(p)
+            })
         }
     };
     let proc = match started {
@@ -376,9 +450,19 @@ fn start_process(
     rlimits: &[Rlimit],
     tty_size: Option<WinSize>,
     reaper: &Reaper,
+    setup: RootSetup,
 ) -> Result<Proc, StartError> {
+    // Where its users are read from (a joined pod container: through its
+    // first process's root); terminals are the VM's, which a pod
+    // container's `/dev` also has.
     let root = mounts::root();
-    let user = user::resolve_in_root(root, &p.user).map_err(|m| StartError::new(125, m))?;
+    let users: PathBuf = match &setup {
+        RootSetup::Chroot(d) | RootSetup::NewNamespace(d) => d.clone(),
+        RootSetup::Join { root, .. } => {
+            PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd()))
+        }
+    };
+    let user = user::resolve_in_root(&users, &p.user).map_err(|m| StartError::new(125, m))?;
     let env = process::build_env(&p.env, &user.home, hostname, p.terminal);
     let mut master = None;
     let stdio = if p.terminal {
@@ -394,7 +478,7 @@ fn start_process(
         StdioSetup::Pipes { stdin: p.stdin }
     };
     let (mut child, exit) = reaper.spawn(|| {
-        let child = process::spawn(root, &p.args, &env, &p.cwd, &user, rlimits, stdio)?;
+        let child = process::spawn(setup, &p.args, &env, &p.cwd, &user, rlimits, stdio)?;
         let pid = child.id() as i32;
         Ok((child, pid))
     })?;

@@ -122,6 +122,7 @@ pub fn exec_process(config: &ContainerConfig, body: &ExecCreate) -> Result<Proce
         rlimits: None,
         terminal: body.tty,
         stdin: body.stdin,
+        root: None,
     })
 }
 

@@ -1,0 +1,175 @@
+//! One VM per Kubernetes pod: the sandbox (pause) container's VM runs the
+//! pod's other containers too.
+//!
+//! The sandbox's task gets a host directory, the pod directory
+//! (`VESSEL_SHIM_ROOT/NAMESPACE/SANDBOX.pod`), bind-mounted on itself and
+//! made a shared mount before its VM starts, and shared into the VM over
+//! virtio-fs at [`GUEST_DIR`]. Each later container of the pod has its
+//! rootfs (the snapshot containerd prepared, mounted on `BUNDLE/rootfs`)
+//! bind-mounted at `POD_DIR/ID`: the mount propagates into the running
+//! `virtiofsd` (its namespace is a slave of the host's), which announces
+//! it to the guest as a submount. The container's processes then run in
+//! the sandbox's VM with that directory as their root, in a mount
+//! namespace of their own (vminitd, `ProcessSpec::root`).
+
+use std::path::{Path, PathBuf};
+
+/// Where the pod directory is in the sandbox's VM.
+pub const GUEST_DIR: &str = "/.vessel-pod";
+
+/// The CRI annotations that place a task in a pod.
+const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The pod's sandbox task id, for a pod's application container.
+pub fn sandbox_of(annotations: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    (annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container"))
+        .then(|| annotations.get(SANDBOX_ID).map(String::as_str))
+        .flatten()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the task is a pod's sandbox (its pause container).
+pub fn is_sandbox(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
+}
+
+/// The pod directory of sandbox `id` (beside the task's own home, never
+/// inside it: a home is removed whole).
+pub fn host_dir(namespace: &str, id: &str) -> PathBuf {
+    let home = crate::vm::home_for(namespace, id);
+    let mut p = home.root().as_os_str().to_owned();
+    p.push(".pod");
+    PathBuf::from(p)
+}
+
+/// Where container `id`'s root is in the VM.
+pub fn guest_root(id: &str) -> String {
+    format!("{GUEST_DIR}/{id}")
+}
+
+/// Errors preparing the pod directory or a container's place in it.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error("Could not create {}", .0.display())]
+    Mkdir(PathBuf, #[source] std::io::Error),
+    #[error("Could not mount {} on {}", .0.display(), .1.display())]
+    Mount(PathBuf, PathBuf, #[source] nix::Error),
+    #[error("The container id {0:?} cannot name a directory")]
+    BadId(String),
+}
+
+/// Make the pod directory: a shared mount, so what is mounted under it
+/// later reaches the `virtiofsd` serving it.
+pub fn make_dir(dir: &Path) -> Result<(), PodError> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(dir).map_err(|e| PodError::Mkdir(dir.to_path_buf(), e))?;
+    let err = |e| PodError::Mount(dir.to_path_buf(), dir.to_path_buf(), e);
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(err)?;
+    if let Err(e) = mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_SHARED,
+        None::<&str>,
+    ) {
+        remove_dir(dir);
+        return Err(err(e));
+    }
+    Ok(())
+}
+
+/// Bind container `id`'s root filesystem into the pod directory.
+pub fn add_container(dir: &Path, id: &str, rootfs: &Path) -> Result<(), PodError> {
+    use nix::mount::{mount, MsFlags};
+    if id.is_empty() || id.contains('/') || id.starts_with('.') {
+        return Err(PodError::BadId(id.to_string()));
+    }
+    let target = dir.join(id);
+    std::fs::create_dir(&target).map_err(|e| PodError::Mkdir(target.clone(), e))?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    if let Err(e) = mount(Some(rootfs), &target, None::<&str>, flags, None::<&str>) {
+        let _ = std::fs::remove_dir(&target);
+        return Err(PodError::Mount(rootfs.to_path_buf(), target, e));
+    }
+    Ok(())
+}
+
+/// Undo [`add_container`] (nothing if it was not done).
+pub fn remove_container(dir: &Path, id: &str) {
+    let target = dir.join(id);
+    if target.exists() {
+        unmount_under(&target);
+        let _ = std::fs::remove_dir(&target);
+    }
+}
+
+/// Unmount the pod directory and everything under it, then remove the
+/// (by then empty) directories: never a recursive delete, which would
+/// reach into a container's root still mounted there.
+pub fn remove_dir(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    unmount_under(dir);
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_dir(e.path());
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        log::warn!("removing {}: {e}", dir.display());
+    }
+}
+
+fn unmount_under(p: &Path) {
+    if let Some(s) = p.to_str() {
+        if let Err(e) = containerd_shim::mount::umount_recursive(Some(s), libc::MNT_DETACH) {
+            log::warn!("unmounting {s}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn annotations(kind: &str, sandbox: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (CONTAINER_TYPE.to_string(), kind.to_string()),
+            (SANDBOX_ID.to_string(), sandbox.to_string()),
+        ])
+    }
+
+    #[test]
+    fn pod_roles_come_from_the_cri_annotations() {
+        assert_eq!(sandbox_of(&annotations("container", "s1")), Some("s1"));
+        assert_eq!(sandbox_of(&annotations("sandbox", "s1")), None);
+        assert_eq!(sandbox_of(&annotations("container", "")), None);
+        assert_eq!(sandbox_of(&BTreeMap::new()), None);
+        assert!(is_sandbox(&annotations("sandbox", "s1")));
+        assert!(!is_sandbox(&annotations("container", "s1")));
+        assert_eq!(guest_root("abc"), "/.vessel-pod/abc");
+    }
+
+    #[test]
+    fn the_pod_directory_is_beside_the_home() {
+        let home = crate::vm::home_for("k8s.io", "s1");
+        let dir = host_dir("k8s.io", "s1");
+        assert_eq!(dir.parent(), home.root().parent());
+        assert_eq!(dir.file_name().and_then(|n| n.to_str()), Some("s1.pod"));
+        assert!(!dir.starts_with(home.root()));
+    }
+
+    #[test]
+    fn a_container_id_that_is_not_a_name_is_refused() {
+        let d = Path::new("/nonexistent");
+        for id in ["", "a/b", ".hidden", ".."] {
+            assert!(matches!(
+                add_container(d, id, Path::new("/")),
+                Err(PodError::BadId(_))
+            ));
+        }
+    }
+}
