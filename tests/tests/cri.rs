@@ -638,11 +638,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert_eq!(text(&local.stdout), "served-through-cri\n", "{local:?}");
     // The pod's network is the VM's: the container has the pod's IP.
     let addrs = exec(&mut c, &["ip", "-o", "-4", "addr"]);
-    assert!(
-        text(&addrs.stdout).contains(&ip),
-        "{}",
-        text(&addrs.stdout)
-    );
+    assert!(text(&addrs.stdout).contains(&ip), "{}", text(&addrs.stdout));
     // The sidecar shares the network (httpd on localhost) but not the
     // root: /www is httpd's alone; no container sees the pod directory.
     let shared = exec_in(
@@ -700,7 +696,9 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     // The pod's IP from the host reaches the container's httpd.
     let reached = http_get(&format!("{ip}:8080"));
     assert!(
-        reached.as_ref().is_ok_and(|r| r.contains("served-through-cri")),
+        reached
+            .as_ref()
+            .is_ok_and(|r| r.contains("served-through-cri")),
         "{reached:?}"
     );
 
@@ -726,7 +724,11 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         })
         .expect("ContainerStatus");
     let st = cs.status.as_ref().expect("status");
-    assert_eq!(st.state, cri::ContainerState::ContainerExited as i32, "{st:?}");
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{st:?}"
+    );
     assert_eq!(st.exit_code, 128 + 15, "sleep dies of SIGTERM: {st:?}");
     let id = sidecar.clone();
     c.call("RemoveContainer", |mut c| async move {
@@ -736,7 +738,9 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
     let again = http_get(&format!("{ip}:8080"));
     assert!(
-        again.as_ref().is_ok_and(|r| r.contains("served-through-cri")),
+        again
+            .as_ref()
+            .is_ok_and(|r| r.contains("served-through-cri")),
         "{again:?}"
     );
     assert_eq!(qemus(&c), 1, "{:?}", c.leftovers());

@@ -347,7 +347,8 @@ mod tests {
         assert_eq!(
             line(&spec(false, IdMapping::Identity)),
             "--socket-path /run/vessel/x/fs-m0.sock --shared-dir /srv/data \
-             --sandbox namespace --seccomp kill --cache auto --log-level warn --modcaps=-mknod"
+             --sandbox namespace --seccomp kill --cache auto --log-level warn \
+             --announce-submounts --modcaps=-mknod"
         );
     }
 

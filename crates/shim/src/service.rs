@@ -1349,6 +1349,8 @@ mod tests {
             env: Vec::new(),
             runtime: None,
             procs,
+            pod_dir: None,
+            in_pod: None,
         }
     }
 
