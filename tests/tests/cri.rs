@@ -436,6 +436,11 @@ fn pod_config(d: &Path) -> cri::PodSandboxConfig {
             attempt: 0,
         }),
         hostname: "web".into(),
+        dns_config: Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["vessel-test.svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        }),
         log_directory: d.join("pods").display().to_string(),
         linux: Some(cri::LinuxPodSandboxConfig {
             security_context: Some(cri::LinuxSandboxSecurityContext {
@@ -530,7 +535,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert!(links.contains("vsl-tap0"), "{links}");
 
     // CreateContainer + StartContainer: httpd in busybox, and a sidecar.
-    let run_container = |c: &mut Cri, name: &str, script: &str| {
+    let run_container = |c: &mut Cri, name: &str, script: &str, mounts: Vec<cri::Mount>| {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: name.into(),
@@ -542,6 +547,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
             }),
             command: vec!["sh".into(), "-c".into(), script.into()],
             log_path: format!("{name}.log"),
+            mounts,
             ..Default::default()
         };
         let (id, p) = (sandbox.clone(), pod.clone());
@@ -580,15 +586,25 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         );
         container
     };
+    // A volume, as the kubelet gives one (a host directory), read-only.
+    let volume = c.path().join("volume");
+    std::fs::create_dir_all(&volume).expect("volume");
+    std::fs::write(volume.join("config.txt"), "from-the-host\n").expect("write");
     let t = Instant::now();
     let container = run_container(
         &mut c,
         "httpd",
         "mkdir -p /www && echo served-through-cri > /www/index.html && \
          exec httpd -f -p 8080 -h /www",
+        vec![cri::Mount {
+            container_path: "/etc/app".into(),
+            host_path: volume.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        }],
     );
     let start_container = t.elapsed();
-    let sidecar = run_container(&mut c, "sidecar", "exec sleep 86400");
+    let sidecar = run_container(&mut c, "sidecar", "exec sleep 86400", Vec::new());
     // One VM per pod: the sandbox's VM runs both containers.
     assert_eq!(qemus(&c), 1, "one VM per pod: {:?}", c.leftovers());
 
@@ -660,6 +676,21 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         let userns = exec_in(&mut c, id, &["unshare", "-U", "-r", "id", "-u"]);
         assert_eq!(text(&userns.stdout).trim(), "0", "{userns:?}");
     }
+    // The volume (read-only) and the files CRI binds in: the pod's DNS
+    // settings and hostname.
+    let conf = exec(&mut c, &["cat", "/etc/app/config.txt"]);
+    assert_eq!(text(&conf.stdout), "from-the-host\n", "{conf:?}");
+    let ro = exec(&mut c, &["touch", "/etc/app/new"]);
+    assert_ne!(ro.exit_code, 0, "{ro:?}");
+    assert!(!volume.join("new").exists());
+    let resolv = exec(&mut c, &["cat", "/etc/resolv.conf"]);
+    assert!(
+        text(&resolv.stdout).contains("nameserver 10.96.0.10")
+            && text(&resolv.stdout).contains("vessel-test.svc.cluster.local"),
+        "{resolv:?}"
+    );
+    let hostname = exec_in(&mut c, &sidecar, &["cat", "/etc/hostname"]);
+    assert_eq!(text(&hostname.stdout).trim(), "web", "{hostname:?}");
     // What one container writes, the other does not see.
     let wrote = exec_in(&mut c, &sidecar, &["sh", "-c", "echo x > /sidecar-only"]);
     assert_eq!(wrote.exit_code, 0, "{wrote:?}");

@@ -202,6 +202,23 @@ pub struct ProcessSpec {
     /// Absent: the VM's container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
+    /// With `root`: files and directories of the VM bound into the
+    /// container's namespace by its first process (a pod's volumes, and
+    /// the `/etc/hosts` and `/etc/resolv.conf` the kubelet gives).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binds: Vec<Bind>,
+}
+
+/// A bind mount into a pod's container ([`ProcessSpec::binds`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bind {
+    /// The file or directory in the VM (under the pod's share).
+    pub source: String,
+    /// Where it shows in the container (absolute; symlinks in the path
+    /// resolve inside the container's root).
+    pub target: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub readonly: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -781,6 +798,7 @@ mod tests {
                 terminal: true,
                 stdin: true,
                 root: None,
+                binds: Vec::new(),
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),

@@ -349,6 +349,7 @@ pub fn build_process(
         terminal: req.tty,
         stdin: req.stdin,
         root: None,
+        binds: Vec::new(),
     })
 }
 

@@ -59,6 +59,7 @@ impl HealthSpec {
                 terminal: false,
                 stdin: false,
                 root: None,
+                binds: Vec::new(),
             },
             tty_size: None,
         }

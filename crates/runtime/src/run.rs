@@ -1904,6 +1904,7 @@ mod tests {
                 terminal: false,
                 stdin: false,
                 root: None,
+                binds: Vec::new(),
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),

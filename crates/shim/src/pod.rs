@@ -95,12 +95,71 @@ pub fn add_container(dir: &Path, id: &str, rootfs: &Path) -> Result<(), PodError
     Ok(())
 }
 
-/// Undo [`add_container`] (nothing if it was not done).
+/// Bind container `id`'s host files and directories into the pod
+/// directory (`ID.mounts/N`, read-only where asked): what its first
+/// process binds in the VM.
+pub fn add_binds(
+    dir: &Path,
+    id: &str,
+    binds: &[crate::spec::HostBind],
+) -> Result<Vec<agent_protocol::Bind>, PodError> {
+    use nix::mount::{mount, MsFlags};
+    let base = dir.join(format!("{id}.mounts"));
+    std::fs::create_dir(&base).map_err(|e| PodError::Mkdir(base.clone(), e))?;
+    let mut out = Vec::new();
+    for (n, b) in binds.iter().enumerate() {
+        let target = base.join(n.to_string());
+        let made = if b.source.is_dir() {
+            std::fs::create_dir(&target)
+        } else {
+            std::fs::File::create(&target).map(drop)
+        };
+        made.map_err(|e| PodError::Mkdir(target.clone(), e))?;
+        let err = |e| PodError::Mount(b.source.clone(), target.clone(), e);
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount(Some(&b.source), &target, None::<&str>, flags, None::<&str>).map_err(err)?;
+        if b.readonly {
+            let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, &target, None::<&str>, ro, None::<&str>).map_err(err)?;
+        }
+        out.push(agent_protocol::Bind {
+            source: format!("{GUEST_DIR}/{id}.mounts/{n}"),
+            target: b.destination.clone(),
+            readonly: b.readonly,
+        });
+    }
+    Ok(out)
+}
+
+/// Undo [`add_container`] and [`add_binds`] (nothing if not done).
 pub fn remove_container(dir: &Path, id: &str) {
     let target = dir.join(id);
     if target.exists() {
         unmount_under(&target);
         let _ = std::fs::remove_dir(&target);
+    }
+    let base = dir.join(format!("{id}.mounts"));
+    if base.exists() {
+        unmount_under(&base);
+        remove_empty_entries(&base);
+        let _ = std::fs::remove_dir(&base);
+    }
+}
+
+/// Remove the empty files and directories in `dir` (mount points whose
+/// mounts are gone), never descending.
+fn remove_empty_entries(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => {
+                let _ = std::fs::remove_dir(&p);
+            }
+            Ok(_) if e.metadata().is_ok_and(|m| m.len() == 0) => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
     }
 }
 
@@ -112,8 +171,9 @@ pub fn remove_dir(dir: &Path) {
         return;
     }
     unmount_under(dir);
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_entries(&e.path());
             let _ = std::fs::remove_dir(e.path());
         }
     }

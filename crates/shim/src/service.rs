@@ -567,9 +567,10 @@ impl Service {
             _ => {
                 let seen = handle.join().unwrap_or_default();
                 let code = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
+                let why = seen.failed.map(|m| format!(": {m}")).unwrap_or_default();
                 return Err(err(
                     Code::INTERNAL,
-                    format!("{vm_id} did not start (exit status {code})"),
+                    format!("{vm_id} did not start (exit status {code}){why}"),
                 ));
             }
         };
@@ -648,9 +649,6 @@ impl Task for Service {
             now_ms(),
         )
         .map_err(|e| err(Code::INVALID_ARGUMENT, vessel_api::error::error_chain(&e)))?;
-        for s in &translated.skipped {
-            log::warn!("task {}: mount {s}: skipped", req.id);
-        }
         // containerd hands the snapshot over as mounts (overlayfs): the
         // shim mounts them on BUNDLE/rootfs, as runc's shim does; virtiofsd
         // then shares that directory into the VM.
@@ -674,12 +672,26 @@ impl Task for Service {
                 },
             })
         });
-        if let Some(p) = &in_pod {
-            if let Err(e) = pod::add_container(&p.pod_dir, &req.id, &rootfs) {
-                unmount_rootfs(&rootfs);
-                return Err(err(Code::INTERNAL, vessel_api::error::error_chain(&e)));
+        if let Some(mut p) = in_pod {
+            let (binds, skipped) = spec::pod_binds(&spec);
+            for s in &skipped {
+                log::warn!("task {}: mount {s}: skipped", req.id);
             }
-            return Ok(self.created(&req, translated.config.process.env, None, in_pod));
+            let placed = pod::add_container(&p.pod_dir, &req.id, &rootfs)
+                .and_then(|()| pod::add_binds(&p.pod_dir, &req.id, &binds));
+            match placed {
+                Ok(binds) => p.process.binds = binds,
+                Err(e) => {
+                    pod::remove_container(&p.pod_dir, &req.id);
+                    unmount_rootfs(&rootfs);
+                    return Err(err(Code::INTERNAL, vessel_api::error::error_chain(&e)));
+                }
+            }
+            let env = translated.config.process.env;
+            return Ok(self.created(&req, env, None, Some(p)));
+        }
+        for s in &translated.skipped {
+            log::warn!("task {}: mount {s}: skipped", req.id);
         }
         // A pod's sandbox: the pod directory, shared into its VM.
         let pod_dir =

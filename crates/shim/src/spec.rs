@@ -198,6 +198,53 @@ pub fn mount(kind: &str, source: &str, options: &[String], target: &Path) -> nix
     nix::mount::mount(Some(source), target, Some(kind), flags, data)
 }
 
+/// A host file or directory bound into a pod's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostBind {
+    pub source: PathBuf,
+    pub destination: String,
+    pub readonly: bool,
+}
+
+/// The bind mounts of a pod's container (files and directories: the
+/// kubelet's `/etc/hosts`, `/etc/resolv.conf`, volumes), and the mounts
+/// left out with why. What the guest makes itself is left out silently.
+pub fn pod_binds(spec: &Spec) -> (Vec<HostBind>, Vec<String>) {
+    let mut binds = Vec::new();
+    let mut skipped = Vec::new();
+    for m in &spec.mounts {
+        if GUEST_MADE.contains(&m.destination.trim_end_matches('/')) {
+            continue;
+        }
+        let bind = m.kind == "bind" || m.options.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind {
+            let kind = if m.kind.is_empty() {
+                "untyped"
+            } else {
+                &m.kind
+            };
+            skipped.push(format!(
+                "{} ({kind} mounts are not supported yet)",
+                m.destination
+            ));
+        } else if !m.destination.starts_with('/') || m.destination.split('/').any(|c| c == "..") {
+            skipped.push(format!("{} (not a plain absolute path)", m.destination));
+        } else if std::fs::symlink_metadata(&m.source).is_err() {
+            skipped.push(format!(
+                "{} (its source {} does not exist)",
+                m.destination, m.source
+            ));
+        } else {
+            binds.push(HostBind {
+                source: PathBuf::from(&m.source),
+                destination: m.destination.clone(),
+                readonly: m.options.iter().any(|o| o == "ro"),
+            });
+        }
+    }
+    (binds, skipped)
+}
+
 /// The VM's size and assets, decided by the shim (not the spec).
 #[derive(Debug, Clone)]
 pub struct VmSettings {
@@ -236,6 +283,7 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, SpecError> 
         terminal: p.terminal,
         stdin,
         root: None,
+        binds: Vec::new(),
     })
 }
 

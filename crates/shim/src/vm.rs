@@ -225,6 +225,8 @@ pub struct Seen {
     pub pid: Option<i32>,
     /// (exit code as a shell reports it, signal)
     pub exit: Option<(i32, Option<i32>)>,
+    /// Why it did not start (vminitd's `StartFailed`).
+    pub failed: Option<String>,
 }
 
 /// Copy a stream's output frames to `out` until its `Exited` (returned) or
@@ -254,8 +256,9 @@ pub fn pump_output(conn: &UnixStream, out: &mut Outputs, mut started: impl FnMut
                     seen.exit = Some((exit_code, signal));
                     break;
                 }
-                Ok(GuestMessage::StartFailed { exit_code, .. }) => {
+                Ok(GuestMessage::StartFailed { exit_code, message }) => {
                     seen.exit = Some((exit_code, None));
+                    seen.failed = Some(message);
                     break;
                 }
                 _ => {}

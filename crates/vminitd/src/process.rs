@@ -217,11 +217,166 @@ pub enum RootSetup {
     /// `/dev` (its terminals and the pod's shared `/dev/shm`) and
     /// `cgroup2` are mounted in the directory, which becomes the root
     /// (`pivot_root`; `chroot` if that fails). The mounts end with the
-    /// namespace's last process.
-    NewNamespace(PathBuf),
+    /// namespace's last process. `binds` are then mounted in it.
+    NewNamespace {
+        dir: PathBuf,
+        binds: Vec<BindSource>,
+    },
     /// A later process of a pod container: join the mount namespace and the
     /// root of a process of it (`/proc/PID/ns/mnt`, `/proc/PID/root`).
     Join { ns: OwnedFd, root: OwnedFd },
+}
+
+/// A file or directory bound into a pod container's namespace.
+#[derive(Debug, Clone)]
+pub struct BindSource {
+    /// As vminitd sees it (in the VM's root).
+    pub source: PathBuf,
+    /// Absolute, in the container.
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// A [`BindSource`] prepared before the fork. The child opens the source
+/// once in its own mount namespace (a bind's source must be a mount of the
+/// caller's namespace) and before `pivot_root` (after it, the VM's root is
+/// gone), and mounts it through `/proc/self/fd/N` once in the container's
+/// root, where the target's symlinks resolve inside the container.
+struct PreparedBind {
+    source: CString,
+    /// Set in the child.
+    fd: libc::c_int,
+    target: CString,
+    parents: Vec<CString>,
+    dir: bool,
+    readonly: bool,
+}
+
+fn prepare_binds(binds: &[BindSource]) -> Result<Vec<PreparedBind>, StartError> {
+    binds
+        .iter()
+        .map(|b| {
+            let target = Path::new(&b.target);
+            let plain = target.is_absolute()
+                && target
+                    .components()
+                    .skip(1)
+                    .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || target.components().count() < 2 {
+                return Err(StartError::new(
+                    125,
+                    format!("mount target must be a plain absolute path: {:?}", b.target),
+                ));
+            }
+            let dir = std::fs::metadata(&b.source)
+                .map_err(|e| {
+                    StartError::new(125, format!("mount source {}: {e}", b.source.display()))
+                })?
+                .is_dir();
+            let mut parents = cwd_prefixes(&b.target);
+            parents.pop();
+            Ok(PreparedBind {
+                // A directory's "/." goes through it: the submount the
+                // guest's virtio-fs mounts there on first access is
+                // mounted, and the bind is of it.
+                source: cstring(
+                    &[
+                        b.source.as_os_str().as_bytes(),
+                        if dir { b"/." } else { b"" },
+                    ]
+                    .concat(),
+                )?,
+                fd: -1,
+                // Relative: from the working directory, the new root.
+                target: cstring(b.target.trim_start_matches('/').as_bytes())?,
+                parents: parents
+                    .iter()
+                    .map(|p| cstring(p.trim_start_matches('/').as_bytes()))
+                    .collect::<Result<_, _>>()?,
+                dir,
+                readonly: b.readonly,
+            })
+        })
+        .collect()
+}
+
+/// `/proc/self/fd/FD` as a C string in `buf`, without allocating (the
+/// child of a fork may not).
+fn fd_path(fd: libc::c_int, buf: &mut [u8; 40]) -> *const libc::c_char {
+    let prefix = b"/proc/self/fd/";
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let (mut n, mut len) = (fd.unsigned_abs(), 0);
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for i in 0..len {
+        buf[prefix.len() + i] = digits[len - 1 - i];
+    }
+    buf[prefix.len() + len] = 0;
+    buf.as_ptr().cast()
+}
+
+/// In the child, in its new namespace and before leaving the VM's root:
+/// open the binds' sources.
+///
+/// # Safety
+/// Between fork and exec only (system calls on prepared data).
+unsafe fn open_bind_sources(binds: &mut [PreparedBind]) -> io::Result<()> {
+    for b in binds {
+        // SAFETY: a NUL-terminated string prepared before the fork.
+        b.fd = unsafe { libc::open(b.source.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if b.fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// In the child, in the container's root: mount the prepared binds.
+///
+/// # Safety
+/// Between fork and exec only (system calls on prepared data).
+unsafe fn mount_binds(binds: &[PreparedBind]) -> io::Result<()> {
+    for b in binds {
+        let mut buf = [0u8; 40];
+        let source = fd_path(b.fd, &mut buf);
+        // SAFETY: NUL-terminated strings prepared before the fork.
+        unsafe {
+            for p in &b.parents {
+                libc::mkdir(p.as_ptr(), 0o755);
+            }
+            if b.dir {
+                libc::mkdir(b.target.as_ptr(), 0o755);
+            } else {
+                let fd = libc::open(
+                    b.target.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+            }
+            let flags = libc::MS_BIND | libc::MS_REC;
+            let null = std::ptr::null();
+            if libc::mount(source, b.target.as_ptr(), null, flags, std::ptr::null()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if b.readonly {
+                let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+                if libc::mount(null, b.target.as_ptr(), null, ro, std::ptr::null()) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One mount a [`RootSetup::NewNamespace`] child makes, prepared before
@@ -263,6 +418,7 @@ fn enter_root(
     setup: &RootSetup,
     root_c: &std::ffi::CStr,
     mounts: &[PreparedMount],
+    binds: &mut [PreparedBind],
 ) -> io::Result<()> {
     let check = |r: libc::c_int| {
         if r != 0 {
@@ -277,7 +433,7 @@ fn enter_root(
     unsafe {
         match setup {
             RootSetup::Chroot(_) => check(libc::chroot(root_c.as_ptr())),
-            RootSetup::NewNamespace(_) => {
+            RootSetup::NewNamespace { .. } => {
                 check(libc::unshare(libc::CLONE_NEWNS))?;
                 // Nothing mounted here reaches the VM's other processes.
                 libc::mount(
@@ -313,12 +469,21 @@ fn enter_root(
                 // pod's other containers) leaves the namespace, and the
                 // process is not "chrooted" (user namespaces work in it).
                 // The old root lands on top of the new one and is detached.
+                open_bind_sources(binds)?;
                 check(libc::chdir(root_c.as_ptr()))?;
+                // The binds go in while their sources' mounts (under the
+                // VM's root) are still in the namespace: after pivot_root
+                // (the old root stacked on the new one, the working
+                // directory the new root, which the binds' relative
+                // targets start from) and before the old root is detached.
                 if libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) == 0 {
+                    mount_binds(binds)?;
                     libc::umount2(dot.as_ptr(), libc::MNT_DETACH);
                     check(libc::chdir(c"/".as_ptr()))
                 } else {
-                    check(libc::chroot(root_c.as_ptr()))
+                    check(libc::chroot(root_c.as_ptr()))?;
+                    check(libc::chdir(c"/".as_ptr()))?;
+                    mount_binds(binds)
                 }
             }
             RootSetup::Join { ns, root } => {
@@ -356,8 +521,14 @@ pub fn spawn(
     // Everything the child needs is allocated before fork.
     let (root_c, mounts) = match &setup {
         RootSetup::Chroot(root) => (cstring(root.as_os_str().as_bytes())?, Vec::new()),
-        RootSetup::NewNamespace(root) => (cstring(root.as_os_str().as_bytes())?, pod_mounts(root)?),
+        RootSetup::NewNamespace { dir, .. } => {
+            (cstring(dir.as_os_str().as_bytes())?, pod_mounts(dir)?)
+        }
         RootSetup::Join { .. } => (cstring(b".")?, Vec::new()),
+    };
+    let mut binds = match &setup {
+        RootSetup::NewNamespace { binds, .. } => prepare_binds(binds)?,
+        _ => Vec::new(),
     };
     let slash = cstring(b"/")?;
     let cwd_c = cstring(cwd.as_bytes())?;
@@ -397,7 +568,7 @@ pub fn spawn(
         // SAFETY: plain system calls on valid NUL-terminated strings and a
         // valid gid array, all allocated before the fork and alive here.
         unsafe {
-            enter_root(&setup, &root_c, &mounts)?;
+            enter_root(&setup, &root_c, &mounts, &mut binds)?;
             if libc::chdir(slash.as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -473,6 +644,17 @@ mod tests {
         );
         let env = build_env(&["TERM=vt100".into()], "/", "", true);
         assert_eq!(env.iter().filter(|(k, _)| k == "TERM").count(), 1);
+    }
+
+    #[test]
+    fn fd_paths_are_written_without_allocating() {
+        let mut buf = [0u8; 40];
+        for fd in [0, 7, 10, 123, i32::MAX] {
+            let p = fd_path(fd, &mut buf);
+            // SAFETY: fd_path wrote a NUL-terminated string into buf.
+            let s = unsafe { std::ffi::CStr::from_ptr(p) };
+            assert_eq!(s.to_str().unwrap(), format!("/proc/self/fd/{fd}"));
+        }
     }
 
     #[test]

@@ -62,7 +62,11 @@ impl Guest {
 
     /// How a process given `root` (a pod container's directory) enters it:
     /// a new mount namespace for its first process, else that process's.
-    fn pod_root(&self, root: &str) -> Result<RootSetup, StartError> {
+    fn pod_root(
+        &self,
+        root: &str,
+        binds: &[agent_protocol::Bind],
+    ) -> Result<RootSetup, StartError> {
         let rel = Path::new(root);
         let plain = rel.is_absolute()
             && rel.components().count() > 1
@@ -85,7 +89,17 @@ impl Guest {
         }
         let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
         match pods.get(root) {
-            None => Ok(RootSetup::NewNamespace(dir)),
+            None => Ok(RootSetup::NewNamespace {
+                dir,
+                binds: binds
+                    .iter()
+                    .map(|b| process::BindSource {
+                        source: mounts::root().join(b.source.trim_start_matches('/')),
+                        target: b.target.clone(),
+                        readonly: b.readonly,
+                    })
+                    .collect(),
+            }),
             Some((_, exit)) if exit.ended() => Err(StartError::new(
                 125,
                 format!("the container of {root} is not running"),
@@ -369,10 +383,10 @@ fn exec_session(conn: &mut Conn, guest: &Guest, req: ExecRequest) -> Result<Outc
             let rlimits = req.process.rlimits.clone().unwrap_or(c.rlimits);
             let setup = match &req.process.root {
                 None => Ok(RootSetup::Chroot(mounts::root().to_path_buf())),
-                Some(root) => guest.pod_root(root),
+                Some(root) => guest.pod_root(root, &req.process.binds),
             };
             setup.and_then(|setup| {
-                let first = matches!(setup, RootSetup::NewNamespace(_));
+                let first = matches!(setup, RootSetup::NewNamespace { .. });
                 let p = start_process(
                     &req.process,
                     &c.hostname,
@@ -457,7 +471,7 @@ fn start_process(
     // container's `/dev` also has.
     let root = mounts::root();
     let users: PathBuf = match &setup {
-        RootSetup::Chroot(d) | RootSetup::NewNamespace(d) => d.clone(),
+        RootSetup::Chroot(d) | RootSetup::NewNamespace { dir: d, .. } => d.clone(),
         RootSetup::Join { root, .. } => {
             PathBuf::from(format!("/proc/self/fd/{}", root.as_raw_fd()))
         }

@@ -123,6 +123,7 @@ pub fn exec_process(config: &ContainerConfig, body: &ExecCreate) -> Result<Proce
         terminal: body.tty,
         stdin: body.stdin,
         root: None,
+        binds: Vec::new(),
     })
 }
 
