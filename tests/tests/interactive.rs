@@ -444,11 +444,6 @@ fn create_start_restart_and_logs() {
     );
     let boot = || exec_ok(&v, "svc", &["cat", "/proc/sys/kernel/random/boot_id"]);
     let b1 = boot();
-    let since = now_secs();
-    assert_ok(&v.vessel(&["restart", "-t", "1", "svc"]), "restart");
-    assert_eq!(status(&v, "svc"), "running");
-    assert_ne!(boot(), b1, "restart boots a fresh VM");
-    // The new boot's `echo` may not have run yet when the exec does.
     let lines = || {
         exec_ok(&v, "svc", &["wc", "-l", "/root/mark"])
             .split_whitespace()
@@ -456,6 +451,19 @@ fn create_start_restart_and_logs() {
             .unwrap_or("")
             .to_string()
     };
+    // `run -d` returns once the process runs, which may be before its
+    // `echo` (under emulation, an exec can come and go first): the line
+    // must be there before the restart can be asked to keep it.
+    assert!(
+        v.wait_for(Duration::from_secs(30), || lines() == "1"),
+        "the first boot's line: {}",
+        lines()
+    );
+    let since = now_secs();
+    assert_ok(&v.vessel(&["restart", "-t", "1", "svc"]), "restart");
+    assert_eq!(status(&v, "svc"), "running");
+    assert_ne!(boot(), b1, "restart boots a fresh VM");
+    // The new boot's `echo` may not have run yet when the exec does.
     assert!(
         v.wait_for(Duration::from_secs(30), || lines() == "2"),
         "the first boot's line is kept: {}",

@@ -1209,7 +1209,20 @@ impl Containers {
                     info.config.name
                 )))
             }
-            Status::Exited => self.prepare_new_boot(&info)?,
+            Status::Exited => {
+                // The previous boot's runtime may still be powering its VM
+                // off with the disk open: a second VMM on that disk would
+                // read it before the first has written everything back
+                // (a file written just before a `restart` was lost so).
+                self.wait_runtime_gone(id, Duration::from_secs(30));
+                if let Some(pid) = live_runtime(&info.state) {
+                    return Err(ApiError::conflict(format!(
+                        "the previous VM of container {} (runtime pid {pid}) is still shutting down; try again",
+                        info.config.name
+                    )));
+                }
+                self.prepare_new_boot(&info)?
+            }
             other => {
                 return Err(ApiError::conflict(format!(
                 "container {} is already running ({}); stop it first, or use `vessel restart {}`",
