@@ -535,57 +535,65 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert!(links.contains("vsl-tap0"), "{links}");
 
     // CreateContainer + StartContainer: httpd in busybox, and a sidecar.
-    let run_container = |c: &mut Cri, name: &str, script: &str, mounts: Vec<cri::Mount>| {
-        let config = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata {
-                name: name.into(),
-                attempt: 0,
-            }),
-            image: Some(cri::ImageSpec {
-                image: IMAGE.into(),
+    let run_container =
+        |c: &mut Cri, name: &str, script: &str, mounts: Vec<cri::Mount>, memory: Option<i64>| {
+            let config = cri::ContainerConfig {
+                metadata: Some(cri::ContainerMetadata {
+                    name: name.into(),
+                    attempt: 0,
+                }),
+                image: Some(cri::ImageSpec {
+                    image: IMAGE.into(),
+                    ..Default::default()
+                }),
+                command: vec!["sh".into(), "-c".into(), script.into()],
+                log_path: format!("{name}.log"),
+                mounts,
+                linux: memory.map(|m| cri::LinuxContainerConfig {
+                    resources: Some(cri::LinuxContainerResources {
+                        memory_limit_in_bytes: m,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
                 ..Default::default()
-            }),
-            command: vec!["sh".into(), "-c".into(), script.into()],
-            log_path: format!("{name}.log"),
-            mounts,
-            ..Default::default()
+            };
+            let (id, p) = (sandbox.clone(), pod.clone());
+            let container = c
+                .call("CreateContainer", |mut c| async move {
+                    c.create_container(cri::CreateContainerRequest {
+                        pod_sandbox_id: id,
+                        config: Some(config),
+                        sandbox_config: Some(p),
+                    })
+                    .await
+                })
+                .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+                .container_id;
+            let id = container.clone();
+            c.call("StartContainer", |mut c| async move {
+                c.start_container(cri::StartContainerRequest { container_id: id })
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+            let id = container.clone();
+            let cs = c
+                .call("ContainerStatus", |mut c| async move {
+                    c.container_status(cri::ContainerStatusRequest {
+                        container_id: id,
+                        verbose: false,
+                    })
+                    .await
+                })
+                .expect("ContainerStatus");
+            let state = cs.status.as_ref().map(|s| s.state);
+            assert_eq!(
+                state,
+                Some(cri::ContainerState::ContainerRunning as i32),
+                "{cs:?}"
+            );
+            container
         };
-        let (id, p) = (sandbox.clone(), pod.clone());
-        let container = c
-            .call("CreateContainer", |mut c| async move {
-                c.create_container(cri::CreateContainerRequest {
-                    pod_sandbox_id: id,
-                    config: Some(config),
-                    sandbox_config: Some(p),
-                })
-                .await
-            })
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
-            .container_id;
-        let id = container.clone();
-        c.call("StartContainer", |mut c| async move {
-            c.start_container(cri::StartContainerRequest { container_id: id })
-                .await
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-        let id = container.clone();
-        let cs = c
-            .call("ContainerStatus", |mut c| async move {
-                c.container_status(cri::ContainerStatusRequest {
-                    container_id: id,
-                    verbose: false,
-                })
-                .await
-            })
-            .expect("ContainerStatus");
-        let state = cs.status.as_ref().map(|s| s.state);
-        assert_eq!(
-            state,
-            Some(cri::ContainerState::ContainerRunning as i32),
-            "{cs:?}"
-        );
-        container
-    };
     // A volume, as the kubelet gives one (a host directory), read-only.
     let volume = c.path().join("volume");
     std::fs::create_dir_all(&volume).expect("volume");
@@ -602,9 +610,17 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
             readonly: true,
             ..Default::default()
         }],
+        Some(64 << 20),
     );
     let start_container = t.elapsed();
-    let sidecar = run_container(&mut c, "sidecar", "exec sleep 86400", Vec::new());
+    // The sidecar holds 8 MiB in a shell variable.
+    let sidecar = run_container(
+        &mut c,
+        "sidecar",
+        "x=$(head -c 8388608 /dev/zero | tr '\\000' a); while true; do sleep 1; done",
+        Vec::new(),
+        None,
+    );
     // One VM per pod: the sandbox's VM runs both containers.
     assert_eq!(qemus(&c), 1, "one VM per pod: {:?}", c.leftovers());
 
@@ -697,28 +713,67 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     let seen = exec(&mut c, &["ls", "/sidecar-only"]);
     assert_ne!(seen.exit_code, 0, "{seen:?}");
 
-    // ContainerStats: what the shim fills (the guest's counters).
-    let id = container.clone();
-    let stats = c
-        .call("ContainerStats", |mut c| async move {
-            c.container_stats(cri::ContainerStatsRequest { container_id: id })
-                .await
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
-        .stats
-        .expect("stats");
-    let cpu = stats
-        .cpu
-        .as_ref()
-        .and_then(|c| c.usage_core_nano_seconds.as_ref())
-        .map_or(0, |v| v.value);
-    let memory = stats
-        .memory
-        .as_ref()
-        .and_then(|m| m.working_set_bytes.as_ref())
-        .map_or(0, |v| v.value);
-    assert!(cpu > 0, "{stats:?}");
-    assert!(memory > 1 << 20, "{stats:?}");
+    // Each container has a cgroup of its own in the pod's VM, with the
+    // memory limit CRI gave.
+    let cgroup = exec(&mut c, &["cat", "/proc/self/cgroup"]);
+    assert_eq!(
+        text(&cgroup.stdout).trim(),
+        format!("0::/vessel-pod/{container}"),
+        "{cgroup:?}"
+    );
+    let max = exec(
+        &mut c,
+        &[
+            "cat",
+            &format!("/sys/fs/cgroup/vessel-pod/{container}/memory.max"),
+        ],
+    );
+    assert_eq!(
+        text(&max.stdout).trim(),
+        (64u64 << 20).to_string(),
+        "{max:?}"
+    );
+
+    // ContainerStats: each container's own share (its cgroup's counters).
+    let stats_of = |c: &mut Cri, id: &str| {
+        let id = id.to_string();
+        let stats = c
+            .call("ContainerStats", |mut c| async move {
+                c.container_stats(cri::ContainerStatsRequest { container_id: id })
+                    .await
+            })
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+            .stats
+            .expect("stats");
+        let cpu = stats
+            .cpu
+            .as_ref()
+            .and_then(|c| c.usage_core_nano_seconds.as_ref())
+            .map_or(0, |v| v.value);
+        let memory = stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.working_set_bytes.as_ref())
+            .map_or(0, |v| v.value);
+        (stats, cpu, memory)
+    };
+    let (stats, cpu, memory) = stats_of(&mut c, &container);
+    let mut side = stats_of(&mut c, &sidecar);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while side.2 < 8 << 20 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        side = stats_of(&mut c, &sidecar);
+    }
+    let (side, side_cpu, side_memory) = side;
+    eprintln!(
+        "container stats: httpd cpu {cpu} ns, working set {memory} B; \
+         sidecar cpu {side_cpu} ns, working set {side_memory} B"
+    );
+    assert!(cpu > 0 && side_cpu > 0, "{stats:?} {side:?}");
+    assert!(memory > 0, "{stats:?}");
+    // The sidecar's 8 MiB are counted to it, not to httpd.
+    assert!(side_memory >= 8 << 20, "{side:?}");
+    assert!(memory < 8 << 20, "{stats:?}");
     assert_eq!(
         stats.attributes.as_ref().map(|a| a.id.as_str()),
         Some(container.as_str())

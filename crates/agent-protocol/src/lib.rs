@@ -207,6 +207,10 @@ pub struct ProcessSpec {
     /// the `/etc/hosts` and `/etc/resolv.conf` the kubelet gives).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binds: Vec<Bind>,
+    /// With `root`: the container's memory limit in bytes (its cgroup's
+    /// `memory.max` in the guest), set by its first process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_max: Option<u64>,
 }
 
 /// A bind mount into a pod's container ([`ProcessSpec::binds`]).
@@ -480,6 +484,12 @@ pub enum HostMessage {
     Shutdown,
     /// Answer with [`GuestMessage::Stats`] (needs [`FEATURE_STATS`]).
     ReadStats,
+    /// Answer with [`GuestMessage::Stats`] of one pod container's cgroup
+    /// (`group`: its id, the last part of its [`ProcessSpec::root`]): its
+    /// CPU time, memory and processes; the network is the VM's.
+    ReadGroupStats {
+        group: String,
+    },
     /// Send a tar stream of `path` (needs [`FEATURE_COPY`]). With
     /// `one_file_system`, what other filesystems mount inside it is left
     /// out (their mount points kept): `vessel export` of `/`.
@@ -799,6 +809,7 @@ mod tests {
                 stdin: true,
                 root: None,
                 binds: Vec::new(),
+                memory_max: None,
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),

@@ -350,6 +350,7 @@ pub fn build_process(
         stdin: req.stdin,
         root: None,
         binds: Vec::new(),
+        memory_max: None,
     })
 }
 

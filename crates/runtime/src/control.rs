@@ -77,6 +77,10 @@ pub trait ControlHandler: Send + Sync {
     fn state(&self) -> ContainerState;
     /// Resource usage now.
     fn stats(&self) -> Result<vessel_api::types::ContainerStats, String>;
+    /// A pod container's share of the VM (`ReadGroupStats`).
+    fn group_stats(&self, group: &str) -> Result<vessel_api::types::ContainerStats, String> {
+        Err(format!("no container {group} runs in this VM"))
+    }
     /// Pause or resume the whole VM.
     fn pause(&self, paused: bool) -> Result<(), String>;
     /// The main process's terminal changed size.
@@ -113,6 +117,11 @@ pub fn answer(
         Ok(ControlRequest::Stats) => json(
             handler
                 .stats()
+                .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
+        ),
+        Ok(ControlRequest::GroupStats { group }) => json(
+            handler
+                .group_stats(&group)
                 .and_then(|s| serde_json::to_value(s).map_err(|e| e.to_string())),
         ),
         Ok(ControlRequest::Pause) => done(handler.pause(true)),

@@ -60,6 +60,7 @@ impl HealthSpec {
                 stdin: false,
                 root: None,
                 binds: Vec::new(),
+                memory_max: None,
             },
             tty_size: None,
         }

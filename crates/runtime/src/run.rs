@@ -441,6 +441,34 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// The guest's statistics (or a pod container's, `group`) and the
+    /// VMM's resident memory.
+    fn stats_of(&self, group: Option<&str>) -> Result<ContainerStats, String> {
+        let dialer = self.running_dialer()?;
+        let guest = match group {
+            None => crate::streams::read_stats(&dialer)?,
+            Some(g) => crate::streams::read_group_stats(&dialer, g)?,
+        };
+        let vmm_rss_bytes = lock(&self.state)
+            .vmm_pid
+            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .and_then(|st| {
+                st.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        Ok(ContainerStats {
+            guest,
+            vmm_rss_bytes,
+            read_ms: now_ms(),
+        })
+    }
+}
+
 impl ControlHandler for Shared {
     fn signal(&self, signal: i32, group: bool) -> Result<(), String> {
         let status = lock(&self.state).status;
@@ -509,24 +537,11 @@ impl ControlHandler for Shared {
     }
 
     fn stats(&self) -> Result<ContainerStats, String> {
-        let dialer = self.running_dialer()?;
-        let guest = crate::streams::read_stats(&dialer)?;
-        let vmm_rss_bytes = lock(&self.state)
-            .vmm_pid
-            .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-            .and_then(|st| {
-                st.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
-        Ok(ContainerStats {
-            guest,
-            vmm_rss_bytes,
-            read_ms: now_ms(),
-        })
+        self.stats_of(None)
+    }
+
+    fn group_stats(&self, group: &str) -> Result<ContainerStats, String> {
+        self.stats_of(Some(group))
     }
 
     fn pause(&self, paused: bool) -> Result<(), String> {
@@ -1905,6 +1920,7 @@ mod tests {
                 stdin: false,
                 root: None,
                 binds: Vec::new(),
+                memory_max: None,
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),

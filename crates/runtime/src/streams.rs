@@ -170,10 +170,25 @@ pub fn answer_line(result: &Result<(), String>) -> String {
 
 /// One `ReadStats` on a connection of its own.
 pub fn read_stats(d: &GuestDialer) -> Result<StatsSnapshot, String> {
+    ask_stats(d, &HostMessage::ReadStats)
+}
+
+/// One `ReadGroupStats` (a pod container's cgroup) on a connection of its
+/// own.
+pub fn read_group_stats(d: &GuestDialer, group: &str) -> Result<StatsSnapshot, String> {
+    ask_stats(
+        d,
+        &HostMessage::ReadGroupStats {
+            group: group.to_string(),
+        },
+    )
+}
+
+fn ask_stats(d: &GuestDialer, ask: &HostMessage) -> Result<StatsSnapshot, String> {
     let (mut s, _) = d.open_with(agent_protocol::FEATURE_STATS)?;
     s.set_read_timeout(Some(d.timeout))
         .map_err(|e| e.to_string())?;
-    write_message(&mut s, &HostMessage::ReadStats).map_err(|e| e.to_string())?;
+    write_message(&mut s, ask).map_err(|e| e.to_string())?;
     let frame = read_frame(&mut s)
         .map_err(|e| format!("reading statistics: {e}"))?
         .ok_or("the guest closed the connection")?;

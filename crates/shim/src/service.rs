@@ -668,6 +668,8 @@ impl Task for Service {
                 pod_dir,
                 process: agent_protocol::ProcessSpec {
                     root: Some(pod::guest_root(&req.id)),
+                    // Its limit holds in the pod's VM (its cgroup there).
+                    memory_max: spec.memory_limit(),
                     ..translated.config.process.clone()
                 },
             })
@@ -1095,7 +1097,16 @@ impl Task for Service {
 
     fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
         let control = self.control(&req.id)?;
-        let v = vm::ask(&control, &ControlRequest::Stats).map_err(internal)?;
+        // A pod's container: its own share of the pod's VM.
+        let in_pod = lock(&self.get(&req.id)?.0).in_pod.is_some();
+        let ask = if in_pod {
+            ControlRequest::GroupStats {
+                group: req.id.clone(),
+            }
+        } else {
+            ControlRequest::Stats
+        };
+        let v = vm::ask(&control, &ask).map_err(internal)?;
         let s: vessel_api::types::ContainerStats =
             serde_json::from_value(v).map_err(|e| err(Code::INTERNAL, e.to_string()))?;
         let metrics = crate::metrics::cgroup_v1(&s);

@@ -116,6 +116,17 @@ impl Spec {
             .is_some_and(|t| t == "container")
     }
 
+    /// `linux.resources.memory.limit`, in bytes, when set.
+    pub fn memory_limit(&self) -> Option<u64> {
+        self.linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .and_then(|r| r.memory.as_ref())
+            .and_then(|m| m.limit)
+            .filter(|l| *l > 0)
+            .map(|l| l as u64)
+    }
+
     /// The host file bind-mounted on `/etc/resolv.conf` (CRI's), if any.
     pub fn resolv_conf(&self) -> Option<&Path> {
         self.mounts
@@ -284,6 +295,7 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, SpecError> 
         stdin,
         root: None,
         binds: Vec::new(),
+        memory_max: None,
     })
 }
 
@@ -345,13 +357,8 @@ pub fn translate(
         }
     }
     let memory_mib = spec
-        .linux
-        .as_ref()
-        .and_then(|l| l.resources.as_ref())
-        .and_then(|r| r.memory.as_ref())
-        .and_then(|m| m.limit)
-        .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20))
+        .memory_limit()
+        .map(|l| l.div_ceil(1 << 20))
         .unwrap_or(vm.memory_mib);
     let hostname = if spec.hostname.is_empty() {
         id.chars().take(12).collect()

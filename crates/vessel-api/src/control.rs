@@ -43,6 +43,9 @@ pub enum ControlRequest {
     Resize { rows: u16, cols: u16 },
     /// What became of an exec'd process: `{"running":B,"exit_code":N?}`.
     ExecState { exec_id: String },
+    /// A `ContainerStats` of one pod container in this VM (its cgroup in
+    /// the guest; the containerd shim's pods).
+    GroupStats { group: String },
     /// The container's processes: `{"processes":[ProcessInfo...]}`.
     Top,
     /// Stream: the main process's output, and stdin to it.

@@ -17,6 +17,7 @@ mod copy;
 mod maintenance;
 mod mounts;
 mod net;
+mod podcg;
 mod populate;
 mod process;
 mod pty;

@@ -218,13 +218,19 @@ pub enum RootSetup {
     /// `cgroup2` are mounted in the directory, which becomes the root
     /// (`pivot_root`; `chroot` if that fails). The mounts end with the
     /// namespace's last process. `binds` are then mounted in it.
+    /// `cgroup`: the `cgroup.procs` it joins first.
     NewNamespace {
         dir: PathBuf,
         binds: Vec<BindSource>,
+        cgroup: Option<PathBuf>,
     },
     /// A later process of a pod container: join the mount namespace and the
     /// root of a process of it (`/proc/PID/ns/mnt`, `/proc/PID/root`).
-    Join { ns: OwnedFd, root: OwnedFd },
+    Join {
+        ns: OwnedFd,
+        root: OwnedFd,
+        cgroup: Option<PathBuf>,
+    },
 }
 
 /// A file or directory bound into a pod container's namespace.
@@ -486,7 +492,7 @@ fn enter_root(
                     mount_binds(binds)
                 }
             }
-            RootSetup::Join { ns, root } => {
+            RootSetup::Join { ns, root, .. } => {
                 check(libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS))?;
                 check(libc::fchdir(root.as_raw_fd()))?;
                 check(libc::chroot(dot.as_ptr()))
@@ -525,6 +531,13 @@ pub fn spawn(
             (cstring(dir.as_os_str().as_bytes())?, pod_mounts(dir)?)
         }
         RootSetup::Join { .. } => (cstring(b".")?, Vec::new()),
+    };
+    let cgroup = match &setup {
+        RootSetup::NewNamespace { cgroup, .. } | RootSetup::Join { cgroup, .. } => cgroup
+            .as_ref()
+            .map(|p| cstring(p.as_os_str().as_bytes()))
+            .transpose()?,
+        RootSetup::Chroot(_) => None,
     };
     let mut binds = match &setup {
         RootSetup::NewNamespace { binds, .. } => prepare_binds(binds)?,
@@ -568,6 +581,14 @@ pub fn spawn(
         // SAFETY: plain system calls on valid NUL-terminated strings and a
         // valid gid array, all allocated before the fork and alive here.
         unsafe {
+            // Its cgroup first, while the VM's /sys/fs/cgroup is in view.
+            if let Some(procs) = &cgroup {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd >= 0 {
+                    libc::write(fd, b"0".as_ptr().cast(), 1);
+                    libc::close(fd);
+                }
+            }
             enter_root(&setup, &root_c, &mounts, &mut binds)?;
             if libc::chdir(slash.as_ptr()) != 0 {
                 return Err(io::Error::last_os_error());

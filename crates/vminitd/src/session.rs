@@ -62,11 +62,7 @@ impl Guest {
 
     /// How a process given `root` (a pod container's directory) enters it:
     /// a new mount namespace for its first process, else that process's.
-    fn pod_root(
-        &self,
-        root: &str,
-        binds: &[agent_protocol::Bind],
-    ) -> Result<RootSetup, StartError> {
+    fn pod_root(&self, p: &ProcessSpec, root: &str) -> Result<RootSetup, StartError> {
         let rel = Path::new(root);
         let plain = rel.is_absolute()
             && rel.components().count() > 1
@@ -87,11 +83,20 @@ impl Guest {
                 format!("the container's root {root} is not in the VM"),
             ));
         }
+        // Its cgroup is named after its directory (the container's id).
+        let group = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
         match pods.get(root) {
             None => Ok(RootSetup::NewNamespace {
+                cgroup: crate::podcg::prepare(&group, p.memory_max)
+                    .map_err(|e| log!("the cgroup of {root}: {e}"))
+                    .ok(),
                 dir,
-                binds: binds
+                binds: p
+                    .binds
                     .iter()
                     .map(|b| process::BindSource {
                         source: mounts::root().join(b.source.trim_start_matches('/')),
@@ -114,6 +119,7 @@ impl Guest {
                         .map_err(|e| StartError::new(125, format!("{p}: {e}")))
                 };
                 Ok(RootSetup::Join {
+                    cgroup: crate::podcg::procs(&group),
                     ns: open(format!("/proc/{pid}/ns/mnt"), 0)?,
                     root: open(format!("/proc/{pid}/root"), libc::O_DIRECTORY)?,
                 })
@@ -275,6 +281,10 @@ pub(crate) fn common_request(conn: &mut Conn, msg: &HostMessage) -> Result<bool,
             }
         }
         HostMessage::ReadStats => conn.send(&GuestMessage::Stats(stats::snapshot()))?,
+        HostMessage::ReadGroupStats { ref group } => match crate::podcg::snapshot(group) {
+            Ok(s) => conn.send(&GuestMessage::Stats(s))?,
+            Err(message) => conn.send(&GuestMessage::Error { message })?,
+        },
         HostMessage::ReadProcesses => conn.send(&GuestMessage::Processes {
             processes: stats::processes(),
         })?,
@@ -383,7 +393,7 @@ fn exec_session(conn: &mut Conn, guest: &Guest, req: ExecRequest) -> Result<Outc
             let rlimits = req.process.rlimits.clone().unwrap_or(c.rlimits);
             let setup = match &req.process.root {
                 None => Ok(RootSetup::Chroot(mounts::root().to_path_buf())),
-                Some(root) => guest.pod_root(root, &req.process.binds),
+                Some(root) => guest.pod_root(&req.process, root),
             };
             setup.and_then(|setup| {
                 let first = matches!(setup, RootSetup::NewNamespace { .. });

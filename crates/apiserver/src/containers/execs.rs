@@ -124,6 +124,7 @@ pub fn exec_process(config: &ContainerConfig, body: &ExecCreate) -> Result<Proce
         stdin: body.stdin,
         root: None,
         binds: Vec::new(),
+        memory_max: None,
     })
 }
 
