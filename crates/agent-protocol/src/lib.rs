@@ -32,7 +32,9 @@
 //! | `Exec(ExecRequest)` | one more process in the started container: its streams (or terminal), resize, signals, exit (feature [`FEATURE_EXEC`]) |
 //! | `CopyOut { path }` | a tar stream of `path` inside the container, guest → host (feature [`FEATURE_COPY`]) |
 //! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
+//! | `Exec` with `process.root` | a process of a pod's container in this VM (the containerd shim): the first one for a root gets a mount namespace and cgroup of its own, with the `binds` and `memory_max` it carries; later ones join them |
 //! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
+//! | `ReadGroupStats { group }` | one [`StatsSnapshot`] of a pod container's cgroup (feature [`FEATURE_STATS`]) |
 //! | `ReadProcesses` | the container's processes (feature [`FEATURE_TOP`]), then more on request |
 //! | `MountRoot { .. }` | a maintenance boot of a stopped container: its root filesystem mounted, no process; copies on other connections; power-off at `Shutdown` or when this connection ends (feature [`FEATURE_MAINTENANCE`]). Once per VM, instead of `Start`. |
 //!
