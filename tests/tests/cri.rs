@@ -426,6 +426,18 @@ fn http_get(addr: &str) -> Result<String, std::io::Error> {
     Ok(reply)
 }
 
+fn container_status(c: &mut Cri, id: &str) -> cri::ContainerStatusResponse {
+    let id = id.to_string();
+    c.call("ContainerStatus", |mut c| async move {
+        c.container_status(cri::ContainerStatusRequest {
+            container_id: id,
+            verbose: false,
+        })
+        .await
+    })
+    .expect("ContainerStatus")
+}
+
 fn pod_config(d: &Path) -> cri::PodSandboxConfig {
     let pid = std::process::id();
     cri::PodSandboxConfig {
@@ -576,16 +588,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
                     .await
             })
             .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-            let id = container.clone();
-            let cs = c
-                .call("ContainerStatus", |mut c| async move {
-                    c.container_status(cri::ContainerStatusRequest {
-                        container_id: id,
-                        verbose: false,
-                    })
-                    .await
-                })
-                .expect("ContainerStatus");
+            let cs = container_status(c, &container);
             let state = cs.status.as_ref().map(|s| s.state);
             assert_eq!(
                 state,
@@ -799,16 +802,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         .await
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-    let id = sidecar.clone();
-    let cs = c
-        .call("ContainerStatus", |mut c| async move {
-            c.container_status(cri::ContainerStatusRequest {
-                container_id: id,
-                verbose: false,
-            })
-            .await
-        })
-        .expect("ContainerStatus");
+    let cs = container_status(&mut c, &sidecar);
     let st = cs.status.as_ref().expect("status");
     assert_eq!(
         st.state,

@@ -453,6 +453,20 @@ impl Service {
                 ..Default::default()
             }),
         );
+        self.report_exit(id, exec_id, c, cv, handle);
+        Ok(pid)
+    }
+
+    /// When the output thread of a [`Self::launch`]ed process ends, record
+    /// how the process ended and tell containerd.
+    fn report_exit(
+        &self,
+        id: &str,
+        exec_id: &str,
+        c: &Arc<Mutex<Container>>,
+        cv: &Arc<Condvar>,
+        handle: std::thread::JoinHandle<vm::Seen>,
+    ) {
         let (events, c2, cv2, id2, exec2) = (
             Arc::clone(&self.events),
             Arc::clone(c),
@@ -465,7 +479,6 @@ impl Service {
             let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
             Service::exited(&*events, &c2, &cv2, &id2, &exec2, status);
         });
-        Ok(pid)
     }
 
     /// A pod's container: its main process starts in the sandbox's VM,
@@ -497,17 +510,7 @@ impl Service {
                 ..Default::default()
             }),
         );
-        let (events, c2, cv2, id2) = (
-            Arc::clone(&self.events),
-            Arc::clone(c),
-            Arc::clone(cv),
-            id.to_string(),
-        );
-        std::thread::spawn(move || {
-            let seen = handle.join().unwrap_or_default();
-            let status = seen.exit.map_or(LOST, |(c, s)| exit_status(c, s));
-            Service::exited(&*events, &c2, &cv2, &id2, "", status);
-        });
+        self.report_exit(id, "", c, cv, handle);
         Ok(pid)
     }
 
