@@ -145,14 +145,17 @@ fn system_status_reports_helpers_kernel_and_accelerator() {
 /// `vessel ARGS` with a standard output whose reader is already gone.
 fn assert_closed_pipe_is_quiet(v: &Instance, args: &[&str]) {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = v
+    // The reader is closed before the child exists: dropping it after
+    // `spawn` raced a fast child, whose few lines fitted in the pipe's
+    // buffer and ended with status 0.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = v
         .cmd(args)
-        .stdout(std::process::Stdio::piped())
+        .stdout(writer)
         .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGPIPE),
