@@ -76,12 +76,18 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE}"
   disable_apparmor = true
+  # runc pods: the sandbox's oom_score_adj (-998) needs CAP_SYS_RESOURCE,
+  # which root lacks on the test machines; restricted, it is clamped to
+  # containerd's own.
+  restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
 [plugins."io.containerd.grpc.v1.cri".containerd]
   default_runtime_name = "runc"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
   runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+  Root = "{d}/runc"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.vessel]
   runtime_type = "{RUNTIME}"
 [plugins."io.containerd.grpc.v1.cri".cni]
@@ -297,6 +303,16 @@ impl Drop for Cri {
                 let _ = std::fs::remove_file(ns);
             }
         }
+        // runc's pods: their cgroup parent, in each hierarchy (v1) or the
+        // unified one; only empty directories go.
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(cgroup_parent()));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(cgroup_parent()));
         let _ = Command::new("ip")
             .args(["link", "delete", &self.bridge])
             .stderr(Stdio::null())
@@ -438,16 +454,18 @@ fn container_status(c: &mut Cri, id: &str) -> cri::ContainerStatusResponse {
     .expect("ContainerStatus")
 }
 
-fn pod_config(d: &Path) -> cri::PodSandboxConfig {
+/// The configuration of the pod `name` (its hostname too), as the kubelet
+/// sends it.
+fn pod_config(d: &Path, name: &str) -> cri::PodSandboxConfig {
     let pid = std::process::id();
     cri::PodSandboxConfig {
         metadata: Some(cri::PodSandboxMetadata {
-            name: "web".into(),
-            uid: format!("uid-vessel-cri-{pid}"),
+            name: name.into(),
+            uid: format!("uid-vessel-cri-{name}-{pid}"),
             namespace: "vessel-test".into(),
             attempt: 0,
         }),
-        hostname: "web".into(),
+        hostname: name.into(),
         dns_config: Some(cri::DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec!["vessel-test.svc.cluster.local".into()],
@@ -464,10 +482,177 @@ fn pod_config(d: &Path) -> cri::PodSandboxConfig {
                 }),
                 ..Default::default()
             }),
+            // runc's cgroups (the vessel shim puts its own elsewhere):
+            // under a parent of the test's, removed at the end.
+            cgroup_parent: format!("/{}", cgroup_parent()),
             ..Default::default()
         }),
         ..Default::default()
     }
+}
+
+/// The cgroup under which runc's pods of this test run.
+fn cgroup_parent() -> String {
+    format!("vessel-cri-{}", std::process::id())
+}
+
+/// A pod that RunPodSandbox started with `handler`, as PodSandboxStatus
+/// (verbose) describes it.
+struct Pod {
+    id: String,
+    config: cri::PodSandboxConfig,
+    ip: String,
+    netns: PathBuf,
+    info: serde_json::Value,
+    status: cri::PodSandboxStatus,
+}
+
+/// RunPodSandbox of `config` with the runtime handler `handler`; the pod's
+/// network namespace is remembered for the cleanup.
+fn run_pod(c: &mut Cri, config: cri::PodSandboxConfig, handler: &str) -> Pod {
+    let (p, h) = (config.clone(), handler.to_string());
+    let id = c
+        .call("RunPodSandbox", |mut c| async move {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(p),
+                runtime_handler: h,
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+        .pod_sandbox_id;
+    let sid = id.clone();
+    let status = c
+        .call("PodSandboxStatus", |mut c| async move {
+            c.pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: sid,
+                verbose: true,
+            })
+            .await
+        })
+        .expect("PodSandboxStatus");
+    let info: serde_json::Value =
+        serde_json::from_str(status.info.get("info").expect("verbose info")).expect("info");
+    let status = status.status.expect("status");
+    let ip = status
+        .network
+        .as_ref()
+        .map(|n| n.ip.clone())
+        .unwrap_or_default();
+    let netns = PathBuf::from(
+        info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .expect("the pod's netns path"),
+    );
+    c.netns.push(netns.clone());
+    Pod {
+        id,
+        config,
+        ip,
+        netns,
+        info,
+        status,
+    }
+}
+
+/// CreateContainer + StartContainer of `sh -c SCRIPT` (the test image) in
+/// `pod`; it is running when this returns.
+fn run_container(
+    c: &mut Cri,
+    pod: &Pod,
+    name: &str,
+    script: &str,
+    mounts: Vec<cri::Mount>,
+    memory: Option<i64>,
+) -> String {
+    let config = cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(cri::ImageSpec {
+            image: IMAGE.into(),
+            ..Default::default()
+        }),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        log_path: format!("{name}.log"),
+        mounts,
+        linux: memory.map(|m| cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: m,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let (id, p) = (pod.id.clone(), pod.config.clone());
+    let container = c
+        .call("CreateContainer", |mut c| async move {
+            c.create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: id,
+                config: Some(config),
+                sandbox_config: Some(p),
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
+        .container_id;
+    let id = container.clone();
+    c.call("StartContainer", |mut c| async move {
+        c.start_container(cri::StartContainerRequest { container_id: id })
+            .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let cs = container_status(c, &container);
+    let state = cs.status.as_ref().map(|s| s.state);
+    assert_eq!(
+        state,
+        Some(cri::ContainerState::ContainerRunning as i32),
+        "{cs:?}"
+    );
+    container
+}
+
+/// StopPodSandbox + RemovePodSandbox of `id`.
+fn remove_pod(c: &mut Cri, id: &str) {
+    let sid = id.to_string();
+    c.call("StopPodSandbox", |mut c| async move {
+        c.stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: sid,
+        })
+        .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let sid = id.to_string();
+    c.call("RemovePodSandbox", |mut c| async move {
+        c.remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: sid,
+        })
+        .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+}
+
+/// ExecSync of `cmd` in `container`.
+fn exec_in(c: &mut Cri, container: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    let (id, cmd) = (
+        container.to_string(),
+        cmd.iter().map(|s| s.to_string()).collect(),
+    );
+    c.call("ExecSync", |mut c| async move {
+        c.exec_sync(cri::ExecSyncRequest {
+            container_id: id,
+            cmd,
+            timeout: 60,
+        })
+        .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
 }
 
 #[test]
@@ -484,47 +669,20 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     let ready_at = t0.elapsed();
 
     // RunPodSandbox: the sandbox's VM with the pod's network namespace.
-    let pod = pod_config(c.path());
     let t = Instant::now();
-    let p = pod.clone();
-    let sandbox = c
-        .call("RunPodSandbox", |mut c| async move {
-            c.run_pod_sandbox(cri::RunPodSandboxRequest {
-                config: Some(p),
-                runtime_handler: "vessel".into(),
-            })
-            .await
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
-        .pod_sandbox_id;
-    let run_pod = t.elapsed();
-    let id = sandbox.clone();
-    let status = c
-        .call("PodSandboxStatus", |mut c| async move {
-            c.pod_sandbox_status(cri::PodSandboxStatusRequest {
-                pod_sandbox_id: id,
-                verbose: true,
-            })
-            .await
-        })
-        .expect("PodSandboxStatus");
-    let s = status.status.as_ref().expect("status");
+    let config = pod_config(c.path(), "web");
+    let pod = run_pod(&mut c, config, "vessel");
+    let run_pod_took = t.elapsed();
+    let (sandbox, ip, netns, info) = (
+        pod.id.clone(),
+        pod.ip.clone(),
+        pod.netns.clone(),
+        pod.info.clone(),
+    );
+    let s = &pod.status;
     assert_eq!(s.state, cri::PodSandboxState::SandboxReady as i32, "{s:?}");
     assert_eq!(s.runtime_handler, "vessel");
-    let ip = s.network.as_ref().map(|n| n.ip.clone()).unwrap_or_default();
     assert!(ip.starts_with("10.231."), "pod IP {ip:?}: {s:?}");
-    let info: serde_json::Value =
-        serde_json::from_str(status.info.get("info").expect("verbose info")).expect("info");
-    let netns = PathBuf::from(
-        info["runtimeSpec"]["linux"]["namespaces"]
-            .as_array()
-            .expect("namespaces")
-            .iter()
-            .find(|n| n["type"] == "network")
-            .and_then(|n| n["path"].as_str())
-            .expect("the pod's netns path"),
-    );
-    c.netns.push(netns.clone());
     assert!(netns.exists(), "{}", netns.display());
     assert_eq!(info["runtimeHandler"], "vessel", "{info}");
     // The sandbox's task runs in a vessel VM: its QEMU names the task.
@@ -547,56 +705,6 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert!(links.contains("vsl-tap0"), "{links}");
 
     // CreateContainer + StartContainer: httpd in busybox, and a sidecar.
-    let run_container =
-        |c: &mut Cri, name: &str, script: &str, mounts: Vec<cri::Mount>, memory: Option<i64>| {
-            let config = cri::ContainerConfig {
-                metadata: Some(cri::ContainerMetadata {
-                    name: name.into(),
-                    attempt: 0,
-                }),
-                image: Some(cri::ImageSpec {
-                    image: IMAGE.into(),
-                    ..Default::default()
-                }),
-                command: vec!["sh".into(), "-c".into(), script.into()],
-                log_path: format!("{name}.log"),
-                mounts,
-                linux: memory.map(|m| cri::LinuxContainerConfig {
-                    resources: Some(cri::LinuxContainerResources {
-                        memory_limit_in_bytes: m,
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            };
-            let (id, p) = (sandbox.clone(), pod.clone());
-            let container = c
-                .call("CreateContainer", |mut c| async move {
-                    c.create_container(cri::CreateContainerRequest {
-                        pod_sandbox_id: id,
-                        config: Some(config),
-                        sandbox_config: Some(p),
-                    })
-                    .await
-                })
-                .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
-                .container_id;
-            let id = container.clone();
-            c.call("StartContainer", |mut c| async move {
-                c.start_container(cri::StartContainerRequest { container_id: id })
-                    .await
-            })
-            .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-            let cs = container_status(c, &container);
-            let state = cs.status.as_ref().map(|s| s.state);
-            assert_eq!(
-                state,
-                Some(cri::ContainerState::ContainerRunning as i32),
-                "{cs:?}"
-            );
-            container
-        };
     // A volume, as the kubelet gives one (a host directory), read-only.
     let volume = c.path().join("volume");
     std::fs::create_dir_all(&volume).expect("volume");
@@ -604,6 +712,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     let t = Instant::now();
     let container = run_container(
         &mut c,
+        &pod,
         "httpd",
         "mkdir -p /www && echo served-through-cri > /www/index.html && \
          exec httpd -f -p 8080 -h /www",
@@ -619,6 +728,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     // The sidecar holds 8 MiB in a shell variable.
     let sidecar = run_container(
         &mut c,
+        &pod,
         "sidecar",
         "x=$(head -c 8388608 /dev/zero | tr '\\000' a); while true; do sleep 1; done",
         Vec::new(),
@@ -628,21 +738,6 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert_eq!(qemus(&c), 1, "one VM per pod: {:?}", c.leftovers());
 
     // ExecSync: the container's VM runs vessel's kernel, not the host's.
-    let exec_in = |c: &mut Cri, container: &str, cmd: &[&str]| {
-        let (id, cmd) = (
-            container.to_string(),
-            cmd.iter().map(|s| s.to_string()).collect(),
-        );
-        c.call("ExecSync", |mut c| async move {
-            c.exec_sync(cri::ExecSyncRequest {
-                container_id: id,
-                cmd,
-                timeout: 60,
-            })
-            .await
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", c.log()))
-    };
     let exec = |c: &mut Cri, cmd: &[&str]| exec_in(c, &container, cmd);
     let t = Instant::now();
     let uname = exec(&mut c, &["uname", "-r"]);
@@ -791,6 +886,73 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         "{reached:?}"
     );
 
+    // Two pods, two VMs: a second vessel pod boots a VM of its own with
+    // an IP of its own, and reaches the first pod's httpd over the bridge.
+    let t = Instant::now();
+    let config = pod_config(c.path(), "client");
+    let other = run_pod(&mut c, config, "vessel");
+    let client = run_container(
+        &mut c,
+        &other,
+        "client",
+        "exec sleep 86400",
+        Vec::new(),
+        None,
+    );
+    let vessel_pod_start = t.elapsed();
+    assert_eq!(qemus(&c), 2, "two pods, two VMs: {:?}", c.leftovers());
+    assert!(
+        other.ip.starts_with("10.231.") && other.ip != ip,
+        "{} and {ip}",
+        other.ip
+    );
+    let across = exec_in(
+        &mut c,
+        &client,
+        &["wget", "-q", "-O", "-", &format!("http://{ip}:8080/")],
+    );
+    assert_eq!(text(&across.stdout), "served-through-cri\n", "{across:?}");
+    // One kernel per pod: the pod's two containers share a boot id, the
+    // other pod's differs.
+    let boot_id = |c: &mut Cri, id: &str| {
+        let out = exec_in(c, id, &["cat", "/proc/sys/kernel/random/boot_id"]);
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        text(&out.stdout)
+    };
+    let web_boot = boot_id(&mut c, &container);
+    assert_eq!(web_boot, boot_id(&mut c, &sidecar));
+    assert_ne!(web_boot, boot_id(&mut c, &client));
+    // The same pod start with runc (handler `runc`) in the same containerd,
+    // side by side: printed, not asserted. runc's pod has no VM.
+    let t = Instant::now();
+    let config = pod_config(c.path(), "native");
+    let native = run_pod(&mut c, config, "runc");
+    let native_container = run_container(
+        &mut c,
+        &native,
+        "native",
+        "exec sleep 86400",
+        Vec::new(),
+        None,
+    );
+    let runc_pod_start = t.elapsed();
+    assert_eq!(qemus(&c), 2, "{:?}", c.leftovers());
+    let native_uname = exec_in(&mut c, &native_container, &["uname", "-r"]);
+    assert_eq!(text(&native_uname.stdout).trim(), host.trim());
+    remove_pod(&mut c, &native.id);
+    remove_pod(&mut c, &other.id);
+    assert!(
+        c.wait_for(Duration::from_secs(20), || qemus(&c) == 1),
+        "the second pod's VM is still there: {:?}",
+        c.leftovers()
+    );
+    assert!(!other.netns.exists() && !native.netns.exists());
+    eprintln!(
+        "pod start (RunPodSandbox + Create + StartContainer): vessel {vessel_pod_start:?}, \
+         runc {runc_pod_start:?}, vessel / runc {:.1}",
+        vessel_pod_start.as_secs_f64() / runc_pod_start.as_secs_f64()
+    );
+
     // StopContainer: the sidecar ends (SIGTERM, then SIGKILL after the
     // timeout); httpd and the pod go on.
     let id = sidecar.clone();
@@ -827,18 +989,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
 
     // Stop and remove: the pod, its VMs, TAP and netns go.
     let t = Instant::now();
-    let id = sandbox.clone();
-    c.call("StopPodSandbox", |mut c| async move {
-        c.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id })
-            .await
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-    let id = sandbox.clone();
-    c.call("RemovePodSandbox", |mut c| async move {
-        c.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id })
-            .await
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    remove_pod(&mut c, &sandbox);
     let teardown = t.elapsed();
     let pods = c
         .call("ListPodSandbox", |mut c| async move {
@@ -859,9 +1010,63 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         .expect("ip");
     assert_eq!(text(&ports.stdout), "", "the pod's veth is gone");
     eprintln!(
-        "cri timings: containerd+CRI ready {ready_at:?}, RunPodSandbox {run_pod:?}, \
+        "cri timings: containerd+CRI ready {ready_at:?}, RunPodSandbox {run_pod_took:?}, \
          Create+StartContainer {start_container:?}, ExecSync {exec_sync:?}, \
          Stop+RemovePodSandbox {teardown:?}, total {:?}",
         t0.elapsed()
+    );
+}
+
+/// Pod start through CRI, vessel against runc in one containerd, run by
+/// run in turn: RunPodSandbox + CreateContainer + StartContainer of one
+/// container, then the pod goes. A benchmark, not a check: `bench/cri.sh`
+/// runs it (`VESSEL_CRI_RUNS`, default 5) and it prints p50, mean and the
+/// ratio vessel / runc of the p50s.
+#[test]
+#[ignore = "a benchmark: bench/cri.sh"]
+fn pod_start_vessel_against_runc() {
+    let runs: usize = std::env::var("VESSEL_CRI_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let mut c = Cri::start();
+    c.wait_ready();
+    let mut took: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    const HANDLERS: [&str; 2] = ["vessel", "runc"];
+    // Round 0 warms up (the image's snapshot, the template, the page
+    // cache) and is not counted; the order alternates round by round.
+    for round in 0..=runs {
+        for k in 0..2 {
+            let h = (k + round) % 2;
+            let config = pod_config(c.path(), &format!("{}-{round}", HANDLERS[h]));
+            let t = Instant::now();
+            let pod = run_pod(&mut c, config, HANDLERS[h]);
+            run_container(&mut c, &pod, "app", "exec sleep 86400", Vec::new(), None);
+            let secs = t.elapsed().as_secs_f64();
+            remove_pod(&mut c, &pod.id);
+            if round > 0 {
+                took[h].push(secs);
+            }
+        }
+    }
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (vessel_mean, runc_mean) = (mean(&took[0]), mean(&took[1]));
+    let [mut vessel, mut runc] = took;
+    let (vessel_p50, runc_p50) = (p50(&mut vessel), p50(&mut runc));
+    println!(
+        "pod start through CRI ({runs} runs each; RunPodSandbox + Create + StartContainer):\n\
+         vessel  p50 {vessel_p50:.3} s  mean {vessel_mean:.3} s\n\
+         runc    p50 {runc_p50:.3} s  mean {runc_mean:.3} s\n\
+         vessel / runc (p50) {:.2}",
+        vessel_p50 / runc_p50
+    );
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
     );
 }

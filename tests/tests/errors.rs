@@ -137,8 +137,12 @@ fn system_status_reports_helpers_kernel_and_accelerator() {
     ] {
         assert_closed_pipe_is_quiet(&v, args);
     }
+    let run_base = vessel_api::paths::Home::new(v.path()).run_base();
+    assert!(run_base.is_dir(), "{}", run_base.display());
     assert_ok(&v.vessel(&["system", "stop"]), "stop");
     assert!(!sock.exists());
+    // The instance's run base goes with it (nothing of it runs).
+    assert!(!run_base.exists(), "{} left", run_base.display());
     assert!(!v.vessel(&["ls"]).status.success());
 }
 
@@ -148,7 +152,17 @@ fn assert_closed_pipe_is_quiet(v: &Instance, args: &[&str]) {
     // The reader is closed before the child exists: dropping it after
     // `spawn` raced a fast child, whose few lines fitted in the pipe's
     // buffer and ended with status 0.
-    let (reader, writer) = std::io::pipe().unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which we own after.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are new and owned by nobody else.
+    let (reader, writer) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
     drop(reader);
     let out = v
         .cmd(args)

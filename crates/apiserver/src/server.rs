@@ -407,6 +407,9 @@ impl Server {
         }
         let _ = fs::remove_file(self.home.apiserver_pid());
         let _ = fs::remove_file(self.home.apiserver_live_mark());
+        // The instance's run base (`/run/vessel/<hash>`), once nothing of
+        // it is left: a container still running keeps its directory there.
+        let _ = fs::remove_dir(self.home.run_base());
         let supervisor = fs::read_to_string(self.home.supervisor_pid())
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());

@@ -122,11 +122,32 @@ pub fn is_root() -> bool {
 }
 
 /// A per-VM uid (= gid), held while the lock file is open: a runtime that
-/// dies releases it with its descriptors.
+/// dies releases it with its descriptors. A release removes the file
+/// (still locked, so a taker that opened it meanwhile sees it unlinked and
+/// tries again): the directory holds the ids in use, not every id used.
 #[derive(Debug)]
 pub struct VmIds {
     pub id: u32,
-    _lock: File,
+    lock: File,
+    path: PathBuf,
+}
+
+impl Drop for VmIds {
+    fn drop(&mut self) {
+        // Only our own file: a killed holder's file may have been taken
+        // over (the same path, another inode) by now.
+        if same_file(&self.lock, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Is `path` (still) the file `f` has open?
+fn same_file(f: &File, path: &Path) -> bool {
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 impl VmIds {
@@ -138,7 +159,9 @@ impl VmIds {
             .bytes()
             .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
             % VM_ID_COUNT;
-        for i in 0..VM_ID_COUNT {
+        let mut i = 0;
+        let mut unlinked = 0;
+        while i < VM_ID_COUNT {
             let id = VM_ID_BASE + (start + i) % VM_ID_COUNT;
             let path = lock_dir.join(id.to_string());
             let f = File::options()
@@ -149,8 +172,18 @@ impl VmIds {
                 .map_err(|e| JailError::IdLock(path.clone(), e))?;
             // SAFETY: flock on a descriptor we own.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Self { id, _lock: f });
+                if same_file(&f, &path) {
+                    return Ok(Self { id, lock: f, path });
+                }
+                // Its holder released and removed it between our open and
+                // our lock: the id is free, open it again (a bounded
+                // number of times, in case of a storm of releases).
+                unlinked += 1;
+                if unlinked < 64 {
+                    continue;
+                }
             }
+            i += 1;
         }
         Err(JailError::NoIds)
     }
@@ -1152,5 +1185,29 @@ mod tests {
         let first = a.id;
         drop(a);
         assert_eq!(VmIds::take(d.path(), "c1").unwrap().id, first);
+    }
+
+    #[test]
+    fn the_lock_directory_holds_only_the_ids_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        let count = || std::fs::read_dir(d.path()).unwrap().count();
+        // A killed holder's file (unlocked) is taken over, then removed.
+        let a = VmIds::take(d.path(), "c1").unwrap();
+        let stale = d.path().join(a.id.to_string());
+        drop(a);
+        assert!(!stale.exists());
+        File::create(&stale).unwrap();
+        let b = VmIds::take(d.path(), "c1").unwrap();
+        assert_eq!(b.path, stale);
+        let c = VmIds::take(d.path(), "c2").unwrap();
+        assert_eq!(count(), 2);
+        drop(b);
+        assert_eq!(count(), 1);
+        // A holder whose file was replaced meanwhile leaves the new one.
+        std::fs::remove_file(&c.path).unwrap();
+        File::create(&c.path).unwrap();
+        let path = c.path.clone();
+        drop(c);
+        assert!(path.exists());
     }
 }
