@@ -19,6 +19,8 @@ use tonic::transport::Channel;
 use vessel_tests::{bin_dir, kill_matching, required_env, text, IMAGE};
 
 const RUNTIME: &str = "io.containerd.vessel.v2";
+const SQLITE: &str = include_str!("../fixtures/real-software/sqlite.sh");
+const SQLITE_WANT: &str = include_str!("../fixtures/real-software/sqlite.out");
 /// What the test's containerd has as `sandbox_image` (made by
 /// [`pause_image`], imported before the first pod).
 const PAUSE: &str = "localhost/vessel-pause:test";
@@ -174,10 +176,20 @@ state = "{d}/state"
         what: &str,
         f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
     ) -> Result<T, String> {
+        self.call_for(what, CALL, f)
+    }
+
+    /// One CRI call, bounded by `limit`.
+    fn call_for<T, F: Future<Output = Result<tonic::Response<T>, tonic::Status>>>(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        f: impl FnOnce(RuntimeServiceClient<Channel>) -> F,
+    ) -> Result<T, String> {
         let client = self.client.clone();
         self.rt
-            .block_on(async { tokio::time::timeout(CALL, f(client)).await })
-            .map_err(|_| format!("{what}: no answer in {CALL:?}"))?
+            .block_on(async { tokio::time::timeout(limit, f(client)).await })
+            .map_err(|_| format!("{what}: no answer in {limit:?}"))?
             .map(tonic::Response::into_inner)
             .map_err(|s| format!("{what}: {:?}: {}", s.code(), s.message()))
     }
@@ -417,6 +429,76 @@ fn pause_image(src: &Path, dst: &Path, name: &str) {
     out.finish().expect("tar");
 }
 
+/// `rootfs` (a root filesystem as one tar) as the OCI image archive `dst`
+/// named `name`: the tar is the image's one layer, uncompressed.
+fn oci_from_rootfs(rootfs: &Path, dst: &Path, name: &str) {
+    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
+    let mut hasher = Sha256::new();
+    let mut layer = std::fs::File::open(rootfs).expect("rootfs tar");
+    let size = std::io::copy(&mut layer, &mut hasher).expect("read rootfs tar");
+    let layer_digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["bash"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
+    }))
+    .expect("json");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": digest(&config),
+            "size": config.len(),
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": layer_digest,
+            "size": size,
+        }],
+    }))
+    .expect("json");
+    let tag = name.rsplit_once(':').expect("name:tag").1;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest(&manifest),
+            "size": manifest.len(),
+            "annotations": {
+                "org.opencontainers.image.ref.name": tag,
+                "io.containerd.image.name": name,
+            },
+        }],
+    }))
+    .expect("json");
+    let mut out = tar::Builder::new(std::fs::File::create(dst).expect("OCI archive"));
+    let mut add = |path: String, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.append_data(&mut h, path, data).expect("append");
+    };
+    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json".into(), &index);
+    for b in [&config, &manifest] {
+        add(format!("blobs/sha256/{}", &digest(b)["sha256:".len()..]), b);
+    }
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    let path = format!("blobs/sha256/{}", &layer_digest["sha256:".len()..]);
+    let layer = std::fs::File::open(rootfs).expect("rootfs tar");
+    out.append_data(&mut h, path, layer).expect("append layer");
+    out.finish().expect("tar");
+}
+
 /// The release in a kernel image's banner (`Linux version 6.1.192 ...`).
 fn kernel_release(path: &Path) -> String {
     let bytes = std::fs::read(path).expect("kernel");
@@ -569,13 +651,26 @@ fn run_container(
     mounts: Vec<cri::Mount>,
     memory: Option<i64>,
 ) -> String {
+    run_container_of(c, pod, IMAGE, name, script, mounts, memory)
+}
+
+/// [`run_container`] of the image `image`.
+fn run_container_of(
+    c: &mut Cri,
+    pod: &Pod,
+    image: &str,
+    name: &str,
+    script: &str,
+    mounts: Vec<cri::Mount>,
+    memory: Option<i64>,
+) -> String {
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
             name: name.into(),
             attempt: 0,
         }),
         image: Some(cri::ImageSpec {
-            image: IMAGE.into(),
+            image: image.into(),
             ..Default::default()
         }),
         command: vec!["sh".into(), "-c".into(), script.into()],
@@ -640,15 +735,21 @@ fn remove_pod(c: &mut Cri, id: &str) {
 
 /// ExecSync of `cmd` in `container`.
 fn exec_in(c: &mut Cri, container: &str, cmd: &[&str]) -> cri::ExecSyncResponse {
+    exec_for(c, container, cmd, Duration::from_secs(60))
+}
+
+/// ExecSync of `cmd` in `container`, which may take `limit`.
+fn exec_for(c: &mut Cri, container: &str, cmd: &[&str], limit: Duration) -> cri::ExecSyncResponse {
     let (id, cmd) = (
         container.to_string(),
         cmd.iter().map(|s| s.to_string()).collect(),
     );
-    c.call("ExecSync", |mut c| async move {
+    let timeout = i64::try_from(limit.as_secs()).unwrap_or(i64::MAX);
+    c.call_for("ExecSync", limit + CALL, |mut c| async move {
         c.exec_sync(cri::ExecSyncRequest {
             container_id: id,
             cmd,
-            timeout: 60,
+            timeout,
         })
         .await
     })
@@ -1064,6 +1165,60 @@ fn pod_start_vessel_against_runc() {
          vessel / runc (p50) {:.2}",
         vessel_p50 / runc_p50
     );
+    assert!(
+        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
+        "left behind: {:?}",
+        c.leftovers()
+    );
+}
+
+/// Real Debian software as a pod's container: the sqlite3 + Python session
+/// of tests/tests/real_software.rs (a WAL database: mmap of the shared
+/// index, fcntl locks, fsync) runs by ExecSync in a container of a vessel
+/// pod (its root over virtio-fs in the pod's VM) and of a runc pod, and
+/// prints the same, exactly what it must.
+#[test]
+fn debian_sqlite_in_a_pod_prints_what_runc_prints() {
+    let mut c = Cri::start();
+    c.wait_ready();
+    let tar = c.path().join("debian.oci.tar");
+    let rootfs = vessel_tests::debian::image_dir().join("rootfs.tar");
+    oci_from_rootfs(&rootfs, &tar, vessel_tests::debian::IMAGE);
+    let out = c.ctr(&["images", "import", tar.to_str().expect("path")]);
+    assert!(out.status.success(), "import: {}", text(&out.stderr));
+    let _ = std::fs::remove_file(&tar);
+    for handler in ["runc", "vessel"] {
+        let config = pod_config(c.path(), &format!("db-{handler}"));
+        let pod = run_pod(&mut c, config, handler);
+        let db = run_container_of(
+            &mut c,
+            &pod,
+            vessel_tests::debian::IMAGE,
+            "db",
+            "exec sleep infinity",
+            Vec::new(),
+            None,
+        );
+        let t = Instant::now();
+        let run = exec_for(
+            &mut c,
+            &db,
+            &["bash", "-c", SQLITE],
+            Duration::from_secs(300),
+        );
+        eprintln!(
+            "--- {handler} ({:.1} s, exit {})\n{}{}",
+            t.elapsed().as_secs_f64(),
+            run.exit_code,
+            text(&run.stdout),
+            text(&run.stderr)
+        );
+        assert_eq!(run.exit_code, 0, "{handler}: {}", text(&run.stderr));
+        assert_eq!(text(&run.stdout), SQLITE_WANT, "{handler}");
+        let release = exec_in(&mut c, &db, &["cat", "/etc/debian_version"]);
+        assert!(text(&release.stdout).starts_with("12."), "{release:?}");
+        remove_pod(&mut c, &pod.id);
+    }
     assert!(
         c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
         "left behind: {:?}",

@@ -21,6 +21,7 @@ use vessel_tests::tmux::Tmux;
 use vessel_tests::Instance;
 
 const SQLITE: &str = include_str!("../fixtures/real-software/sqlite.sh");
+const SQLITE_WANT: &str = include_str!("../fixtures/real-software/sqlite.out");
 const TLS: &str = include_str!("../fixtures/real-software/tls.sh");
 const ARCHIVES: &str = include_str!("../fixtures/real-software/archives.sh");
 const SUPERVISE: &str = include_str!("../fixtures/real-software/supervise.py");
@@ -69,18 +70,7 @@ fn now() -> i64 {
 fn sqlite_wal_database_session() {
     let v = vessel();
     // Results only: the same in both runtimes, and exactly these.
-    let want = "wal\n\
-                67108864\n\
-                rows|20000|9990000|item-00001|item-20000\n\
-                cheap|200\n\
-                after update|10000000\n\
-                wal files ['shop.db-wal', 'shop.db-shm']\n\
-                snapshot 20000 20000 20001\n\
-                checkpoint (0, 0, 0)\n\
-                ok\n\
-                wal\n\
-                reopened|20001|10000001\n\
-                left after the last close: shop.db\n";
+    let want = SQLITE_WANT;
     let limit = Duration::from_secs(300);
     let peer = bash(Runtime::Podman, &[], SQLITE, limit);
     peer.assert_ok("sqlite3 under podman + runc");
