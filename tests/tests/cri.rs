@@ -649,9 +649,9 @@ fn run_container(
     name: &str,
     script: &str,
     mounts: Vec<cri::Mount>,
-    memory: Option<i64>,
+    resources: Option<cri::LinuxContainerResources>,
 ) -> String {
-    run_container_of(c, pod, IMAGE, name, script, mounts, memory)
+    run_container_of(c, pod, IMAGE, name, script, mounts, resources)
 }
 
 /// [`run_container`] of the image `image`.
@@ -662,7 +662,7 @@ fn run_container_of(
     name: &str,
     script: &str,
     mounts: Vec<cri::Mount>,
-    memory: Option<i64>,
+    resources: Option<cri::LinuxContainerResources>,
 ) -> String {
     let config = cri::ContainerConfig {
         metadata: Some(cri::ContainerMetadata {
@@ -676,11 +676,8 @@ fn run_container_of(
         command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}.log"),
         mounts,
-        linux: memory.map(|m| cri::LinuxContainerConfig {
-            resources: Some(cri::LinuxContainerResources {
-                memory_limit_in_bytes: m,
-                ..Default::default()
-            }),
+        linux: resources.map(|r| cri::LinuxContainerConfig {
+            resources: Some(r),
             ..Default::default()
         }),
         ..Default::default()
@@ -823,7 +820,15 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
             readonly: true,
             ..Default::default()
         }],
-        Some(64 << 20),
+        // The kubelet's translation of `limits: {memory: 64Mi, cpu: 500m}`
+        // and `requests: {cpu: 500m}`.
+        Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            cpu_quota: 50_000,
+            cpu_period: 100_000,
+            cpu_shares: 512,
+            ..Default::default()
+        }),
     );
     let start_container = t.elapsed();
     // The sidecar holds 8 MiB in a shell variable.
@@ -932,6 +937,31 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         (64u64 << 20).to_string(),
         "{max:?}"
     );
+    // Its CPU limit and weight (runc's conversion of 512 shares), and the
+    // limit holds: a busy loop in it is throttled.
+    let cg = format!("/sys/fs/cgroup/vessel-pod/{container}");
+    let cpu = exec(
+        &mut c,
+        &["cat", &format!("{cg}/cpu.max"), &format!("{cg}/cpu.weight")],
+    );
+    assert_eq!(text(&cpu.stdout), "50000 100000\n20\n", "{cpu:?}");
+    let busy = exec(
+        &mut c,
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "timeout 2 sh -c 'while :; do :; done'; \
+                 grep -E '^nr_throttled' {cg}/cpu.stat"
+            ),
+        ],
+    );
+    let throttled: u64 = text(&busy.stdout)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(throttled > 0, "{busy:?}");
 
     // ContainerStats: each container's own share (its cgroup's counters).
     let stats_of = |c: &mut Cri, id: &str| {

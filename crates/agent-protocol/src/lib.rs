@@ -32,7 +32,7 @@
 //! | `Exec(ExecRequest)` | one more process in the started container: its streams (or terminal), resize, signals, exit (feature [`FEATURE_EXEC`]) |
 //! | `CopyOut { path }` | a tar stream of `path` inside the container, guest → host (feature [`FEATURE_COPY`]) |
 //! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
-//! | `Exec` with `process.root` | a process of a pod's container in this VM (the containerd shim): the first one for a root gets a mount namespace and cgroup of its own, with the `binds` and `memory_max` it carries; later ones join them |
+//! | `Exec` with `process.root` | a process of a pod's container in this VM (the containerd shim): the first one for a root gets a mount namespace and cgroup of its own, with the `binds`, `memory_max`, `cpu_max` and `cpu_weight` it carries; later ones join them |
 //! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
 //! | `ReadGroupStats { group }` | one [`StatsSnapshot`] of a pod container's cgroup (feature [`FEATURE_STATS`]) |
 //! | `ReadProcesses` | the container's processes (feature [`FEATURE_TOP`]), then more on request |
@@ -213,6 +213,14 @@ pub struct ProcessSpec {
     /// `memory.max` in the guest), set by its first process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_max: Option<u64>,
+    /// With `root`: the container's CPU limit, `cpu.max` of its cgroup:
+    /// (quota, period) in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_max: Option<(u64, u64)>,
+    /// With `root`: the container's share of CPU time against the pod's
+    /// other containers, `cpu.weight` of its cgroup (1–10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
 }
 
 /// A bind mount into a pod's container ([`ProcessSpec::binds`]).
@@ -812,6 +820,8 @@ mod tests {
                 root: None,
                 binds: Vec::new(),
                 memory_max: None,
+                cpu_max: None,
+                cpu_weight: None,
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),

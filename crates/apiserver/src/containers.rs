@@ -351,6 +351,8 @@ pub fn build_process(
         root: None,
         binds: Vec::new(),
         memory_max: None,
+        cpu_max: None,
+        cpu_weight: None,
     })
 }
 

@@ -61,6 +61,8 @@ impl HealthSpec {
                 root: None,
                 binds: Vec::new(),
                 memory_max: None,
+                cpu_max: None,
+                cpu_weight: None,
             },
             tty_size: None,
         }

@@ -1921,6 +1921,8 @@ mod tests {
                 root: None,
                 binds: Vec::new(),
                 memory_max: None,
+                cpu_max: None,
+                cpu_weight: None,
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),

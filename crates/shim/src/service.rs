@@ -673,6 +673,8 @@ impl Task for Service {
                     root: Some(pod::guest_root(&req.id)),
                     // Its limit holds in the pod's VM (its cgroup there).
                     memory_max: spec.memory_limit(),
+                    cpu_max: spec.cpu_max(),
+                    cpu_weight: spec.cpu_weight(),
                     ..translated.config.process.clone()
                 },
             })

@@ -127,6 +127,31 @@ impl Spec {
             .map(|l| l as u64)
     }
 
+    /// The CPU limit as cgroup v2's `cpu.max` takes it: (quota, period)
+    /// in microseconds; none without a positive quota. The period defaults
+    /// to 100 ms, as runc's.
+    pub fn cpu_max(&self) -> Option<(u64, u64)> {
+        let cpu = self.cpu()?;
+        let quota = cpu.quota.filter(|q| *q > 0)? as u64;
+        let period = cpu.period.filter(|p| *p > 0).unwrap_or(100_000);
+        Some((quota, period))
+    }
+
+    /// The CPU weight as cgroup v2's `cpu.weight` takes it (1–10000), from
+    /// the cgroup v1 `shares` (2–262144) CRI gives, by runc's conversion.
+    pub fn cpu_weight(&self) -> Option<u64> {
+        let shares = self.cpu()?.shares.filter(|s| *s > 0)?;
+        let shares = shares.clamp(2, 262_144);
+        Some(1 + ((shares - 2) * 9999) / 262_142)
+    }
+
+    fn cpu(&self) -> Option<&Cpu> {
+        self.linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .and_then(|r| r.cpu.as_ref())
+    }
+
     /// The host file bind-mounted on `/etc/resolv.conf` (CRI's), if any.
     pub fn resolv_conf(&self) -> Option<&Path> {
         self.mounts
@@ -140,6 +165,20 @@ impl Spec {
 pub struct Resources {
     #[serde(default)]
     pub memory: Option<Memory>,
+    #[serde(default)]
+    pub cpu: Option<Cpu>,
+}
+
+/// `linux.resources.cpu`: what CRI makes of a container's CPU request
+/// (`shares`) and limit (`quota` per `period`, microseconds).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Cpu {
+    #[serde(default)]
+    pub shares: Option<u64>,
+    #[serde(default)]
+    pub quota: Option<i64>,
+    #[serde(default)]
+    pub period: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -296,6 +335,8 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, SpecError> 
         root: None,
         binds: Vec::new(),
         memory_max: None,
+        cpu_max: None,
+        cpu_weight: None,
     })
 }
 
@@ -406,6 +447,32 @@ mod tests {
             cpus: 1,
             memory_mib: 512,
         }
+    }
+
+    #[test]
+    fn cpu_limits_as_cgroup_v2_takes_them() {
+        let spec = |cpu: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"process": {{"args": ["true"]}}, "root": {{"path": "rootfs"}},
+                    "linux": {{"resources": {{"cpu": {cpu}}}}}}}"#
+            ))
+            .unwrap()
+        };
+        // CRI's 500m limit and 512 shares (a 0.5 CPU request).
+        let s = spec(r#"{"shares": 512, "quota": 50000, "period": 100000}"#);
+        assert_eq!(s.cpu_max(), Some((50_000, 100_000)));
+        assert_eq!(s.cpu_weight(), Some(20));
+        // No limit (quota -1 or absent), the period's default, the ends
+        // of the shares' range.
+        assert_eq!(spec(r#"{"quota": -1, "period": 100000}"#).cpu_max(), None);
+        assert_eq!(
+            spec(r#"{"quota": 20000}"#).cpu_max(),
+            Some((20_000, 100_000))
+        );
+        assert_eq!(spec(r#"{"shares": 2}"#).cpu_weight(), Some(1));
+        assert_eq!(spec(r#"{"shares": 262144}"#).cpu_weight(), Some(10_000));
+        assert_eq!(spec(r#"{"shares": 1024}"#).cpu_weight(), Some(39));
+        assert_eq!(spec("{}").cpu_weight(), None);
     }
 
     #[test]

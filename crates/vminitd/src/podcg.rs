@@ -26,9 +26,20 @@ pub fn dir(group: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Make the group of `group` (with `memory_max` bytes as its limit) and
-/// give the file a process writes `0` to, to join it.
-pub fn prepare(group: &str, memory_max: Option<u64>) -> Result<PathBuf, String> {
+/// The limits of a pod container's group.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// `memory.max`, bytes.
+    pub memory_max: Option<u64>,
+    /// `cpu.max`: quota and period, microseconds.
+    pub cpu_max: Option<(u64, u64)>,
+    /// `cpu.weight`, 1–10000.
+    pub cpu_weight: Option<u64>,
+}
+
+/// Make the group of `group` with its `limits` and give the file a
+/// process writes `0` to, to join it.
+pub fn prepare(group: &str, limits: Limits) -> Result<PathBuf, String> {
     let dir = dir(group)?;
     // The controllers for the groups below: the root's may have
     // processes (it is exempt), `vessel-pod` has none.
@@ -51,9 +62,19 @@ pub fn prepare(group: &str, memory_max: Option<u64>) -> Result<PathBuf, String> 
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("mkdir {}: {e}", dir.display())),
     }
-    if let Some(max) = memory_max.filter(|m| *m > 0) {
-        std::fs::write(dir.join("memory.max"), max.to_string())
-            .map_err(|e| format!("memory.max of {group}: {e}"))?;
+    let mut settings = Vec::new();
+    if let Some(max) = limits.memory_max.filter(|m| *m > 0) {
+        settings.push(("memory.max", max.to_string()));
+    }
+    if let Some((quota, period)) = limits.cpu_max.filter(|(q, p)| *q > 0 && *p > 0) {
+        settings.push(("cpu.max", format!("{quota} {period}")));
+    }
+    if let Some(weight) = limits.cpu_weight {
+        settings.push(("cpu.weight", weight.clamp(1, 10_000).to_string()));
+    }
+    for (file, value) in settings {
+        std::fs::write(dir.join(file), &value)
+            .map_err(|e| format!("{file} of {group} ({value}): {e}"))?;
     }
     Ok(dir.join("cgroup.procs"))
 }

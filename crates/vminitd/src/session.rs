@@ -91,9 +91,16 @@ impl Guest {
         let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
         match pods.get(root) {
             None => Ok(RootSetup::NewNamespace {
-                cgroup: crate::podcg::prepare(&group, p.memory_max)
-                    .map_err(|e| log!("the cgroup of {root}: {e}"))
-                    .ok(),
+                cgroup: crate::podcg::prepare(
+                    &group,
+                    crate::podcg::Limits {
+                        memory_max: p.memory_max,
+                        cpu_max: p.cpu_max,
+                        cpu_weight: p.cpu_weight,
+                    },
+                )
+                .map_err(|e| log!("the cgroup of {root}: {e}"))
+                .ok(),
                 dir,
                 binds: p
                     .binds

@@ -125,6 +125,8 @@ pub fn exec_process(config: &ContainerConfig, body: &ExecCreate) -> Result<Proce
         root: None,
         binds: Vec::new(),
         memory_max: None,
+        cpu_max: None,
+        cpu_weight: None,
     })
 }
 
