@@ -51,9 +51,13 @@ impl Cri {
             .tempdir_in("/tmp")
             .expect("tempdir");
         let d = dir.path().to_path_buf();
+        // Each instance its own bridge and subnet: the tests of this file
+        // run in parallel, in one process.
+        static INSTANCES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = INSTANCES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
-        let bridge = format!("vslcri{}", pid % 100_000);
-        let subnet = format!("10.231.{}.0/24", free_third_octet(pid + 97));
+        let bridge = format!("vslcri{}x{n}", pid % 100_000);
+        let subnet = format!("10.231.{}.0/24", free_third_octet(pid + 97 + 31 * n));
         std::fs::create_dir(d.join("net.d")).expect("net.d");
         std::fs::write(
             d.join("net.d/10-vessel-cri.conflist"),
@@ -350,17 +354,23 @@ async fn connect(
     Ok(RuntimeServiceClient::new(channel))
 }
 
-/// X of a 10.231.X.0/24 no route of the host covers yet, from `seed` on.
+/// X of a 10.231.X.0/24 no route of the host covers yet and no other
+/// instance of this process took (its bridge comes with its first pod),
+/// from `seed` on.
 fn free_third_octet(seed: u32) -> u32 {
+    static TAKEN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let routes = Command::new("ip")
         .args(["-4", "route", "show", "table", "all"])
         .output()
         .map(|o| text(&o.stdout))
         .unwrap_or_default();
-    (0..250)
+    let x = (0..250)
         .map(|i| (seed + i) % 250)
-        .find(|x| !routes.contains(&format!("10.231.{x}.")))
-        .expect("a free 10.231.X.0/24")
+        .find(|x| !taken.contains(x) && !routes.contains(&format!("10.231.{x}.")))
+        .expect("a free 10.231.X.0/24");
+    taken.push(x);
+    x
 }
 
 /// `src` (an OCI layout archive of one image) as the image `name` whose

@@ -21,17 +21,32 @@ pub const GUEST_DIR: &str = "/.vessel-pod";
 const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
+type Annotations = std::collections::BTreeMap<String, String>;
+
 /// The pod's sandbox task id, for a pod's application container.
-pub fn sandbox_of(annotations: &std::collections::BTreeMap<String, String>) -> Option<&str> {
-    (annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container"))
-        .then(|| annotations.get(SANDBOX_ID).map(String::as_str))
+pub fn sandbox_of(annotations: &Annotations) -> Option<&str> {
+    is_container(annotations)
+        .then(|| pod_id(annotations))
         .flatten()
+}
+
+/// The sandbox id CRI gives every task of a pod, the sandbox's own
+/// included (what groups a pod's tasks under one shim).
+pub fn pod_id(annotations: &Annotations) -> Option<&str> {
+    annotations
+        .get(SANDBOX_ID)
+        .map(String::as_str)
         .filter(|s| !s.is_empty())
 }
 
 /// Whether the task is a pod's sandbox (its pause container).
-pub fn is_sandbox(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+pub fn is_sandbox(annotations: &Annotations) -> bool {
     annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox")
+}
+
+/// Whether the task is a pod's application container (not its sandbox).
+pub fn is_container(annotations: &Annotations) -> bool {
+    annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("container")
 }
 
 /// The pod directory of sandbox `id` (beside the task's own home, never

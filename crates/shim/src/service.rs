@@ -85,7 +85,7 @@ impl containerd_shim::Shim for VesselShim {
         let grouping = std::env::current_dir()
             .ok()
             .and_then(|b| spec::read(&b).ok())
-            .and_then(|s| s.annotations.get("io.kubernetes.cri.sandbox-id").cloned())
+            .and_then(|s| pod::pod_id(&s.annotations).map(str::to_string))
             .unwrap_or_else(|| opts.id.clone());
         // The bare address on stdout (the library writes it): what
         // containerd 1.6 (Debian 12) reads; 1.7 and 2.x accept it too.

@@ -111,9 +111,7 @@ impl Spec {
     /// A CRI pod's application container (not its sandbox): it shares the
     /// sandbox's network namespace, whose one TAP the sandbox's VM has.
     pub fn is_pod_container(&self) -> bool {
-        self.annotations
-            .get("io.kubernetes.cri.container-type")
-            .is_some_and(|t| t == "container")
+        crate::pod::is_container(&self.annotations)
     }
 
     /// `linux.resources.memory.limit`, in bytes, when set.

@@ -258,17 +258,22 @@ struct PreparedBind {
     readonly: bool,
 }
 
+/// `/a/b`: absolute, below `/`, with no `.`, `..` or empty part (a path
+/// from the host that may only name what is under a root).
+pub fn is_plain_absolute(path: &Path) -> bool {
+    path.is_absolute()
+        && path.components().count() > 1
+        && path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 fn prepare_binds(binds: &[BindSource]) -> Result<Vec<PreparedBind>, StartError> {
     binds
         .iter()
         .map(|b| {
-            let target = Path::new(&b.target);
-            let plain = target.is_absolute()
-                && target
-                    .components()
-                    .skip(1)
-                    .all(|c| matches!(c, std::path::Component::Normal(_)));
-            if !plain || target.components().count() < 2 {
+            if !is_plain_absolute(Path::new(&b.target)) {
                 return Err(StartError::new(
                     125,
                     format!("mount target must be a plain absolute path: {:?}", b.target),
@@ -629,6 +634,16 @@ pub fn spawn(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn plain_absolute_paths_name_only_what_is_below_a_root() {
+        for ok in ["/a", "/.vessel-pod/c1", "/etc/resolv.conf", "/a//b"] {
+            assert!(is_plain_absolute(Path::new(ok)), "{ok}");
+        }
+        for bad in ["", "/", "a/b", "/a/../b", "/..", "./a"] {
+            assert!(!is_plain_absolute(Path::new(bad)), "{bad}");
+        }
+    }
     use std::io::Read;
 
     #[test]

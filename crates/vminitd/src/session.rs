@@ -64,13 +64,7 @@ impl Guest {
     /// a new mount namespace for its first process, else that process's.
     fn pod_root(&self, p: &ProcessSpec, root: &str) -> Result<RootSetup, StartError> {
         let rel = Path::new(root);
-        let plain = rel.is_absolute()
-            && rel.components().count() > 1
-            && rel
-                .components()
-                .skip(1)
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if !plain {
+        if !crate::process::is_plain_absolute(rel) {
             return Err(StartError::new(
                 125,
                 format!("a container's root must be a plain absolute path: {root:?}"),
