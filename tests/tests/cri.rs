@@ -25,6 +25,8 @@ const SQLITE_WANT: &str = include_str!("../fixtures/real-software/sqlite.out");
 /// [`pause_image`], imported before the first pod).
 const PAUSE: &str = "localhost/vessel-pause:test";
 const PLUGINS: &str = "/usr/lib/cni";
+/// A sidecar's script: a shell holding 8 MiB in a variable, forever.
+const SIDECAR: &str = "x=$(head -c 8388608 /dev/zero | tr '\\000' a); while true; do sleep 1; done";
 /// How long one CRI call may take (a VM boots under TCG in ~2 s; the CRI
 /// plugin's first pod also mounts the image's snapshot).
 const CALL: Duration = Duration::from_secs(120);
@@ -359,7 +361,9 @@ async fn connect(
 /// from `seed` on.
 fn free_third_octet(seed: u32) -> u32 {
     static TAKEN: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
-    let mut taken = TAKEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let routes = Command::new("ip")
         .args(["-4", "route", "show", "table", "all"])
         .output()
@@ -686,9 +690,18 @@ fn run_container_of(
         command: vec!["sh".into(), "-c".into(), script.into()],
         log_path: format!("{name}.log"),
         mounts,
-        linux: resources.map(|r| cri::LinuxContainerConfig {
-            resources: Some(r),
-            ..Default::default()
+        // As the kubelet sends it for a pod without shareProcessNamespace.
+        linux: Some(cri::LinuxContainerConfig {
+            resources,
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                namespace_options: Some(cri::NamespaceOption {
+                    network: cri::NamespaceMode::Pod as i32,
+                    pid: cri::NamespaceMode::Container as i32,
+                    ipc: cri::NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
         }),
         ..Default::default()
     };
@@ -718,6 +731,26 @@ fn run_container_of(
         "{cs:?}"
     );
     container
+}
+
+/// StopContainer of `id` (SIGTERM, SIGKILL 2 s later): its status after.
+fn stop_container(c: &mut Cri, id: &str) -> cri::ContainerStatus {
+    let cid = id.to_string();
+    c.call("StopContainer", |mut c| async move {
+        c.stop_container(cri::StopContainerRequest {
+            container_id: cid,
+            timeout: 2,
+        })
+        .await
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
+    let st = container_status(c, id).status.expect("status");
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{st:?}"
+    );
+    st
 }
 
 /// StopPodSandbox + RemovePodSandbox of `id`.
@@ -842,14 +875,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     );
     let start_container = t.elapsed();
     // The sidecar holds 8 MiB in a shell variable.
-    let sidecar = run_container(
-        &mut c,
-        &pod,
-        "sidecar",
-        "x=$(head -c 8388608 /dev/zero | tr '\\000' a); while true; do sleep 1; done",
-        Vec::new(),
-        None,
-    );
+    let sidecar = run_container(&mut c, &pod, "sidecar", SIDECAR, Vec::new(), None);
     // One VM per pod: the sandbox's VM runs both containers.
     assert_eq!(qemus(&c), 1, "one VM per pod: {:?}", c.leftovers());
 
@@ -906,6 +932,18 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         let userns = exec_in(&mut c, id, &["unshare", "-U", "-r", "id", "-u"]);
         assert_eq!(text(&userns.stdout).trim(), "0", "{userns:?}");
     }
+    // Each container has a PID namespace of its own (Kubernetes' default):
+    // its first process is PID 1, and it sees none of the other's.
+    let init = exec(&mut c, &["cat", "/proc/1/cmdline"]);
+    assert!(text(&init.stdout).starts_with("httpd\0"), "{init:?}");
+    let init = exec_in(&mut c, &sidecar, &["cat", "/proc/1/cmdline"]);
+    assert!(text(&init.stdout).starts_with("sh\0"), "{init:?}");
+    let seen = exec(&mut c, &["ps", "-o", "comm"]);
+    assert!(text(&seen.stdout).contains("httpd"), "{seen:?}");
+    assert!(
+        !text(&seen.stdout).contains("sleep"),
+        "the sidecar's: {seen:?}"
+    );
     // The volume (read-only) and the files CRI binds in: the pod's DNS
     // settings and hostname.
     let conf = exec(&mut c, &["cat", "/etc/app/config.txt"]);
@@ -1080,6 +1118,10 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert_eq!(qemus(&c), 2, "{:?}", c.leftovers());
     let native_uname = exec_in(&mut c, &native_container, &["uname", "-r"]);
     assert_eq!(text(&native_uname.stdout).trim(), host.trim());
+    // StopContainer of the same sidecar under runc: what its exit code is
+    // (its shell is PID 1, which SIGTERM does not end).
+    let native_sidecar = run_container(&mut c, &native, "sidecar", SIDECAR, Vec::new(), None);
+    let runc_stop = stop_container(&mut c, &native_sidecar);
     remove_pod(&mut c, &native.id);
     remove_pod(&mut c, &other.id);
     assert!(
@@ -1095,24 +1137,13 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     );
 
     // StopContainer: the sidecar ends (SIGTERM, then SIGKILL after the
-    // timeout); httpd and the pod go on.
-    let id = sidecar.clone();
-    c.call("StopContainer", |mut c| async move {
-        c.stop_container(cri::StopContainerRequest {
-            container_id: id,
-            timeout: 5,
-        })
-        .await
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", c.log()));
-    let cs = container_status(&mut c, &sidecar);
-    let st = cs.status.as_ref().expect("status");
+    // timeout) with the code it has under runc; httpd and the pod go on.
+    let stop = stop_container(&mut c, &sidecar);
     assert_eq!(
-        st.state,
-        cri::ContainerState::ContainerExited as i32,
-        "{st:?}"
+        stop.exit_code, runc_stop.exit_code,
+        "vessel {stop:?}, runc {runc_stop:?}"
     );
-    assert_eq!(st.exit_code, 128 + 15, "sleep dies of SIGTERM: {st:?}");
+    assert_eq!(stop.exit_code, 128 + 9, "PID 1 ignores SIGTERM: {stop:?}");
     let id = sidecar.clone();
     c.call("RemoveContainer", |mut c| async move {
         c.remove_container(cri::RemoveContainerRequest { container_id: id })

@@ -32,7 +32,7 @@
 //! | `Exec(ExecRequest)` | one more process in the started container: its streams (or terminal), resize, signals, exit (feature [`FEATURE_EXEC`]) |
 //! | `CopyOut { path }` | a tar stream of `path` inside the container, guest → host (feature [`FEATURE_COPY`]) |
 //! | `CopyIn { path }` | a tar stream to unpack into the directory `path`, host → guest (feature [`FEATURE_COPY`]) |
-//! | `Exec` with `process.root` | a process of a pod's container in this VM (the containerd shim): the first one for a root gets a mount namespace and cgroup of its own, with the `binds`, `memory_max`, `cpu_max` and `cpu_weight` it carries; later ones join them |
+//! | `Exec` with `process.root` | a process of a pod's container in this VM (the containerd shim): the first one for a root gets a mount namespace and cgroup of its own, with the `binds`, `memory_max`, `cpu_max`, `cpu_weight` and `own_pids` it carries; later ones join them |
 //! | `ReadStats` | one [`StatsSnapshot`] (feature [`FEATURE_STATS`]), then more on request |
 //! | `ReadGroupStats { group }` | one [`StatsSnapshot`] of a pod container's cgroup (feature [`FEATURE_STATS`]) |
 //! | `ReadProcesses` | the container's processes (feature [`FEATURE_TOP`]), then more on request |
@@ -221,6 +221,11 @@ pub struct ProcessSpec {
     /// other containers, `cpu.weight` of its cgroup (1–10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_weight: Option<u64>,
+    /// With `root`: the container's first process is PID 1 of a PID
+    /// namespace of its own (Kubernetes' default), which its execs join;
+    /// false, the pod's containers share the VM's (`shareProcessNamespace`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_pids: bool,
 }
 
 /// A bind mount into a pod's container ([`ProcessSpec::binds`]).
@@ -822,6 +827,7 @@ mod tests {
                 memory_max: None,
                 cpu_max: None,
                 cpu_weight: None,
+                own_pids: false,
             },
             hostname: "abc".into(),
             root_device: "/dev/vda".into(),

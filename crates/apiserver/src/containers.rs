@@ -353,6 +353,7 @@ pub fn build_process(
         memory_max: None,
         cpu_max: None,
         cpu_weight: None,
+        own_pids: false,
     })
 }
 

@@ -63,6 +63,7 @@ impl HealthSpec {
                 memory_max: None,
                 cpu_max: None,
                 cpu_weight: None,
+                own_pids: false,
             },
             tty_size: None,
         }

@@ -1923,6 +1923,7 @@ mod tests {
                 memory_max: None,
                 cpu_max: None,
                 cpu_weight: None,
+                own_pids: false,
             },
             hostname: "box".into(),
             root_device: "/dev/vda".into(),

@@ -675,6 +675,7 @@ impl Task for Service {
                     memory_max: spec.memory_limit(),
                     cpu_max: spec.cpu_max(),
                     cpu_weight: spec.cpu_weight(),
+                    own_pids: spec.own_pid_namespace(),
                     ..translated.config.process.clone()
                 },
             })

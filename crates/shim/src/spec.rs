@@ -108,6 +108,17 @@ impl Spec {
             .filter(|p| !p.as_os_str().is_empty())
     }
 
+    /// Whether the task asks for a PID namespace of its own: a `pid`
+    /// namespace without a path (CRI's default for a pod's container; a
+    /// path is the sandbox's, `shareProcessNamespace`).
+    pub fn own_pid_namespace(&self) -> bool {
+        self.linux.as_ref().is_some_and(|l| {
+            l.namespaces.iter().any(|n| {
+                n.kind == "pid" && n.path.as_ref().is_none_or(|p| p.as_os_str().is_empty())
+            })
+        })
+    }
+
     /// A CRI pod's application container (not its sandbox): it shares the
     /// sandbox's network namespace, whose one TAP the sandbox's VM has.
     pub fn is_pod_container(&self) -> bool {
@@ -335,6 +346,7 @@ pub fn process_spec(p: &Process, stdin: bool) -> Result<ProcessSpec, SpecError> 
         memory_max: None,
         cpu_max: None,
         cpu_weight: None,
+        own_pids: false,
     })
 }
 
@@ -445,6 +457,22 @@ mod tests {
             cpus: 1,
             memory_mib: 512,
         }
+    }
+
+    #[test]
+    fn a_pid_namespace_without_a_path_is_the_container_s_own() {
+        let spec = |ns: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"process": {{"args": ["true"]}}, "root": {{"path": "rootfs"}},
+                    "linux": {{"namespaces": [{ns}]}}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(spec(r#"{"type": "pid"}, {"type": "mount"}"#).own_pid_namespace());
+        assert!(spec(r#"{"type": "pid", "path": ""}"#).own_pid_namespace());
+        assert!(!spec(r#"{"type": "pid", "path": "/proc/7/ns/pid"}"#).own_pid_namespace());
+        assert!(!spec(r#"{"type": "mount"}"#).own_pid_namespace());
+        assert!(!Spec::default().own_pid_namespace());
     }
 
     #[test]

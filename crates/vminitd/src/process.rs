@@ -219,18 +219,65 @@ pub enum RootSetup {
     /// (`pivot_root`; `chroot` if that fails). The mounts end with the
     /// namespace's last process. `binds` are then mounted in it.
     /// `cgroup`: the `cgroup.procs` it joins first.
+    /// `own_pids`: it is PID 1 of a PID namespace of its own.
     NewNamespace {
         dir: PathBuf,
         binds: Vec<BindSource>,
         cgroup: Option<PathBuf>,
+        own_pids: bool,
     },
-    /// A later process of a pod container: join the mount namespace and the
-    /// root of a process of it (`/proc/PID/ns/mnt`, `/proc/PID/root`).
+    /// A later process of a pod container: join the mount namespace, the
+    /// PID namespace and the root of a process of it (`/proc/PID/ns/mnt`,
+    /// `/proc/PID/ns/pid`, `/proc/PID/root`).
     Join {
         ns: OwnedFd,
+        pids: OwnedFd,
         root: OwnedFd,
         cgroup: Option<PathBuf>,
     },
+}
+
+/// The PID namespace the next child of the calling thread is born in
+/// (`/proc/thread-self/ns/pid_for_children`), moved for one spawn: a new
+/// one, or a container's; put back on drop. Only the calling thread's
+/// children are concerned, and the calling process itself never moves.
+struct ChildPidNamespace {
+    own: OwnedFd,
+}
+
+impl ChildPidNamespace {
+    /// Move it as `setup` asks; `None` when it stays.
+    fn enter(setup: &RootSetup) -> Result<Option<Self>, StartError> {
+        let into = match setup {
+            RootSetup::NewNamespace { own_pids: true, .. } => None,
+            RootSetup::Join { pids, .. } => Some(pids),
+            _ => return Ok(None),
+        };
+        let err = |what: &str, e: io::Error| StartError::new(125, format!("{what}: {e}"));
+        let own = std::fs::File::open("/proc/thread-self/ns/pid")
+            .map(OwnedFd::from)
+            .map_err(|e| err("the PID namespace", e))?;
+        // SAFETY: unshare and setns change only this thread's namespace
+        // for its future children; the descriptor is valid.
+        let r = unsafe {
+            match into {
+                None => libc::unshare(libc::CLONE_NEWPID),
+                Some(fd) => libc::setns(fd.as_raw_fd(), libc::CLONE_NEWPID),
+            }
+        };
+        if r != 0 {
+            return Err(err("a PID namespace", io::Error::last_os_error()));
+        }
+        Ok(Some(Self { own }))
+    }
+}
+
+impl Drop for ChildPidNamespace {
+    fn drop(&mut self) {
+        // SAFETY: back to the thread's own namespace (its active one, which
+        // setns always allows), on a descriptor we own.
+        unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWPID) };
+    }
 }
 
 /// A file or directory bound into a pod container's namespace.
@@ -580,6 +627,9 @@ pub fn spawn(
                 .stderr(Stdio::from(slave));
         }
     }
+    // The child's PID namespace is chosen by the forking thread, before
+    // the fork; the guard puts this thread's back after it.
+    let pids = ChildPidNamespace::enter(&setup)?;
     let hook = move || -> io::Result<()> {
         // SAFETY: we are between fork and exec (this is a pre_exec hook).
         unsafe { reset_process_state(&limits)? };
@@ -627,7 +677,9 @@ pub fn spawn(
     unsafe {
         cmd.pre_exec(hook);
     }
-    cmd.spawn().map_err(|e| spawn_error(arg0, &e))
+    let child = cmd.spawn().map_err(|e| spawn_error(arg0, &e));
+    drop(pids);
+    child
 }
 
 #[cfg(test)]

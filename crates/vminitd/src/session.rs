@@ -96,6 +96,7 @@ impl Guest {
                 .map_err(|e| log!("the cgroup of {root}: {e}"))
                 .ok(),
                 dir,
+                own_pids: p.own_pids,
                 binds: p
                     .binds
                     .iter()
@@ -122,6 +123,7 @@ impl Guest {
                 Ok(RootSetup::Join {
                     cgroup: crate::podcg::procs(&group),
                     ns: open(format!("/proc/{pid}/ns/mnt"), 0)?,
+                    pids: open(format!("/proc/{pid}/ns/pid"), 0)?,
                     root: open(format!("/proc/{pid}/root"), libc::O_DIRECTORY)?,
                 })
             }

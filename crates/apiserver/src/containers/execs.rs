@@ -127,6 +127,7 @@ pub fn exec_process(config: &ContainerConfig, body: &ExecCreate) -> Result<Proce
         memory_max: None,
         cpu_max: None,
         cpu_weight: None,
+        own_pids: false,
     })
 }
 
