@@ -75,6 +75,13 @@ class Containerd:
         for t in sorted(targets, key=len, reverse=True):
             subprocess.run(["umount", "-l", t], stderr=subprocess.DEVNULL)
         subprocess.run(["rm", "-rf", self.dir])
+        # runc's state root for the namespace (ctr gives runc no other): it
+        # goes if empty, as its parents (a system containerd keeps them).
+        for d in ("/run/containerd/runc/default", "/run/containerd/runc", "/run/containerd"):
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
 
 
 def timed(argv):
