@@ -119,7 +119,7 @@ def main():
         c.setup(image)
         for i in range(a.runs):
             for k, runtime in RUNTIMES.items():
-                times[k].append(timed(c.argv("run", "--rm", "--runtime", runtime, sides.IMAGE, f"{k}-{i}", "true")))
+                times[k].append(timed(c.argv("run", "--fifo-dir", os.path.join(c.dir, "fifo"), "--rm", "--runtime", runtime, sides.IMAGE, f"{k}-{i}", "true")))
     finally:
         c.teardown()
     out = {

@@ -87,7 +87,27 @@ state = "{d}/state"
 
     fn ctr_cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("-a").arg(self.path().join("c.sock")).args(args);
+        cmd.arg("-a").arg(self.path().join("c.sock"));
+        // The stdio FIFOs of `run`, `task exec` and `task start` in the
+        // test's directory: ctr's default (/run/containerd/fifo) keeps
+        // those of a task whose shim was killed.
+        let fifo = self.path().join("fifo");
+        let at = match args {
+            ["run", ..] => Some(1),
+            ["task", "exec" | "start", ..] => Some(2),
+            _ => None,
+        };
+        match at {
+            Some(n) => {
+                cmd.args(&args[..n])
+                    .arg("--fifo-dir")
+                    .arg(&fifo)
+                    .args(&args[n..]);
+            }
+            None => {
+                cmd.args(args);
+            }
+        }
         cmd
     }
 
