@@ -127,9 +127,7 @@ impl Spec {
 
     /// `linux.resources.memory.limit`, in bytes, when set.
     pub fn memory_limit(&self) -> Option<u64> {
-        self.linux
-            .as_ref()
-            .and_then(|l| l.resources.as_ref())
+        self.resources()
             .and_then(|r| r.memory.as_ref())
             .and_then(|m| m.limit)
             .filter(|l| *l > 0)
@@ -155,10 +153,11 @@ impl Spec {
     }
 
     fn cpu(&self) -> Option<&Cpu> {
-        self.linux
-            .as_ref()
-            .and_then(|l| l.resources.as_ref())
-            .and_then(|r| r.cpu.as_ref())
+        self.resources().and_then(|r| r.cpu.as_ref())
+    }
+
+    fn resources(&self) -> Option<&Resources> {
+        self.linux.as_ref().and_then(|l| l.resources.as_ref())
     }
 
     /// The host file bind-mounted on `/etc/resolv.conf` (CRI's), if any.

@@ -26,20 +26,10 @@ pub fn dir(group: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The limits of a pod container's group.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Limits {
-    /// `memory.max`, bytes.
-    pub memory_max: Option<u64>,
-    /// `cpu.max`: quota and period, microseconds.
-    pub cpu_max: Option<(u64, u64)>,
-    /// `cpu.weight`, 1–10000.
-    pub cpu_weight: Option<u64>,
-}
-
-/// Make the group of `group` with its `limits` and give the file a
-/// process writes `0` to, to join it.
-pub fn prepare(group: &str, limits: Limits) -> Result<PathBuf, String> {
+/// Make the group of `group` with the limits of `limits` (its
+/// `memory_max`, `cpu_max` and `cpu_weight`) and give the file a process
+/// writes `0` to, to join it.
+pub fn prepare(group: &str, limits: &agent_protocol::ProcessSpec) -> Result<PathBuf, String> {
     let dir = dir(group)?;
     // The controllers for the groups below: the root's may have
     // processes (it is exempt), `vessel-pod` has none.

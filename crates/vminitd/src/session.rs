@@ -85,16 +85,9 @@ impl Guest {
         let pods = self.pods.lock().unwrap_or_else(PoisonError::into_inner);
         match pods.get(root) {
             None => Ok(RootSetup::NewNamespace {
-                cgroup: crate::podcg::prepare(
-                    &group,
-                    crate::podcg::Limits {
-                        memory_max: p.memory_max,
-                        cpu_max: p.cpu_max,
-                        cpu_weight: p.cpu_weight,
-                    },
-                )
-                .map_err(|e| log!("the cgroup of {root}: {e}"))
-                .ok(),
+                cgroup: crate::podcg::prepare(&group, p)
+                    .map_err(|e| log!("the cgroup of {root}: {e}"))
+                    .ok(),
                 dir,
                 own_pids: p.own_pids,
                 binds: p
