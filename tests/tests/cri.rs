@@ -265,6 +265,15 @@ state = "{d}/state"
         found
     }
 
+    /// Within 20 s, no process or mount of this containerd's tasks is left.
+    fn assert_nothing_left(&self) {
+        assert!(
+            self.wait_for(Duration::from_secs(20), || self.leftovers().is_empty()),
+            "left behind: {:?}",
+            self.leftovers()
+        );
+    }
+
     fn wait_for(&self, limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -377,6 +386,34 @@ fn free_third_octet(seed: u32) -> u32 {
     x
 }
 
+/// `sha256:HEX` of `bytes`.
+fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// The blob path of `digest` in an OCI layout.
+fn blob_path(digest: &str) -> String {
+    format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))
+}
+
+/// The annotations that name an index entry `name` for containerd.
+fn image_annotations(name: &str) -> serde_json::Value {
+    let tag = name.rsplit_once(':').expect("name:tag").1;
+    serde_json::json!({
+        "org.opencontainers.image.ref.name": tag,
+        "io.containerd.image.name": name,
+    })
+}
+
+/// One regular file of `size` bytes read from `data`, into an archive.
+fn append_file(out: &mut tar::Builder<std::fs::File>, path: &str, size: u64, data: impl Read) {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    out.append_data(&mut h, path, data).expect("append");
+}
+
 /// `src` (an OCI layout archive of one image) as the image `name` whose
 /// command is `sleep`: a sandbox ("pause") image. The config and manifest
 /// are rewritten (new digests), the layers are the same blobs.
@@ -401,9 +438,8 @@ fn pause_image(src: &Path, dst: &Path, name: &str) {
             .1
             .clone()
     };
-    let blob = |digest: &str| file(&format!("blobs/sha256/{}", &digest["sha256:".len()..]));
+    let blob = |digest: &str| file(&blob_path(digest));
     let json = |b: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&b).expect("json") };
-    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
     let mut index = json(file("index.json"));
     let mut manifest = json(blob(
         index["manifests"][0]["digest"].as_str().expect("digest"),
@@ -411,34 +447,22 @@ fn pause_image(src: &Path, dst: &Path, name: &str) {
     let mut config = json(blob(manifest["config"]["digest"].as_str().expect("digest")));
     config["config"]["Cmd"] = serde_json::json!(["sleep", "86400"]);
     let config = serde_json::to_vec(&config).expect("json");
-    manifest["config"]["digest"] = digest(&config).into();
+    manifest["config"]["digest"] = digest_of(&config).into();
     manifest["config"]["size"] = config.len().into();
     let manifest = serde_json::to_vec(&manifest).expect("json");
     let m = &mut index["manifests"][0];
-    m["digest"] = digest(&manifest).into();
+    m["digest"] = digest_of(&manifest).into();
     m["size"] = manifest.len().into();
-    let tag = name.rsplit_once(':').expect("name:tag").1;
-    m["annotations"] = serde_json::json!({
-        "org.opencontainers.image.ref.name": tag,
-        "io.containerd.image.name": name,
-    });
+    m["annotations"] = image_annotations(name);
     let index = serde_json::to_vec(&index).expect("json");
     files.retain(|(n, _)| n.trim_start_matches("./") != "index.json");
     for b in [&config, &manifest] {
-        files.push((
-            format!("blobs/sha256/{}", &digest(b)["sha256:".len()..]),
-            b.clone(),
-        ));
+        files.push((blob_path(&digest_of(b)), b.clone()));
     }
     files.push(("index.json".into(), index));
     let mut out = tar::Builder::new(std::fs::File::create(dst).expect("pause image"));
     for (path, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        out.append_data(&mut h, path, data.as_slice())
-            .expect("append");
+        append_file(&mut out, &path, data.len() as u64, data.as_slice());
     }
     out.finish().expect("tar");
 }
@@ -446,7 +470,6 @@ fn pause_image(src: &Path, dst: &Path, name: &str) {
 /// `rootfs` (a root filesystem as one tar) as the OCI image archive `dst`
 /// named `name`: the tar is the image's one layer, uncompressed.
 fn oci_from_rootfs(rootfs: &Path, dst: &Path, name: &str) {
-    let digest = |b: &[u8]| format!("sha256:{}", hex::encode(Sha256::digest(b)));
     let mut hasher = Sha256::new();
     let mut layer = std::fs::File::open(rootfs).expect("rootfs tar");
     let size = std::io::copy(&mut layer, &mut hasher).expect("read rootfs tar");
@@ -466,7 +489,7 @@ fn oci_from_rootfs(rootfs: &Path, dst: &Path, name: &str) {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {
             "mediaType": "application/vnd.oci.image.config.v1+json",
-            "digest": digest(&config),
+            "digest": digest_of(&config),
             "size": config.len(),
         },
         "layers": [{
@@ -476,40 +499,30 @@ fn oci_from_rootfs(rootfs: &Path, dst: &Path, name: &str) {
         }],
     }))
     .expect("json");
-    let tag = name.rsplit_once(':').expect("name:tag").1;
     let index = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": digest(&manifest),
+            "digest": digest_of(&manifest),
             "size": manifest.len(),
-            "annotations": {
-                "org.opencontainers.image.ref.name": tag,
-                "io.containerd.image.name": name,
-            },
+            "annotations": image_annotations(name),
         }],
     }))
     .expect("json");
     let mut out = tar::Builder::new(std::fs::File::create(dst).expect("OCI archive"));
-    let mut add = |path: String, data: &[u8]| {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_cksum();
-        out.append_data(&mut h, path, data).expect("append");
-    };
-    add("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#);
-    add("index.json".into(), &index);
+    let layout = br#"{"imageLayoutVersion":"1.0.0"}"#;
+    append_file(&mut out, "oci-layout", layout.len() as u64, &layout[..]);
+    append_file(&mut out, "index.json", index.len() as u64, index.as_slice());
     for b in [&config, &manifest] {
-        add(format!("blobs/sha256/{}", &digest(b)["sha256:".len()..]), b);
+        append_file(
+            &mut out,
+            &blob_path(&digest_of(b)),
+            b.len() as u64,
+            b.as_slice(),
+        );
     }
-    let mut h = tar::Header::new_gnu();
-    h.set_size(size);
-    h.set_mode(0o644);
-    h.set_cksum();
-    let path = format!("blobs/sha256/{}", &layer_digest["sha256:".len()..]);
     let layer = std::fs::File::open(rootfs).expect("rootfs tar");
-    out.append_data(&mut h, path, layer).expect("append layer");
+    append_file(&mut out, &blob_path(&layer_digest), size, layer);
     out.finish().expect("tar");
 }
 
@@ -731,6 +744,16 @@ fn run_container_of(
         "{cs:?}"
     );
     container
+}
+
+/// A pod named `name` under `handler` with one container of `image` that
+/// idles (`exec sleep 86400`), and how long the three calls took.
+fn idle_pod(c: &mut Cri, name: &str, handler: &str, image: &str) -> (Pod, String, Duration) {
+    let config = pod_config(c.path(), name);
+    let t = Instant::now();
+    let pod = run_pod(c, config, handler);
+    let container = run_container_of(c, &pod, image, name, "exec sleep 86400", Vec::new(), None);
+    (pod, container, t.elapsed())
 }
 
 /// StopContainer of `id` (SIGTERM, SIGKILL 2 s later): its status after.
@@ -1067,18 +1090,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
 
     // Two pods, two VMs: a second vessel pod boots a VM of its own with
     // an IP of its own, and reaches the first pod's httpd over the bridge.
-    let t = Instant::now();
-    let config = pod_config(c.path(), "client");
-    let other = run_pod(&mut c, config, "vessel");
-    let client = run_container(
-        &mut c,
-        &other,
-        "client",
-        "exec sleep 86400",
-        Vec::new(),
-        None,
-    );
-    let vessel_pod_start = t.elapsed();
+    let (other, client, vessel_pod_start) = idle_pod(&mut c, "client", "vessel", IMAGE);
     assert_eq!(qemus(&c), 2, "two pods, two VMs: {:?}", c.leftovers());
     assert!(
         other.ip.starts_with("10.231.") && other.ip != ip,
@@ -1103,18 +1115,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
     assert_ne!(web_boot, boot_id(&mut c, &client));
     // The same pod start with runc (handler `runc`) in the same containerd,
     // side by side: printed, not asserted. runc's pod has no VM.
-    let t = Instant::now();
-    let config = pod_config(c.path(), "native");
-    let native = run_pod(&mut c, config, "runc");
-    let native_container = run_container(
-        &mut c,
-        &native,
-        "native",
-        "exec sleep 86400",
-        Vec::new(),
-        None,
-    );
-    let runc_pod_start = t.elapsed();
+    let (native, native_container, runc_pod_start) = idle_pod(&mut c, "native", "runc", IMAGE);
     assert_eq!(qemus(&c), 2, "{:?}", c.leftovers());
     let native_uname = exec_in(&mut c, &native_container, &["uname", "-r"]);
     assert_eq!(text(&native_uname.stdout).trim(), host.trim());
@@ -1170,11 +1171,7 @@ fn a_cri_pod_runs_in_one_vessel_vm() {
         })
         .expect("ListPodSandbox");
     assert!(pods.items.is_empty(), "{pods:?}");
-    assert!(
-        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
-        "left behind: {:?}",
-        c.leftovers()
-    );
+    c.assert_nothing_left();
     assert!(!netns.exists(), "{} left", netns.display());
     let ports = Command::new("ip")
         .args(["-o", "link", "show", "master", &c.bridge])
@@ -1210,14 +1207,11 @@ fn pod_start_vessel_against_runc() {
     for round in 0..=runs {
         for k in 0..2 {
             let h = (k + round) % 2;
-            let config = pod_config(c.path(), &format!("{}-{round}", HANDLERS[h]));
-            let t = Instant::now();
-            let pod = run_pod(&mut c, config, HANDLERS[h]);
-            run_container(&mut c, &pod, "app", "exec sleep 86400", Vec::new(), None);
-            let secs = t.elapsed().as_secs_f64();
+            let name = format!("{}-{round}", HANDLERS[h]);
+            let (pod, _, start) = idle_pod(&mut c, &name, HANDLERS[h], IMAGE);
             remove_pod(&mut c, &pod.id);
             if round > 0 {
-                took[h].push(secs);
+                took[h].push(start.as_secs_f64());
             }
         }
     }
@@ -1236,11 +1230,7 @@ fn pod_start_vessel_against_runc() {
          vessel / runc (p50) {:.2}",
         vessel_p50 / runc_p50
     );
-    assert!(
-        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
-        "left behind: {:?}",
-        c.leftovers()
-    );
+    c.assert_nothing_left();
 }
 
 /// Real Debian software as a pod's container: the sqlite3 + Python session
@@ -1259,17 +1249,8 @@ fn debian_sqlite_in_a_pod_prints_what_runc_prints() {
     assert!(out.status.success(), "import: {}", text(&out.stderr));
     let _ = std::fs::remove_file(&tar);
     for handler in ["runc", "vessel"] {
-        let config = pod_config(c.path(), &format!("db-{handler}"));
-        let pod = run_pod(&mut c, config, handler);
-        let db = run_container_of(
-            &mut c,
-            &pod,
-            vessel_tests::debian::IMAGE,
-            "db",
-            "exec sleep infinity",
-            Vec::new(),
-            None,
-        );
+        let name = format!("db-{handler}");
+        let (pod, db, _) = idle_pod(&mut c, &name, handler, vessel_tests::debian::IMAGE);
         let t = Instant::now();
         let run = exec_for(
             &mut c,
@@ -1290,9 +1271,5 @@ fn debian_sqlite_in_a_pod_prints_what_runc_prints() {
         assert!(text(&release.stdout).starts_with("12."), "{release:?}");
         remove_pod(&mut c, &pod.id);
     }
-    assert!(
-        c.wait_for(Duration::from_secs(20), || c.leftovers().is_empty()),
-        "left behind: {:?}",
-        c.leftovers()
-    );
+    c.assert_nothing_left();
 }
